@@ -1,0 +1,9 @@
+/** @type {import('jest').Config} */
+const swc = ["@swc/jest", { jsc: { parser: { syntax: "typescript" }, target: "es2022" }, module: { type: "commonjs", ignoreDynamic: false } }];
+module.exports = {
+  testEnvironment: "node",
+  transform: { "^.+\\.ts$": swc },
+  testMatch: ["<rootDir>/tests/**/*.test.ts"],
+  testTimeout: 30_000,
+  // Unit tests and real (bake/boot) tests run in one `npm test`; slow real tests carry their own timeouts.
+};

@@ -1,0 +1,176 @@
+/**
+ * Lock: resolve a recipe's moving parts (source files, mirror, tool versions) into
+ * build/tdx.lock, and check a recipe against a lock in frozen mode.
+ *
+ * The lock carries its own `integrity` (digest of its canonical body): a hand-edited lock,
+ * e.g. a changed profile digest, no longer matches and is rejected as tampered.
+ */
+import { promises as fs } from "node:fs";
+import * as path from "node:path";
+import { randomBytes } from "node:crypto";
+import { TdxError, formatIssues } from "../errors";
+import { Recipe } from "../recipe/schema";
+import { allProfileDigests, sourceRefs } from "../recipe/resolve";
+import { digestOf } from "../recipe/digest";
+import { ContentStore, fetchInput } from "../fetch";
+import { checkSources, PolicyWarning, policyError } from "./policy";
+import { Lock, LockBodyT, LockSchema, LOCK_VERSION } from "./schema";
+
+export { Lock, LockInput, LockSchema } from "./schema";
+
+export const DEFAULT_DEBIAN: LockBodyT["debian"] = {
+  release: "trixie",
+  mirror: "http://deb.debian.org/debian",
+  securityMirror: "http://deb.debian.org/debian-security",
+  snapshotMirror: "https://snapshot.debian.org",
+  snapshot: null,
+};
+
+export const LOCK_FILE = path.join("build", "tdx.lock");
+
+export interface LockOptions {
+  projectDir: string;
+  cacheDir: string;
+  debian?: Partial<LockBodyT["debian"]>;
+  tools?: Partial<LockBodyT["tools"]>;
+  /** Previous lock: its mirror pin and tool versions are kept unless overridden. */
+  previous?: Lock;
+}
+
+export interface LockResult { lock: Lock; warnings: PolicyWarning[] }
+
+export function sealLock(body: LockBodyT): Lock {
+  return { ...body, integrity: digestOf(body) };
+}
+
+export async function createLock(recipe: Recipe, opts: LockOptions): Promise<LockResult> {
+  const refs = sourceRefs(recipe);
+  const warnings = checkSources(recipe.policy, refs);
+  const store = new ContentStore(path.join(opts.cacheDir, "content"));
+  const inputs: LockBodyT["inputs"] = [];
+  for (const r of refs) {
+    const f = await fetchInput(store, r.ref, { integrity: r.integrity, baseDir: opts.projectDir, offline: recipe.policy.networkMode === "offline" });
+    inputs.push({ ref: r.ref, size: f.size, sha256: f.integrity.sha256, sha384: f.integrity.sha384, sha512: f.integrity.sha512 });
+  }
+  const body: LockBodyT = {
+    lockVersion: LOCK_VERSION,
+    generator: "tdxvm 0.1",
+    recipe: { profiles: allProfileDigests(recipe) },
+    debian: { ...DEFAULT_DEBIAN, ...opts.previous?.debian, ...opts.debian },
+    tools: { toolsTreeRelease: "trixie", mkosi: null, systemdStub: null, ...opts.previous?.tools, ...opts.tools },
+    inputs,
+  };
+  return { lock: sealLock(body), warnings };
+}
+
+/** Stable JSON: sorted keys, two-space indent, trailing newline. */
+export function stableJson(value: unknown): string {
+  const sort = (v: unknown): unknown =>
+    Array.isArray(v) ? v.map(sort) : v && typeof v === "object" ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sort((v as Record<string, unknown>)[k])])) : v;
+  return JSON.stringify(sort(value), null, 2) + "\n";
+}
+
+/** Write a file atomically: temp file in the same directory, fsync, rename. */
+export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
+  try {
+    const fh = await fs.open(tmp, "wx", mode);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, file);
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+export async function writeLock(file: string, lock: Lock): Promise<void> {
+  await writeFileAtomic(file, stableJson(lock));
+}
+
+/** Parse lock text; malformed, wrong version or tampered → E_LOCKFILE. */
+export function parseLock(text: string, where = LOCK_FILE): Lock {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new TdxError("E_LOCKFILE", `${where} is not valid JSON (${(e as Error).message})`, { hint: "Restore it from version control or delete it and run img.lock() again." });
+  }
+  if (raw && typeof raw === "object" && "lockVersion" in raw && (raw as { lockVersion: unknown }).lockVersion !== LOCK_VERSION) {
+    throw new TdxError("E_LOCKFILE", `${where} has lockVersion ${JSON.stringify((raw as { lockVersion: unknown }).lockVersion)}; this tdxvm reads version ${LOCK_VERSION}`, { hint: "Regenerate the lock with this version of tdxvm (img.lock())." });
+  }
+  const r = LockSchema.safeParse(raw);
+  if (!r.success) {
+    throw new TdxError("E_LOCKFILE", `${where} is malformed: ${formatIssues(r.error.issues)}`, { hint: "Restore it from version control or delete it and run img.lock() again." });
+  }
+  const { integrity, ...body } = r.data;
+  const actual = digestOf(body);
+  if (actual !== integrity) {
+    throw new TdxError("E_LOCKFILE", `${where} was modified by hand: its content digest is ${actual}, but it records ${integrity}`, {
+      hint: "Locks are written only by tdxvm. Revert the edit (git checkout build/tdx.lock) or run img.lock() to regenerate it.",
+    });
+  }
+  return r.data;
+}
+
+export async function readLock(file: string): Promise<Lock> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new TdxError("E_LOCKFILE", `no lock file at ${file}`, { hint: "Run img.lock() (or `npx tdxvm lock`) and commit build/tdx.lock; frozen bakes need it." });
+    }
+    throw new TdxError("E_LOCKFILE", `cannot read ${file}: ${(e as NodeJS.ErrnoException).code}`);
+  }
+  return parseLock(text, file);
+}
+
+/**
+ * Frozen check: the recipe's profile digests equal the lock's, and every source the recipe
+ * names is locked (local files are re-hashed: an edited source file makes the lock stale).
+ */
+export async function checkFrozen(recipe: Recipe, lock: Lock, opts: { projectDir: string; cacheDir: string }): Promise<void> {
+  const now = allProfileDigests(recipe);
+  const stale: string[] = [];
+  for (const p of new Set([...Object.keys(now), ...Object.keys(lock.recipe.profiles)])) {
+    if (now[p] !== lock.recipe.profiles[p]) stale.push(`profile ${p}: recipe ${now[p] ?? "(absent)"} vs lock ${lock.recipe.profiles[p] ?? "(absent)"}`);
+  }
+  const locked = new Map(lock.inputs.map((i) => [i.ref, i]));
+  const store = new ContentStore(path.join(opts.cacheDir, "content"));
+  for (const r of sourceRefs(recipe)) {
+    const l = locked.get(r.ref);
+    if (!l) {
+      stale.push(`source ${r.ref} is not in the lock`);
+      continue;
+    }
+    if (r.integrity && ![l.sha256, l.sha384, l.sha512].includes(r.integrity)) stale.push(`source ${r.ref}: recipe integrity ${r.integrity} differs from the lock`);
+    if (!/^https?:/i.test(r.ref)) {
+      try {
+        const f = await fetchInput(store, r.ref, { baseDir: opts.projectDir });
+        if (f.integrity.sha256 !== l.sha256) stale.push(`source ${r.ref} changed on disk since it was locked`);
+      } catch (e) {
+        if (e instanceof TdxError) stale.push(`source ${r.ref}: ${e.message}`);
+        else throw e;
+      }
+    }
+  }
+  if (stale.length) {
+    throw new TdxError("E_LOCKFILE", `build/tdx.lock is stale: ${stale.join("; ")}`, {
+      hint: "The recipe changed since the lock was written. Run img.lock() (or `npx tdxvm lock`), review the diff, commit it, then bake again.",
+      details: { stale },
+    });
+  }
+}
+
+/** Enforce the policy rules that concern a bake. */
+export function checkBakePolicy(recipe: Recipe, frozen: boolean): void {
+  if (recipe.policy.requireFrozenLock && !frozen) {
+    throw policyError("requireFrozenLock", "this recipe must be baked with {frozen: true}", "Bake with {frozen: true} against a committed build/tdx.lock (CI should always do this).");
+  }
+}

@@ -1,0 +1,42 @@
+/** build/tdx.lock: what a recipe resolved to, so a frozen bake can prove nothing moved. */
+import { z } from "zod";
+
+const Digest = z.string().regex(/^sha256:[0-9a-f]{64}$/, "digest must be sha256:<64 hex>");
+const Url = z.string().regex(/^https?:\/\/[^\s]+[^/\s]$/, "must be an http(s) URL without a trailing /");
+const Sri = (alg: string) => z.string().regex(new RegExp(`^${alg}-[A-Za-z0-9+/]+={0,2}$`), `must be ${alg}-<base64>`);
+
+export const LOCK_VERSION = 1 as const;
+
+export const LockBody = z
+  .object({
+    lockVersion: z.literal(LOCK_VERSION),
+    generator: z.string().max(100),
+    recipe: z.object({ profiles: z.record(z.string().regex(/^[a-z][a-z0-9-]{0,31}$/), Digest) }).strict(),
+    debian: z
+      .object({
+        release: z.literal("trixie"),
+        mirror: Url,
+        securityMirror: Url,
+        snapshotMirror: Url,
+        /** snapshot.debian.org timestamp; null = live mirror (reproducible only with a retained package cache). */
+        snapshot: z.string().regex(/^\d{8}T\d{6}Z$/, "snapshot must look like 20261124T000000Z").nullable(),
+      })
+      .strict(),
+    tools: z
+      .object({
+        toolsTreeRelease: z.literal("trixie"),
+        mkosi: z.string().max(64).nullable(),
+        systemdStub: z.string().max(64).nullable(),
+      })
+      .strict(),
+    inputs: z.array(
+      z.object({ ref: z.string().min(1).max(8192), size: z.number().int().min(0), sha256: Sri("sha256"), sha384: Sri("sha384"), sha512: Sri("sha512") }).strict(),
+    ),
+  })
+  .strict();
+
+export const LockSchema = LockBody.extend({ integrity: Digest }).strict();
+
+export type LockBodyT = z.infer<typeof LockBody>;
+export type Lock = z.infer<typeof LockSchema>;
+export type LockInput = Lock["inputs"][number];

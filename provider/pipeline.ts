@@ -1,0 +1,77 @@
+/**
+ * The library entry points behind Image.lock() / Image.emit(): lock a recipe, check it in
+ * frozen mode, and emit the mkosi tree. Bake (mkosi run) builds on emit.
+ */
+import * as os from "node:os";
+import * as path from "node:path";
+import { readFileSync } from "node:fs";
+import { TdxError } from "./errors";
+import { Recipe } from "./recipe/schema";
+import { ContentStore } from "./fetch";
+import { createLock, readLock, writeLock, checkFrozen, checkBakePolicy, LOCK_FILE, Lock, LockOptions } from "./lock";
+import { PolicyWarning } from "./lock/policy";
+import { compile, MkosiTree } from "./compile";
+import { writeTree } from "./compile/write";
+
+export function defaultCacheDir(): string {
+  return process.env.TDXVM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "tdxvm");
+}
+
+export interface ProjectContext { recipe: Recipe; projectDir: string }
+
+export interface LockCallOptions { cacheDir?: string; debian?: LockOptions["debian"]; tools?: LockOptions["tools"]; onWarning?: (w: PolicyWarning) => void }
+
+export async function lockRecipe(ctx: ProjectContext, opts: LockCallOptions = {}): Promise<Lock> {
+  const file = path.join(ctx.projectDir, LOCK_FILE);
+  const previous = await readLock(file).catch(() => undefined);
+  const { lock, warnings } = await createLock(ctx.recipe, { projectDir: ctx.projectDir, cacheDir: opts.cacheDir ?? defaultCacheDir(), debian: opts.debian, tools: opts.tools, previous });
+  for (const w of warnings) (opts.onWarning ?? ((x: PolicyWarning) => console.error(`tdxvm: warning (${x.rule}): ${x.message}`)))(w);
+  await writeLock(file, lock);
+  return lock;
+}
+
+export interface EmitOptions extends LockCallOptions {
+  frozen?: boolean;
+  /** Where the mkosi tree is written (default <project>/build/mkosi). */
+  outDir?: string;
+}
+
+export interface EmitResult { dir: string; lock: Lock; tree: MkosiTree }
+
+/** Policy and lock checks, then compile, then write the tree. */
+export async function emitRecipe(ctx: ProjectContext, opts: EmitOptions = {}): Promise<EmitResult> {
+  const frozen = opts.frozen ?? false;
+  checkBakePolicy(ctx.recipe, frozen);
+  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  let lock: Lock;
+  if (frozen) {
+    lock = await readLock(path.join(ctx.projectDir, LOCK_FILE));
+    await checkFrozen(ctx.recipe, lock, { projectDir: ctx.projectDir, cacheDir });
+  } else {
+    lock = await lockRecipe(ctx, { ...opts, cacheDir });
+  }
+  const tree = compileFromStore(ctx.recipe, lock, cacheDir);
+  const dir = opts.outDir ?? path.join(ctx.projectDir, "build", "mkosi");
+  await writeTree(tree, dir);
+  return { dir, lock, tree };
+}
+
+/** Compile with sources read from the content store by their locked sha256. */
+export function compileFromStore(recipe: Recipe, lock: Lock, cacheDir: string): MkosiTree {
+  const store = new ContentStore(path.join(cacheDir, "content"));
+  const byRef = new Map(lock.inputs.map((i) => [i.ref, i]));
+  return compile({
+    recipe,
+    lock,
+    source: (ref) => {
+      const input = byRef.get(ref);
+      if (!input) throw new TdxError("E_LOCKFILE", `source ${ref} is not in the lock`, { hint: "Run img.lock() again." });
+      const hex = Buffer.from(input.sha256.slice("sha256-".length), "base64").toString("hex");
+      try {
+        return readFileSync(store.entryPath("sha256", hex));
+      } catch {
+        throw new TdxError("E_FETCH", `source ${ref} (locked as ${input.sha256}) is not in the content store ${store.dir}`, { hint: "Run img.lock() once online to fill the cache, or copy the cache directory." });
+      }
+    },
+  });
+}

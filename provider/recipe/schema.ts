@@ -1,0 +1,170 @@
+/**
+ * The recipe is plain data. Every way into it (the Image builder, JSON files, Pulumi inputs)
+ * ends in `RecipeSchema.parse`, so the rest of the pipeline can trust its shape.
+ */
+import { z } from "zod";
+import { TdxError, formatIssues } from "../errors";
+
+export const PHASES = ["prepare", "build", "postinst", "finalize", "postoutput"] as const;
+export type Phase = (typeof PHASES)[number];
+export const TARGETS = ["qemu", "azure", "gcp"] as const;
+export type Target = (typeof TARGETS)[number];
+export const BASES = ["debian/trixie"] as const;
+export const ARCHES = ["x86-64"] as const;
+
+const noNul = (s: string) => !s.includes("\0");
+const noNewline = (s: string) => !/[\r\n]/.test(s);
+
+/** Absolute, normalised path inside the image: no `..`, no `.` segments, no NUL, no empty segment. */
+export const ImagePath = z
+  .string()
+  .min(2)
+  .max(4096)
+  .refine(noNul, "path contains a NUL byte")
+  .refine((p) => p.startsWith("/"), "path must be absolute (start with /)")
+  .refine((p) => !p.endsWith("/"), "path must name a file, not end with /")
+  .refine((p) => p.split("/").slice(1).every((seg) => seg !== "" && seg !== "." && seg !== ".."), "path must not contain '', '.' or '..' segments (it would escape or alias the image root)")
+  .refine(noNewline, "path contains a newline");
+
+/** Debian package name, optionally with `=version` (Debian policy §5.6.1 and §5.6.12). */
+export const PackageName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$/, "not a Debian package name (lowercase letters, digits, + - .; optional =version)");
+
+export const Owner = z
+  .string()
+  .regex(/^[a-z_][a-z0-9_-]{0,31}(:[a-z_][a-z0-9_-]{0,31})?$|^[0-9]{1,10}(:[0-9]{1,10})?$/, "owner must be user[:group] or uid[:gid]");
+
+export const Mode = z.number().int().min(0).max(0o7777);
+
+export const Integrity = z
+  .string()
+  .regex(/^(sha256|sha384|sha512)-[A-Za-z0-9+/]+={0,2}$/, "integrity must be SRI form: sha256-|sha384-|sha512- followed by base64");
+
+/** A file's bytes: inline (utf8 or base64) or from a source (file path or http(s)/file URL). */
+export const FileSource = z.discriminatedUnion("kind", [
+  z.object({ kind: z.literal("inline"), encoding: z.enum(["utf8", "base64"]), data: z.string().max(64 * 1024 * 1024) }).strict(),
+  z.object({ kind: z.literal("src"), ref: z.string().min(1).max(8192).refine(noNul, "source contains a NUL byte"), integrity: Integrity.optional() }).strict(),
+]);
+
+export const FileEntry = z.object({ path: ImagePath, source: FileSource, mode: Mode, owner: Owner }).strict();
+
+export const Arg = z.string().max(65536).refine(noNul, "argument contains a NUL byte (cannot be passed to a process)");
+export const RunStep = z.object({ phase: z.enum(PHASES), cmd: Arg.pipe(z.string().min(1)), args: z.array(Arg).max(4096) }).strict();
+
+const UnitName = z.string().regex(/^[A-Za-z0-9:_.@\\-]+\.(service|socket|timer|target|path|mount|automount|swap|slice|scope|device)$/, "not a systemd unit name");
+
+export const Debloat = z
+  .object({
+    enabled: z.boolean(),
+    pathsRemoveExtra: z.array(ImagePath),
+    pathsSkip: z.array(ImagePath),
+    systemdMinimize: z.boolean(),
+    unitsKeepExtra: z.array(UnitName),
+  })
+  .strict();
+
+export const SecretName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, "secret names are identifiers: letters, digits, _ (max 64)");
+export const EnvName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, "not an environment variable name");
+
+export const SecretSchemaData = z
+  .object({
+    kind: z.enum(["string", "bytes", "json"]),
+    minLength: z.number().int().min(0).optional(),
+    maxLength: z.number().int().min(0).optional(),
+    pattern: z.string().max(1024).optional(),
+  })
+  .strict()
+  .refine((s) => s.minLength === undefined || s.maxLength === undefined || s.minLength <= s.maxLength, "minLength > maxLength")
+  .refine((s) => {
+    if (s.pattern === undefined) return true;
+    try { new RegExp(s.pattern, "u"); return true; } catch { return false; }
+  }, "pattern is not a valid regular expression");
+
+export const SecretTargetData = z.discriminatedUnion("kind", [
+  z.object({ kind: z.literal("file"), path: ImagePath, mode: Mode, owner: Owner }).strict(),
+  z.object({ kind: z.literal("env"), name: EnvName, scope: z.enum(["global", "unit"]), unit: UnitName.optional() }).strict(),
+]);
+
+export const SecretDecl = z
+  .object({ name: SecretName, required: z.boolean(), schema: SecretSchemaData, targets: z.array(SecretTargetData).min(1) })
+  .strict();
+
+export const PolicyData = z
+  .object({
+    requireFrozenLock: z.boolean(),
+    mutableRefPolicy: z.enum(["error", "warn", "allow"]),
+    requireIntegrity: z.boolean(),
+    networkMode: z.enum(["online", "offline"]),
+  })
+  .strict();
+
+export const ProfileName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, "profile names: lowercase letters, digits and -, starting with a letter");
+
+/** What a profile adds on top of the base recipe. */
+export const Layer = z
+  .object({
+    packages: z.array(PackageName),
+    files: z.array(FileEntry),
+    runs: z.array(RunStep),
+    cmdline: z.array(Arg.pipe(z.string().regex(/^[^\s"']+$/, "kernel command-line words have no spaces or quotes"))),
+  })
+  .strict();
+
+export const ModuleRef = z.object({ name: z.string().min(1).max(128), version: z.string().max(64).optional() }).strict();
+
+export const RecipeSchema = z
+  .object({
+    schemaVersion: z.literal(1),
+    base: z.enum(BASES),
+    arch: z.enum(ARCHES),
+    hostname: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, "hostname: lowercase letters, digits, -"),
+    base_layer: Layer,
+    profiles: z.record(ProfileName, Layer),
+    outputTargets: z.array(z.enum(TARGETS)).min(1),
+    debloat: Debloat,
+    secrets: z.array(SecretDecl),
+    modules: z.array(ModuleRef),
+    policy: PolicyData,
+  })
+  .strict();
+
+export type Recipe = z.infer<typeof RecipeSchema>;
+export type LayerData = z.infer<typeof Layer>;
+export type FileEntryData = z.infer<typeof FileEntry>;
+export type RunStepData = z.infer<typeof RunStep>;
+export type DebloatData = z.infer<typeof Debloat>;
+export type SecretDeclData = z.infer<typeof SecretDecl>;
+export type SecretSchemaDataT = z.infer<typeof SecretSchemaData>;
+export type SecretTargetDataT = z.infer<typeof SecretTargetData>;
+export type PolicyDataT = z.infer<typeof PolicyData>;
+
+/** Parse with a schema; any failure becomes E_VALIDATION naming the field. */
+export function parseWith<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const r = schema.safeParse(value);
+  if (!r.success) {
+    throw new TdxError("E_VALIDATION", `invalid ${what}: ${formatIssues(r.error.issues)}`, {
+      hint: `Fix the ${what} field named above; see the recipe reference in README.md.`,
+    });
+  }
+  return r.data;
+}
+
+export function parseRecipe(value: unknown): Recipe {
+  const r = parseWith(RecipeSchema, value, "recipe");
+  // Cross-field rules zod cannot express per field.
+  for (const [where, layer] of [["base", r.base_layer] as const, ...Object.entries(r.profiles)]) {
+    const seen = new Set<string>();
+    for (const f of layer.files) {
+      if (seen.has(f.path)) throw new TdxError("E_VALIDATION", `file ${f.path} appears twice in ${where === "base" ? "the base recipe" : `profile ${where}`}`, { hint: "Each path may be written once per layer; a profile may override a base file." });
+      seen.add(f.path);
+    }
+  }
+  const names = new Set<string>();
+  for (const s of r.secrets) {
+    if (names.has(s.name)) throw new TdxError("E_VALIDATION", `secret ${s.name} is declared twice`, { hint: "Declare each secret once; give it several targets instead." });
+    names.add(s.name);
+  }
+  if ("default" in r.profiles) throw new TdxError("E_VALIDATION", `profile name "default" is reserved for the base recipe`, { hint: "Pick another profile name." });
+  return r;
+}

@@ -1,0 +1,208 @@
+/**
+ * The secrets contract. A recipe declares which secrets an image needs and where they go at
+ * run time; the values are delivered to the booted VM (never baked, never measured, never
+ * logged). This file holds the declaration types and the two run-time halves of the
+ * contract: validating a delivered payload and materialising it atomically.
+ */
+import { promises as fs } from "node:fs";
+import * as path from "node:path";
+import { randomBytes } from "node:crypto";
+import { TdxError } from "../errors";
+import {
+  SecretDeclData, SecretSchemaData, SecretSchemaDataT, SecretTargetData, SecretTargetDataT, SecretDecl, parseWith,
+} from "../recipe/schema";
+
+export class SecretSchema {
+  readonly data: SecretSchemaDataT;
+  constructor(data: SecretSchemaDataT) {
+    this.data = parseWith(SecretSchemaData, data, "secret schema");
+  }
+  static string(opts: Omit<SecretSchemaDataT, "kind"> = {}) { return new SecretSchema({ kind: "string", ...opts }); }
+  static bytes(opts: Omit<SecretSchemaDataT, "kind" | "pattern"> = {}) { return new SecretSchema({ kind: "bytes", ...opts }); }
+  static json(opts: Omit<SecretSchemaDataT, "kind" | "pattern"> = {}) { return new SecretSchema({ kind: "json", ...opts }); }
+
+  /** Problems with `value`, described without ever quoting the value. */
+  check(value: unknown): string[] {
+    const s = this.data;
+    let length: number;
+    if (s.kind === "string") {
+      if (typeof value !== "string") return [`expected a string, got ${describe(value)}`];
+      length = [...value].length;
+      if (s.pattern !== undefined && !new RegExp(s.pattern, "u").test(value)) return [`does not match the declared pattern`];
+    } else if (s.kind === "bytes") {
+      if (typeof value !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(value) || value.length % 4 !== 0) return [`expected base64-encoded bytes`];
+      length = Buffer.from(value, "base64").length;
+    } else {
+      if (value === undefined) return ["expected a JSON value"];
+      try { length = JSON.stringify(value).length; } catch { return ["not serialisable as JSON"]; }
+    }
+    const errs: string[] = [];
+    if (s.minLength !== undefined && length < s.minLength) errs.push(`shorter than minLength ${s.minLength}`);
+    if (s.maxLength !== undefined && length > s.maxLength) errs.push(`longer than maxLength ${s.maxLength}`);
+    return errs;
+  }
+}
+
+function describe(v: unknown): string {
+  return v === null ? "null" : Array.isArray(v) ? "an array" : typeof v;
+}
+
+export const SecretTarget = {
+  file(p: string, opts: { mode?: number; owner?: string } = {}): SecretTargetDataT {
+    return parseWith(SecretTargetData, { kind: "file", path: p, mode: opts.mode ?? 0o400, owner: opts.owner ?? "root" }, "secret file target");
+  },
+  env(name: string, opts: { scope?: "global" | "unit"; unit?: string } = {}): SecretTargetDataT {
+    const scope = opts.scope ?? "global";
+    if (scope === "unit" && opts.unit === undefined) {
+      throw new TdxError("E_VALIDATION", `env target ${name} has scope "unit" but names no unit`, { hint: 'Pass {scope: "unit", unit: "app.service"}.' });
+    }
+    return parseWith(SecretTargetData, { kind: "env", name, scope, ...(opts.unit ? { unit: opts.unit } : {}) }, "secret env target");
+  },
+};
+
+export interface SecretOptions {
+  required?: boolean;
+  schema?: SecretSchema | SecretSchemaDataT;
+  targets: SecretTargetDataT[];
+}
+
+export function declareSecret(name: string, opts: SecretOptions): SecretDeclData {
+  const schema = opts.schema instanceof SecretSchema ? opts.schema.data : opts.schema ?? { kind: "string" as const };
+  return parseWith(SecretDecl, { name, required: opts.required ?? true, schema, targets: opts.targets }, `secret ${JSON.stringify(String(name)).slice(0, 80)}`);
+}
+
+export interface DeliveryOptions {
+  /** "required": ready once every required secret is valid; "all": once every declared one is. */
+  completion?: "required" | "all";
+  /** Unknown names make the payload not ready (default true). */
+  rejectUnknown?: boolean;
+}
+
+export interface PayloadReport {
+  ready: boolean;
+  missing: string[];
+  unknown: string[];
+  errors: Record<string, string[]>;
+}
+
+export class SecretsDelivery {
+  readonly method = "http_post" as const;
+  readonly completion: "required" | "all";
+  readonly rejectUnknown: boolean;
+  constructor(private readonly decls: ReadonlyArray<SecretDeclData>, opts: DeliveryOptions) {
+    this.completion = opts.completion ?? "required";
+    this.rejectUnknown = opts.rejectUnknown ?? true;
+  }
+
+  /** Check a delivered payload `{name: value}`; the report names secrets, never values. */
+  validatePayload(payload: unknown): PayloadReport {
+    const report: PayloadReport = { ready: false, missing: [], unknown: [], errors: {} };
+    if (payload === null || typeof payload !== "object" || Array.isArray(payload)) {
+      report.errors["(payload)"] = [`expected an object of secret name to value, got ${describe(payload)}`];
+      report.missing = this.decls.filter((d) => d.required || this.completion === "all").map((d) => d.name);
+      return report;
+    }
+    const obj = payload as Record<string, unknown>;
+    const declared = new Map(this.decls.map((d) => [d.name, d]));
+    for (const key of Object.keys(obj)) if (!declared.has(key)) report.unknown.push(key.length > 64 ? `${key.slice(0, 64)}…` : key);
+    for (const d of this.decls) {
+      if (!Object.prototype.hasOwnProperty.call(obj, d.name)) {
+        if (d.required || this.completion === "all") report.missing.push(d.name);
+        continue;
+      }
+      const errs = new SecretSchema(d.schema).check(obj[d.name]);
+      if (errs.length) report.errors[d.name] = errs;
+    }
+    report.ready = report.missing.length === 0 && Object.keys(report.errors).length === 0 && !(this.rejectUnknown && report.unknown.length > 0);
+    return report;
+  }
+
+  /**
+   * Write the secrets of a ready payload below `root` (the guest's `/` at run time): each file
+   * target with its mode and owner, global env targets into `etc/tdxvm/secrets.env`, unit-scoped
+   * ones into `etc/tdxvm/env/<unit>.env`. All files are written to temporaries first and renamed
+   * only when every one was written, so a failure leaves no partial set behind.
+   */
+  async materializeRuntime(root: string, payload: unknown): Promise<{ files: string[] }> {
+    const report = this.validatePayload(payload);
+    if (!report.ready) {
+      const parts = [
+        report.missing.length ? `missing: ${report.missing.join(", ")}` : "",
+        report.unknown.length ? `unknown: ${report.unknown.join(", ")}` : "",
+        ...Object.entries(report.errors).map(([k, v]) => `${k}: ${v.join(", ")}`),
+      ].filter(Boolean);
+      throw new TdxError("E_SECRET", `secret payload is not ready (${parts.join("; ")})`);
+    }
+    const obj = payload as Record<string, unknown>;
+    const writes = new Map<string, { data: Buffer; mode: number; owner: string }>();
+    const envs = new Map<string, string[]>();
+    for (const d of this.decls) {
+      if (!(d.name in obj)) continue;
+      const bytes = valueBytes(d.schema.kind, obj[d.name]);
+      for (const t of d.targets) {
+        if (t.kind === "file") writes.set(t.path, { data: bytes, mode: t.mode, owner: t.owner });
+        else {
+          const file = t.scope === "global" ? "/etc/tdxvm/secrets.env" : `/etc/tdxvm/env/${t.unit}.env`;
+          if (bytes.includes(0)) throw new TdxError("E_SECRET", `secret ${d.name} contains a NUL byte and cannot go into an environment variable`, { hint: "Use a file target for binary secrets." });
+          const list = envs.get(file) ?? [];
+          list.push(`${t.name}=${systemdEnvQuote(bytes.toString("utf8"))}`);
+          envs.set(file, list);
+        }
+      }
+    }
+    for (const [file, lines] of envs) writes.set(file, { data: Buffer.from(lines.sort().join("\n") + "\n"), mode: 0o400, owner: "root" });
+
+    const staged: Array<{ tmp: string; final: string }> = [];
+    try {
+      for (const [p, w] of [...writes].sort(([a], [b]) => (a < b ? -1 : 1))) {
+        const final = path.join(root, p);
+        await fs.mkdir(path.dirname(final), { recursive: true, mode: 0o755 });
+        const tmp = `${final}.tdxvm-${randomBytes(6).toString("hex")}.tmp`;
+        const fh = await fs.open(tmp, "wx", 0o600);
+        staged.push({ tmp, final });
+        try {
+          await fh.writeFile(w.data);
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+        const { uid, gid } = await resolveOwner(root, w.owner);
+        await fs.chown(tmp, uid, gid);
+        await fs.chmod(tmp, w.mode);
+      }
+    } catch (e) {
+      await Promise.all(staged.map((s) => fs.rm(s.tmp, { force: true })));
+      if (e instanceof TdxError) throw e;
+      throw new TdxError("E_SECRET", `could not write secrets below ${root}: ${(e as NodeJS.ErrnoException).code ?? "error"}`, { hint: "Check that the target directory is writable and owners exist in its /etc/passwd." });
+    }
+    for (const s of staged) await fs.rename(s.tmp, s.final);
+    return { files: staged.map((s) => s.final) };
+  }
+}
+
+function valueBytes(kind: "string" | "bytes" | "json", v: unknown): Buffer {
+  if (kind === "string") return Buffer.from(v as string, "utf8");
+  if (kind === "bytes") return Buffer.from(v as string, "base64");
+  return Buffer.from(JSON.stringify(v), "utf8");
+}
+
+/** Quote for systemd EnvironmentFile= (double quotes; backslash escapes for \ " $ and newlines). */
+function systemdEnvQuote(v: string): string {
+  return `"${v.replace(/[\\"$`]/g, (c) => `\\${c}`).replace(/\n/g, "\\n")}"`;
+}
+
+async function resolveOwner(root: string, owner: string): Promise<{ uid: number; gid: number }> {
+  const [user, group] = owner.split(":");
+  const lookup = async (file: string, name: string): Promise<number> => {
+    if (/^[0-9]+$/.test(name)) return Number(name);
+    if (name === "root") return 0;
+    let text = "";
+    try { text = await fs.readFile(path.join(root, file), "utf8"); } catch { /* no database: fall through */ }
+    const line = text.split("\n").find((l) => l.split(":")[0] === name);
+    if (!line) throw new TdxError("E_SECRET", `owner ${name} is not in ${path.join(root, file)}`, { hint: "Create the user in the image (e.g. a sysusers.d file) or use a numeric uid:gid." });
+    return Number(line.split(":")[2]);
+  };
+  const uid = await lookup("etc/passwd", user);
+  const gid = group === undefined ? (user === "root" || /^[0-9]+$/.test(user) ? uid : await lookup("etc/group", user)) : await lookup("etc/group", group);
+  return { uid, gid };
+}
