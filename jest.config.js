@@ -5,5 +5,6 @@ module.exports = {
   transform: { "^.+\\.ts$": swc },
   testMatch: ["<rootDir>/tests/**/*.test.ts"],
   testTimeout: 30_000,
+  setupFiles: ["<rootDir>/tests/setup.ts"],
   // Unit tests and real (bake/boot) tests run in one `npm test`; slow real tests carry their own timeouts.
 };

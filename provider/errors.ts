@@ -43,3 +43,8 @@ export function formatIssues(issues: ReadonlyArray<{ path: ReadonlyArray<Propert
     .map((i) => `${i.path.length ? i.path.map(String).join(".") : "(root)"}: ${i.message}`)
     .join("; ") + (issues.length > 8 ? `; and ${issues.length - 8} more` : "");
 }
+
+/** A short, safe rendering of a user-supplied value for messages (never calls its methods). */
+export function label(v: unknown, max = 200): string {
+  return typeof v === "string" ? JSON.stringify(v.length > max ? `${v.slice(0, max)}…` : v) : `<${v === null ? "null" : Array.isArray(v) ? "array" : typeof v}>`;
+}

@@ -5,7 +5,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { TdxError } from "../errors";
+import { TdxError, label } from "../errors";
 import {
   Recipe, LayerData, Phase, Target, PHASES, TARGETS, parseRecipe, parseWith, FileEntry, RunStep, PackageName,
   ProfileName, Debloat, DebloatData, Arg,
@@ -102,9 +102,10 @@ export class Image {
   }
 
   file(p: string, opts: FileOptions): this {
+    parseWith(z.object({}).loose(), opts, `file(${label(p)}) options`);
     const given = ["content", "src"].filter((k) => (opts as Record<string, unknown>)?.[k] !== undefined);
     if (given.length !== 1) {
-      throw new TdxError("E_VALIDATION", `file(${JSON.stringify(String(p)).slice(0, 200)}) needs exactly one of content or src`, { hint: 'Use file("/etc/x", {content: "..."}) or file("/etc/x", {src: "./x"}).' });
+      throw new TdxError("E_VALIDATION", `file(${label(p)}) needs exactly one of content or src`, { hint: 'Use file("/etc/x", {content: "..."}) or file("/etc/x", {src: "./x"}).' });
     }
     if (opts.integrity !== undefined && opts.src === undefined) {
       throw new TdxError("E_VALIDATION", `file(${JSON.stringify(p)}): integrity applies to src only`, { hint: "Drop integrity for inline content; its digest is part of the recipe." });
@@ -114,7 +115,7 @@ export class Image {
         ? { kind: "inline" as const, encoding: "utf8" as const, data: opts.content }
         : { kind: "inline" as const, encoding: "base64" as const, data: Buffer.from(opts.content).toString("base64") }
       : { kind: "src" as const, ref: opts.src as string, ...(opts.integrity !== undefined ? { integrity: opts.integrity } : {}) };
-    const entry = parseWith(FileEntry, { path: p, source, mode: opts.mode ?? 0o644, owner: opts.owner ?? "root" }, `file(${JSON.stringify(String(p)).slice(0, 200)})`);
+    const entry = parseWith(FileEntry, { path: p, source, mode: opts.mode ?? 0o644, owner: opts.owner ?? "root" }, `file(${label(p)})`);
     const layer = this.layer();
     layer.files = layer.files.filter((f) => f.path !== entry.path);
     layer.files.push(entry);
@@ -124,10 +125,10 @@ export class Image {
   /** `run(cmd, ...args, {phase})`: the command is run with exactly these argv words, never through a shell. */
   run(cmd: string, ...rest: Array<string | RunOptions>): this {
     const last = rest[rest.length - 1];
-    const opts: RunOptions = last !== undefined && typeof last === "object" ? (rest.pop() as RunOptions) : {};
+    const opts: RunOptions = last !== null && typeof last === "object" ? (rest.pop() as RunOptions) : {};
     const phase = opts.phase ?? "postinst";
     if (!PHASES.includes(phase)) throw new TdxError("E_VALIDATION", `run(): unknown phase ${JSON.stringify(phase)}`, { hint: `Phases: ${PHASES.join(", ")}.` });
-    const step = parseWith(RunStep, { phase, cmd, args: rest }, `run(${JSON.stringify(String(cmd)).slice(0, 100)})`);
+    const step = parseWith(RunStep, { phase, cmd, args: rest }, `run(${label(cmd)})`);
     this.layer().runs.push(step);
     return this;
   }
@@ -149,12 +150,14 @@ export class Image {
 
   debloat(opts: Partial<DebloatData> = {}): this {
     this.assertBase("debloat");
+    parseWith(z.object({}).loose(), opts, "debloat() options");
     this.state.debloat = parseWith(Debloat, { ...DEFAULT_DEBLOAT, enabled: true, ...opts }, "debloat() options");
     return this;
   }
 
   /** Run `fn` with this image scoped to profile `name`: its install/file/run/cmdline calls land in that profile only. */
   profile(name: string, fn: (img: this) => void): this {
+    if (typeof fn !== "function") throw new TdxError("E_VALIDATION", "profile() needs a callback", { hint: 'profile("dev", (img) => img.install("strace"))' });
     if (this.scope !== DEFAULT_PROFILE) throw new TdxError("E_VALIDATION", `profile(${name}) inside profile(${this.scope})`, { hint: "Profiles do not nest; declare them side by side." });
     parseWith(ProfileName, name, "profile name");
     if (name === DEFAULT_PROFILE) throw new TdxError("E_VALIDATION", `profile name "default" is reserved for the base recipe`, { hint: "Pick another profile name." });

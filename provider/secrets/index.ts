@@ -7,7 +7,7 @@
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import { TdxError } from "../errors";
+import { TdxError, label } from "../errors";
 import {
   SecretDeclData, SecretSchemaData, SecretSchemaDataT, SecretTargetData, SecretTargetDataT, SecretDecl, parseWith,
 } from "../recipe/schema";
@@ -67,8 +67,9 @@ export interface SecretOptions {
 }
 
 export function declareSecret(name: string, opts: SecretOptions): SecretDeclData {
+  if (opts === null || typeof opts !== "object") throw new TdxError("E_VALIDATION", `secret ${label(name)} needs options {required?, schema?, targets}`, { hint: "secret(name, {targets: [SecretTarget.env(name)]})" });
   const schema = opts.schema instanceof SecretSchema ? opts.schema.data : opts.schema ?? { kind: "string" as const };
-  return parseWith(SecretDecl, { name, required: opts.required ?? true, schema, targets: opts.targets }, `secret ${JSON.stringify(String(name)).slice(0, 80)}`);
+  return parseWith(SecretDecl, { name, required: opts.required ?? true, schema, targets: opts.targets }, `secret ${label(name)}`);
 }
 
 export interface DeliveryOptions {

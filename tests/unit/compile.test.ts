@@ -1,0 +1,128 @@
+import { execFileSync } from "node:child_process";
+import { promises as fs, readFileSync, existsSync, mkdirSync, writeFileSync, rmSync } from "node:fs";
+import * as path from "node:path";
+import fc from "fast-check";
+import { Image, compile, createLock, treeDigest, writeTree } from "../../provider";
+import { MkosiTree } from "../../provider/compile";
+import { fullApiShape } from "../fixtures/full-api-shape";
+import { tempDir, walk } from "../helpers";
+
+const GOLDEN = path.join(__dirname, "..", "golden", "full-api-shape");
+
+async function compileImage(img: Image, cacheDir: string): Promise<MkosiTree> {
+  const { lock } = await createLock(img.recipe, { projectDir: img.projectDir, cacheDir });
+  const store = path.join(cacheDir, "content", "sha256");
+  const byRef = new Map(lock.inputs.map((i) => [i.ref, Buffer.from(i.sha256.slice(7), "base64").toString("hex")]));
+  return compile({ recipe: img.recipe, lock, source: (ref) => readFileSync(path.join(store, byRef.get(ref)!)) });
+}
+
+function modesManifest(tree: MkosiTree): string {
+  return [...tree].map(([p, e]) => `${e.mode.toString(8).padStart(4, "0")} ${p}`).join("\n") + "\n";
+}
+
+describe("mkosi emission", () => {
+  let cache: string;
+  beforeAll(async () => {
+    cache = await tempDir();
+  });
+  afterAll(async () => {
+    await fs.rm(cache, { recursive: true, force: true });
+  });
+
+  it("matches the golden tree for the full API shape example (UPDATE_GOLDEN=1 rewrites it)", async () => {
+    const tree = await compileImage(fullApiShape().img, cache);
+    if (process.env.UPDATE_GOLDEN === "1") {
+      rmSync(GOLDEN, { recursive: true, force: true });
+      for (const [p, e] of tree) {
+        mkdirSync(path.dirname(path.join(GOLDEN, "tree", p)), { recursive: true });
+        writeFileSync(path.join(GOLDEN, "tree", p), e.data);
+      }
+      writeFileSync(path.join(GOLDEN, "MODES"), modesManifest(tree));
+    }
+    expect(await walk(path.join(GOLDEN, "tree"))).toEqual([...tree.keys()]);
+    for (const [p, e] of tree) expect({ p, text: e.data.toString("latin1") }).toEqual({ p, text: readFileSync(path.join(GOLDEN, "tree", p), "latin1") });
+    expect(modesManifest(tree)).toBe(readFileSync(path.join(GOLDEN, "MODES"), "utf8"));
+  });
+
+  it("is byte-identical for equal recipes built independently", async () => {
+    const a = await compileImage(fullApiShape().img, cache);
+    const b = await compileImage(fullApiShape().img, cache);
+    expect(treeDigest(b)).toBe(treeDigest(a));
+  });
+
+  it("carries the DESIGN.md §3 reproducibility and first-boot settings", async () => {
+    const conf = (await compileImage(new Image({ base: "debian/trixie", projectDir: cache }), cache)).get("mkosi.conf")!.data.toString();
+    for (const line of ["SourceDateEpoch=0", "Locale=C.UTF-8", "Keymap=us", "Timezone=UTC", "ManifestFormat=json", "Bootloader=uki", "MinimumVersion=25"]) expect(conf).toContain(line);
+    expect(conf).toMatch(/^Seed=[0-9a-f-]{36}$/m);
+    expect(conf).toMatch(/RemoveFiles=.*\/var\/log\/alternatives\.log.*\/var\/cache\/ldconfig\/aux-cache/);
+    expect(conf).toMatch(/^Environment=SYSTEMD_REPART_MKFS_OPTIONS_EXT4="-E hash_seed=[0-9a-f-]{36},lazy_itable_init=1,nodiscard"$/m);
+    expect(conf).toMatch(/^KernelCommandLine=console=ttyS0,115200n8 systemd.firstboot=no$/m);
+  });
+
+  it("writes the apt sources from the lock's mirror pin (snapshot when set)", async () => {
+    const img = new Image({ base: "debian/trixie", projectDir: cache });
+    const { lock } = await createLock(img.recipe, { projectDir: cache, cacheDir: cache, debian: { snapshot: "20261124T000000Z" } });
+    const src = compile({ recipe: img.recipe, lock, source: () => Buffer.alloc(0) }).get("mkosi.sandbox/etc/apt/sources.list.d/mkosi.sources")!.data.toString();
+    expect(src).toContain("URIs: https://snapshot.debian.org/archive/debian/20261124T000000Z\nSuites: trixie trixie-updates");
+    expect(src).toContain("URIs: https://snapshot.debian.org/archive/debian-security/20261124T000000Z\nSuites: trixie-security");
+    expect(src).not.toMatch(/^(URIs|Suites):.*debug/m);
+  });
+
+  it("refuses a lock made for another recipe", async () => {
+    const a = new Image({ base: "debian/trixie", projectDir: cache });
+    const { lock } = await createLock(a.recipe, { projectDir: cache, cacheDir: cache });
+    const b = new Image({ base: "debian/trixie", projectDir: cache }).install("curl");
+    expect(() => compile({ recipe: b.recipe, lock, source: () => Buffer.alloc(0) })).toThrow(expect.objectContaining({ code: "E_LOCKFILE" }));
+  });
+
+  it("writes files with their modes, replacing the previous tree atomically", async () => {
+    const dir = path.join(cache, "out");
+    const tree = await compileImage(fullApiShape().img, cache);
+    await fs.mkdir(dir, { recursive: true });
+    await fs.writeFile(path.join(dir, "stale-file"), "x");
+    await writeTree(tree, dir);
+    expect(existsSync(path.join(dir, "stale-file"))).toBe(false);
+    for (const [p, e] of tree) expect({ p, mode: (await fs.stat(path.join(dir, p))).mode & 0o7777 }).toEqual({ p, mode: e.mode });
+    expect((await fs.readdir(cache)).filter((n) => n.includes(".tmp"))).toEqual([]);
+  });
+
+  describe("run() arguments arrive literally through the emitted scripts", () => {
+    let bin: string;
+    let record: string;
+    beforeAll(async () => {
+      bin = path.join(cache, "bin");
+      record = path.join(cache, "argv.bin");
+      await fs.mkdir(bin, { recursive: true });
+      // Stand-ins for the build-time environment: mkosi-chroot runs its argv (in the real build,
+      // inside the image); `rec` writes each argv word NUL-terminated.
+      await fs.writeFile(path.join(bin, "mkosi-chroot"), '#!/bin/sh\nexec "$@"\n', { mode: 0o755 });
+      await fs.writeFile(path.join(bin, "rec"), `#!/bin/sh\n: > "$REC"\nfor a in "$@"; do printf '%s\\0' "$a" >> "$REC"; done\n`, { mode: 0o755 });
+    });
+
+    async function argvThrough(phase: "postinst" | "postoutput" | "prepare", args: string[]): Promise<string[]> {
+      const img = new Image({ base: "debian/trixie", projectDir: cache }).run("rec", ...args, { phase });
+      const tree = await compileImage(img, cache);
+      const file = path.join(cache, `script-${phase}`);
+      await fs.writeFile(file, tree.get(`mkosi.${phase}`)!.data, { mode: 0o755 });
+      execFileSync("/bin/sh", [file, "final"], { env: { PATH: `${bin}:/usr/bin:/bin`, REC: record, BUILDROOT: "/nonexistent" } });
+      const raw = readFileSync(record, "utf8");
+      return raw === "" ? [] : raw.slice(0, -1).split("\0");
+    }
+
+    it("for hostile shell metacharacters", async () => {
+      const hostile = ["$(touch /tmp/tdxvm-pwned)", "`id`", "a'b", "'", "\"", "\\", "; rm -rf /", "&& echo", "| cat", "$HOME", "${PATH}", "*", "?", "[a]", "~", "a\nb", " lead", "trail ", "", "#c", "!x", "%s\n"];
+      expect(await argvThrough("postinst", hostile)).toEqual(hostile);
+      expect(await argvThrough("postoutput", hostile)).toEqual(hostile);
+      expect(existsSync("/tmp/tdxvm-pwned")).toBe(false);
+    });
+
+    it("for arbitrary strings (property)", async () => {
+      await fc.assert(
+        fc.asyncProperty(fc.array(fc.string({ unit: "binary", maxLength: 30 }).filter((s) => !s.includes("\0")), { maxLength: 5 }), async (args) => {
+          expect(await argvThrough("prepare", args)).toEqual(args);
+        }),
+        { numRuns: 40 },
+      );
+    });
+  });
+});

@@ -1,0 +1,59 @@
+/**
+ * Every error code has a trigger from the user-facing API here, and every trigger checks
+ * the hint. A new code without a trigger fails the first test.
+ */
+import * as http from "node:http";
+import { AddressInfo } from "node:net";
+import { ERROR_CODES, ErrorCode, Image, Init, Policy, SecretSchema, SecretTarget, TdxError, ContentStore, fetchInput } from "../../provider";
+import { tempDir, tdxErrorOf } from "../helpers";
+
+const triggers: Record<ErrorCode, { run: () => Promise<unknown>; hint: RegExp }> = {
+  E_VALIDATION: { run: async () => new Image({ base: "debian/trixie" }).file("../etc/shadow", { content: "x" }), hint: /Fix the file/ },
+  E_LOCKFILE: { run: async () => new Image({ base: "debian/trixie", projectDir: await tempDir() }).emit({ frozen: true }), hint: /img\.lock\(\)/ },
+  E_POLICY: { run: async () => new Image({ base: "debian/trixie", projectDir: await tempDir() }).setPolicy(new Policy({ requireFrozenLock: true })).emit(), hint: /frozen: true/ },
+  E_FETCH: {
+    run: async () => {
+      const dir = await tempDir();
+      return new Image({ base: "debian/trixie", projectDir: dir }).file("/etc/x", { src: "does-not-exist.conf" }).lock({ cacheDir: dir });
+    },
+    hint: /exists/,
+  },
+  E_SECRET: {
+    run: async () => {
+      const init = new Init({ secrets: { TOKEN: { schema: SecretSchema.string({ minLength: 8 }), targets: [SecretTarget.env("TOKEN")] } } });
+      return init.secretsDelivery("http_post").materializeRuntime(await tempDir(), { TOKEN: "short" });
+    },
+    hint: /SecretSchema/,
+  },
+};
+
+describe("error codes", () => {
+  it("each code has a trigger in this file", () => {
+    expect(Object.keys(triggers).sort()).toEqual(Object.keys(ERROR_CODES).sort());
+  });
+
+  for (const [code, t] of Object.entries(triggers)) {
+    it(`${code} comes from the user-facing API with a hint`, async () => {
+      const e = await tdxErrorOf(t.run);
+      expect(e).toBeInstanceOf(TdxError);
+      expect(e.code).toBe(code);
+      expect(e.hint).toMatch(t.hint);
+      expect(String(e)).toContain(`${code}: `);
+      expect(String(e)).toContain("hint: ");
+    });
+  }
+
+  it("E_FETCH for an integrity mismatch over http carries expected and actual digests", async () => {
+    const server = http.createServer((_q, r) => r.end("payload"));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const dir = await tempDir();
+      const e = await tdxErrorOf(() => fetchInput(new ContentStore(dir), `http://127.0.0.1:${(server.address() as AddressInfo).port}/x`, { integrity: `sha256-${Buffer.alloc(32).toString("base64")}` }));
+      expect(e.code).toBe("E_FETCH");
+      expect(e.message).toContain("integrity mismatch");
+      expect(e.hint).toContain("Nothing was stored");
+    } finally {
+      server.close();
+    }
+  });
+});

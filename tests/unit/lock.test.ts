@@ -1,0 +1,110 @@
+import { promises as fs, readFileSync } from "node:fs";
+import * as path from "node:path";
+import { Image, Policy, parseLock, readLock, stableJson } from "../../provider";
+import { tempDir, tdxErrorOf, walk } from "../helpers";
+import { createHash } from "node:crypto";
+
+async function project() {
+  const dir = await tempDir();
+  await fs.writeFile(path.join(dir, "app.conf"), "listen 80\n");
+  const cacheDir = path.join(dir, ".cache");
+  const img = () => new Image({ base: "debian/trixie", projectDir: dir }).install("curl").file("/etc/app.conf", { src: "app.conf" });
+  return { dir, cacheDir, img, lockFile: path.join(dir, "build", "tdx.lock") };
+}
+
+describe("tdx.lock", () => {
+  it("img.lock() writes build/tdx.lock as stable, sealed JSON with profile digests, mirror pin, tools and input integrity", async () => {
+    const p = await project();
+    const lock = await p.img().lock({ cacheDir: p.cacheDir });
+    const text = readFileSync(p.lockFile, "utf8");
+    expect(text).toBe(stableJson(lock));
+    expect(lock.lockVersion).toBe(1);
+    expect(lock.recipe.profiles).toEqual(p.img().digests());
+    expect(lock.debian).toMatchObject({ release: "trixie", mirror: "http://deb.debian.org/debian", snapshot: null });
+    expect(lock.tools).toEqual({ toolsTreeRelease: "trixie", mkosi: null, systemdStub: null });
+    const bytes = Buffer.from("listen 80\n");
+    expect(lock.inputs).toEqual([{
+      ref: "app.conf",
+      size: bytes.length,
+      sha256: `sha256-${createHash("sha256").update(bytes).digest("base64")}`,
+      sha384: `sha384-${createHash("sha384").update(bytes).digest("base64")}`,
+      sha512: `sha512-${createHash("sha512").update(bytes).digest("base64")}`,
+    }]);
+    // Locking again without changes gives the same bytes.
+    await p.img().lock({ cacheDir: p.cacheDir });
+    expect(readFileSync(p.lockFile, "utf8")).toBe(text);
+    expect((await walk(path.join(p.dir, "build"))).filter((f) => f.endsWith(".tmp"))).toEqual([]);
+  });
+
+  it("keeps the previous lock's mirror pin when relocking", async () => {
+    const p = await project();
+    await p.img().lock({ cacheDir: p.cacheDir, debian: { snapshot: "20261101T000000Z" } });
+    const again = await p.img().install("jq").lock({ cacheDir: p.cacheDir });
+    expect(again.debian.snapshot).toBe("20261101T000000Z");
+  });
+
+  it("frozen emit without a lock is E_LOCKFILE with the fix", async () => {
+    const p = await project();
+    const e = await tdxErrorOf(() => p.img().emit({ frozen: true, cacheDir: p.cacheDir }));
+    expect(e.code).toBe("E_LOCKFILE");
+    expect(e.message).toContain("no lock file");
+    expect(e.hint).toContain("img.lock()");
+  });
+
+  it("frozen emit with a stale lock (recipe changed) is E_LOCKFILE naming the profile", async () => {
+    const p = await project();
+    await p.img().lock({ cacheDir: p.cacheDir });
+    await expect(p.img().emit({ frozen: true, cacheDir: p.cacheDir })).resolves.toBeDefined();
+    const e = await tdxErrorOf(() => p.img().install("jq").emit({ frozen: true, cacheDir: p.cacheDir }));
+    expect(e.code).toBe("E_LOCKFILE");
+    expect(e.message).toContain("stale");
+    expect(e.message).toContain("profile default");
+    expect(e.hint).toMatch(/img\.lock\(\)/);
+    const e2 = await tdxErrorOf(() => p.img().profile("dev", (x) => x.install("strace")).emit({ frozen: true, cacheDir: p.cacheDir }));
+    expect(e2.message).toContain("profile dev");
+  });
+
+  it("frozen emit notices an edited source file", async () => {
+    const p = await project();
+    await p.img().lock({ cacheDir: p.cacheDir });
+    await fs.writeFile(path.join(p.dir, "app.conf"), "listen 81\n");
+    const e = await tdxErrorOf(() => p.img().emit({ frozen: true, cacheDir: p.cacheDir }));
+    expect(e.code).toBe("E_LOCKFILE");
+    expect(e.message).toContain("app.conf changed on disk");
+  });
+
+  it("detects a hand-edited lock (tampered digest)", async () => {
+    const p = await project();
+    await p.img().lock({ cacheDir: p.cacheDir });
+    const text = readFileSync(p.lockFile, "utf8");
+    const forged = text.replace(/"default": "sha256:([0-9a-f])/, (_m, c: string) => `"default": "sha256:${c === "0" ? "1" : "0"}`);
+    expect(forged).not.toBe(text);
+    await fs.writeFile(p.lockFile, forged);
+    const e = await tdxErrorOf(() => readLock(p.lockFile));
+    expect(e.code).toBe("E_LOCKFILE");
+    expect(e.message).toContain("modified by hand");
+    expect(e.hint).toContain("git checkout build/tdx.lock");
+  });
+
+  it("rejects malformed locks and other lock versions with E_LOCKFILE", async () => {
+    for (const text of ["", "{", "[]", "null", '{"lockVersion": 2}', '{"lockVersion": 1}']) {
+      const e = await tdxErrorOf(() => parseLock(text));
+      expect(e.code).toBe("E_LOCKFILE");
+    }
+    expect((await tdxErrorOf(() => parseLock('{"lockVersion": 2}'))).message).toContain("lockVersion 2");
+  });
+
+  it("non-frozen emit relocks and writes the mkosi tree", async () => {
+    const p = await project();
+    const r = await p.img().emit({ cacheDir: p.cacheDir });
+    expect(readFileSync(path.join(r.dir, "mkosi.extra/etc/app.conf"), "utf8")).toBe("listen 80\n");
+    expect(readFileSync(p.lockFile, "utf8")).toBe(stableJson(r.lock));
+  });
+
+  it("frozen emit serves sources from the content store by their locked digest", async () => {
+    const p = await project();
+    await p.img().lock({ cacheDir: p.cacheDir });
+    const r = await p.img().setPolicy(new Policy({ requireFrozenLock: true })).emit({ frozen: true, cacheDir: p.cacheDir });
+    expect(r.tree.get("mkosi.extra/etc/app.conf")!.data.toString()).toBe("listen 80\n");
+  });
+});
