@@ -132,11 +132,11 @@ export function compile(inputs: CompileInputs): MkosiTree {
       ]],
       ["Content", [
         ["Bootable", "yes"], ["Bootloader", "uki"],
-        ["Packages", [...new Set([...BASE_PACKAGES, ...recipe.base_layer.packages])].sort().join(" ")],
+        ["Packages", [...new Set([...BASE_PACKAGES, ...recipe.base_layer.packages])].sort().join(",")],
         ["KernelCommandLine", [...BASE_CMDLINE, ...recipe.base_layer.cmdline].join(" ")],
         ["Hostname", recipe.hostname], ["Locale", "C.UTF-8"], ["Keymap", "us"], ["Timezone", "UTC"],
         ["SourceDateEpoch", "0"],
-        ["RemoveFiles", removeFiles.join(" ")],
+        ["RemoveFiles", removeFiles.join(",")],
       ]],
       ["Build", [
         ["Environment", `SYSTEMD_REPART_MKFS_OPTIONS_EXT4="-E hash_seed=${derivedUuid(seedDigest, "ext4-hash-seed")},lazy_itable_init=1,nodiscard"`],
@@ -162,7 +162,7 @@ export function compile(inputs: CompileInputs): MkosiTree {
       data: Buffer.from(ini([
         ["Output", [["Output", `tdxvm-${name}`]]],
         ["Content", [
-          ["Packages", [...layer.packages].sort().join(" ")],
+          ["Packages", [...layer.packages].sort().join(",")],
           ["KernelCommandLine", layer.cmdline.join(" ")],
         ]],
       ])),
