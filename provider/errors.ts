@@ -8,6 +8,7 @@ export const ERROR_CODES = {
   E_LOCKFILE: "Run `img.lock()` (or `npx tdxvm lock`) to regenerate build/tdx.lock, review the diff, and commit it.",
   E_POLICY: "The recipe's Policy forbids this; change the input (pin it, add integrity, lock first) or relax the named rule deliberately.",
   E_FETCH: "Check the URL and the integrity string; a mismatch means the remote content changed — re-pin it only if the new content is trusted.",
+  E_BAKE: "Read the failing phase and the last log lines in the message (the full log is build/bake-<profile>.log); fix the recipe or the host and bake again.",
   E_SECRET: "Check the secret payload against the declared SecretSchema; values are never echoed, only the secret's name.",
   E_MEASUREMENT: "Bake first (measurements need real artifacts), and check that the firmware and artifacts are the ones you locked.",
 } as const;

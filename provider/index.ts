@@ -16,3 +16,5 @@ export { writeTree } from "./compile/write";
 export { SecretSchema, SecretTarget, SecretsDelivery } from "./secrets";
 export { Init } from "./modules/init";
 export { lockRecipe, emitRecipe, defaultCacheDir } from "./pipeline";
+export { bake, artifact, stubVersion } from "./bake";
+export type { BakeOptions, BakeResult, Artifact } from "./bake";

@@ -171,7 +171,7 @@ export function compile(inputs: CompileInputs): MkosiTree {
   }
   tree.set("tdxvm.json", {
     mode: 0o644,
-    data: Buffer.from(JSON.stringify({ generator: "tdxvm", treeVersion: 1, profiles: digests, base: base.base, lock: lock.integrity }, null, 2) + "\n"),
+    data: Buffer.from(JSON.stringify({ generator: "tdxvm", treeVersion: 1, profiles: digests, base: base.base, debian: lock.debian }, null, 2) + "\n"),
   });
   return new Map([...tree].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }

@@ -26,16 +26,25 @@ export async function writeTree(tree: MkosiTree, dir: string): Promise<void> {
       writeFileSync(p, e.data, { mode: e.mode });
       chmodSync(p, e.mode);
     }
-    const old = `${tmp}.old`;
-    let had = true;
-    try {
-      renameSync(dir, old);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      had = false;
+    // Swap: move the current tree aside, move ours in. Another writer may swap in between
+    // (two bakes of one project); then move theirs aside too and retry.
+    for (let attempt = 0; ; attempt++) {
+      const old = `${tmp}.old${attempt}`;
+      try {
+        renameSync(dir, old);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      }
+      try {
+        renameSync(tmp, dir);
+        rmSync(old, { recursive: true, force: true });
+        break;
+      } catch (err) {
+        rmSync(old, { recursive: true, force: true });
+        const code = (err as NodeJS.ErrnoException).code;
+        if ((code !== "ENOTEMPTY" && code !== "EEXIST") || attempt >= 10) throw err;
+      }
     }
-    renameSync(tmp, dir);
-    if (had) rmSync(old, { recursive: true, force: true });
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
     throw e;

@@ -16,6 +16,7 @@ import { declareSecret, SecretOptions } from "../secrets";
 import { allProfileDigests, profileNames, DEFAULT_PROFILE } from "./resolve";
 import type { Lock } from "../lock/schema";
 import type { LockCallOptions, EmitOptions, EmitResult } from "../pipeline";
+import type { BakeOptions, BakeResult } from "../bake";
 
 export interface ImageOptions {
   base: "debian/trixie";
@@ -231,6 +232,12 @@ export class Image {
   async emit(opts: EmitOptions = {}): Promise<EmitResult> {
     const { emitRecipe } = await import("../pipeline");
     return emitRecipe({ recipe: this.recipe, projectDir: this.projectDir }, opts);
+  }
+
+  /** Lock (or check the lock when frozen), emit, run mkosi 25 and convert per target; cached by content. */
+  async bake(opts: BakeOptions = {}): Promise<BakeResult> {
+    const { bake } = await import("../bake");
+    return bake({ recipe: this.recipe, projectDir: this.projectDir }, opts);
   }
 
   private assertBase(call: string) {

@@ -5,6 +5,7 @@
 import * as http from "node:http";
 import { AddressInfo } from "node:net";
 import { ERROR_CODES, ErrorCode, Image, Init, Policy, SecretSchema, SecretTarget, TdxError, ContentStore, fetchInput } from "../../provider";
+import { parsePe } from "../../provider/measure";
 import { tempDir, tdxErrorOf } from "../helpers";
 
 const triggers: Record<ErrorCode, { run: () => Promise<unknown>; hint: RegExp }> = {
@@ -18,6 +19,20 @@ const triggers: Record<ErrorCode, { run: () => Promise<unknown>; hint: RegExp }>
     },
     hint: /exists/,
   },
+  E_BAKE: {
+    // The lima backend needs limactl on PATH; preflight names it and how to get it.
+    run: async () => {
+      const path = process.env.PATH;
+      process.env.PATH = "/nonexistent";
+      try {
+        return await new Image({ base: "debian/trixie", projectDir: await tempDir() }).bake({ backend: "lima", cacheDir: await tempDir(), quiet: true });
+      } finally {
+        process.env.PATH = path;
+      }
+    },
+    hint: /Install: brew install lima .*\(for limactl\)/,
+  },
+  E_MEASUREMENT: { run: async () => parsePe(Buffer.from("MZ not really a PE file")), hint: /Bake first/ },
   E_SECRET: {
     run: async () => {
       const init = new Init({ secrets: { TOKEN: { schema: SecretSchema.string({ minLength: 8 }), targets: [SecretTarget.env("TOKEN")] } } });

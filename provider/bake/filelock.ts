@@ -1,0 +1,53 @@
+/**
+ * A cross-process lock on a file: created with O_EXCL and holding the owner's pid. A lock whose
+ * owner no longer runs is stale and taken over. Waiters poll (bakes take minutes; 200 ms is fine).
+ */
+import { promises as fs } from "node:fs";
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export async function acquire(file: string, opts: { timeoutMs?: number; onWait?: () => void } = {}): Promise<() => Promise<void>> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 6 * 3600_000);
+  let told = false;
+  for (;;) {
+    try {
+      const fh = await fs.open(file, "wx");
+      await fh.writeFile(`${process.pid}\n`);
+      await fh.close();
+      return async () => {
+        await fs.rm(file, { force: true });
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    }
+    const owner = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
+    if (Number.isInteger(owner) && owner > 0 && !alive(owner)) {
+      // Stale: remove only if it still names the dead owner (another waiter may have won).
+      const again = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
+      if (again === owner) await fs.rm(file, { force: true });
+      continue;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${file} (held by pid ${owner})`);
+    if (!told) {
+      opts.onWait?.();
+      told = true;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+export async function withFileLock<T>(file: string, fn: () => Promise<T>, opts: { onWait?: () => void } = {}): Promise<T> {
+  const release = await acquire(file, opts);
+  try {
+    return await fn();
+  } finally {
+    await release();
+  }
+}

@@ -1,0 +1,332 @@
+/**
+ * Bake: emit the mkosi tree, run mkosi 25 (host or trixie tools tree), convert per target,
+ * and store everything in a content-addressed cache.
+ *
+ * Cache key = digest(tree digest, profile, targets, tools versions, BAKE_VERSION). An entry is
+ * built in a temp dir and renamed; a file lock per key makes concurrent bakes of one key build
+ * once; a killed bake leaves only its temp dir, which the next bake of that key removes.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream, promises as fs, existsSync } from "node:fs";
+import * as path from "node:path";
+import { execFileSync } from "node:child_process";
+import { TdxError } from "../errors";
+import { digestOf } from "../recipe/digest";
+import { DEFAULT_PROFILE } from "../recipe/resolve";
+import { Target } from "../recipe/schema";
+import { findOnPath } from "../recipe/image";
+import { treeDigest } from "../compile";
+import { writeFileAtomic, stableJson } from "../lock";
+import { emitRecipe, defaultCacheDir, ProjectContext } from "../pipeline";
+import { ensureToolsTree, ToolsTree, preflight } from "./toolsTree";
+import { sandboxArgv, runStreaming, Bind } from "./sandbox";
+import { withFileLock } from "./filelock";
+import { Progress } from "./progress";
+import { rawToVhd, rawToGceTarball, rawToQcow2 } from "./convert";
+import { limaArgv } from "./lima";
+
+export const BAKE_VERSION = 1;
+export const REPORT_VERSION = 1;
+
+export type Backend = "local_linux" | "lima";
+
+export interface BakeOptions {
+  frozen?: boolean;
+  profile?: string;
+  cacheDir?: string;
+  /** Where per-bake outputs (tree, log, report, artifact links) go; default <project>/build. */
+  buildDir?: string;
+  backend?: Backend;
+  lima?: { instance?: string };
+  /** false: ignore an existing cache entry and build again (package cache still used). */
+  useCache?: boolean;
+  /** Use mkosi's incremental cache for warm rebuilds (default true). */
+  incremental?: boolean;
+  quiet?: boolean;
+  /** Kill mkosi after this long (default 2 h). */
+  timeoutMs?: number;
+}
+
+export interface Artifact { target: Target | "uki" | "disk"; kind: string; path: string; sha256: string; size: number }
+
+export interface BakeResult {
+  reportVersion: 1;
+  profile: string;
+  key: string;
+  cacheHit: boolean;
+  recipeDigest: string;
+  lockIntegrity: string;
+  treeDigest: string;
+  artifacts: Artifact[];
+  tools: { source: "tools-tree" | "host"; versions: Record<string, string> };
+  systemdStub: string | null;
+  packages: Array<{ name: string; version: string; architecture?: string }>;
+  durations: Record<string, number>;
+  mkosiLog: string;
+}
+
+/** Artifact by target/kind, or undefined. */
+export function artifact(r: BakeResult, target: Artifact["target"], kind?: string): Artifact | undefined {
+  return r.artifacts.find((a) => a.target === target && (kind === undefined || a.kind === kind));
+}
+
+async function sha256File(file: string): Promise<{ sha256: string; size: number }> {
+  const h = createHash("sha256");
+  let size = 0;
+  for await (const c of createReadStream(file, { highWaterMark: 4 * 1024 * 1024 })) {
+    h.update(c as Buffer);
+    size += (c as Buffer).length;
+  }
+  return { sha256: h.digest("hex"), size };
+}
+
+/** systemd-stub writes "#### LoaderInfo: systemd-stub <version> ####" into its .sdmagic section. */
+export async function stubVersion(uki: string): Promise<string | null> {
+  const fh = await fs.open(uki, "r");
+  try {
+    const buf = Buffer.alloc(2 * 1024 * 1024);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    const m = /LoaderInfo: systemd-stub ([0-9][0-9A-Za-z.~+-]*)/.exec(buf.subarray(0, bytesRead).toString("latin1"));
+    return m ? m[1] : null;
+  } finally {
+    await fh.close();
+  }
+}
+
+function hostMkosiVersion(): string | undefined {
+  const bin = findOnPath("mkosi");
+  if (!bin) return undefined;
+  try {
+    const out = execFileSync(bin, ["--version"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+    const m = /mkosi\s+(\d+(?:\.\d+)*)/.exec(out);
+    return m && Number(m[1].split(".")[0]) >= 25 ? m[1] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+interface Executor {
+  source: "tools-tree" | "host";
+  versions: Record<string, string>;
+  /** argv for a command inside the build environment, with host dirs mapped in. */
+  argv(cmd: string[], binds: Bind[]): string[];
+  /** Path as the command sees it. */
+  inside(b: Bind): string;
+}
+
+async function executor(opts: BakeOptions, cacheDir: string, mirror: string, progress: Progress): Promise<Executor> {
+  if (opts.backend === "lima") {
+    preflight([{ command: "limactl", install: "brew install lima (macOS) — see lima-vm.io" }]);
+    return { source: "host", versions: {}, argv: (cmd) => limaArgv(opts.lima?.instance ?? "tdxvm", cmd), inside: (b) => b.host };
+  }
+  const host = hostMkosiVersion();
+  if (host && process.env.TDXVM_FORCE_TOOLS_TREE !== "1") {
+    return { source: "host", versions: { mkosi: host }, argv: (cmd) => cmd, inside: (b) => b.host };
+  }
+  const tree: ToolsTree = await ensureToolsTree({ cacheDir, mirror, progress });
+  return { source: "tools-tree", versions: tree.versions, argv: (cmd, binds) => sandboxArgv(tree.root, cmd, binds), inside: (b) => b.inside };
+}
+
+export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise<BakeResult> {
+  const progress = new Progress({ quiet: opts.quiet });
+  const profile = opts.profile ?? DEFAULT_PROFILE;
+  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  const buildDir = opts.buildDir ?? path.join(ctx.projectDir, "build");
+  try {
+    progress.phase("lock & emit");
+    const emitted = await emitRecipe(ctx, { frozen: opts.frozen, cacheDir, outDir: path.join(buildDir, "mkosi") });
+    if (!(profile in emitted.lock.recipe.profiles)) {
+      throw new TdxError("E_VALIDATION", `unknown profile ${JSON.stringify(profile)}`, { hint: `Known profiles: ${Object.keys(emitted.lock.recipe.profiles).join(", ")}.` });
+    }
+    const exec = await executor(opts, cacheDir, emitted.lock.debian.mirror, progress);
+    const targets = [...ctx.recipe.outputTargets].sort();
+    const tDigest = treeDigest(emitted.tree);
+    const key = digestOf({ bakeVersion: BAKE_VERSION, tree: tDigest, profile, targets, tools: exec.versions }).slice("sha256:".length);
+    const entries = path.join(cacheDir, "artifacts");
+    const entry = path.join(entries, key);
+    await fs.mkdir(entries, { recursive: true });
+
+    const finish = async (result: BakeResult, cacheHit: boolean): Promise<BakeResult> => {
+      const out = { ...result, cacheHit, durations: { ...result.durations } };
+      const outDir = path.join(buildDir, "artifacts", profile);
+      await fs.rm(outDir, { recursive: true, force: true });
+      await fs.mkdir(outDir, { recursive: true });
+      out.artifacts = [];
+      for (const a of result.artifacts) {
+        const dst = path.join(outDir, path.basename(a.path));
+        if (!existsSync(dst)) await fs.link(a.path, dst).catch(() => fs.copyFile(a.path, dst));
+        out.artifacts.push({ ...a, path: dst });
+      }
+      out.durations = { ...out.durations, ...progress.done() };
+      await writeReport(buildDir, out);
+      return out;
+    };
+
+    const cached = await readEntry(entry);
+    if (cached && opts.useCache !== false) return finish(cached, true);
+
+    return await withFileLock(`${entry}.lock`, async () => {
+      const again = await readEntry(entry);
+      if (again && opts.useCache !== false) return finish(again, true);
+      for (const n of await fs.readdir(entries)) if (n.startsWith(`.${key}.`)) await fs.rm(path.join(entries, n), { recursive: true, force: true });
+      const tmp = path.join(entries, `.${key}.${process.pid}.tmp`);
+      await fs.mkdir(path.join(tmp, "out"), { recursive: true });
+      await fs.mkdir(path.join(tmp, "ws"), { recursive: true });
+      const logFile = path.join(buildDir, `bake-${profile}.log`);
+      try {
+        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: emitted.dir });
+        const final: BakeResult = {
+          ...result, key, cacheHit: false, recipeDigest: emitted.lock.recipe.profiles[profile], lockIntegrity: emitted.lock.integrity, treeDigest: tDigest,
+          artifacts: result.artifacts.map((a) => ({ ...a, path: path.join(entry, path.relative(tmp, a.path)) })),
+        };
+        await fs.writeFile(path.join(tmp, "result.json"), stableJson(final));
+        await fs.rm(path.join(tmp, "ws"), { recursive: true, force: true });
+        await fs.rm(entry, { recursive: true, force: true });
+        await fs.rename(tmp, entry);
+        return finish(final, false);
+      } catch (e) {
+        await fs.rm(tmp, { recursive: true, force: true });
+        throw e;
+      }
+    }, { onWait: () => progress.phase("waiting for a concurrent bake of the same image") });
+  } finally {
+    progress.done();
+  }
+}
+
+async function readEntry(entry: string): Promise<BakeResult | undefined> {
+  try {
+    const r = JSON.parse(await fs.readFile(path.join(entry, "result.json"), "utf8")) as BakeResult;
+    for (const a of r.artifacts) if (!existsSync(a.path)) return undefined;
+    return r;
+  } catch {
+    return undefined;
+  }
+}
+
+interface BuildArgs {
+  ctx: ProjectContext; opts: BakeOptions; exec: Executor; profile: string; targets: Target[];
+  tmp: string; cacheDir: string; logFile: string; progress: Progress; emittedDir: string;
+}
+
+async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
+  const { exec, progress } = a;
+  const mkcache = path.join(a.cacheDir, "mkosi-cache");
+  const pkgcache = path.join(a.cacheDir, "packages");
+  await fs.mkdir(mkcache, { recursive: true });
+  await fs.mkdir(pkgcache, { recursive: true });
+  const binds: Bind[] = [
+    { host: a.emittedDir, inside: "/work/tree" },
+    { host: a.tmp, inside: "/work/entry" },
+    { host: mkcache, inside: "/work/mkcache" },
+    { host: pkgcache, inside: "/work/pkgcache" },
+  ];
+  const at = (i: number, sub = "") => exec.inside(binds[i]) + sub;
+  const mkosi = [
+    "mkosi", "--directory", at(0), "--output-dir", at(1, "/out"), "--workspace-directory", at(1, "/ws"),
+    "--cache-dir", at(2), "--package-cache-dir", at(3),
+    ...(a.profile !== DEFAULT_PROFILE ? [`--profile=${a.profile}`] : []),
+    `--incremental=${a.opts.incremental === false ? "no" : "yes"}`,
+    ...(a.ctx.recipe.policy.networkMode === "offline" ? ["--cache-only=always"] : []),
+    "--force", "build",
+  ];
+  progress.phase("mkosi build");
+  await fs.mkdir(path.dirname(a.logFile), { recursive: true });
+  const log = await fs.open(a.logFile, "w");
+  let step = "starting mkosi";
+  const t0 = Date.now();
+  let r;
+  try {
+    r = await runStreaming(exec.argv(mkosi, binds), {
+      tailLines: 30,
+      timeoutMs: a.opts.timeoutMs ?? 2 * 3600_000,
+      onLine: (l) => {
+        void log.write(l + "\n");
+        const m = /^‣\s+(.*)$/.exec(l.trim());
+        if (m && isStepLine(m[1])) step = m[1].replace(/…$/, "");
+        progress.line(l);
+      },
+    });
+  } finally {
+    await log.close();
+  }
+  const mkosiSeconds = (Date.now() - t0) / 1000;
+  if (r.code !== 0) {
+    throw new TdxError("E_BAKE", `mkosi failed during "${step}" (exit ${r.code ?? r.signal}). Last lines:\n${r.tail.slice(-20).join("\n")}`, {
+      hint: `Full log: ${a.logFile}. Fix the recipe (package names, run() steps) or the host, then bake again.`,
+      details: { phase: step, exitCode: r.code, signal: r.signal, log: a.logFile },
+    });
+  }
+  const base = a.profile === DEFAULT_PROFILE ? "tdxvm" : `tdxvm-${a.profile}`;
+  const out = path.join(a.tmp, "out");
+  const raw = path.join(out, `${base}.raw`);
+  const uki = path.join(out, `${base}.efi`);
+  for (const f of [raw, uki]) {
+    if (!existsSync(f)) throw new TdxError("E_BAKE", `mkosi finished but produced no ${path.basename(f)}`, { hint: `See ${a.logFile}.`, details: { phase: "collect" } });
+  }
+  const files: Array<Omit<Artifact, "sha256" | "size">> = [
+    { target: "uki", kind: "efi", path: uki },
+    { target: "disk", kind: "raw", path: raw },
+    { target: "qemu", kind: "raw", path: raw },
+  ];
+  const rawSum = await sha256File(raw);
+  const uniqueId = Buffer.from(rawSum.sha256.slice(0, 32), "hex");
+  if (a.targets.includes("qemu")) {
+    const qemuImg = exec.source === "tools-tree" ? "/usr/bin/qemu-img" : findOnPath("qemu-img");
+    if (qemuImg) {
+      progress.phase("convert: qcow2");
+      const q = path.join(out, `${base}.qcow2`);
+      await rawToQcow2((args) => exec.argv([qemuImg, ...args.map((x) => x.replace(a.tmp, at(1)))], binds), raw, q);
+      files.push({ target: "qemu", kind: "qcow2", path: q });
+    }
+  }
+  if (a.targets.includes("azure")) {
+    progress.phase("convert: azure vhd");
+    const v = path.join(out, `${base}.vhd`);
+    await rawToVhd(raw, v, uniqueId);
+    files.push({ target: "azure", kind: "vhd", path: v });
+  }
+  if (a.targets.includes("gcp")) {
+    progress.phase("convert: gcp tar.gz");
+    const t = path.join(out, `${base}.tar.gz`);
+    await rawToGceTarball(raw, t);
+    files.push({ target: "gcp", kind: "tar.gz", path: t });
+  }
+  progress.phase("hash artifacts");
+  const artifacts: Artifact[] = [];
+  for (const f of files) artifacts.push({ ...f, ...(f.path === raw ? rawSum : await sha256File(f.path)) });
+  const manifestFile = path.join(out, `${base}.manifest`);
+  let packages: BakeResult["packages"] = [];
+  if (existsSync(manifestFile)) {
+    const m = JSON.parse(await fs.readFile(manifestFile, "utf8")) as { packages?: Array<{ name: string; version: string; architecture?: string }> };
+    packages = (m.packages ?? []).map((p) => ({ name: p.name, version: p.version, architecture: p.architecture }));
+  }
+  return {
+    reportVersion: REPORT_VERSION,
+    profile: a.profile,
+    artifacts,
+    tools: { source: exec.source, versions: exec.versions },
+    systemdStub: await stubVersion(uki),
+    packages,
+    durations: { mkosi: mkosiSeconds },
+    mkosiLog: a.logFile,
+  };
+}
+
+/** mkosi prefixes both its steps and its errors/warnings with "‣"; keep only the steps. */
+export function isStepLine(text: string): boolean {
+  return !/^["'/]|returned non-zero exit code|^Could not|^Error|^Warning|not found|is a dependency of|size is .* consumes/i.test(text.trim());
+}
+
+async function writeReport(buildDir: string, r: BakeResult): Promise<void> {
+  const file = path.join(buildDir, "report.json");
+  let existing: { reportVersion?: number; bakes?: Record<string, BakeResult> } = {};
+  try {
+    existing = JSON.parse(await fs.readFile(file, "utf8"));
+  } catch {
+    existing = {};
+  }
+  const bakes = existing.reportVersion === REPORT_VERSION ? existing.bakes ?? {} : {};
+  bakes[r.profile] = r;
+  await writeFileAtomic(file, stableJson({ reportVersion: REPORT_VERSION, bakes }));
+}

@@ -1,0 +1,65 @@
+/**
+ * Live progress for long work on stderr: phase, elapsed time, and mkosi's current step
+ * (its "‣ …" lines). On a TTY one status line is redrawn; otherwise only phase changes are
+ * printed (quiet logs in CI), unless `quiet` silences everything.
+ */
+export class Progress {
+  private started = Date.now();
+  private phaseStarted = Date.now();
+  private current = "";
+  private step = "";
+  private timer: NodeJS.Timeout | undefined;
+  readonly durations: Record<string, number> = {};
+
+  constructor(private readonly opts: { quiet?: boolean; stream?: NodeJS.WriteStream } = {}) {}
+
+  private get stream(): NodeJS.WriteStream {
+    return this.opts.stream ?? process.stderr;
+  }
+
+  private get tty(): boolean {
+    return !this.opts.quiet && Boolean(this.stream.isTTY);
+  }
+
+  phase(name: string): void {
+    this.endPhase();
+    this.current = name;
+    this.step = "";
+    this.phaseStarted = Date.now();
+    if (this.opts.quiet) return;
+    if (this.tty) {
+      this.timer ??= setInterval(() => this.draw(), 1000);
+      this.timer.unref?.();
+      this.draw();
+    } else {
+      this.stream.write(`tdxvm: ${name}\n`);
+    }
+  }
+
+  /** A line of tool output; mkosi's step lines start with "‣". */
+  line(text: string): void {
+    const m = /^‣\s+(.*)$/.exec(text.trim());
+    if (m) {
+      this.step = m[1].slice(0, 80);
+      if (this.tty) this.draw();
+    }
+  }
+
+  private draw(): void {
+    const s = ((Date.now() - this.started) / 1000).toFixed(0);
+    this.stream.write(`\r\x1b[2Ktdxvm: ${this.current} [${s}s]${this.step ? ` — ${this.step}` : ""}`);
+  }
+
+  private endPhase(): void {
+    if (this.current) this.durations[this.current] = (this.durations[this.current] ?? 0) + (Date.now() - this.phaseStarted) / 1000;
+  }
+
+  done(): Record<string, number> {
+    this.endPhase();
+    this.current = "";
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    if (this.tty) this.stream.write("\r\x1b[2K");
+    return this.durations;
+  }
+}

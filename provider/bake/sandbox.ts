@@ -1,0 +1,95 @@
+/**
+ * Run a command inside the Debian trixie tools tree (DESIGN.md §3 mount set).
+ *
+ * All mounts are made inside a private mount namespace (`unshare --mount --propagation
+ * private`): when the process tree ends — normally, on failure, on SIGINT or even SIGKILL —
+ * the kernel drops the namespace and every mount with it. Nothing is ever mounted in the
+ * host's namespace, so nothing can be left behind.
+ */
+import { spawn } from "node:child_process";
+import { shQuote } from "../compile/shell";
+
+export interface Bind { host: string; inside: string; readOnly?: boolean }
+
+export interface RunOptions {
+  binds?: Bind[];
+  env?: Record<string, string>;
+  /** Called with each complete output line (stdout and stderr merged). */
+  onLine?: (line: string) => void;
+  /** Keep this many trailing lines for error reports (default 40). */
+  tailLines?: number;
+  /** Kill after this many ms (default: none). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface RunResult { code: number | null; signal: NodeJS.Signals | null; tail: string[] }
+
+/** The shell script that sets up the mounts and execs the command under chroot. */
+export function sandboxScript(root: string, argv: string[], binds: Bind[] = [], env: Record<string, string> = {}): string {
+  const r = shQuote(root);
+  const lines = [
+    "set -eu",
+    `mount --bind ${r} ${r}`, // mkosi-sandbox's pivot_root needs the root to be a mount point
+    `mount -t proc proc ${r}/proc`,
+    `mount --rbind /sys ${r}/sys`, `mount --make-rslave ${r}/sys`,
+    `mount --rbind /dev ${r}/dev`, `mount --make-rslave ${r}/dev`,
+    `mount -t tmpfs tmpfs ${r}/tmp`,
+    `cp -L /etc/resolv.conf ${r}/etc/resolv.conf 2>/dev/null || true`,
+  ];
+  for (const b of binds) {
+    const target = `${root}${b.inside}`;
+    lines.push(`mkdir -p ${shQuote(target)}`, `mount --bind ${shQuote(b.host)} ${shQuote(target)}`);
+    if (b.readOnly) lines.push(`mount -o remount,bind,ro ${shQuote(target)}`);
+  }
+  const envArgs = Object.entries(env).map(([k, v]) => shQuote(`${k}=${v}`));
+  lines.push(`exec chroot ${r} /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 ${envArgs.join(" ")} ${argv.map(shQuote).join(" ")}`);
+  return lines.join("\n");
+}
+
+/** Argv that runs `argv` inside `root` with the mount set, in a private mount namespace. */
+export function sandboxArgv(root: string, argv: string[], binds: Bind[] = [], env: Record<string, string> = {}): string[] {
+  return ["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", "/bin/sh", "-c", sandboxScript(root, argv, binds, env)];
+}
+
+/** Run a process, streaming lines to onLine and keeping a tail. Never throws for exit codes. */
+export function runStreaming(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...opts.env } });
+    const tail: string[] = [];
+    const keep = opts.tailLines ?? 40;
+    const feed = (() => {
+      const partial: Record<string, string> = { out: "", err: "" };
+      return (which: "out" | "err", chunk: Buffer) => {
+        const text = partial[which] + chunk.toString("utf8");
+        const parts = text.split(/\r?\n|\r/);
+        partial[which] = parts.pop() ?? "";
+        for (const line of parts) {
+          tail.push(line);
+          if (tail.length > keep) tail.shift();
+          opts.onLine?.(line);
+        }
+      };
+    })();
+    child.stdout.on("data", (c: Buffer) => feed("out", c));
+    child.stderr.on("data", (c: Buffer) => feed("err", c));
+    let timer: NodeJS.Timeout | undefined;
+    if (opts.timeoutMs) timer = setTimeout(() => child.kill("SIGTERM"), opts.timeoutMs);
+    const onAbort = () => child.kill("SIGTERM");
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    // Forward Ctrl-C to the child so it can stop cleanly; the namespace takes the mounts with it.
+    const onSigint = () => child.kill("SIGINT");
+    process.once("SIGINT", onSigint);
+    child.on("error", (e) => {
+      if (timer) clearTimeout(timer);
+      process.removeListener("SIGINT", onSigint);
+      reject(e);
+    });
+    child.on("close", (code, signal) => {
+      if (timer) clearTimeout(timer);
+      process.removeListener("SIGINT", onSigint);
+      opts.signal?.removeEventListener("abort", onAbort);
+      resolve({ code, signal, tail });
+    });
+  });
+}

@@ -1,0 +1,121 @@
+/**
+ * The Debian trixie tools tree: mkosi 25 and everything it and our boots need, installed by
+ * debootstrap + apt from the Debian archive into the cache (DESIGN.md §3, recipe 1).
+ *
+ * Layout: <cacheDir>/tools/trixie/ (the tree) and <cacheDir>/tools/trixie.json (manifest:
+ * package versions, mirror, creation time). Built in a temp dir and renamed into place; a
+ * file lock makes concurrent provisioners wait for one another instead of racing.
+ */
+import { promises as fs, existsSync, readFileSync, realpathSync } from "node:fs";
+import * as path from "node:path";
+import { randomBytes } from "node:crypto";
+import { TdxError } from "../errors";
+import { findOnPath } from "../recipe/image";
+import { sandboxArgv, runStreaming } from "./sandbox";
+import { withFileLock } from "./filelock";
+import { Progress } from "./progress";
+
+/** Packages of the tools tree: mkosi and its helpers, plus QEMU/OVMF/swtpm for dev boots. */
+export const TOOLS_PACKAGES = [
+  "mkosi", "debian-archive-keyring", "apt", "dpkg", "gnupg", "systemd", "systemd-boot-efi", "systemd-ukify",
+  "systemd-repart", "dosfstools", "mtools", "e2fsprogs", "erofs-utils", "squashfs-tools", "cpio", "zstd",
+  "xz-utils", "binutils", "python3-lz4", "qemu-system-x86", "qemu-utils", "ovmf", "swtpm", "swtpm-tools", "tpm2-tools",
+];
+
+/** Versions that identify the tree for cache keys and reports. */
+export const KEY_PACKAGES = ["mkosi", "systemd", "systemd-boot-efi", "qemu-system-x86", "ovmf", "swtpm", "linux-base"];
+
+export interface ToolsTree {
+  root: string;
+  release: "trixie";
+  /** package → version, for every installed package of TOOLS_PACKAGES. */
+  versions: Record<string, string>;
+  mirror: string;
+}
+
+export function toolsTreeDir(cacheDir: string): string {
+  return path.join(cacheDir, "tools", "trixie");
+}
+
+function readManifest(cacheDir: string): ToolsTree | undefined {
+  const m = `${toolsTreeDir(cacheDir)}.json`;
+  if (!existsSync(m) || !existsSync(path.join(toolsTreeDir(cacheDir), "usr/bin/mkosi"))) return undefined;
+  try {
+    const data = JSON.parse(readFileSync(m, "utf8")) as ToolsTree;
+    return { ...data, root: realpathSync(toolsTreeDir(cacheDir)) };
+  } catch {
+    return undefined;
+  }
+}
+
+export interface ProvisionOptions { cacheDir: string; mirror: string; progress?: Progress }
+
+/** Host commands provisioning needs, each with its Debian package. */
+export interface HostRequirement { command: string; install: string }
+const apt = (pkg: string) => `apt-get install -y ${pkg}`;
+export const PROVISION_COMMANDS: HostRequirement[] = [
+  { command: "debootstrap", install: apt("debootstrap") },
+  { command: "unshare", install: apt("util-linux") },
+  { command: "mount", install: apt("mount") },
+  { command: "chroot", install: apt("coreutils") },
+];
+
+export function preflight(commands: ReadonlyArray<HostRequirement>): void {
+  const missing = commands.filter((c) => !findOnPath(c.command));
+  if (missing.length) {
+    throw new TdxError("E_BAKE", `missing host command${missing.length > 1 ? "s" : ""}: ${missing.map((m) => m.command).join(", ")}`, {
+      hint: `Install: ${[...new Set(missing.map((m) => `${m.install} (for ${m.command})`))].join("; ")}`,
+      details: { phase: "preflight", missing: missing.map((m) => m.command) },
+    });
+  }
+  if (process.getuid?.() !== 0) {
+    throw new TdxError("E_BAKE", "baking with the tools tree needs root (mounts, chroot, loop-free repart as root)", {
+      hint: "Run as root (sudo), or install mkosi ≥ 25 on the host, or use the lima backend on macOS.",
+      details: { phase: "preflight" },
+    });
+  }
+}
+
+export async function ensureToolsTree(opts: ProvisionOptions): Promise<ToolsTree> {
+  const existing = readManifest(opts.cacheDir);
+  if (existing) return existing;
+  preflight(PROVISION_COMMANDS);
+  const toolsDir = path.dirname(toolsTreeDir(opts.cacheDir));
+  await fs.mkdir(toolsDir, { recursive: true });
+  return withFileLock(path.join(toolsDir, "trixie.lock"), async () => {
+    const again = readManifest(opts.cacheDir);
+    if (again) return again;
+    const tmp = path.join(toolsDir, `.trixie-${randomBytes(4).toString("hex")}.tmp`);
+    const fail = async (step: string, tail: string[]) => {
+      await fs.rm(tmp, { recursive: true, force: true });
+      return new TdxError("E_BAKE", `provisioning the trixie tools tree failed at ${step}:\n${tail.slice(-15).join("\n")}`, {
+        hint: `Check that ${opts.mirror} is reachable and the disk has ~1 GB free in ${toolsDir}.`,
+        details: { phase: "tools-tree", step },
+      });
+    };
+    try {
+      opts.progress?.phase("tools-tree: debootstrap");
+      let r = await runStreaming(["debootstrap", "--variant=minbase", "--include=ca-certificates", "trixie", tmp, opts.mirror], { onLine: (l) => opts.progress?.line(l) });
+      if (r.code !== 0) throw await fail("debootstrap", r.tail);
+      opts.progress?.phase("tools-tree: apt-get install mkosi & tools");
+      const apt = ["sh", "-c", `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${TOOLS_PACKAGES.join(" ")} && apt-get clean`];
+      r = await runStreaming(sandboxArgv(tmp, apt), { onLine: (l) => opts.progress?.line(l) });
+      if (r.code !== 0) throw await fail("apt-get install", r.tail);
+      r = await runStreaming(sandboxArgv(tmp, ["dpkg-query", "-W", "-f", "${Package}\\t${Version}\\n"]), { tailLines: 10_000 });
+      if (r.code !== 0) throw await fail("dpkg-query", r.tail);
+      const versions: Record<string, string> = {};
+      for (const line of r.tail) {
+        const [p, v] = line.split("\t");
+        if (p && v && (TOOLS_PACKAGES.includes(p) || KEY_PACKAGES.includes(p))) versions[p] = v;
+      }
+      if (!versions.mkosi || !/^(2[5-9]|[3-9]\d)\./.test(versions.mkosi)) throw await fail(`mkosi version check (got ${versions.mkosi ?? "none"})`, r.tail);
+      const manifest = { release: "trixie" as const, versions, mirror: opts.mirror, createdAt: new Date().toISOString() };
+      await fs.rename(tmp, toolsTreeDir(opts.cacheDir));
+      await fs.writeFile(`${toolsTreeDir(opts.cacheDir)}.json`, JSON.stringify(manifest, null, 2) + "\n");
+      return { ...manifest, root: toolsTreeDir(opts.cacheDir) };
+    } catch (e) {
+      await fs.rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
+  });
+}

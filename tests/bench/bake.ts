@@ -1,0 +1,71 @@
+/**
+ * Bake benchmark (root; real mkosi): plain `mkosi build` on the emitted tree vs img.bake()
+ * cold, warm (cache hit) and incremental (one file() changed). Tools tree and package cache
+ * are shared with the default cache; everything else starts empty in a temp cache.
+ */
+import { promises as fs, mkdtempSync, symlinkSync } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { Image, defaultCacheDir } from "../../provider";
+import { ensureToolsTree } from "../../provider/bake/toolsTree";
+import { runStreaming, sandboxArgv } from "../../provider/bake/sandbox";
+import { DEFAULT_DEBIAN } from "../../provider/lock";
+
+const recipe = (dir: string, motd: string) =>
+  new Image({ base: "debian/trixie", hostname: "bench", projectDir: dir }).file("/etc/motd", { content: motd }).outputTargets("qemu");
+
+async function secs<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const t0 = process.hrtime.bigint();
+  const r = await fn();
+  return [Number(process.hrtime.bigint() - t0) / 1e9, r];
+}
+
+export async function bakeBench(table: (t: string, h: string[], r: string[][]) => string): Promise<void> {
+  const shared = defaultCacheDir();
+  const tree = await ensureToolsTree({ cacheDir: shared, mirror: DEFAULT_DEBIAN.mirror });
+  const fresh = () => {
+    const c = mkdtempSync(path.join(os.tmpdir(), "tdxvm-bench-cache-"));
+    symlinkSync(path.join(shared, "tools"), path.join(c, "tools"));
+    symlinkSync(path.join(shared, "packages"), path.join(c, "packages"));
+    return c;
+  };
+
+  // 1. Plain mkosi on the same emitted tree (fresh incremental cache, shared package cache).
+  const plainCache = fresh();
+  const plainProject = mkdtempSync(path.join(os.tmpdir(), "tdxvm-bench-plain-"));
+  const emitted = await recipe(plainProject, "bench\n").emit({ cacheDir: plainCache });
+  const out = path.join(plainProject, "out");
+  await fs.mkdir(path.join(out, "o"), { recursive: true });
+  await fs.mkdir(path.join(out, "ws"), { recursive: true });
+  await fs.mkdir(path.join(plainCache, "mkosi-cache"), { recursive: true });
+  const binds = [
+    { host: emitted.dir, inside: "/work/tree" }, { host: out, inside: "/work/entry" },
+    { host: path.join(plainCache, "mkosi-cache"), inside: "/work/mkcache" }, { host: path.join(shared, "packages"), inside: "/work/pkgcache" },
+  ];
+  const [plain, r] = await secs(() => runStreaming(sandboxArgv(tree.root, ["mkosi", "--directory", "/work/tree", "--output-dir", "/work/entry/o", "--workspace-directory", "/work/entry/ws", "--cache-dir", "/work/mkcache", "--package-cache-dir", "/work/pkgcache", "--incremental=yes", "--force", "build"], binds)));
+  if (r.code !== 0) throw new Error(`plain mkosi failed:\n${r.tail.join("\n")}`);
+
+  // 2. bake() cold, 3. warm, 4. incremental after one file() change.
+  const cache = fresh();
+  const project = mkdtempSync(path.join(os.tmpdir(), "tdxvm-bench-bake-"));
+  const [cold, coldR] = await secs(() => recipe(project, "bench\n").bake({ cacheDir: cache, quiet: true }));
+  const [warm, warmR] = await secs(() => recipe(project, "bench\n").bake({ cacheDir: cache, quiet: true }));
+  const [incr, incrR] = await secs(() => recipe(project, "bench, one file changed\n").bake({ cacheDir: cache, quiet: true }));
+
+  const f = (s: number) => `${s.toFixed(2)} s`;
+  const conv = (d: Record<string, number>) => Object.entries(d).filter(([k]) => k.startsWith("convert") || k === "hash artifacts").reduce((a, [, v]) => a + v, 0);
+  console.log(table(
+    "Bake (qemu target; tools tree and package cache warm; 2 cores)",
+    ["run", "wall", "vs plain mkosi", "target", "notes"],
+    [
+      ["plain `mkosi build` on the emitted tree (baseline)", f(plain), "1.00×", "—", "fresh incremental cache"],
+      ["img.bake() cold", f(cold), `${(cold / plain).toFixed(2)}×`, "≤ 1.05×", `cacheHit=${coldR.cacheHit}; mkosi ${coldR.durations.mkosi.toFixed(1)} s, qcow2+hashing ${conv(coldR.durations).toFixed(1)} s`],
+      ["img.bake() warm (cache hit)", f(warm), `${(warm / plain).toFixed(3)}×`, "≤ 1 s", `cacheHit=${warmR.cacheHit}; no mkosi spawn`],
+      ["img.bake() after one file() change", f(incr), `${(incr / cold).toFixed(2)}× of cold`, "≤ 0.35× cold", `cacheHit=${incrR.cacheHit}; Incremental=yes; mkosi ${incrR.durations.mkosi.toFixed(1)} s`],
+    ],
+  ));
+  const uki = coldR.artifacts.find((a) => a.target === "uki")!;
+  const disk = coldR.artifacts.find((a) => a.target === "disk")!;
+  console.log(`image sizes: UKI ${(uki.size / 1048576).toFixed(1)} MiB, disk ${(disk.size / 1048576).toFixed(1)} MiB`);
+  for (const d of [plainCache, cache, plainProject, project]) await fs.rm(d, { recursive: true, force: true });
+}

@@ -1,0 +1,206 @@
+/**
+ * Real bakes: mkosi 25 from the Debian trixie tools tree (provisioned into the cache on first
+ * use), real artifacts read back. Slow (minutes) by nature; the tools tree and package cache
+ * are reused across runs through TDXVM_CACHE_DIR (default ~/.cache/tdxvm).
+ */
+import { spawn } from "node:child_process";
+import { promises as fs, existsSync, readFileSync, openSync, readSync, closeSync, statSync } from "node:fs";
+import * as path from "node:path";
+import { crc32, gunzipSync } from "node:zlib";
+import { Image, BakeResult, artifact, defaultCacheDir } from "../../provider";
+import { parseVhdFooter, MiB, GiB } from "../../provider/bake/convert";
+import { toolsTreeDir } from "../../provider/bake/toolsTree";
+import { tempDir, tdxErrorOf } from "../helpers";
+
+jest.setTimeout(30 * 60_000);
+
+const cacheDir = defaultCacheDir();
+
+/** A small image: the base packages plus one file, all three targets. */
+function small(projectDir: string, marker = "1"): Image {
+  return new Image({ base: "debian/trixie", hostname: "tdxvm-ci", projectDir })
+    .file("/etc/tdxvm-ci", { content: `ci image ${marker}\n` })
+    .outputTargets("qemu", "azure", "gcp");
+}
+
+function readAt(file: string, pos: number, len: number): Buffer {
+  const fd = openSync(file, "r");
+  try {
+    const b = Buffer.alloc(len);
+    readSync(fd, b, 0, len, pos);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Check a GPT disk: both headers valid (CRCs), backup at the last LBA, entries CRC; return partition type GUIDs. */
+function checkGpt(file: string, size = statSync(file).size): string[] {
+  const lastLba = size / 512 - 1;
+  const hdr = (lba: number) => {
+    const h = readAt(file, lba * 512, 512);
+    expect(h.toString("latin1", 0, 8)).toBe("EFI PART");
+    const n = h.readUInt32LE(12);
+    const z = Buffer.from(h.subarray(0, n));
+    z.writeUInt32LE(0, 16);
+    expect(crc32(z) >>> 0).toBe(h.readUInt32LE(16));
+    return h;
+  };
+  const p = hdr(1);
+  expect(Number(p.readBigUInt64LE(32))).toBe(lastLba);
+  const b = hdr(lastLba);
+  expect(Number(b.readBigUInt64LE(24))).toBe(lastLba);
+  const count = p.readUInt32LE(80);
+  const esize = p.readUInt32LE(84);
+  const entries = readAt(file, Number(p.readBigUInt64LE(72)) * 512, count * esize);
+  expect(crc32(entries) >>> 0).toBe(p.readUInt32LE(88));
+  expect(readAt(file, Number(b.readBigUInt64LE(72)) * 512, count * esize).equals(entries)).toBe(true);
+  const types: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const t = entries.subarray(i * esize, i * esize + 16);
+    if (!t.every((x) => x === 0)) types.push(t.toString("hex"));
+  }
+  return types;
+}
+
+/** Mounts below the tools tree that are visible in our namespace (there must be none). */
+function toolsTreeMounts(): string[] {
+  const root = toolsTreeDir(cacheDir);
+  return readFileSync("/proc/self/mountinfo", "utf8").split("\n").filter((l) => l.split(" ")[4]?.startsWith(root));
+}
+
+describe("real bake (mkosi 25, trixie tools tree)", () => {
+  let project: string;
+  let first: BakeResult;
+  let second: BakeResult;
+  // A marker unique to this run makes the image (and its cache key) new, so "cold" really is.
+  const run = `${Date.now()}`;
+  const img = () => small(project, run);
+
+  beforeAll(async () => {
+    project = await tempDir("tdxvm-bake-");
+  });
+
+  afterAll(async () => {
+    // Artifact entries are GBs; drop the ones this run made (tools tree and package cache stay).
+    if (first) await fs.rm(path.join(cacheDir, "artifacts", first.key), { recursive: true, force: true });
+    await fs.rm(project, { recursive: true, force: true });
+  });
+
+  it("two concurrent cold bakes of one image build once; both succeed with the same artifacts", async () => {
+    const [a, b] = await Promise.all([img().bake({ cacheDir, quiet: true }), img().bake({ cacheDir, quiet: true })]);
+    expect([a.cacheHit, b.cacheHit].sort()).toEqual([false, true]);
+    expect(b.artifacts.map((x) => x.sha256)).toEqual(a.artifacts.map((x) => x.sha256));
+    first = a.cacheHit ? b : a;
+    expect(first.tools.source === "tools-tree" || first.tools.source === "host").toBe(true);
+    expect(toolsTreeMounts()).toEqual([]);
+  });
+
+  it("produces a real UKI, a GPT disk with an ESP holding the UKI as BOOTX64.EFI, and reports versions", async () => {
+    const uki = artifact(first, "uki")!;
+    const head = readAt(uki.path, 0, 4096);
+    expect(head.toString("latin1", 0, 2)).toBe("MZ");
+    expect(first.systemdStub).toMatch(/^25[5-9]|^2[6-9]\d/);
+    const disk = artifact(first, "disk")!;
+    const types = checkGpt(disk.path);
+    expect(types).toContain("28732ac11ff8d211ba4b00a0c93ec93b"); // ESP c12a7328-f81f-11d2-ba4b-00a0c93ec93b (mixed-endian)
+    expect(types).toContain("e3bc684fcde8b14d96e7fbcaf984b709"); // root x86-64 4f68bce3-e8cd-4db1-96e7-fbcaf984b709
+    // The ESP's BOOTX64.EFI is byte-identical to the split-out UKI: find its bytes in the disk.
+    const ukiBytes = readFileSync(uki.path);
+    const diskBytes = readFileSync(disk.path);
+    expect(diskBytes.indexOf(ukiBytes.subarray(0, 64 * 1024))).toBeGreaterThan(0);
+    expect(first.packages.find((p) => p.name === "systemd")?.version).toMatch(/^25[7-9]/);
+    expect(first.packages.length).toBeGreaterThan(50);
+    const report = JSON.parse(readFileSync(path.join(project, "build", "report.json"), "utf8"));
+    expect(report.reportVersion).toBe(1);
+    expect(report.bakes.default.artifacts.map((x: { sha256: string }) => x.sha256)).toEqual(first.artifacts.map((x) => x.sha256));
+    expect(report.bakes.default.tools.versions.mkosi).toMatch(/^2[5-9]\./);
+  });
+
+  it("azure: a fixed VHD with a valid conectix footer, 1 MiB-aligned size, GPT intact", async () => {
+    const vhd = artifact(first, "azure", "vhd")!;
+    const size = statSync(vhd.path).size;
+    const footer = parseVhdFooter(readAt(vhd.path, size - 512, 512));
+    expect(footer).toMatchObject({ cookie: "conectix", diskType: 2, checksumOk: true });
+    expect(footer.currentSize).toBe(size - 512);
+    expect(footer.currentSize % MiB).toBe(0);
+    expect(footer.currentSize).toBeGreaterThanOrEqual(artifact(first, "disk")!.size);
+    checkGpt(vhd.path, footer.currentSize);
+  });
+
+  it("gcp: tar.gz with one oldgnu sparse member disk.raw of whole GiB holding the GPT disk", async () => {
+    const tgz = artifact(first, "gcp", "tar.gz")!;
+    const tar = gunzipSync(readFileSync(tgz.path));
+    const h = tar.subarray(0, 512);
+    expect(h.toString("latin1", 0, 8)).toBe("disk.raw");
+    expect(h.toString("latin1", 257, 265)).toBe("ustar  \0"); // GNU oldgnu magic + version
+    expect(String.fromCharCode(h[156])).toBe("S"); // GNU sparse member
+    const realSize = parseInt(h.toString("latin1", 483, 495).replace(/\0.*$/, "").trim(), 8); // oldgnu realsize field
+    expect(realSize % GiB).toBe(0);
+    expect(realSize).toBeGreaterThanOrEqual(artifact(first, "disk")!.size);
+    expect(parseInt(h.toString("latin1", 136, 148).trim(), 8)).toBe(0); // mtime 0: reproducible
+  });
+
+  it("qemu: qcow2 converted from the raw disk", async () => {
+    const q = artifact(first, "qemu", "qcow2");
+    expect(q).toBeDefined();
+    expect(readAt(q!.path, 0, 4).toString("latin1")).toBe("QFI\xfb");
+    expect(readAt(q!.path, 24, 8).readBigUInt64BE(0)).toBe(BigInt(artifact(first, "disk")!.size)); // virtual size
+  });
+
+  it("is reproducible: a second bake from clean outputs gives the same UKI and disk bytes", async () => {
+    second = await img().bake({ cacheDir, quiet: true, useCache: false });
+    expect(second.cacheHit).toBe(false);
+    for (const t of ["uki", "disk"] as const) expect(artifact(second, t)!.sha256).toBe(artifact(first, t)!.sha256);
+    expect(artifact(second, "azure")!.sha256).toBe(artifact(first, "azure")!.sha256);
+    expect(artifact(second, "gcp")!.sha256).toBe(artifact(first, "gcp")!.sha256);
+  });
+
+  it("a cache hit returns without starting mkosi", async () => {
+    const log = path.join(project, "build", "bake-default.log");
+    const before = statSync(log).mtimeMs;
+    const r = await img().bake({ cacheDir, quiet: true });
+    expect(r.cacheHit).toBe(true);
+    expect(r.durations.mkosi).toBe(second.durations.mkosi); // stored result; no new mkosi run
+    expect(statSync(log).mtimeMs).toBe(before);
+    expect(r.artifacts.map((a) => a.sha256)).toEqual(second.artifacts.map((a) => a.sha256));
+  });
+
+  it("mkosi failure (unknown package) → E_BAKE with the phase and log tail, no cache entry, no mounts", async () => {
+    const dir = await tempDir("tdxvm-bakefail-");
+    const entriesBefore = await fs.readdir(path.join(cacheDir, "artifacts"));
+    const e = await tdxErrorOf(() => small(dir, "fail").install("tdxvm-no-such-package").bake({ cacheDir, quiet: true }));
+    expect(e.code).toBe("E_BAKE");
+    expect(e.message).toMatch(/mkosi failed during "/);
+    expect(e.message).toContain("tdxvm-no-such-package");
+    expect(String(e.details?.phase)).toMatch(/Installing|Building|Syncing|Copying/);
+    expect(e.hint).toContain(path.join(dir, "build", "bake-default.log"));
+    const entriesAfter = await fs.readdir(path.join(cacheDir, "artifacts"));
+    expect(entriesAfter.sort()).toEqual(entriesBefore.sort());
+    expect(toolsTreeMounts()).toEqual([]);
+  });
+
+  it("a killed bake (SIGKILL to its process group mid-build) leaves no cache entry and no mounts", async () => {
+    const dir = await tempDir("tdxvm-bakekill-");
+    const entriesBefore = (await fs.readdir(path.join(cacheDir, "artifacts"))).filter((n) => !n.startsWith("."));
+    const script = `require("@swc-node/register"); const {Image}=require(${JSON.stringify(path.resolve(__dirname, "../../provider"))});
+      new Image({base:"debian/trixie",projectDir:${JSON.stringify(dir)}}).file("/etc/k",{content:"killed\\n"}).bake({cacheDir:${JSON.stringify(cacheDir)},quiet:true}).then(()=>process.exit(0),(e)=>{console.error(String(e));process.exit(3)});`;
+    const child = spawn(process.execPath, ["-e", script], { cwd: path.resolve(__dirname, "../.."), detached: true, stdio: "ignore" });
+    const log = path.join(dir, "build", "bake-default.log");
+    const deadline = Date.now() + 5 * 60_000;
+    while (Date.now() < deadline && !(existsSync(log) && /Installing Debian|Building tdxvm image/.test(readFileSync(log, "utf8")))) await new Promise((r) => setTimeout(r, 500));
+    expect(existsSync(log)).toBe(true);
+    process.kill(-child.pid!, "SIGKILL");
+    await new Promise((r) => child.once("exit", r));
+    await new Promise((r) => setTimeout(r, 2000));
+    const all = await fs.readdir(path.join(cacheDir, "artifacts"));
+    const entriesAfter = all.filter((n) => !n.startsWith(".") && !n.endsWith(".lock"));
+    expect(entriesAfter.sort()).toEqual(entriesBefore.filter((n) => !n.endsWith(".lock")).sort());
+    // A SIGKILLed holder cannot remove its lock; the lock names a dead pid, so the next bake takes it over.
+    for (const l of all.filter((n) => n.endsWith(".lock") && !entriesBefore.includes(n))) {
+      const pid = Number(readFileSync(path.join(cacheDir, "artifacts", l), "utf8").trim());
+      expect(() => process.kill(pid, 0)).toThrow();
+    }
+    expect(toolsTreeMounts()).toEqual([]);
+  });
+});

@@ -1,0 +1,173 @@
+import { promises as fs, readFileSync } from "node:fs";
+import * as path from "node:path";
+import { crc32 } from "node:zlib";
+import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, MiB } from "../../provider/bake/convert";
+import { parseGpt } from "../../provider/measure/gpt";
+import { limaArgv } from "../../provider/bake/lima";
+import { isStepLine } from "../../provider/bake";
+import { sandboxArgv, sandboxScript } from "../../provider/bake/sandbox";
+import { acquire, withFileLock } from "../../provider/bake/filelock";
+import { tempDir, tdxErrorOf } from "../helpers";
+
+/** A small GPT disk built by the test (protective MBR, 128×128-byte entries, one partition). */
+function makeGptDisk(sectors: number): Buffer {
+  const disk = Buffer.alloc(sectors * 512);
+  const last = sectors - 1;
+  disk[446 + 4] = 0xee;
+  disk.writeUInt32LE(1, 446 + 8);
+  disk.writeUInt32LE(last, 446 + 12);
+  disk.writeUInt16LE(0xaa55, 510);
+  const entries = Buffer.alloc(128 * 128);
+  Buffer.from("28732ac11ff8d211ba4b00a0c93ec93b", "hex").copy(entries, 0); // ESP type
+  Buffer.alloc(16, 7).copy(entries, 16);
+  entries.writeBigUInt64LE(2048n, 32);
+  entries.writeBigUInt64LE(4095n, 40);
+  const header = (myLba: number, altLba: number, entriesLba: number) => {
+    const h = Buffer.alloc(512);
+    h.write("EFI PART", 0, "latin1");
+    h.writeUInt32LE(0x00010000, 8);
+    h.writeUInt32LE(92, 12);
+    h.writeBigUInt64LE(BigInt(myLba), 24);
+    h.writeBigUInt64LE(BigInt(altLba), 32);
+    h.writeBigUInt64LE(34n, 40);
+    h.writeBigUInt64LE(BigInt(last - 33), 48);
+    Buffer.alloc(16, 9).copy(h, 56);
+    h.writeBigUInt64LE(BigInt(entriesLba), 72);
+    h.writeUInt32LE(128, 80);
+    h.writeUInt32LE(128, 84);
+    h.writeUInt32LE(crc32(entries) >>> 0, 88);
+    h.writeUInt32LE(crc32(h.subarray(0, 92)) >>> 0, 16);
+    return h;
+  };
+  header(1, last, 2).copy(disk, 512);
+  entries.copy(disk, 2 * 512);
+  entries.copy(disk, (last - 32) * 512);
+  header(last, 1, last - 32).copy(disk, last * 512);
+  return disk;
+}
+
+function headerOk(h: Buffer): boolean {
+  const z = Buffer.from(h.subarray(0, 92));
+  z.writeUInt32LE(0, 16);
+  return h.toString("latin1", 0, 8) === "EFI PART" && (crc32(z) >>> 0) === h.readUInt32LE(16);
+}
+
+describe("GPT growth (for 1 MiB / 1 GiB alignment)", () => {
+  it("moves the backup GPT to the new last LBA, keeps partitions, fixes CRCs and the protective MBR", async () => {
+    const dir = await tempDir();
+    const file = path.join(dir, "d.raw");
+    const original = makeGptDisk(8192 + 7);
+    await fs.writeFile(file, original);
+    await growGptDisk(file, 16 * MiB);
+    const d = readFileSync(file);
+    expect(d.length).toBe(16 * MiB);
+    const last = d.length / 512 - 1;
+    const primary = d.subarray(512, 1024);
+    const backup = d.subarray(last * 512, last * 512 + 512);
+    expect(headerOk(primary)).toBe(true);
+    expect(headerOk(backup)).toBe(true);
+    expect(Number(primary.readBigUInt64LE(32))).toBe(last);
+    expect(Number(backup.readBigUInt64LE(24))).toBe(last);
+    expect(Number(backup.readBigUInt64LE(32))).toBe(1);
+    expect(Number(primary.readBigUInt64LE(48))).toBe(last - 33);
+    const entriesAt = Number(backup.readBigUInt64LE(72));
+    expect(entriesAt).toBe(last - 32);
+    expect(d.subarray(entriesAt * 512, entriesAt * 512 + 128 * 128).equals(d.subarray(1024, 1024 + 128 * 128))).toBe(true);
+    expect(d.readUInt32LE(446 + 12)).toBe(last);
+    // Old backup header sector is cleared.
+    expect(d.subarray((8192 + 6) * 512, (8192 + 7) * 512).every((b) => b === 0)).toBe(true);
+    // An independent parser (provider/measure/gpt) reads the same partition.
+    const gpt = parseGpt(d.subarray(0, 34 * 512));
+    expect(gpt.partitions.map((p) => [p.startingLba, p.endingLba])).toEqual([[2048n, 4095n]]);
+    expect(gpt.header.alternateLba).toBe(BigInt(last));
+  });
+
+  it("rejects a disk without GPT and shrinking", async () => {
+    const dir = await tempDir();
+    const file = path.join(dir, "x.raw");
+    await fs.writeFile(file, Buffer.alloc(4096));
+    expect((await tdxErrorOf(() => growGptDisk(file, 8192))).code).toBe("E_BAKE");
+    await fs.writeFile(file, makeGptDisk(100));
+    expect((await tdxErrorOf(() => growGptDisk(file, 512 * 50))).code).toBe("E_BAKE");
+  });
+});
+
+describe("fixed VHD", () => {
+  it("computes CHS geometry by the spec's algorithm", () => {
+    // Values worked by hand from the VHD spec appendix algorithm.
+    expect(vhdGeometry(1 * MiB)).toEqual({ cylinders: 30, heads: 4, sectorsPerTrack: 17 }); // 2048 sectors: 120 c*h /4
+    expect(vhdGeometry(1024 * MiB)).toEqual({ cylinders: 2080, heads: 16, sectorsPerTrack: 63 }); // 2097152 sectors → 17 then 31 then 63 spt
+    expect(vhdGeometry(200 * 1024 * MiB)).toEqual({ cylinders: 65535, heads: 16, sectorsPerTrack: 255 });
+  });
+
+  it("writes a footer whose fields and checksum read back", () => {
+    const f = vhdFooter(994 * MiB, Buffer.alloc(16, 0xab));
+    const p = parseVhdFooter(f);
+    expect(p).toMatchObject({ cookie: "conectix", diskType: 2, currentSize: 994 * MiB, originalSize: 994 * MiB, checksumOk: true });
+    expect(f.readUInt32BE(8)).toBe(2);
+    expect(f.readUInt32BE(12)).toBe(0x00010000);
+    expect(f.readBigUInt64BE(16)).toBe(0xffffffffffffffffn);
+    expect(f.subarray(68, 84).equals(Buffer.alloc(16, 0xab))).toBe(true);
+    f[100] ^= 1;
+    expect(parseVhdFooter(f).checksumOk).toBe(false);
+    expect(vhdChecksum(f)).not.toBe(f.readUInt32BE(64));
+  });
+
+  it("rawToVhd: size a multiple of 1 MiB + 512, GPT intact, no temp file left", async () => {
+    const dir = await tempDir();
+    const raw = path.join(dir, "d.raw");
+    await fs.writeFile(raw, makeGptDisk(3000));
+    await rawToVhd(raw, path.join(dir, "d.vhd"), Buffer.alloc(16, 1));
+    const v = readFileSync(path.join(dir, "d.vhd"));
+    expect((v.length - 512) % MiB).toBe(0);
+    expect(parseVhdFooter(v.subarray(v.length - 512))).toMatchObject({ cookie: "conectix", checksumOk: true, currentSize: v.length - 512 });
+    const last = (v.length - 512) / 512 - 1;
+    expect(headerOk(v.subarray(last * 512, last * 512 + 512))).toBe(true);
+    expect((await fs.readdir(dir)).sort()).toEqual(["d.raw", "d.vhd"]);
+  });
+});
+
+describe("backends and sandbox command construction", () => {
+  it("lima: runs the same mkosi argv inside the VM via limactl shell", () => {
+    expect(limaArgv("tdxvm", ["mkosi", "--directory", "/Users/me/p/build/mkosi", "build"])).toEqual([
+      "limactl", "shell", "--workdir", "/", "tdxvm", "sudo", "--preserve-env=SOURCE_DATE_EPOCH", "mkosi", "--directory", "/Users/me/p/build/mkosi", "build",
+    ]);
+  });
+
+  it("sandbox: mounts only inside a private namespace and quotes every path", () => {
+    const argv = sandboxArgv("/cache/tools/trixie", ["mkosi", "build"], [{ host: "/home/u/my proj", inside: "/work/tree", readOnly: true }]);
+    expect(argv.slice(0, 6)).toEqual(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child"]);
+    const script = sandboxScript("/cache/tools/trixie", ["mkosi", "build"], [{ host: "/home/u/my proj", inside: "/work/tree", readOnly: true }]);
+    expect(script).toContain("mount --bind '/cache/tools/trixie' '/cache/tools/trixie'");
+    expect(script).toContain("mount --bind '/home/u/my proj' '/cache/tools/trixie/work/tree'");
+    expect(script).toContain("mount -o remount,bind,ro '/cache/tools/trixie/work/tree'");
+    expect(script.trim().split("\n").pop()).toMatch(/^exec chroot '\/cache\/tools\/trixie' \/usr\/bin\/env -i .* 'mkosi' 'build'$/);
+  });
+});
+
+describe("file lock", () => {
+  it("serialises holders and takes over a lock whose owner is dead", async () => {
+    const dir = await tempDir();
+    const file = path.join(dir, "k.lock");
+    const order: string[] = [];
+    await Promise.all([
+      withFileLock(file, async () => { order.push("a+"); await new Promise((r) => setTimeout(r, 300)); order.push("a-"); }),
+      new Promise((r) => setTimeout(r, 50)).then(() => withFileLock(file, async () => { order.push("b+"); order.push("b-"); })),
+    ]);
+    expect(order).toEqual(["a+", "a-", "b+", "b-"]);
+    await fs.writeFile(file, "999999999\n"); // a pid that does not run
+    const release = await acquire(file, { timeoutMs: 2000 });
+    expect(readFileSync(file, "utf8")).toBe(`${process.pid}\n`);
+    await release();
+  });
+});
+
+describe("mkosi step lines", () => {
+  it("tells steps from errors and notices", () => {
+    expect(isStepLine("Installing Debian")).toBe(true);
+    expect(isStepLine("Running postinstall script /work/tree/mkosi.postinst…")).toBe(true);
+    expect(isStepLine('"apt-get -o X install foo" returned non-zero exit code 100.')).toBe(false);
+    expect(isStepLine("Could not rename /a to /b as they are located on different devices, falling back to copying")).toBe(false);
+    expect(isStepLine("/work/entry/out/tdxvm.raw size is 993.7M, consumes 630.1M.")).toBe(false);
+  });
+});
