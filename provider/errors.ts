@@ -9,6 +9,7 @@ export const ERROR_CODES = {
   E_POLICY: "The recipe's Policy forbids this; change the input (pin it, add integrity, lock first) or relax the named rule deliberately.",
   E_FETCH: "Check the URL and the integrity string; a mismatch means the remote content changed — re-pin it only if the new content is trusted.",
   E_BAKE: "Read the failing phase and the last log lines in the message (the full log is build/bake-<profile>.log); fix the recipe or the host and bake again.",
+  E_DEPLOYMENT: "Make sure the image was baked for this target (outputTargets) and the host meets the listed requirements; the serial log path is in the message.",
   E_SECRET: "Check the secret payload against the declared SecretSchema; values are never echoed, only the secret's name.",
   E_MEASUREMENT: "Bake first (measurements need real artifacts), and check that the firmware and artifacts are the ones you locked.",
 } as const;

@@ -18,3 +18,6 @@ export { Init } from "./modules/init";
 export { lockRecipe, emitRecipe, defaultCacheDir } from "./pipeline";
 export { bake, artifact, stubVersion } from "./bake";
 export type { BakeOptions, BakeResult, Artifact } from "./bake";
+export { devBoot, bootBakedDisk, parseGuestReport } from "./deploy/devboot";
+export { measureBake, measureBoot, verify, diffMeasurements, diffToMarkdown, measurementsToJson, measurementsToCbor } from "./measure";
+export type { Measurements, RegisterValue, LedgerEvent, RegisterDiff, VerifyResult } from "./measure";

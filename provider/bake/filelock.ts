@@ -13,7 +13,14 @@ function alive(pid: number): boolean {
   }
 }
 
-export async function acquire(file: string, opts: { timeoutMs?: number; onWait?: () => void } = {}): Promise<() => Promise<void>> {
+export interface LockOptions {
+  timeoutMs?: number;
+  onWait?: () => void;
+  /** Called (before we own the lock) when the previous holder died without releasing it. */
+  onStale?: (deadPid: number) => void | Promise<void>;
+}
+
+export async function acquire(file: string, opts: LockOptions = {}): Promise<() => Promise<void>> {
   const deadline = Date.now() + (opts.timeoutMs ?? 6 * 3600_000);
   let told = false;
   for (;;) {
@@ -31,7 +38,10 @@ export async function acquire(file: string, opts: { timeoutMs?: number; onWait?:
     if (Number.isInteger(owner) && owner > 0 && !alive(owner)) {
       // Stale: remove only if it still names the dead owner (another waiter may have won).
       const again = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
-      if (again === owner) await fs.rm(file, { force: true });
+      if (again === owner) {
+        await opts.onStale?.(owner);
+        await fs.rm(file, { force: true });
+      }
       continue;
     }
     if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${file} (held by pid ${owner})`);
@@ -43,7 +53,7 @@ export async function acquire(file: string, opts: { timeoutMs?: number; onWait?:
   }
 }
 
-export async function withFileLock<T>(file: string, fn: () => Promise<T>, opts: { onWait?: () => void } = {}): Promise<T> {
+export async function withFileLock<T>(file: string, fn: () => Promise<T>, opts: LockOptions = {}): Promise<T> {
   const release = await acquire(file, opts);
   try {
     return await fn();

@@ -215,16 +215,16 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
   const pkgcache = path.join(a.cacheDir, "packages");
   await fs.mkdir(mkcache, { recursive: true });
   await fs.mkdir(pkgcache, { recursive: true });
+  // One bind for the whole cache: output, workspace and mkosi's cache are then on one mount,
+  // so mkosi renames instead of copying multi-GB trees between them.
   const binds: Bind[] = [
     { host: a.emittedDir, inside: "/work/tree" },
-    { host: a.tmp, inside: "/work/entry" },
-    { host: mkcache, inside: "/work/mkcache" },
-    { host: pkgcache, inside: "/work/pkgcache" },
+    { host: a.cacheDir, inside: "/work/cache" },
   ];
-  const at = (i: number, sub = "") => exec.inside(binds[i]) + sub;
+  const inCache = (hostPath: string) => path.posix.join(exec.inside(binds[1]), path.relative(a.cacheDir, hostPath));
   const mkosi = [
-    "mkosi", "--directory", at(0), "--output-dir", at(1, "/out"), "--workspace-directory", at(1, "/ws"),
-    "--cache-dir", at(2), "--package-cache-dir", at(3),
+    "mkosi", "--directory", exec.inside(binds[0]), "--output-dir", inCache(path.join(a.tmp, "out")), "--workspace-directory", inCache(path.join(a.tmp, "ws")),
+    "--cache-dir", inCache(mkcache), "--package-cache-dir", inCache(pkgcache),
     ...(a.profile !== DEFAULT_PROFILE ? [`--profile=${a.profile}`] : []),
     `--incremental=${a.opts.incremental === false ? "no" : "yes"}`,
     ...(a.ctx.recipe.policy.networkMode === "offline" ? ["--cache-only=always"] : []),
@@ -232,6 +232,20 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
   ];
   progress.phase("mkosi build");
   await fs.mkdir(path.dirname(a.logFile), { recursive: true });
+  // One mkosi at a time per cache: mkosi's incremental and metadata caches are shared and not
+  // written atomically. If the previous holder died mid-build, those caches may be torn: drop them.
+  return withFileLock(path.join(a.cacheDir, "mkosi.lock"), () => runMkosi(a, exec, binds, mkosi, inCache, mkcache), {
+    onWait: () => progress.phase("waiting for another mkosi build on this cache"),
+    onStale: async () => {
+      await fs.rm(mkcache, { recursive: true, force: true });
+      await fs.mkdir(mkcache, { recursive: true });
+    },
+  });
+}
+
+async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: string[], inCache: (p: string) => string, mkcache: string): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
+  const { progress } = a;
+  await dropInitrdCache(mkcache);
   const log = await fs.open(a.logFile, "w");
   let step = "starting mkosi";
   const t0 = Date.now();
@@ -276,7 +290,7 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
     if (qemuImg) {
       progress.phase("convert: qcow2");
       const q = path.join(out, `${base}.qcow2`);
-      await rawToQcow2((args) => exec.argv([qemuImg, ...args.map((x) => x.replace(a.tmp, at(1)))], binds), raw, q);
+      await rawToQcow2((args) => exec.argv([qemuImg, ...args.map((x) => (x.startsWith(a.cacheDir) ? inCache(x) : x))], binds), raw, q);
       files.push({ target: "qemu", kind: "qcow2", path: q });
     }
   }
@@ -311,6 +325,19 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
     durations: { mkosi: mkosiSeconds },
     mkosiLog: a.logFile,
   };
+}
+
+/**
+ * mkosi 25.3 with Incremental=yes reuses a cached default-initrd tree, but apt's
+ * auto-installed marks (extended_states) live in mkosi's shared metadata, not in that tree.
+ * On reuse, the initrd's `RemovePackages=dpkg` then autoremoves kmod as well and the build
+ * fails ("dpkg-maintscript-helper: not found", measured here 2026-11-24). The default initrd is
+ * therefore always built afresh (about 20 s); the main image's cache is kept.
+ */
+async function dropInitrdCache(mkcache: string): Promise<void> {
+  for (const n of await fs.readdir(mkcache).catch(() => [] as string[])) {
+    if (n.includes("~default-initrd")) await fs.rm(path.join(mkcache, n), { recursive: true, force: true });
+  }
 }
 
 /** mkosi prefixes both its steps and its errors/warnings with "‣"; keep only the steps. */

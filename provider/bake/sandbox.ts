@@ -2,9 +2,10 @@
  * Run a command inside the Debian trixie tools tree (DESIGN.md §3 mount set).
  *
  * All mounts are made inside a private mount namespace (`unshare --mount --propagation
- * private`): when the process tree ends — normally, on failure, on SIGINT or even SIGKILL —
- * the kernel drops the namespace and every mount with it. Nothing is ever mounted in the
- * host's namespace, so nothing can be left behind.
+ * private`) and every process runs in a new PID namespace: when the sandbox ends — normally,
+ * on failure, on SIGINT or even SIGKILL — the kernel kills what ran inside and drops the
+ * namespace with every mount. Nothing is mounted in the host's namespace, so nothing can be
+ * left behind.
  */
 import { spawn } from "node:child_process";
 import { shQuote } from "../compile/shell";
@@ -49,7 +50,8 @@ export function sandboxScript(root: string, argv: string[], binds: Bind[] = [], 
 
 /** Argv that runs `argv` inside `root` with the mount set, in a private mount namespace. */
 export function sandboxArgv(root: string, argv: string[], binds: Bind[] = [], env: Record<string, string> = {}): string[] {
-  return ["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", "/bin/sh", "-c", sandboxScript(root, argv, binds, env)];
+  // --pid: every process started inside (daemons included) dies with the sandbox.
+  return ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", sandboxScript(root, argv, binds, env)];
 }
 
 /** Run a process, streaming lines to onLine and keeping a tail. Never throws for exit codes. */

@@ -17,6 +17,8 @@ import { allProfileDigests, profileNames, DEFAULT_PROFILE } from "./resolve";
 import type { Lock } from "../lock/schema";
 import type { LockCallOptions, EmitOptions, EmitResult } from "../pipeline";
 import type { BakeOptions, BakeResult } from "../bake";
+import type { MeasureCallOptions } from "../measure/api";
+import type { Measurements } from "../measure/ledger";
 
 export interface ImageOptions {
   base: "debian/trixie";
@@ -238,6 +240,13 @@ export class Image {
   async bake(opts: BakeOptions = {}): Promise<BakeResult> {
     const { bake } = await import("../bake");
     return bake({ recipe: this.recipe, projectDir: this.projectDir }, opts);
+  }
+
+  /** Bake (cached) and compute the measurements a platform will report for this image. */
+  async measure(opts: MeasureCallOptions & { bake?: BakeOptions }): Promise<Measurements> {
+    const baked = await this.bake({ cacheDir: opts.cacheDir, ...opts.bake });
+    const { measureBake } = await import("../measure/api");
+    return measureBake(baked, opts);
   }
 
   private assertBase(call: string) {

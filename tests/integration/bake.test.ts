@@ -202,5 +202,10 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
       expect(() => process.kill(pid, 0)).toThrow();
     }
     expect(toolsTreeMounts()).toEqual([]);
+    // The next bake of the same image succeeds: stale lock taken over, torn mkosi caches dropped.
+    const again = await new Image({ base: "debian/trixie", projectDir: dir }).file("/etc/k", { content: "killed\n" }).bake({ cacheDir, quiet: true });
+    expect(again.cacheHit).toBe(false);
+    expect(artifact(again, "uki")!.size).toBeGreaterThan(1024 * 1024);
+    await fs.rm(path.join(cacheDir, "artifacts", again.key), { recursive: true, force: true });
   });
 });

@@ -136,7 +136,7 @@ describe("backends and sandbox command construction", () => {
 
   it("sandbox: mounts only inside a private namespace and quotes every path", () => {
     const argv = sandboxArgv("/cache/tools/trixie", ["mkosi", "build"], [{ host: "/home/u/my proj", inside: "/work/tree", readOnly: true }]);
-    expect(argv.slice(0, 6)).toEqual(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child"]);
+    expect(argv.slice(0, 7)).toEqual(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child"]);
     const script = sandboxScript("/cache/tools/trixie", ["mkosi", "build"], [{ host: "/home/u/my proj", inside: "/work/tree", readOnly: true }]);
     expect(script).toContain("mount --bind '/cache/tools/trixie' '/cache/tools/trixie'");
     expect(script).toContain("mount --bind '/home/u/my proj' '/cache/tools/trixie/work/tree'");

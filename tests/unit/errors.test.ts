@@ -4,7 +4,7 @@
  */
 import * as http from "node:http";
 import { AddressInfo } from "node:net";
-import { ERROR_CODES, ErrorCode, Image, Init, Policy, SecretSchema, SecretTarget, TdxError, ContentStore, fetchInput } from "../../provider";
+import { ERROR_CODES, ErrorCode, Image, Init, Policy, SecretSchema, SecretTarget, TdxError, ContentStore, fetchInput, bootBakedDisk } from "../../provider";
 import { parsePe } from "../../provider/measure";
 import { tempDir, tdxErrorOf } from "../helpers";
 
@@ -33,6 +33,10 @@ const triggers: Record<ErrorCode, { run: () => Promise<unknown>; hint: RegExp }>
     hint: /Install: brew install lima .*\(for limactl\)/,
   },
   E_MEASUREMENT: { run: async () => parsePe(Buffer.from("MZ not really a PE file")), hint: /Bake first/ },
+  E_DEPLOYMENT: {
+    run: async () => bootBakedDisk({ artifacts: [{ target: "disk", kind: "raw", path: "/nonexistent/tdxvm.raw" }] }, { toolsRoot: "/nonexistent", workDir: await tempDir() }),
+    hint: /Bake the image again/,
+  },
   E_SECRET: {
     run: async () => {
       const init = new Init({ secrets: { TOKEN: { schema: SecretSchema.string({ minLength: 8 }), targets: [SecretTarget.env("TOKEN")] } } });

@@ -1,0 +1,70 @@
+/** measure(): from a bake's artifacts to Measurements (file IO here; the formulas are pure). */
+import { promises as fs, existsSync } from "node:fs";
+import * as path from "node:path";
+import { TdxError } from "../errors";
+import { defaultCacheDir } from "../pipeline";
+import { ContentStore, fetchInput } from "../fetch";
+import { toolsTreeDir } from "../bake/toolsTree";
+import type { BakeResult } from "../bake";
+import { measureBoot, MeasureOptions, assertBackend } from "./backends";
+import { Backend, Measurements } from "./ledger";
+import { PageOrder } from "./tdvf";
+
+export interface MeasureCallOptions {
+  backend: Backend;
+  /** Firmware: a path, or {src, integrity} fetched through the content store. rtmr default: Debian trixie OVMF.fd. */
+  firmware?: string | { src: string; integrity: string };
+  pageOrder?: PageOrder;
+  /** Path to (or bytes of) a CCEL captured on the target host and VM shape. */
+  capturedCcel?: string | Buffer;
+  cacheDir?: string;
+}
+
+/** First sectors of a GPT disk: LBA 0 through the end of the primary partition entry array. */
+export async function readDiskHead(file: string): Promise<Buffer> {
+  const fh = await fs.open(file, "r");
+  try {
+    const hdr = Buffer.alloc(1024);
+    await fh.read(hdr, 0, 1024, 0);
+    if (hdr.toString("latin1", 512, 520) !== "EFI PART") throw new TdxError("E_MEASUREMENT", `${file} has no GPT header at LBA 1`);
+    const end = Number(hdr.readBigUInt64LE(512 + 72)) * 512 + hdr.readUInt32LE(512 + 80) * hdr.readUInt32LE(512 + 84);
+    if (end > 64 * 1024 * 1024) throw new TdxError("E_MEASUREMENT", `${file}: implausible GPT partition array end ${end}`);
+    const head = Buffer.alloc(end);
+    await fh.read(head, 0, end, 0);
+    return head;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function loadFirmware(opts: MeasureCallOptions, cacheDir: string): Promise<MeasureOptions["firmware"]> {
+  if (typeof opts.firmware === "object") {
+    const f = await fetchInput(new ContentStore(path.join(cacheDir, "content")), opts.firmware.src, { integrity: opts.firmware.integrity });
+    return { bytes: await fs.readFile(f.path), name: `${opts.firmware.src} (${f.integrity.sha256})` };
+  }
+  const candidates = typeof opts.firmware === "string" ? [opts.firmware] : opts.backend === "rtmr" ? [path.join(toolsTreeDir(cacheDir), "usr/share/ovmf/OVMF.fd"), "/usr/share/ovmf/OVMF.fd"] : [];
+  for (const c of candidates) if (existsSync(c)) return { bytes: await fs.readFile(c), name: c };
+  if (typeof opts.firmware === "string") throw new TdxError("E_MEASUREMENT", `firmware ${opts.firmware} does not exist`, { hint: "Pass the path of the TDVF firmware (OVMF.fd) the VM boots." });
+  return undefined;
+}
+
+export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdStub" | "profile">, opts: MeasureCallOptions): Promise<Measurements> {
+  assertBackend(opts.backend);
+  const uki = bake.artifacts.find((a) => a.target === "uki");
+  const disk = bake.artifacts.find((a) => a.target === "disk");
+  for (const a of [uki, disk]) {
+    if (!a || !existsSync(a.path)) throw new TdxError("E_MEASUREMENT", `the bake has no ${a ? path.basename(a.path) : "UKI/disk"} to measure`, { hint: "Bake first: img.bake() (artifacts are cached; a missing file means the cache was cleaned)." });
+  }
+  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  const ccel = typeof opts.capturedCcel === "string" ? await fs.readFile(opts.capturedCcel) : opts.capturedCcel;
+  return measureBoot(
+    { uki: await fs.readFile(uki!.path), diskHead: await readDiskHead(disk!.path) },
+    {
+      backend: opts.backend,
+      firmware: await loadFirmware(opts, cacheDir),
+      pageOrder: opts.pageOrder,
+      capturedCcel: ccel,
+      inputs: { profile: bake.profile, systemdStub: bake.systemdStub, ukiSha256: uki!.sha256, diskSha256: disk!.sha256 },
+    },
+  );
+}

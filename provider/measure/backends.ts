@@ -1,0 +1,130 @@
+/**
+ * Backends: which registers a platform reports and how the image determines them.
+ *
+ * - azure: vTPM PCRs. Azure confidential VMs boot the image through Microsoft's firmware and
+ *   paravisor; their MRTD/RTMRs cover the paravisor, so the image is visible only in vTPM PCRs
+ *   (constellation image/measured-boot, flashbots/measured-boot). PCR 4, 9, 11 come from the
+ *   image; PCR 8, 12, 13, 15 stay zero; the others are the platform's.
+ * - rtmr: a TD on QEMU/KVM with an OVMF TDVF. MRTD from the firmware's TDVF metadata; RTMR1
+ *   and RTMR2 from the image (PCR→RTMR mapping of edk2 MapPcrToMrIndex: PCR 1,7→RTMR0,
+ *   2–6→RTMR1, 8–15→RTMR2), with one separator in RTMR1 as TDX OVMF logs it (dstack-mr
+ *   kernel.rs rtmr1_log); RTMR3 zero. RTMR0 covers the TD HOB, CFV, ACPI tables and boot
+ *   variables of the VM shape: exact only from a CCEL captured on the target host/shape.
+ * - gcp: the same image-side RTMR1/RTMR2; MRTD from a Google TDVF firmware file the user
+ *   supplies; RTMR0 from a captured CCEL of the machine shape.
+ */
+import { createHash } from "node:crypto";
+import { TdxError } from "../errors";
+import { HashAlg } from "./bytes";
+import { bootEvents, BootImage, phaseEvents } from "./boot";
+import { Backend, LedgerEvent, Measurements, RegisterValue } from "./ledger";
+import { computeMrtd, PageOrder } from "./tdvf";
+import { parseCcel } from "./eventlog";
+import { pcrReplay } from "./uki";
+
+export interface FirmwareInput { bytes: Buffer; name: string }
+
+export interface MeasureOptions {
+  backend: Backend;
+  /** TDVF firmware (rtmr: default Debian trixie OVMF.fd from the tools tree; gcp: required for MRTD). */
+  firmware?: FirmwareInput;
+  /** MRTD page order of the host stack: single-pass (QEMU ≥ 9, default) or two-pass (QEMU 8.x). */
+  pageOrder?: PageOrder;
+  /** A CCEL captured on the target host and VM shape; its RTMR0 events make RTMR0 exact. */
+  capturedCcel?: Buffer;
+  /** Facts recorded in the result (stub version, artifact digests, ...). */
+  inputs?: Record<string, string | number | null>;
+}
+
+const zero = (alg: HashAlg) => Buffer.alloc(alg === "sha256" ? 32 : 48).toString("hex");
+
+function exact(alg: HashAlg, events: LedgerEvent[]): RegisterValue {
+  return { alg, value: pcrReplay(events.map((e) => ({ digest: Buffer.from(e.digest, "hex") })), alg).toString("hex"), status: "exact", events };
+}
+
+function platform(alg: HashAlg, why: string): RegisterValue {
+  return { alg, value: null, status: "platform-defined", why, events: [] };
+}
+
+/** Map a TPM-world event list to what a TD logs per RTMR (PCR 2–6 → RTMR1, 8–15 → RTMR2). */
+export function rtmrEvents(events: LedgerEvent[]): { rtmr1: LedgerEvent[]; rtmr2: LedgerEvent[] } {
+  const rtmr1: LedgerEvent[] = [];
+  const rtmr2: LedgerEvent[] = [];
+  let separatorSeen = false;
+  for (const e of events) {
+    const pcr = e.pcr ?? -1;
+    if (pcr >= 2 && pcr <= 6) {
+      if (e.type === "EV_SEPARATOR") {
+        if (separatorSeen) continue; // TDX OVMF measures one separator into RTMR1
+        separatorSeen = true;
+      }
+      rtmr1.push(e);
+    } else if (pcr >= 8 && pcr <= 15) rtmr2.push(e);
+  }
+  return { rtmr1, rtmr2 };
+}
+
+function rtmr0FromCcel(ccel: Buffer): LedgerEvent[] {
+  return parseCcel(ccel).events
+    .filter((e) => e.index === 1 && e.typeName !== "EV_NO_ACTION")
+    .map((e) => ({
+      type: e.typeName,
+      description: `captured ${e.typeName}`,
+      origin: "captured CCEL (target host and VM shape)",
+      digest: e.digests.find((d) => d.alg === "sha384")?.digest.toString("hex") ?? "",
+    }));
+}
+
+export function measureBoot(img: BootImage, opts: MeasureOptions): Measurements {
+  const registers: Record<string, RegisterValue> = {};
+  const inputs: Record<string, string | number | null> = { ...opts.inputs };
+  if (opts.backend === "azure") {
+    const ev = bootEvents(img, "sha256");
+    const on = (pcr: number) => ev.filter((e) => e.pcr === pcr);
+    registers.PCR4 = exact("sha256", on(4));
+    registers.PCR9 = exact("sha256", on(9));
+    registers.PCR11 = exact("sha256", [...on(11), ...phaseEvents("sha256")]);
+    for (const pcr of [8, 12, 13]) registers[`PCR${pcr}`] = { alg: "sha256", value: zero("sha256"), status: "zero", events: [] };
+    // Measured on a booted tdxvm image (systemd 257): PCR 15 is NOT zero at run time —
+    // systemd-pcrmachine/systemd-pcrfs extend the machine ID and file system identities into it.
+    const why: Record<number, string> = {
+      0: "Azure firmware (Hyper-V UEFI) code and configuration: published by the platform, not derived from the image",
+      1: "Azure firmware configuration and boot variables",
+      2: "option ROMs of the Azure virtual hardware",
+      3: "option ROM configuration of the Azure virtual hardware",
+      5: "GPT and ExitBootServices plus Azure-specific firmware events; the image's GPT event is in the ledger of a dev boot",
+      6: "platform manufacturer events",
+      7: "Secure Boot policy of the Azure VM (tdxvm images boot with Secure Boot off)",
+      10: "extended at run time by the Linux kernel's IMA (boot_aggregate and policy)",
+      15: "extended at run time by systemd (machine ID, file systems): differs per VM instance",
+    };
+    for (const [pcr, w] of Object.entries(why)) registers[`PCR${pcr}`] = platform("sha256", w);
+    inputs.pcrBank = "sha256";
+  } else {
+    const ev = bootEvents(img, "sha384");
+    const { rtmr1, rtmr2 } = rtmrEvents(ev);
+    if (opts.firmware) {
+      const order = opts.pageOrder ?? "single-pass";
+      const mrtd = computeMrtd(opts.firmware.bytes, { pageOrder: order }).toString("hex");
+      registers.MRTD = { alg: "sha384", value: mrtd, status: "exact", events: [{ type: "TDVF", description: `TDVF pages and MR.EXTEND chunks (${order})`, origin: `firmware ${opts.firmware.name}`, digest: mrtd }] };
+      inputs.firmware = opts.firmware.name;
+      inputs.firmwareSha256 = createHash("sha256").update(opts.firmware.bytes).digest("hex");
+      inputs.pageOrder = order;
+    } else {
+      registers.MRTD = platform("sha384", opts.backend === "gcp"
+        ? "Google's TDVF firmware: pass its binary (published by Google, see gce-tcb-verifier) as `firmware` to compute MRTD"
+        : "no firmware given");
+    }
+    registers.RTMR0 = opts.capturedCcel
+      ? exact("sha384", rtmr0FromCcel(opts.capturedCcel))
+      : platform("sha384", "TD HOB, CFV, ACPI tables and boot variables of the VM shape (memory, CPUs, devices, QEMU version): pass a CCEL captured on the target host with the same shape as `capturedCcel`");
+    registers.RTMR1 = exact("sha384", rtmr1);
+    registers.RTMR2 = exact("sha384", rtmr2);
+    registers.RTMR3 = { alg: "sha384", value: zero("sha384"), status: "zero", events: [] };
+  }
+  return { measurementsVersion: 1, backend: opts.backend, registers, inputs };
+}
+
+export function assertBackend(b: unknown): asserts b is Backend {
+  if (b !== "rtmr" && b !== "azure" && b !== "gcp") throw new TdxError("E_VALIDATION", `unknown measurement backend ${JSON.stringify(b)}`, { hint: 'Use "rtmr" (QEMU/bare-metal TDX), "azure" or "gcp".' });
+}

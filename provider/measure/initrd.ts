@@ -1,0 +1,54 @@
+/**
+ * The initrd that systemd-stub hands to Linux, which Linux measures into PCR 9 ("Linux initrd").
+ *
+ * systemd-stub (src/boot/stub.c, v257) concatenates, each padded to a multiple of 4 bytes:
+ * .ucode, .initrd, then cpio archives it generates — credentials, global credentials, sysexts,
+ * confexts (from the ESP: none for tdxvm images), and literal cpios wrapping the .pcrsig,
+ * .pcrpkey, .profile and .osrel sections as /.extra/tpm2-pcr-signature.json,
+ * /.extra/tpm2-pcr-public-key.pem, /.extra/profile and /.extra/os-release.
+ * Literal cpios (src/boot/cpio.c): "newc" format (magic 070701, 13 eight-digit hex fields),
+ * inodes from 1, uid/gid/mtime 0, nlink 1; first the directory ".extra" (mode 040555), then
+ * the file (mode 0100444), names NUL-terminated and padded to 4, data padded to 4, then the
+ * TRAILER!!! record. Written from the format description; verified against a booted VM.
+ */
+import { ukiSelectedSections } from "./uki";
+
+const hex8 = (v: number) => v.toString(16).padStart(8, "0");
+const pad4 = (n: number) => (4 - (n % 4)) % 4;
+
+function cpioRecord(inode: number, mode: number, name: string, data: Buffer): Buffer {
+  const nameBytes = Buffer.from(`${name}\0`, "latin1");
+  const fields = [inode, mode, 0, 0, 1, 0, data.length, 0, 0, 0, 0, nameBytes.length, 0];
+  const header = Buffer.from(`070701${fields.map(hex8).join("")}`, "latin1");
+  const head = Buffer.concat([header, nameBytes]);
+  return Buffer.concat([head, Buffer.alloc(pad4(head.length)), data, Buffer.alloc(pad4(data.length))]);
+}
+
+const TRAILER = Buffer.concat([Buffer.from(`070701${[0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 11, 0].map(hex8).join("").toUpperCase()}TRAILER!!!\0\0\0\0`, "latin1")]);
+
+/** systemd-stub's literal cpio: /<dir>/<file> holding `data`. */
+export function stubLiteralCpio(dir: string, file: string, data: Buffer): Buffer {
+  return Buffer.concat([cpioRecord(1, 0o40555, dir, Buffer.alloc(0)), cpioRecord(2, 0o100444, `${dir}/${file}`, data), TRAILER]);
+}
+
+const LITERAL_SECTIONS: Array<[string, string]> = [
+  [".pcrsig", "tpm2-pcr-signature.json"],
+  [".pcrpkey", "tpm2-pcr-public-key.pem"],
+  [".profile", "profile"],
+  [".osrel", "os-release"],
+];
+
+/** The combined initrd systemd-stub passes to the kernel for this UKI (no ESP extras). */
+export function stubCombinedInitrd(uki: Buffer): Buffer {
+  const s = ukiSelectedSections(uki);
+  const parts: Buffer[] = [];
+  for (const name of [".ucode", ".initrd"]) {
+    const sec = s.get(name);
+    if (sec) parts.push(sec.data);
+  }
+  for (const [name, file] of LITERAL_SECTIONS) {
+    const sec = s.get(name);
+    if (sec) parts.push(stubLiteralCpio(".extra", file, sec.data));
+  }
+  return Buffer.concat(parts.flatMap((p) => [p, Buffer.alloc(pad4(p.length))]));
+}

@@ -1,0 +1,129 @@
+/**
+ * Ground truth: bake an image, boot it from its disk under QEMU (TCG) + OVMF + swtpm with
+ * sha256 and sha384 PCR banks, let the guest print its PCRs and TCG2 event log, and hold every
+ * prediction against what the booted VM reports.
+ */
+import { promises as fs, readFileSync, realpathSync } from "node:fs";
+import * as path from "node:path";
+import { BakeResult, artifact, defaultCacheDir, bootBakedDisk, parseGuestReport, measureBake, measureBoot, verify, diffMeasurements, diffToMarkdown, measurementsToJson, measurementsToCbor } from "../../provider";
+import { parseEventLog, replayLog, bootEvents, readDiskHead, ukiSections, TcgEvent, digest } from "../../provider/measure";
+import { parseUserspaceLog } from "../../provider/measure/verify";
+import { toolsTreeDir } from "../../provider/bake/toolsTree";
+import { groundTruthImage } from "../fixtures/groundtruth";
+import { tempDir } from "../helpers";
+import { decode } from "cbor-x";
+
+jest.setTimeout(40 * 60_000);
+
+describe("ground truth: predictions equal what a booted VM reports", () => {
+  const cacheDir = defaultCacheDir();
+  let baked: BakeResult;
+  let work: string;
+  let guest: ReturnType<typeof parseGuestReport>;
+  let log: ReturnType<typeof parseEventLog>;
+  let uki: Buffer;
+  let diskHead: Buffer;
+
+  beforeAll(async () => {
+    work = await tempDir("tdxvm-gt-");
+    baked = await groundTruthImage(work).bake({ cacheDir, quiet: true });
+    const boot = await bootBakedDisk(baked, { toolsRoot: realpathSync(toolsTreeDir(cacheDir)), workDir: path.join(work, "boot"), pcrBanks: ["sha256", "sha384"], timeoutMs: 20 * 60_000 });
+    guest = parseGuestReport(boot.serial);
+    log = parseEventLog(guest.eventLog);
+    uki = readFileSync(artifact(baked, "uki")!.path);
+    diskHead = await readDiskHead(artifact(baked, "disk")!.path);
+  });
+
+  afterAll(async () => {
+    if (work) await fs.rm(work, { recursive: true, force: true });
+  });
+
+  it("the guest reported both PCR banks and a parseable event log", () => {
+    expect(Object.keys(guest.pcrs.sha256 ?? {})).toHaveLength(24);
+    expect(Object.keys(guest.pcrs.sha384 ?? {})).toHaveLength(24);
+    expect(log.specId.algorithms.map((a) => a.alg).sort()).toEqual(["sha256", "sha384"]);
+    expect(guest.cmdline).toContain("systemd.firstboot=no");
+  });
+
+  it("replaying the guest's logs reproduces its PCRs in both banks (firmware log; PCR 11 also systemd's userspace log)", () => {
+    const replay = replayLog(log.events);
+    const user = parseUserspaceLog(guest.userspaceLog);
+    expect(user.filter((u) => u.pcr === 11)).toHaveLength(4); // systemd-pcrphase: enter-initrd, leave-initrd, sysinit, ready
+    for (const alg of ["sha256", "sha384"] as const) {
+      for (const pcr of [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14]) {
+        const want = guest.pcrs[alg][pcr];
+        let got: Buffer = replay.get(pcr)?.get(alg) ?? Buffer.alloc(want.length / 2);
+        for (const u of user.filter((x) => x.pcr === pcr)) got = digest(alg, got, Buffer.from(u.event.digests.get(alg)!, "hex"));
+        expect({ alg, pcr, value: got.toString("hex") }).toEqual({ alg, pcr, value: want });
+      }
+    }
+  });
+
+  it("azure backend: PCR 4, 9 and 11 equal the guest's sha256 PCRs; 8, 12, 13 are zero", async () => {
+    const m = await measureBake(baked, { backend: "azure", cacheDir });
+    for (const pcr of [4, 9, 11, 8, 12, 13]) expect({ pcr, value: m.registers[`PCR${pcr}`].value }).toEqual({ pcr, value: guest.pcrs.sha256[pcr] });
+    expect(m.registers.PCR0.status).toBe("platform-defined");
+    expect(m.registers.PCR15.status).toBe("platform-defined");
+    expect(m.registers.PCR15.why).toContain("run time");
+  });
+
+  /** The log's events of one PCR, in order, with their digest in `alg`. */
+  const logged = (pcr: number, alg: "sha256" | "sha384") =>
+    log.events.filter((e: TcgEvent) => e.index === pcr && e.typeName !== "EV_NO_ACTION").map((e) => ({ type: e.typeName, digest: e.digests.find((d) => d.alg === alg)!.digest.toString("hex") }));
+
+  it("every predicted OS event (PCR 4, 5, 9, 11) equals the guest's, in both banks", () => {
+    for (const alg of ["sha256", "sha384"] as const) {
+      const predicted = bootEvents({ uki, diskHead }, alg);
+      for (const pcr of [4, 5, 9, 11]) {
+        const want = predicted.filter((e) => e.pcr === pcr).map((e) => ({ type: e.type, digest: e.digest }));
+        expect({ alg, pcr, events: logged(pcr, alg) }).toEqual({ alg, pcr, events: want });
+      }
+    }
+  });
+
+  it("rtmr backend: the SHA-384 digests of the RTMR1/RTMR2 events are the guest's sha384-bank events", async () => {
+    const m = await measureBake(baked, { backend: "rtmr", cacheDir });
+    const sha384 = new Set(log.events.flatMap((e) => e.digests.filter((d) => d.alg === "sha384").map((d) => d.digest.toString("hex"))));
+    for (const reg of ["RTMR1", "RTMR2"]) {
+      expect(m.registers[reg].events.length).toBeGreaterThan(3);
+      for (const e of m.registers[reg].events) expect({ reg, event: e.description, inLog: sha384.has(e.digest) }).toEqual({ reg, event: e.description, inLog: true });
+    }
+    // RTMR2 = the PCR 11 then PCR 9 events in log order (stub sections, then the kernel's).
+    const order = log.events.filter((e) => e.index === 11 || e.index === 9).map((e) => e.digests.find((d) => d.alg === "sha384")!.digest.toString("hex"));
+    expect(m.registers.RTMR2.events.map((e) => e.digest)).toEqual(order);
+    expect(m.registers.MRTD.status).toBe("exact");
+    expect(m.registers.RTMR0.status).toBe("platform-defined");
+    expect(m.registers.RTMR3.value).toBe("0".repeat(96));
+  });
+
+  it("verify() accepts the guest's log and PCRs, and rejects them once one image byte changes", async () => {
+    const m = await measureBake(baked, { backend: "azure", cacheDir });
+    const ok = verify(m, { eventLog: guest.eventLog, pcrs: guest.pcrs, userspaceLog: guest.userspaceLog });
+    expect(ok.registers.filter((r) => !r.ok)).toEqual([]);
+    expect(ok.ok).toBe(true);
+
+    // One byte of the UKI's .osrel section changes → PCR 11 (and PCR 9, via the stub's cpio) change.
+    const osrel = ukiSections(uki).find((s) => s.name === ".osrel")!;
+    const pe = uki; // section file offset: find it by content
+    const at = pe.indexOf(osrel.data.subarray(0, 64));
+    const tampered = Buffer.from(uki);
+    tampered[at + 10] ^= 0x01;
+    const m2 = measureBoot({ uki: tampered, diskHead }, { backend: "azure" });
+    const bad = verify(m2, { eventLog: guest.eventLog, pcrs: guest.pcrs, userspaceLog: guest.userspaceLog });
+    expect(bad.ok).toBe(false);
+    const failed = bad.registers.filter((r) => !r.ok).map((r) => r.register).sort();
+    expect(failed).toEqual(["PCR11", "PCR4", "PCR9"].sort());
+    expect(bad.registers.find((r) => r.register === "PCR11")!.problems.join("\n")).toContain("UKI section .osrel");
+
+    const diff = diffMeasurements(m, m2);
+    expect(diff.map((d) => d.register)).toEqual(["PCR4", "PCR9", "PCR11"]);
+    expect(diff.find((d) => d.register === "PCR11")!.changes).toEqual(["PCR11: UKI section .osrel changed"]);
+    expect(diffToMarkdown(diff)).toContain("| PCR11 |");
+  });
+
+  it("serialises measurements stably to JSON and CBOR", async () => {
+    const m = await measureBake(baked, { backend: "rtmr", cacheDir });
+    expect(measurementsToJson(m)).toBe(measurementsToJson(JSON.parse(measurementsToJson(m))));
+    expect(decode(measurementsToCbor(m))).toEqual(JSON.parse(measurementsToJson(m)));
+  });
+});
