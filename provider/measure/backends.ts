@@ -16,7 +16,7 @@
 import { createHash } from "node:crypto";
 import { TdxError } from "../errors";
 import { HashAlg } from "./bytes";
-import { bootEvents, BootImage, phaseEvents } from "./boot";
+import { bootEventsAsync, BootImage, phaseEvents } from "./boot";
 import { Backend, LedgerEvent, Measurements, RegisterValue } from "./ledger";
 import { computeMrtd, PageOrder } from "./tdvf";
 import { parseCcel } from "./eventlog";
@@ -75,11 +75,11 @@ function rtmr0FromCcel(ccel: Buffer): LedgerEvent[] {
     }));
 }
 
-export function measureBoot(img: BootImage, opts: MeasureOptions): Measurements {
+export async function measureBoot(img: BootImage, opts: MeasureOptions): Promise<Measurements> {
   const registers: Record<string, RegisterValue> = {};
   const inputs: Record<string, string | number | null> = { ...opts.inputs };
   if (opts.backend === "azure") {
-    const ev = bootEvents(img, "sha256");
+    const ev = await bootEventsAsync(img, "sha256");
     const on = (pcr: number) => ev.filter((e) => e.pcr === pcr);
     registers.PCR4 = exact("sha256", on(4));
     registers.PCR9 = exact("sha256", on(9));
@@ -101,7 +101,7 @@ export function measureBoot(img: BootImage, opts: MeasureOptions): Measurements 
     for (const [pcr, w] of Object.entries(why)) registers[`PCR${pcr}`] = platform("sha256", w);
     inputs.pcrBank = "sha256";
   } else {
-    const ev = bootEvents(img, "sha384");
+    const ev = await bootEventsAsync(img, "sha384");
     const { rtmr1, rtmr2 } = rtmrEvents(ev);
     if (opts.firmware) {
       const order = opts.pageOrder ?? "single-pass";

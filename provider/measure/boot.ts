@@ -15,7 +15,7 @@
  */
 import { createHash } from "node:crypto";
 import { HashAlg } from "./bytes";
-import { authenticodeDigest } from "./pe";
+import { authenticodeDigest, authenticodeDigestAsync } from "./pe";
 import { ukiPcr11Events, ukiSelectedSections } from "./uki";
 import { uefiGptEventData } from "./gpt";
 import { LedgerEvent } from "./ledger";
@@ -58,23 +58,74 @@ export function phaseEvents(alg: HashAlg): LedgerEvent[] {
   return BOOT_PHASES.map((p) => ({ pcr: 11, type: "systemd-pcrphase", description: `boot phase "${p}"`, origin: "systemd-pcrphase (userspace)", digest: h(alg, Buffer.from(p)), log: "userspace" as const }));
 }
 
-/** The OS-phase events in the order they happen, for one hash algorithm. */
-export function bootEvents(img: BootImage, alg: HashAlg): LedgerEvent[] {
+interface BootDigests {
+  uki: string;
+  kernel?: string;
+  sections: Array<{ section: string; kind: "name" | "content"; digest: string }>;
+  initrd: string;
+}
+
+/**
+ * Section digests and the combined initrd's digest in one pass over the section bytes: when the
+ * combined initrd starts with the .initrd section (no .ucode), its hash continues from a copy of
+ * the .initrd section's hash state instead of hashing those bytes again.
+ */
+function sectionDigests(uki: Buffer, alg: HashAlg): Pick<BootDigests, "sections" | "initrd"> {
+  const sections: BootDigests["sections"] = [];
+  let initrdState: ReturnType<typeof createHash> | undefined;
+  for (const e of ukiPcr11Events(uki)) {
+    const hash = createHash(alg).update(e.data);
+    if (e.kind === "content" && e.section === ".initrd") initrdState = hash.copy();
+    sections.push({ section: e.section, kind: e.kind, digest: hash.digest("hex") });
+  }
+  const hasUcode = ukiSelectedSections(uki).has(".ucode");
+  let initrd: string;
+  if (initrdState && !hasUcode) {
+    const combined = stubCombinedInitrd(uki, { skipBase: true });
+    initrd = initrdState.update(combined).digest("hex");
+  } else {
+    initrd = h(alg, stubCombinedInitrd(uki));
+  }
+  return { sections, initrd };
+}
+
+function assemble(img: BootImage, alg: HashAlg, d: BootDigests): LedgerEvent[] {
   const ev: LedgerEvent[] = [];
   const push = (pcr: number, type: string, description: string, origin: string, digest: string) => ev.push({ pcr, type, description, origin, digest });
   push(4, "EV_EFI_ACTION", CALLING_EFI_APP, "constant string (edk2 ReadyToBoot)", h(alg, Buffer.from(CALLING_EFI_APP)));
   push(4, "EV_SEPARATOR", "separator", "constant 00000000", h(alg, SEPARATOR));
   push(5, "EV_SEPARATOR", "separator", "constant 00000000", h(alg, SEPARATOR));
   if (img.diskHead) push(5, "EV_EFI_GPT_EVENT", "GPT of the boot disk", "disk: GPT header + partition entries (UEFI_GPT_DATA)", h(alg, uefiGptEventData(img.diskHead)));
-  push(4, "EV_EFI_BOOT_SERVICES_APPLICATION", "UKI (EFI/BOOT/BOOTX64.EFI)", "uki: Authenticode digest", authenticodeDigest(img.uki, alg).toString("hex"));
-  for (const e of ukiPcr11Events(img.uki)) {
-    push(11, "EV_IPL", e.kind === "name" ? `UKI section name ${e.section}` : `UKI section ${e.section}`, e.kind === "name" ? `constant "${e.section}\\0"` : `uki ${e.section} section (VirtualSize bytes)`, h(alg, e.data));
+  push(4, "EV_EFI_BOOT_SERVICES_APPLICATION", "UKI (EFI/BOOT/BOOTX64.EFI)", "uki: Authenticode digest", d.uki);
+  for (const e of d.sections) {
+    push(11, "EV_IPL", e.kind === "name" ? `UKI section name ${e.section}` : `UKI section ${e.section}`, e.kind === "name" ? `constant "${e.section}\\0"` : `uki ${e.section} section (VirtualSize bytes)`, e.digest);
   }
-  const linux = ukiSelectedSections(img.uki).get(".linux");
-  if (linux) push(4, "EV_EFI_BOOT_SERVICES_APPLICATION", "kernel (.linux, loaded by systemd-stub)", "uki .linux section: Authenticode digest", authenticodeDigest(linux.data, alg).toString("hex"));
+  if (d.kernel) push(4, "EV_EFI_BOOT_SERVICES_APPLICATION", "kernel (.linux, loaded by systemd-stub)", "uki .linux section: Authenticode digest", d.kernel);
   push(9, "EV_EVENT_TAG", "kernel command line (LOADED_IMAGE::LoadOptions)", "uki .cmdline as UCS-2 + NUL", h(alg, loadOptionsBytes(ukiCmdline(img.uki))));
-  push(9, "EV_EVENT_TAG", "Linux initrd", "uki .initrd + stub cpio of .osrel (and .pcrsig/.pcrpkey/.profile if present)", h(alg, stubCombinedInitrd(img.uki)));
+  push(9, "EV_EVENT_TAG", "Linux initrd", "uki .initrd + stub cpio of .osrel (and .pcrsig/.pcrpkey/.profile if present)", d.initrd);
   push(5, "EV_EFI_ACTION", EXIT_BS_INVOKED, "constant string (edk2 ExitBootServices)", h(alg, Buffer.from(EXIT_BS_INVOKED)));
   push(5, "EV_EFI_ACTION", EXIT_BS_RETURNED, "constant string (edk2 ExitBootServices)", h(alg, Buffer.from(EXIT_BS_RETURNED)));
   return ev;
+}
+
+/** The OS-phase events in the order they happen, for one hash algorithm. */
+export function bootEvents(img: BootImage, alg: HashAlg): LedgerEvent[] {
+  const linux = ukiSelectedSections(img.uki).get(".linux");
+  return assemble(img, alg, {
+    uki: authenticodeDigest(img.uki, alg).toString("hex"),
+    kernel: linux ? authenticodeDigest(linux.data, alg).toString("hex") : undefined,
+    ...sectionDigests(img.uki, alg),
+  });
+}
+
+/**
+ * The same events, faster: the two Authenticode digests run on the thread pool while the main
+ * thread hashes the sections, so each byte is read once per digest and the cores share the work.
+ */
+export async function bootEventsAsync(img: BootImage, alg: HashAlg): Promise<LedgerEvent[]> {
+  const linux = ukiSelectedSections(img.uki).get(".linux");
+  const uki = authenticodeDigestAsync(img.uki, alg);
+  const kernel = linux ? authenticodeDigestAsync(linux.data, alg) : undefined;
+  const rest = sectionDigests(img.uki, alg);
+  return assemble(img, alg, { uki: (await uki).toString("hex"), kernel: kernel ? (await kernel).toString("hex") : undefined, ...rest });
 }

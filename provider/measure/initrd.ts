@@ -38,17 +38,25 @@ const LITERAL_SECTIONS: Array<[string, string]> = [
   [".osrel", "os-release"],
 ];
 
-/** The combined initrd systemd-stub passes to the kernel for this UKI (no ESP extras). */
-export function stubCombinedInitrd(uki: Buffer): Buffer {
+/**
+ * The combined initrd systemd-stub passes to the kernel for this UKI (no ESP extras).
+ * `skipBase`: leave out .ucode/.initrd but keep the padding after .initrd (for callers that
+ * already hashed those bytes).
+ */
+export function stubCombinedInitrd(uki: Buffer, opts: { skipBase?: boolean } = {}): Buffer {
   const s = ukiSelectedSections(uki);
-  const parts: Buffer[] = [];
+  const out: Buffer[] = [];
   for (const name of [".ucode", ".initrd"]) {
     const sec = s.get(name);
-    if (sec) parts.push(sec.data);
+    if (!sec) continue;
+    if (!opts.skipBase) out.push(sec.data);
+    out.push(Buffer.alloc(pad4(sec.data.length)));
   }
   for (const [name, file] of LITERAL_SECTIONS) {
     const sec = s.get(name);
-    if (sec) parts.push(stubLiteralCpio(".extra", file, sec.data));
+    if (!sec) continue;
+    const cpio = stubLiteralCpio(".extra", file, sec.data);
+    out.push(cpio, Buffer.alloc(pad4(cpio.length)));
   }
-  return Buffer.concat(parts.flatMap((p) => [p, Buffer.alloc(pad4(p.length))]));
+  return Buffer.concat(out);
 }

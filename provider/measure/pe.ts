@@ -151,23 +151,23 @@ export function parsePe(buf: Buffer): PeImage {
  * between sections) firmware — and pesign, go-uefi — hash what this function hashes, while a
  * linear hasher like osslsigncode differs. Measurements follow the firmware.
  */
-export function authenticodeDigest(buf: Buffer, alg: HashAlg): Buffer {
+/** The byte ranges [start, end) of `buf` that the Authenticode digest covers, in hashing order. */
+export function authenticodeRanges(buf: Buffer): Array<[number, number]> {
   const pe = parsePe(buf);
-  const h = createHash(alg);
+  const ranges: Array<[number, number]> = [];
   const soh = pe.sizeOfHeaders;
   if (soh > buf.length) measurementError(`PE image: SizeOfHeaders ${soh} exceeds the ${buf.length}-byte file`);
   const afterCheckSum = pe.checkSumOffset + 4;
 
-  h.update(buf.subarray(0, pe.checkSumOffset));
+  ranges.push([0, pe.checkSumOffset]);
   const hasSecurityDir = pe.numberOfRvaAndSizes > SECURITY_DIRECTORY_INDEX;
   if (hasSecurityDir) {
     const secEntry = pe.dataDirectoryOffset + SECURITY_DIRECTORY_INDEX * DATA_DIRECTORY_ENTRY_SIZE;
     if (soh < secEntry + DATA_DIRECTORY_ENTRY_SIZE) measurementError(`PE image: SizeOfHeaders ${soh} ends inside the data directories`);
-    h.update(buf.subarray(afterCheckSum, secEntry));
-    h.update(buf.subarray(secEntry + DATA_DIRECTORY_ENTRY_SIZE, soh));
+    ranges.push([afterCheckSum, secEntry], [secEntry + DATA_DIRECTORY_ENTRY_SIZE, soh]);
   } else {
     if (soh < afterCheckSum) measurementError(`PE image: SizeOfHeaders ${soh} ends inside the optional header`);
-    h.update(buf.subarray(afterCheckSum, soh));
+    ranges.push([afterCheckSum, soh]);
   }
 
   // Stable sort by file offset, as edk2's insertion sort is.
@@ -178,16 +178,34 @@ export function authenticodeDigest(buf: Buffer, alg: HashAlg): Buffer {
     if (s.pointerToRawData + s.sizeOfRawData > buf.length) {
       measurementError(`PE image: section ${JSON.stringify(s.name)} raw data (${s.pointerToRawData}+${s.sizeOfRawData}) lies outside the ${buf.length}-byte file`);
     }
-    h.update(buf.subarray(s.pointerToRawData, s.pointerToRawData + s.sizeOfRawData));
+    ranges.push([s.pointerToRawData, s.pointerToRawData + s.sizeOfRawData]);
     sumOfBytesHashed += s.sizeOfRawData;
   }
 
   if (buf.length > sumOfBytesHashed) {
     const certSize = hasSecurityDir ? pe.dataDirectories[SECURITY_DIRECTORY_INDEX]!.size : 0;
-    if (buf.length > sumOfBytesHashed + certSize) h.update(buf.subarray(sumOfBytesHashed, buf.length - certSize));
+    if (buf.length > sumOfBytesHashed + certSize) ranges.push([sumOfBytesHashed, buf.length - certSize]);
     else if (buf.length < sumOfBytesHashed + certSize) {
       measurementError(`PE image: certificate table (${certSize} bytes) overlaps the hashed image data`);
     }
   }
+  return ranges;
+}
+
+export function authenticodeDigest(buf: Buffer, alg: HashAlg): Buffer {
+  const h = createHash(alg);
+  for (const [a, b] of authenticodeRanges(buf)) h.update(buf.subarray(a, b));
   return h.digest();
+}
+
+const SUBTLE_NAME: Partial<Record<HashAlg, string>> = { sha1: "SHA-1", sha256: "SHA-256", sha384: "SHA-384", sha512: "SHA-512" };
+
+/**
+ * The same digest, computed on libuv's thread pool (WebCrypto) so that it runs in parallel with
+ * other hashing on the main thread. Costs one copy of the covered bytes.
+ */
+export async function authenticodeDigestAsync(buf: Buffer, alg: HashAlg): Promise<Buffer> {
+  const ranges = authenticodeRanges(buf);
+  const joined = Buffer.concat(ranges.map(([a, b]) => buf.subarray(a, b)));
+  return Buffer.from(await globalThis.crypto.subtle.digest(SUBTLE_NAME[alg]!, joined));
 }

@@ -108,7 +108,7 @@ describe("ground truth: predictions equal what a booted VM reports", () => {
     const at = pe.indexOf(osrel.data.subarray(0, 64));
     const tampered = Buffer.from(uki);
     tampered[at + 10] ^= 0x01;
-    const m2 = measureBoot({ uki: tampered, diskHead }, { backend: "azure" });
+    const m2 = await measureBoot({ uki: tampered, diskHead }, { backend: "azure" });
     const bad = verify(m2, { eventLog: guest.eventLog, pcrs: guest.pcrs, userspaceLog: guest.userspaceLog });
     expect(bad.ok).toBe(false);
     const failed = bad.registers.filter((r) => !r.ok).map((r) => r.register).sort();
