@@ -9,6 +9,7 @@ import type { BakeResult } from "../bake";
 import { measureBoot, MeasureOptions, assertBackend } from "./backends";
 import { Backend, Measurements } from "./ledger";
 import { PageOrder } from "./tdvf";
+import { readFileShared } from "./parallel";
 
 export interface MeasureCallOptions {
   backend: Backend;
@@ -58,7 +59,7 @@ export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdS
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
   const ccel = typeof opts.capturedCcel === "string" ? await fs.readFile(opts.capturedCcel) : opts.capturedCcel;
   return measureBoot(
-    { uki: await fs.readFile(uki!.path), diskHead: await readDiskHead(disk!.path) },
+    { uki: readFileShared(uki!.path), diskHead: await readDiskHead(disk!.path) },
     {
       backend: opts.backend,
       firmware: await loadFirmware(opts, cacheDir),

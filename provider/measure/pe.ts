@@ -10,6 +10,7 @@
  *   and SecurityPkg/Tcg/Tcg2Dxe/MeasureBootPeCoff.c (MeasurePeImageAndExtend), steps 1-17.
  */
 import { createHash } from "node:crypto";
+import { hashRangesInWorker, isShared } from "./parallel";
 import { ByteView, HashAlg, measurementError } from "./bytes";
 
 export const PE32_MAGIC = 0x10b;
@@ -206,6 +207,7 @@ const SUBTLE_NAME: Partial<Record<HashAlg, string>> = { sha1: "SHA-1", sha256: "
  */
 export async function authenticodeDigestAsync(buf: Buffer, alg: HashAlg): Promise<Buffer> {
   const ranges = authenticodeRanges(buf);
+  if (isShared(buf)) return hashRangesInWorker(buf, ranges, alg); // no copy: the worker reads the shared bytes
   const joined = Buffer.concat(ranges.map(([a, b]) => buf.subarray(a, b)));
   return Buffer.from(await globalThis.crypto.subtle.digest(SUBTLE_NAME[alg]!, joined));
 }
