@@ -16,7 +16,7 @@ import { DEFAULT_PROFILE } from "../recipe/resolve";
 import { Target } from "../recipe/schema";
 import { findOnPath } from "../recipe/image";
 import { treeDigest } from "../compile";
-import { writeFileAtomic, stableJson } from "../lock";
+import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, LOCK_FILE } from "../lock";
 import { emitRecipe, defaultCacheDir, ProjectContext } from "../pipeline";
 import { ensureToolsTree, ToolsTree, preflight } from "./toolsTree";
 import { sandboxArgv, runStreaming, Bind } from "./sandbox";
@@ -147,6 +147,21 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
     await fs.mkdir(entries, { recursive: true });
 
     const finish = async (result: BakeResult, cacheHit: boolean): Promise<BakeResult> => {
+      // Package pinning: a non-frozen bake records what the archive resolved to; a frozen bake
+      // must resolve to exactly that (or the lock pins a snapshot of the archive).
+      const pins = packagePins(result.packages);
+      const lockFile = path.join(ctx.projectDir, LOCK_FILE);
+      if (opts.frozen) {
+        const drift = packageDrift(emitted.lock, profile, pins);
+        if (drift.length) {
+          throw new TdxError("E_LOCKFILE", `the Debian archive moved since build/tdx.lock was written: ${drift.length} package change(s) for profile ${profile}: ${drift.slice(0, 12).join(" ")}${drift.length > 12 ? " …" : ""}`, {
+            hint: "Review the changes, then bake once without frozen (it re-pins the packages) and commit build/tdx.lock; or pin a Debian snapshot in the lock (debian.snapshot).",
+            details: { drift },
+          });
+        }
+      } else if (pins.length && JSON.stringify(emitted.lock.packages?.[profile]) !== JSON.stringify(pins)) {
+        await pinPackages(lockFile, profile, pins);
+      }
       const out = { ...result, cacheHit, durations: { ...result.durations } };
       const outDir = path.join(buildDir, "artifacts", profile);
       await fs.rm(outDir, { recursive: true, force: true });

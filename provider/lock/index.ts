@@ -59,6 +59,8 @@ export async function createLock(recipe: Recipe, opts: LockOptions): Promise<Loc
     debian: { ...DEFAULT_DEBIAN, ...opts.previous?.debian, ...opts.debian },
     tools: { toolsTreeRelease: "trixie", mkosi: null, systemdStub: null, ...opts.previous?.tools, ...opts.tools },
     inputs,
+    // Keep pinned package sets of profiles whose recipe did not change.
+    ...(opts.previous?.packages ? { packages: Object.fromEntries(Object.entries(opts.previous.packages).filter(([p]) => opts.previous!.recipe.profiles[p] === allProfileDigests(recipe)[p])) } : {}),
   };
   return { lock: sealLock(body), warnings };
 }
@@ -166,6 +168,36 @@ export async function checkFrozen(recipe: Recipe, lock: Lock, opts: { projectDir
       details: { stale },
     });
   }
+}
+
+/** `name=version` strings of a bake's package manifest, sorted. */
+export function packagePins(packages: ReadonlyArray<{ name: string; version: string }>): string[] {
+  return packages.map((p) => `${p.name}=${p.version}`).sort();
+}
+
+/**
+ * Frozen check after a build: the packages must be the locked ones. Returns a description of the
+ * differences (empty when equal or when nothing is pinned for the profile).
+ */
+export function packageDrift(lock: Lock, profile: string, pins: string[]): string[] {
+  const locked = lock.packages?.[profile];
+  if (!locked) return [];
+  const a = new Set(locked);
+  const b = new Set(pins);
+  return [
+    ...locked.filter((x) => !b.has(x)).map((x) => `-${x}`),
+    ...pins.filter((x) => !a.has(x)).map((x) => `+${x}`),
+  ];
+}
+
+/** Record a profile's resolved packages in the lock at `file` (atomic rewrite, resealed). */
+export async function pinPackages(file: string, profile: string, pins: string[]): Promise<Lock> {
+  const lock = await readLock(file);
+  const { integrity: _old, ...body } = lock;
+  void _old;
+  const sealed = sealLock({ ...body, packages: { ...body.packages, [profile]: pins } });
+  await writeLock(file, sealed);
+  return sealed;
 }
 
 /** Enforce the policy rules that concern a bake. */

@@ -32,6 +32,11 @@ export const LockBody = z
     inputs: z.array(
       z.object({ ref: z.string().min(1).max(8192), size: z.number().int().min(0), sha256: Sri("sha256"), sha384: Sri("sha384"), sha512: Sri("sha512") }).strict(),
     ),
+    /**
+     * Debian packages each profile resolved to in its last non-frozen bake (from mkosi's manifest).
+     * A frozen bake must resolve to exactly these: the live archive moving is then an error.
+     */
+    packages: z.record(z.string(), z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+$/))).optional(),
   })
   .strict();
 

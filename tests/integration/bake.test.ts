@@ -10,6 +10,7 @@ import { crc32, gunzipSync } from "node:zlib";
 import { Image, BakeResult, artifact, defaultCacheDir } from "../../provider";
 import { parseVhdFooter, MiB, GiB } from "../../provider/bake/convert";
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
+import { readLock, pinPackages } from "../../provider/lock";
 import { tempDir, tdxErrorOf } from "../helpers";
 
 jest.setTimeout(30 * 60_000);
@@ -164,6 +165,21 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
     expect(r.durations.mkosi).toBe(second.durations.mkosi); // stored result; no new mkosi run
     expect(statSync(log).mtimeMs).toBe(before);
     expect(r.artifacts.map((a) => a.sha256)).toEqual(second.artifacts.map((a) => a.sha256));
+  });
+
+  it("pins the resolved packages in the lock; a frozen bake with different packages fails with E_LOCKFILE", async () => {
+    const lockFile = path.join(project, "build", "tdx.lock");
+    const lock = await readLock(lockFile);
+    expect(lock.packages?.default).toEqual(first.packages.map((p) => `${p.name}=${p.version}`).sort());
+    const frozen = await img().bake({ cacheDir, quiet: true, frozen: true });
+    expect(frozen.cacheHit).toBe(true);
+    // Simulate the archive having moved: the locked systemd version differs from what was built.
+    await pinPackages(lockFile, "default", lock.packages!.default.map((p) => (p.startsWith("systemd=") ? "systemd=0.0-tdxvm" : p)));
+    const e = await tdxErrorOf(() => img().bake({ cacheDir, quiet: true, frozen: true }));
+    expect(e.code).toBe("E_LOCKFILE");
+    expect(e.message).toContain("-systemd=0.0-tdxvm");
+    expect(e.message).toMatch(/\+systemd=25\d/);
+    await pinPackages(lockFile, "default", lock.packages!.default);
   });
 
   it("mkosi failure (unknown package) → E_BAKE with the phase and log tail, no cache entry, no mounts", async () => {

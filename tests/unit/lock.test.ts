@@ -108,3 +108,20 @@ describe("tdx.lock", () => {
     expect(r.tree.get("mkosi.extra/etc/app.conf")!.data.toString()).toBe("listen 80\n");
   });
 });
+
+describe("package pins", () => {
+  it("packageDrift lists removed and added name=version pins; relock keeps pins of unchanged profiles only", async () => {
+    const { packageDrift, packagePins, pinPackages } = await import("../../provider/lock");
+    const p = await project();
+    const lock = await p.img().profile("dev", (x) => x.install("strace")).lock({ cacheDir: p.cacheDir });
+    expect(packageDrift(lock, "default", ["a=1"])).toEqual([]); // nothing pinned yet
+    await pinPackages(p.lockFile, "default", packagePins([{ name: "b", version: "2" }, { name: "a", version: "1" }]));
+    await pinPackages(p.lockFile, "dev", ["a=1"]);
+    const pinned = await readLock(p.lockFile); // still sealed: readLock checks the integrity
+    expect(pinned.packages).toEqual({ default: ["a=1", "b=2"], dev: ["a=1"] });
+    expect(packageDrift(pinned, "default", ["a=1", "b=3"])).toEqual(["-b=2", "+b=3"]);
+    // Changing only the dev profile drops dev's pins and keeps default's.
+    const relocked = await p.img().profile("dev", (x) => x.install("strace", "gdb")).lock({ cacheDir: p.cacheDir });
+    expect(relocked.packages).toEqual({ default: ["a=1", "b=2"] });
+  });
+});
