@@ -1,7 +1,7 @@
 /**
  * Live progress for long work on stderr: phase, elapsed time, and mkosi's current step
- * (its "‣ …" lines). On a TTY one status line is redrawn; otherwise only phase changes are
- * printed (quiet logs in CI), unless `quiet` silences everything.
+ * (its "‣ …" lines), as one status line redrawn on a TTY. Quiet when stderr is not a TTY (CI
+ * logs stay clean; the full mkosi log is in build/bake-<profile>.log) or when `quiet` is set.
  */
 export class Progress {
   private started = Date.now();
@@ -31,8 +31,6 @@ export class Progress {
       this.timer ??= setInterval(() => this.draw(), 1000);
       this.timer.unref?.();
       this.draw();
-    } else {
-      this.stream.write(`tdxvm: ${name}\n`);
     }
   }
 

@@ -5,6 +5,7 @@ import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawTo
 import { parseGpt } from "../../provider/measure/gpt";
 import { limaArgv } from "../../provider/bake/lima";
 import { isStepLine } from "../../provider/bake";
+import { Progress } from "../../provider/bake/progress";
 import { sandboxArgv, sandboxScript } from "../../provider/bake/sandbox";
 import { acquire, withFileLock } from "../../provider/bake/filelock";
 import { tempDir, tdxErrorOf } from "../helpers";
@@ -169,5 +170,34 @@ describe("mkosi step lines", () => {
     expect(isStepLine('"apt-get -o X install foo" returned non-zero exit code 100.')).toBe(false);
     expect(isStepLine("Could not rename /a to /b as they are located on different devices, falling back to copying")).toBe(false);
     expect(isStepLine("/work/entry/out/tdxvm.raw size is 993.7M, consumes 630.1M.")).toBe(false);
+  });
+});
+
+describe("progress", () => {
+  const fake = (isTTY: boolean) => {
+    const out: string[] = [];
+    return { out, stream: { isTTY, write: (s: string) => out.push(s) } as unknown as NodeJS.WriteStream };
+  };
+
+  it("on a TTY redraws one line with phase, elapsed seconds and mkosi's current step; records durations", () => {
+    const { out, stream } = fake(true);
+    const p = new Progress({ stream });
+    p.phase("mkosi build");
+    p.line("‣  Installing Debian");
+    p.line("some apt output");
+    const d = p.done();
+    expect(out.some((l) => /^\r\x1b\[2Ktdxvm: mkosi build \[\d+s\] — Installing Debian$/.test(l))).toBe(true);
+    expect(Object.keys(d)).toEqual(["mkosi build"]);
+  });
+
+  it("is silent when not a TTY or when quiet", () => {
+    for (const [tty, quiet] of [[false, false], [true, true]] as const) {
+      const { out, stream } = fake(tty);
+      const p = new Progress({ stream, quiet });
+      p.phase("x");
+      p.line("‣ step");
+      p.done();
+      expect(out).toEqual([]);
+    }
   });
 });
