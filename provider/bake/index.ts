@@ -362,12 +362,7 @@ export function isStepLine(text: string): boolean {
 
 async function writeReport(buildDir: string, r: BakeResult): Promise<void> {
   const file = path.join(buildDir, "report.json");
-  let existing: { reportVersion?: number; bakes?: Record<string, BakeResult> } = {};
-  try {
-    existing = JSON.parse(await fs.readFile(file, "utf8"));
-  } catch {
-    existing = {};
-  }
+  const existing: { reportVersion?: number; bakes?: Record<string, BakeResult> } = await fs.readFile(file, "utf8").then((t) => JSON.parse(t), () => ({}));
   const bakes = existing.reportVersion === REPORT_VERSION ? existing.bakes ?? {} : {};
   bakes[r.profile] = r;
   await writeFileAtomic(file, stableJson({ reportVersion: REPORT_VERSION, bakes }));

@@ -26,7 +26,8 @@ interface ObservedEvent { type: string; digests: Map<string, string>; log: "firm
 /** Records of systemd's tpm2-measure.log: RS-separated JSON objects {pcr, digests:[{hashAlg, digest}], content}. */
 export function parseUserspaceLog(text: string): Array<{ pcr: number; event: ObservedEvent }> {
   const out: Array<{ pcr: number; event: ObservedEvent }> = [];
-  for (const rec of text.split(/[\x1e\n]+/)) {
+  const RS = String.fromCharCode(0x1e); // JSON-SEQ record separator (RFC 7464)
+  for (const rec of text.split(RS).flatMap((r) => r.split("\n"))) {
     if (!rec.trim()) continue;
     let j: { pcr?: number; digests?: Array<{ hashAlg?: string; digest?: string }> };
     try {

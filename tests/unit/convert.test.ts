@@ -186,7 +186,8 @@ describe("progress", () => {
     p.line("‣  Installing Debian");
     p.line("some apt output");
     const d = p.done();
-    expect(out.some((l) => /^\r\x1b\[2Ktdxvm: mkosi build \[\d+s\] — Installing Debian$/.test(l))).toBe(true);
+    const clearLine = "\r" + String.fromCharCode(0x1b) + "[2K";
+    expect(out.some((l) => l.startsWith(clearLine) && /^tdxvm: mkosi build \[\d+s\] — Installing Debian$/.test(l.slice(clearLine.length)))).toBe(true);
     expect(Object.keys(d)).toEqual(["mkosi build"]);
   });
 
