@@ -38,19 +38,39 @@ export interface EmitOptions extends LockCallOptions {
 
 export interface EmitResult { dir: string; lock: Lock; tree: MkosiTree }
 
-/** Policy and lock checks, then compile, then write the tree. */
-export async function emitRecipe(ctx: ProjectContext, opts: EmitOptions = {}): Promise<EmitResult> {
+/**
+ * Policy and lock checks, then compile — in memory: nothing is written. Frozen: the committed
+ * lock must match; otherwise the lock is computed afresh (keeping the previous lock's pins).
+ */
+export async function compileRecipe(ctx: ProjectContext, opts: LockCallOptions & { frozen?: boolean } = {}): Promise<{ lock: Lock; tree: MkosiTree; warnings: PolicyWarning[] }> {
   const frozen = opts.frozen ?? false;
   checkBakePolicy(ctx.recipe, frozen);
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  const file = path.join(ctx.projectDir, LOCK_FILE);
   let lock: Lock;
+  let warnings: PolicyWarning[] = [];
   if (frozen) {
-    lock = await readLock(path.join(ctx.projectDir, LOCK_FILE));
+    lock = await readLock(file);
     await checkFrozen(ctx.recipe, lock, { projectDir: ctx.projectDir, cacheDir });
   } else {
-    lock = await lockRecipe(ctx, { ...opts, cacheDir });
+    const previous = await readLock(file).catch(() => undefined);
+    ({ lock, warnings } = await createLock(ctx.recipe, { projectDir: ctx.projectDir, cacheDir, debian: opts.debian, tools: opts.tools, previous }));
   }
-  const tree = compileFromStore(ctx.recipe, lock, cacheDir);
+  return { lock, tree: compileFromStore(ctx.recipe, lock, cacheDir), warnings };
+}
+
+/** Policy and lock checks, then compile, then write the lock (unless frozen) and the tree. */
+export async function emitRecipe(ctx: ProjectContext, opts: EmitOptions = {}): Promise<EmitResult> {
+  const frozen = opts.frozen ?? false;
+  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  let tree: MkosiTree;
+  let lock: Lock;
+  if (frozen) ({ lock, tree } = await compileRecipe(ctx, { ...opts, cacheDir }));
+  else {
+    checkBakePolicy(ctx.recipe, frozen);
+    lock = await lockRecipe(ctx, { ...opts, cacheDir });
+    tree = compileFromStore(ctx.recipe, lock, cacheDir);
+  }
   const dir = opts.outDir ?? path.join(ctx.projectDir, "build", "mkosi");
   await writeTree(tree, dir);
   return { dir, lock, tree };

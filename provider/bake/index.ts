@@ -17,8 +17,8 @@ import { Target } from "../recipe/schema";
 import { findOnPath } from "../recipe/image";
 import { treeDigest } from "../compile";
 import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, LOCK_FILE } from "../lock";
-import { emitRecipe, defaultCacheDir, ProjectContext } from "../pipeline";
-import { ensureToolsTree, ToolsTree, preflight } from "./toolsTree";
+import { emitRecipe, compileRecipe, defaultCacheDir, ProjectContext } from "../pipeline";
+import { ensureToolsTree, ToolsTree, preflight, readToolsManifest } from "./toolsTree";
 import { sandboxArgv, runStreaming, Bind } from "./sandbox";
 import { withFileLock } from "./filelock";
 import { Progress } from "./progress";
@@ -47,7 +47,11 @@ export interface BakeOptions {
   timeoutMs?: number;
 }
 
-export interface Artifact { target: Target | "uki" | "disk"; kind: string; path: string; sha256: string; size: number }
+export interface Artifact {
+  target: Target | "uki" | "disk"; kind: string; path: string; sha256: string; size: number;
+  /** The immutable copy in the content-addressed cache (path is the link under build/artifacts). */
+  cachePath?: string;
+}
 
 export interface BakeResult {
   reportVersion: 1;
@@ -127,6 +131,50 @@ async function executor(opts: BakeOptions, cacheDir: string, mirror: string, pro
   return { source: "tools-tree", versions: tree.versions, argv: (cmd, binds) => sandboxArgv(tree.root, cmd, binds), inside: (b) => b.inside };
 }
 
+/** The cache key of a bake: what the artifacts are a function of. */
+export function bakeKey(k: { treeDigest: string; profile: string; targets: Target[]; tools: Record<string, string> }): string {
+  return digestOf({ bakeVersion: BAKE_VERSION, tree: k.treeDigest, profile: k.profile, targets: [...k.targets].sort(), tools: k.tools }).slice("sha256:".length);
+}
+
+/** Tool versions a bake would use, found without provisioning anything (undefined: the tools tree is not there yet). */
+export function knownToolsVersions(opts: Pick<BakeOptions, "backend">, cacheDir: string): Record<string, string> | undefined {
+  if (opts.backend === "lima") return {};
+  const host = hostMkosiVersion();
+  if (host && process.env.TDXVM_FORCE_TOOLS_TREE !== "1") return { mkosi: host };
+  return readToolsManifest(cacheDir)?.versions;
+}
+
+export interface BakePlan {
+  profile: string;
+  recipeDigest: string;
+  treeDigest: string;
+  /** Cache key, when the tool versions are known (tools tree present or host mkosi). */
+  key?: string;
+  /** The finished bake for that key, when the cache has it. */
+  cached?: BakeResult;
+}
+
+/**
+ * What bake() would do, without doing it: lock (in memory) and compile, derive the cache key,
+ * look the key up. Writes nothing and starts no process, so previews can call it cheaply.
+ */
+export async function planBake(ctx: ProjectContext, opts: Pick<BakeOptions, "frozen" | "profile" | "cacheDir" | "backend"> = {}): Promise<BakePlan> {
+  const profile = opts.profile ?? DEFAULT_PROFILE;
+  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  const { lock, tree } = await compileRecipe(ctx, { frozen: opts.frozen, cacheDir });
+  if (!(profile in lock.recipe.profiles)) {
+    throw new TdxError("E_VALIDATION", `unknown profile ${JSON.stringify(profile)}`, { hint: `Known profiles: ${Object.keys(lock.recipe.profiles).join(", ")}.` });
+  }
+  const tDigest = treeDigest(tree);
+  const tools = knownToolsVersions(opts, cacheDir);
+  const plan: BakePlan = { profile, recipeDigest: lock.recipe.profiles[profile], treeDigest: tDigest };
+  if (tools) {
+    plan.key = bakeKey({ treeDigest: tDigest, profile, targets: ctx.recipe.outputTargets, tools });
+    plan.cached = await readEntry(path.join(cacheDir, "artifacts", plan.key));
+  }
+  return plan;
+}
+
 export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise<BakeResult> {
   const progress = new Progress({ quiet: opts.quiet });
   const profile = opts.profile ?? DEFAULT_PROFILE;
@@ -141,7 +189,7 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
     const exec = await executor(opts, cacheDir, emitted.lock.debian.mirror, progress);
     const targets = [...ctx.recipe.outputTargets].sort();
     const tDigest = treeDigest(emitted.tree);
-    const key = digestOf({ bakeVersion: BAKE_VERSION, tree: tDigest, profile, targets, tools: exec.versions }).slice("sha256:".length);
+    const key = bakeKey({ treeDigest: tDigest, profile, targets, tools: exec.versions });
     const entries = path.join(cacheDir, "artifacts");
     const entry = path.join(entries, key);
     await fs.mkdir(entries, { recursive: true });
@@ -170,7 +218,7 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
       for (const a of result.artifacts) {
         const dst = path.join(outDir, path.basename(a.path));
         if (!existsSync(dst)) await fs.link(a.path, dst).catch(() => fs.copyFile(a.path, dst));
-        out.artifacts.push({ ...a, path: dst });
+        out.artifacts.push({ ...a, path: dst, cachePath: a.path });
       }
       out.durations = { ...out.durations, ...progress.done() };
       await writeReport(buildDir, out);

@@ -37,7 +37,7 @@ export function toolsTreeDir(cacheDir: string): string {
   return path.join(cacheDir, "tools", "trixie");
 }
 
-function readManifest(cacheDir: string): ToolsTree | undefined {
+export function readToolsManifest(cacheDir: string): ToolsTree | undefined {
   const m = `${toolsTreeDir(cacheDir)}.json`;
   if (!existsSync(m) || !existsSync(path.join(toolsTreeDir(cacheDir), "usr/bin/mkosi"))) return undefined;
   try {
@@ -77,13 +77,13 @@ export function preflight(commands: ReadonlyArray<HostRequirement>): void {
 }
 
 export async function ensureToolsTree(opts: ProvisionOptions): Promise<ToolsTree> {
-  const existing = readManifest(opts.cacheDir);
+  const existing = readToolsManifest(opts.cacheDir);
   if (existing) return existing;
   preflight(PROVISION_COMMANDS);
   const toolsDir = path.dirname(toolsTreeDir(opts.cacheDir));
   await fs.mkdir(toolsDir, { recursive: true });
   return withFileLock(path.join(toolsDir, "trixie.lock"), async () => {
-    const again = readManifest(opts.cacheDir);
+    const again = readToolsManifest(opts.cacheDir);
     if (again) return again;
     const tmp = path.join(toolsDir, `.trixie-${randomBytes(4).toString("hex")}.tmp`);
     const fail = async (step: string, tail: string[]) => {
