@@ -3,6 +3,7 @@
  *   tdxvm lock  <recipe.ts>                       write build/tdx.lock
  *   tdxvm emit  <recipe.ts> [--frozen]            write the mkosi tree to build/mkosi
  *   tdxvm bake  <recipe.ts> [--frozen] [--profile P] [--no-cache] [--quiet]
+ *   tdxvm run   <recipe.ts> [--frozen] [--profile P] [--keep]   bake, measure, boot a local VM, compare registers
  * A recipe module exports an Image, or a function returning one, as default or `recipe`.
  * Common flags: --cache-dir DIR (default $TDXVM_CACHE_DIR or ~/.cache/tdxvm).
  */
@@ -12,15 +13,15 @@ import { Image } from "./recipe/image";
 
 interface Args { cmd: string; recipe: string; flags: Record<string, string | boolean> }
 
-const USAGE = `usage: tdxvm <lock|emit|bake> <recipe.ts> [--frozen] [--profile NAME] [--cache-dir DIR] [--no-cache] [--quiet] [--json]`;
+const USAGE = `usage: tdxvm <lock|emit|bake|run> <recipe.ts> [--frozen] [--profile NAME] [--cache-dir DIR] [--no-cache] [--quiet] [--json] [--keep]`;
 
 export function parseArgs(argv: string[]): Args {
   const [cmd, recipe, ...rest] = argv;
-  if (!cmd || !["lock", "emit", "bake"].includes(cmd) || !recipe) throw new TdxError("E_VALIDATION", `bad command line`, { hint: USAGE });
+  if (!cmd || !["lock", "emit", "bake", "run"].includes(cmd) || !recipe) throw new TdxError("E_VALIDATION", `bad command line`, { hint: USAGE });
   const flags: Record<string, string | boolean> = {};
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i];
-    if (["--frozen", "--no-cache", "--quiet", "--json"].includes(a)) flags[a.slice(2)] = true;
+    if (["--frozen", "--no-cache", "--quiet", "--json", "--keep"].includes(a)) flags[a.slice(2)] = true;
     else if (["--profile", "--cache-dir"].includes(a) && rest[i + 1] !== undefined) flags[a.slice(2)] = rest[++i];
     else throw new TdxError("E_VALIDATION", `unknown argument ${JSON.stringify(a)}`, { hint: USAGE });
   }
@@ -52,6 +53,14 @@ export async function main(argv: string[]): Promise<number> {
     } else if (a.cmd === "emit") {
       const r = await img.emit({ cacheDir, frozen: a.flags.frozen === true });
       console.log(`wrote mkosi tree to ${r.dir} (${r.tree.size} files)`);
+    } else if (a.cmd === "run") {
+      const { bootAndCompare, formatRunReport } = await import("./deploy/run");
+      const { defaultCacheDir } = await import("./pipeline");
+      const r = await img.bake({ cacheDir, frozen: a.flags.frozen === true, profile: a.flags.profile as string | undefined, quiet: a.flags.quiet === true });
+      console.error(`tdxvm: baked profile ${r.profile}${r.cacheHit ? " (cache hit)" : ""}`);
+      const report = await bootAndCompare(r, { cacheDir: cacheDir ?? defaultCacheDir(), keep: a.flags.keep === true, onProgress: (m) => console.error(`tdxvm: ${m}`) });
+      console.log(a.flags.json ? JSON.stringify(report, null, 2) : formatRunReport(report));
+      return report.ok ? 0 : 4;
     } else {
       const r = await img.bake({ cacheDir, frozen: a.flags.frozen === true, profile: a.flags.profile as string | undefined, useCache: a.flags["no-cache"] !== true, quiet: a.flags.quiet === true });
       if (a.flags.json) console.log(JSON.stringify(r, null, 2));

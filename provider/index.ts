@@ -15,6 +15,7 @@ export { compile, treeDigest, shQuote } from "./compile";
 export { writeTree } from "./compile/write";
 export { SecretSchema, SecretTarget, SecretsDelivery } from "./secrets";
 export { Init } from "./modules/init";
+export { BootReport, REPORT_DONE } from "./modules/bootReport";
 export { lockRecipe, emitRecipe, defaultCacheDir } from "./pipeline";
 export { bake, artifact, stubVersion } from "./bake";
 export type { BakeOptions, BakeResult, Artifact } from "./bake";

@@ -1,0 +1,328 @@
+/**
+ * A local VM as a real, detached QEMU process (plus swtpm for the emulated dev VM), started
+ * from the Debian trixie tools tree and living in its own mount and PID namespace.
+ *
+ * Process layout: `unshare --pid --fork` makes QEMU the init of a fresh PID namespace (the
+ * launch script execs into it), with swtpm as its child. When QEMU ends — by TERM, KILL or a
+ * guest power-off — the kernel kills swtpm and drops the namespace with its mounts, so no
+ * stray process or mount can outlive the VM. The VM's files live in one state directory:
+ * vm.json (pids, ports, arguments), disk.qcow2 (a copy-on-write overlay over the baked disk,
+ * which is never written), OVMF vars, TPM state, serial.log, qemu.log.
+ *
+ * Two shapes: an emulated dev VM (OVMF in pflash + swtpm TPM 2.0; NOT a TD — nothing is
+ * confidential) and, when the host can run one, a TD (`tdx-guest` object, TDVF via -bios, no
+ * pflash, no SMM, no TPM), following DESIGN.md §4.
+ */
+import { spawn } from "node:child_process";
+import { promises as fs, existsSync, openSync, closeSync, readFileSync } from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { randomBytes } from "node:crypto";
+import { TdxError } from "../errors";
+import { sandboxArgv } from "../bake/sandbox";
+import { shQuote } from "../compile/shell";
+import { writeFileAtomic } from "../lock";
+
+export const VM_STATE_VERSION = 1;
+
+export interface PortForward { guest: number; host?: number; bind?: string }
+
+export interface Readiness {
+  /** Regular expression the serial console must print (default: a login prompt). */
+  serial?: string;
+  /** Guest TCP ports (forwarded) that must answer with at least one byte or accept an HTTP request. */
+  http?: Array<{ guestPort: number; path?: string }>;
+  timeoutSeconds?: number;
+}
+
+export interface VmSpec {
+  /** Root of the trixie tools tree (QEMU, OVMF, swtpm live there). */
+  toolsRoot: string;
+  /** The baked raw GPT disk (read-only; the VM writes to an overlay). */
+  disk: string;
+  /** Directory for the VM's files (created; must not exist or be empty). */
+  stateDir: string;
+  memoryMiB?: number;
+  cpus?: number;
+  accel: "kvm" | "tcg";
+  /** Launch as a TD (only when tdxSupport() said so). */
+  tdx?: boolean;
+  ports?: PortForward[];
+  pcrBanks?: Array<"sha256" | "sha384">;
+  /** Extra fw_cfg blobs for the guest: name → host file. The file is deleted once QEMU has read it. */
+  fwCfg?: Record<string, string>;
+}
+
+export interface VmInfo {
+  stateVersion: number;
+  vmId: string;
+  stateDir: string;
+  /** Host pid of QEMU (the PID-namespace init). */
+  pid: number;
+  /** Kernel start time of that pid (clock ticks since boot): guards against pid reuse. */
+  startTime: number;
+  accel: "kvm" | "tcg";
+  tdx: boolean;
+  ports: Array<{ guest: number; host: number; bind: string }>;
+  serialLog: string;
+  qemuArgs: string[];
+}
+
+const D = "/vm";
+
+export function qemuArgs(o: {
+  accel: "kvm" | "tcg"; tdx: boolean; memoryMiB: number; cpus: number; ports: VmInfo["ports"]; fwCfg: string[];
+}): string[] {
+  const netdev = ["user", "id=n0", ...o.ports.map((p) => `hostfwd=tcp:${p.bind}:${p.host}-:${p.guest}`)].join(",");
+  const common = [
+    "-smp", String(o.cpus), "-m", String(o.memoryMiB),
+    "-display", "none", "-vga", "none", "-serial", `file:${D}/serial.log`, "-monitor", "none",
+    "-qmp", `unix:${D}/qmp.sock,server=on,wait=off`, "-pidfile", `${D}/qemu.pid`,
+    "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
+    "-drive", `if=virtio,format=qcow2,file=${D}/disk.qcow2`,
+    ...o.fwCfg.flatMap((n) => ["-fw_cfg", `name=${n},file=${D}/fwcfg/${n.replace(/\//g, "_")}`]),
+  ];
+  if (o.tdx) {
+    // DESIGN.md §4: QEMU ≥ 10.1 on a TDX host; TDVF as -bios, no pflash, no SMM, split irqchip.
+    return [
+      "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host",
+      "-object", '{"qom-type":"tdx-guest","id":"tdx0"}',
+      "-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0,hpet=off,smm=off",
+      "-bios", "/usr/share/ovmf/OVMF.fd", "-nodefaults",
+      ...common,
+    ];
+  }
+  return [
+    "qemu-system-x86_64", "-machine", `q35,accel=${o.accel}`, "-cpu", o.accel === "kvm" ? "host" : "max",
+    "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "-drive", `if=pflash,format=raw,unit=1,file=${D}/vars.fd`,
+    "-chardev", `socket,id=chrtpm,path=${D}/swtpm.sock`, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0",
+    "-no-reboot",
+    ...common,
+  ];
+}
+
+/** A free TCP port on `bind` (the kernel picks it; QEMU binds it moments later). */
+export function freePort(bind = "127.0.0.1"): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.unref();
+    s.on("error", reject);
+    s.listen(0, bind, () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Field 22 of /proc/<pid>/stat: start time in clock ticks since boot, or undefined when the pid is gone. */
+export function procStartTime(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (fields[0] === "Z") return undefined; // a zombie has ended
+    return Number(fields[19]);
+  } catch {
+    return undefined;
+  }
+}
+
+function cmdlineOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ");
+  } catch {
+    return "";
+  }
+}
+
+/** Is the VM's QEMU (same pid, same start time) still running? */
+export function vmRunning(vm: Pick<VmInfo, "pid" | "startTime">): boolean {
+  return vm.pid > 0 && procStartTime(vm.pid) === vm.startTime;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+async function tail(file: string, lines = 15): Promise<string> {
+  const t = await fs.readFile(file, "utf8").catch(() => "");
+  return t.split(/\r?\n/).slice(-lines).join("\n");
+}
+
+/** Start the VM and return once QEMU runs (not yet ready: see waitReady). Cleans up after itself on failure. */
+export async function startVm(spec: VmSpec): Promise<VmInfo> {
+  const stateDir = path.resolve(spec.stateDir);
+  await fs.mkdir(stateDir, { recursive: true, mode: 0o700 });
+  if ((await fs.readdir(stateDir)).length) throw new TdxError("E_DEPLOYMENT", `VM state directory ${stateDir} is not empty`, { hint: "Use a fresh directory per VM (tdxvm picks one under the cache by default)." });
+  if (!existsSync(spec.disk)) throw new TdxError("E_DEPLOYMENT", `disk image ${spec.disk} does not exist`, { hint: "Bake the image (it may have been removed from the cache); TdxImage re-bakes on the next `pulumi up`." });
+  const tdx = spec.tdx ?? false;
+  const ports: VmInfo["ports"] = [];
+  for (const p of spec.ports ?? []) {
+    const bind = p.bind ?? "127.0.0.1";
+    ports.push({ guest: p.guest, bind, host: p.host ?? (await freePort(bind)) });
+  }
+  const fwNames = Object.keys(spec.fwCfg ?? {});
+  if (fwNames.length) {
+    await fs.mkdir(path.join(stateDir, "fwcfg"), { mode: 0o700 });
+    for (const [n, f] of Object.entries(spec.fwCfg ?? {})) await fs.rename(f, path.join(stateDir, "fwcfg", n.replace(/\//g, "_")));
+  }
+  const args = qemuArgs({ accel: tdx ? "kvm" : spec.accel, tdx, memoryMiB: spec.memoryMiB ?? 2048, cpus: spec.cpus ?? 2, ports, fwCfg: fwNames });
+  const diskInside = `/disk/${path.basename(spec.disk)}`;
+  const script = [
+    "set -eu",
+    `qemu-img create -q -f qcow2 -b ${shQuote(diskInside)} -F raw ${D}/disk.qcow2`,
+    ...(tdx ? [] : [
+      `cp /usr/share/OVMF/OVMF_VARS_4M.fd ${D}/vars.fd`,
+      `mkdir -p ${D}/tpm`,
+      `swtpm_setup --tpm2 --tpmstate ${D}/tpm --pcr-banks ${(spec.pcrBanks ?? ["sha256", "sha384"]).join(",")} --overwrite --logfile ${D}/swtpm_setup.log >/dev/null`,
+      `swtpm socket --tpm2 --tpmstate dir=${D}/tpm --ctrl type=unixio,path=${D}/swtpm.sock --log file=${D}/swtpm.log --flags startup-clear &`,
+      `for i in $(seq 100); do [ -S ${D}/swtpm.sock ] && break; sleep 0.1; done`,
+    ]),
+    `: > ${D}/serial.log`,
+    `exec ${args.map(shQuote).join(" ")}`,
+  ].join("\n");
+  const vmId = path.basename(stateDir);
+  const argv = sandboxArgv(spec.toolsRoot, ["/bin/sh", "-c", script], [
+    { host: stateDir, inside: D },
+    { host: path.dirname(path.resolve(spec.disk)), inside: "/disk", readOnly: true },
+  ]);
+  const logFd = openSync(path.join(stateDir, "qemu.log"), "a");
+  let child;
+  try {
+    child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ["ignore", logFd, logFd] });
+  } finally {
+    closeSync(logFd);
+  }
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.unref();
+  const fail = async (why: string): Promise<never> => {
+    if (child.pid) for (const c of childrenOf(child.pid)) try { process.kill(c, "SIGKILL"); } catch { /* gone */ }
+    try { child.kill("SIGKILL"); } catch { /* gone */ }
+    await Promise.race([exited, sleep(2000)]);
+    const log = await tail(path.join(stateDir, "qemu.log"));
+    await fs.rm(stateDir, { recursive: true, force: true });
+    throw new TdxError("E_DEPLOYMENT", `QEMU did not start: ${why}${log ? `\n${log}` : ""}`, { hint: "Check the message above; the VM's state directory was removed." });
+  };
+  // QEMU is the unshare child once the launch script has exec'd into it and written its pid file.
+  const deadline = Date.now() + 60_000;
+  let pid = 0;
+  let done = false;
+  void exited.then(() => { done = true; });
+  while (Date.now() < deadline) {
+    if (done) return fail("the launcher exited");
+    const kid = child.pid ? childrenOf(child.pid)[0] : undefined;
+    if (kid && cmdlineOf(kid).startsWith("qemu-system") && existsSync(path.join(stateDir, "qemu.pid"))) {
+      pid = kid;
+      break;
+    }
+    await sleep(50);
+  }
+  if (!pid) return fail("timed out after 60 s");
+  const startTime = procStartTime(pid);
+  if (startTime === undefined) return fail("QEMU exited right after starting");
+  // QEMU has read its fw_cfg files at startup: do not keep them (they may hold secrets).
+  if (fwNames.length) await fs.rm(path.join(stateDir, "fwcfg"), { recursive: true, force: true });
+  const info: VmInfo = {
+    stateVersion: VM_STATE_VERSION, vmId, stateDir, pid, startTime, accel: tdx ? "kvm" : spec.accel, tdx, ports,
+    serialLog: path.join(stateDir, "serial.log"), qemuArgs: args,
+  };
+  await writeFileAtomic(path.join(stateDir, "vm.json"), JSON.stringify(info, null, 2) + "\n", 0o600);
+  return info;
+}
+
+/** A state directory under `root` with a random name. */
+export function newStateDir(root: string): string {
+  return path.join(root, `vm-${randomBytes(6).toString("hex")}`);
+}
+
+async function httpAnswers(port: number, host: string, p: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ port, host });
+    let got = false;
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(3000, () => done(false));
+    s.on("connect", () => s.write(`GET ${p} HTTP/1.0\r\nHost: localhost\r\n\r\n`));
+    s.on("data", () => {
+      got = true;
+      done(true);
+    });
+    s.on("error", () => done(false));
+    s.on("close", () => done(got));
+  });
+}
+
+/**
+ * Wait until the guest is ready: the serial console matched `serial` and every `http` port
+ * answered. Fails with E_DEPLOYMENT (last serial lines) when QEMU ends or the time runs out.
+ */
+export async function waitReady(vm: VmInfo, r: Readiness = {}, onProgress?: (msg: string) => void): Promise<{ seconds: number }> {
+  const t0 = Date.now();
+  const timeout = (r.timeoutSeconds ?? 600) * 1000;
+  const pattern = new RegExp(r.serial ?? "login: ?$", "m");
+  let serialOk = false;
+  let last = 0;
+  for (;;) {
+    if (!vmRunning(vm)) {
+      throw new TdxError("E_DEPLOYMENT", `the VM stopped before it was ready; last serial lines:\n${await tail(vm.serialLog)}`, { hint: `See ${vm.serialLog} and ${path.join(vm.stateDir, "qemu.log")}.` });
+    }
+    if (!serialOk) serialOk = pattern.test(await fs.readFile(vm.serialLog, "utf8").catch(() => ""));
+    if (serialOk) {
+      let all = true;
+      for (const h of r.http ?? []) {
+        const fwd = vm.ports.find((p) => p.guest === h.guestPort);
+        if (!fwd) throw new TdxError("E_VALIDATION", `readiness checks guest port ${h.guestPort}, which is not forwarded`, { hint: "Add it to ports: [{guest: …}]." });
+        if (!(await httpAnswers(fwd.host, fwd.bind === "0.0.0.0" ? "127.0.0.1" : fwd.bind, h.path ?? "/"))) all = false;
+      }
+      if (all) return { seconds: (Date.now() - t0) / 1000 };
+    }
+    if (Date.now() - t0 > timeout) {
+      throw new TdxError("E_DEPLOYMENT", `the VM was not ready after ${timeout / 1000} s (${serialOk ? "serial ok, HTTP checks failing" : `serial console never matched /${pattern.source}/`}); last serial lines:\n${await tail(vm.serialLog)}`, {
+        hint: `Under TCG (no usable KVM) a boot takes about a minute; raise readiness.timeoutSeconds, or fix the readiness pattern. Serial log: ${vm.serialLog}.`,
+      });
+    }
+    if (onProgress && Date.now() - last > 15_000) {
+      last = Date.now();
+      onProgress(`waiting for the VM to be ready (${Math.round((Date.now() - t0) / 1000)} s)`);
+    }
+    await sleep(500);
+  }
+}
+
+/** Stop the VM: SIGTERM, then SIGKILL after `graceMs`; then remove its state directory. Idempotent. */
+export async function stopVm(vm: Partial<Pick<VmInfo, "pid" | "startTime" | "stateDir">>, opts: { graceMs?: number; keepState?: boolean } = {}): Promise<{ killed: boolean }> {
+  let info = vm;
+  if ((!info.pid || info.startTime === undefined) && info.stateDir) {
+    // An older or partial state record: the VM's own vm.json knows the pid.
+    const saved = await fs.readFile(path.join(info.stateDir, "vm.json"), "utf8").then((t) => JSON.parse(t) as VmInfo, () => undefined);
+    if (saved) info = { ...saved, ...Object.fromEntries(Object.entries(info).filter(([, v]) => v !== undefined)) };
+  }
+  let killed = false;
+  if (info.pid && info.startTime !== undefined && vmRunning(info as VmInfo)) {
+    const pid = info.pid;
+    const gone = async (ms: number) => {
+      const end = Date.now() + ms;
+      while (Date.now() < end) {
+        if (!vmRunning(info as VmInfo)) return true;
+        await sleep(100);
+      }
+      return !vmRunning(info as VmInfo);
+    };
+    try { process.kill(pid, "SIGTERM"); } catch { /* already gone */ }
+    if (!(await gone(opts.graceMs ?? 10_000))) {
+      killed = true;
+      try { process.kill(pid, "SIGKILL"); } catch { /* already gone */ }
+      if (!(await gone(10_000))) throw new TdxError("E_DEPLOYMENT", `QEMU (pid ${pid}) did not exit after SIGKILL`, { hint: "Check the process by hand (ps -p PID); the state directory was kept." });
+    }
+  }
+  if (info.stateDir && !opts.keepState) await fs.rm(info.stateDir, { recursive: true, force: true });
+  return { killed };
+}
