@@ -1,16 +1,26 @@
 /**
  * The default example image: a small Debian trixie TDX guest that prints its measured-boot
- * state on the serial console. Used by the Pulumi program in this folder, by the CLI
- * (`npx tdxvm bake examples/local-qemu/recipe.ts`) and by CI.
+ * state (TPM PCRs, the firmware's TCG2 event log, systemd's measurement log) on the serial
+ * console at every boot, so a host can compare it with tdxvm's predictions. Used by the Pulumi
+ * program in this folder (index.ts, the root Pulumi.yaml's program), by the CLI
+ * (`npx tdxvm run examples/local-qemu/recipe.ts`) and by CI.
  */
-import { Image, Policy } from "../../provider";
+import { Image, Policy, BootReport, SecretSchema, SecretTarget } from "../../provider";
 
-export function recipe(projectDir = __dirname): Image {
-  return new Image({ base: "debian/trixie", hostname: "tdxvm-demo", projectDir })
-    .install("tpm2-tools")
-    .file("/etc/motd", { content: "tdxvm demo image\n" })
+/**
+ * `motd` lands in the root file system, which a plain ext4 root leaves unmeasured: changing it
+ * changes the disk but no register. `cmdline` words land in the UKI: they change PCR 11/RTMR2.
+ */
+export function recipe(projectDir = __dirname, opts: { motd?: string; cmdline?: string[] } = {}): Image {
+  const img = new Image({ base: "debian/trixie", hostname: "tdxvm-demo", projectDir })
+    .file("/etc/motd", { content: opts.motd ?? "tdxvm demo image\n" })
     .outputTargets("qemu", "azure", "gcp")
-    .setPolicy(new Policy({ mutableRefPolicy: "error" }));
+    .setPolicy(new Policy({ mutableRefPolicy: "error" }))
+    // A run-time secret (never baked): delivered by the deployment, e.g. `pulumi config set --secret apiToken …`.
+    .secret("API_TOKEN", { required: false, schema: SecretSchema.string({ minLength: 16 }), targets: [SecretTarget.file("/run/tdxvm/api-token", { mode: 0o400 })] })
+    .use(new BootReport());
+  if (opts.cmdline?.length) img.cmdline(...opts.cmdline);
+  return img;
 }
 
 export default recipe;

@@ -1,0 +1,99 @@
+/**
+ * TdxImage: a recipe locked and baked by mkosi into a UKI, a GPT disk and per-target artifacts.
+ *
+ * By default the bake happens when Pulumi checks the resource — in `pulumi preview` too (a
+ * cache hit after the first time), like pulumi-docker-build's build-on-preview — so previews
+ * know the artifact digests and every TdxMeasurement downstream can show register changes.
+ * `bakeOnPreview: false` defers the bake to `pulumi up`; previews then say the values will be
+ * recomputed.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { Image } from "../provider/recipe/image";
+import type { SecretDeclData, Target } from "../provider/recipe/schema";
+import { providerShim } from "../provider/dynamic/shim";
+import type { ArtifactOut } from "../provider/dynamic/image";
+
+export type { ArtifactOut };
+
+export interface TdxImageArgs {
+  /** The recipe (`new Image({...})...`). Its data and project directory become the resource's inputs. */
+  recipe: Image;
+  /** Profile to bake (default "default"). */
+  profile?: pulumi.Input<string>;
+  /** Override the recipe's outputTargets. */
+  targets?: pulumi.Input<pulumi.Input<Target>[]>;
+  /** Bake against the committed build/tdx.lock only (CI): a stale lock fails the preview. */
+  frozen?: pulumi.Input<boolean>;
+  /** Bake during preview so that digests and registers are known there (default true). */
+  bakeOnPreview?: pulumi.Input<boolean>;
+  /** tdxvm cache (tools tree, packages, artifacts); default $TDXVM_CACHE_DIR or ~/.cache/tdxvm. */
+  cacheDir?: pulumi.Input<string>;
+  /** Give up on a bake after this long (default 120). */
+  timeoutMinutes?: pulumi.Input<number>;
+}
+
+const COMPUTED = { stateVersion: undefined, recipeDigest: undefined, bakeKey: undefined, lockDigest: undefined, artifacts: undefined, reportPath: undefined, systemdStub: undefined };
+
+/** The dynamic resource that bakes (type pulumi-nodejs:dynamic/tdxvm:ImageBake). */
+export class ImageBake extends pulumi.dynamic.Resource {
+  declare readonly recipeDigest: pulumi.Output<string>;
+  declare readonly bakeKey: pulumi.Output<string>;
+  declare readonly lockDigest: pulumi.Output<string>;
+  declare readonly artifacts: pulumi.Output<Record<string, ArtifactOut>>;
+  declare readonly reportPath: pulumi.Output<string>;
+  declare readonly systemdStub: pulumi.Output<string | null>;
+  declare readonly profile: pulumi.Output<string>;
+
+  constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
+    super(providerShim("image"), name, { ...props, ...COMPUTED }, opts, "tdxvm", "ImageBake");
+  }
+}
+
+export class TdxImage extends pulumi.ComponentResource {
+  readonly recipeDigest: pulumi.Output<string>;
+  readonly bakeKey: pulumi.Output<string>;
+  readonly lockDigest: pulumi.Output<string>;
+  /** Per target and kind ("uki.efi", "disk.raw", "qemu.raw", "qemu.qcow2", "azure.vhd", "gcp.tar.gz"): path, sha256, size. */
+  readonly artifacts: pulumi.Output<Record<string, ArtifactOut>>;
+  readonly reportPath: pulumi.Output<string>;
+  readonly systemdStub: pulumi.Output<string | null>;
+  readonly profile: pulumi.Output<string>;
+  /** The recipe's declared run-time secrets (names, schemas, targets; never values). */
+  readonly secretDecls: SecretDeclData[];
+  /** The output targets this image is baked for. */
+  readonly targets: pulumi.Output<Target[]>;
+  readonly bake: ImageBake;
+
+  constructor(name: string, args: TdxImageArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("tdxvm:index:TdxImage", name, {}, opts);
+    if (!(args.recipe instanceof Image)) throw new Error(`TdxImage ${name}: recipe must be an Image (new Image({...}))`);
+    const recipe = args.recipe.recipe;
+    this.secretDecls = recipe.secrets;
+    const projectDir = args.recipe.projectDir; // absolute: the program and the provider host may run in different directories
+    this.bake = new ImageBake(name, {
+      recipe, projectDir, profile: args.profile ?? "default", targets: args.targets, frozen: args.frozen ?? false,
+      bakeOnPreview: args.bakeOnPreview ?? true, cacheDir: args.cacheDir, timeoutMinutes: args.timeoutMinutes ?? 120,
+    }, { parent: this });
+    this.recipeDigest = this.bake.recipeDigest;
+    this.bakeKey = this.bake.bakeKey;
+    this.lockDigest = this.bake.lockDigest;
+    this.artifacts = this.bake.artifacts;
+    this.reportPath = this.bake.reportPath;
+    this.systemdStub = this.bake.systemdStub;
+    this.profile = this.bake.profile;
+    this.targets = pulumi.output(args.targets ?? recipe.outputTargets) as pulumi.Output<Target[]>;
+    this.registerOutputs({
+      recipeDigest: this.recipeDigest, bakeKey: this.bakeKey, lockDigest: this.lockDigest, artifacts: this.artifacts,
+      reportPath: this.reportPath, systemdStub: this.systemdStub,
+    });
+  }
+
+  /** The artifact of a target ("qemu", "azure", "gcp", "uki", "disk") and kind, e.g. artifact("azure", "vhd"). */
+  artifact(target: string, kind: string): pulumi.Output<ArtifactOut> {
+    return this.artifacts.apply((a) => {
+      const x = a?.[`${target}.${kind}`];
+      if (!x) throw new Error(`image has no ${target}.${kind} artifact (baked: ${Object.keys(a ?? {}).join(", ")}); add "${target}" to outputTargets`);
+      return x;
+    });
+  }
+}

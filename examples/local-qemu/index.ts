@@ -1,0 +1,52 @@
+/**
+ * The default tdxvm Pulumi program (the root Pulumi.yaml points here): bake the example image,
+ * compute what a TD (RTMRs) and a vTPM (PCRs) will report for it, and run it as a local QEMU VM.
+ * Local file backend, no cloud credentials:
+ *
+ *   npm ci && npx pulumi login --local && npx pulumi up
+ *
+ * Config (pulumi config set …):
+ *   cmdline   extra kernel command-line words (in the UKI: `pulumi preview` lists the registers that change)
+ *   motd      /etc/motd (root file system: the disk changes, no register does — an ext4 root is unmeasured)
+ *   frozen    bake only against the committed build/tdx.lock
+ *   memoryMiB VM memory
+ *   apiToken  (secret) the image's API_TOKEN, delivered to the VM at run time, never baked
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { TdxImage, TdxMeasurement, TdxDeployment } from "../../components";
+import { REPORT_DONE } from "../../provider";
+import { recipe } from "./recipe";
+
+const config = new pulumi.Config();
+
+const image = new TdxImage("demo", {
+  recipe: recipe(__dirname, { motd: config.get("motd"), cmdline: config.get("cmdline")?.split(/\s+/).filter(Boolean) }),
+  frozen: config.getBoolean("frozen") ?? false,
+});
+
+// What a TD on QEMU/KVM with Debian's OVMF reports (MRTD, RTMR0–3) …
+const td = new TdxMeasurement("demo-td", { image, backend: "rtmr" });
+// … and what a vTPM reports (PCR 4, 9, 11): the local dev VM's swtpm, or an Azure CVM.
+const vtpm = new TdxMeasurement("demo-vtpm", { image, backend: "azure" });
+
+const vm = new TdxDeployment("demo", {
+  image,
+  measurement: vtpm,
+  target: "qemu",
+  secrets: config.getSecret("apiToken")?.apply((t) => ({ API_TOKEN: t })),
+  qemu: {
+    memoryMiB: config.getNumber("memoryMiB") ?? 2048,
+    ports: [{ guest: 22 }],
+    readiness: { serial: REPORT_DONE, timeoutSeconds: 900 },
+  },
+});
+
+export const artifacts = image.artifacts;
+export const systemdStub = image.systemdStub;
+export const tdRegisters = td.registers;
+export const vtpmRegisters = vtpm.registers;
+export const measurementDiff = td.diffMarkdown;
+export const vmId = vm.vmId;
+export const forwards = vm.forwards;
+export const serialLog = vm.serialLog;
+export const warning = vm.warning;

@@ -1,0 +1,96 @@
+/**
+ * Shared plumbing of tdxvm's dynamic providers (DESIGN.md §6): unknown values, check failures,
+ * errors that keep their code and hint across the gRPC boundary, logging to stderr.
+ */
+import * as path from "node:path";
+import { z } from "zod";
+import { TdxError, formatIssues } from "../errors";
+
+/** How the engine sends a value that is not known yet (preview). */
+export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
+
+export function isUnknown(v: unknown): boolean {
+  if (v === UNKNOWN) return true;
+  if (Array.isArray(v)) return v.some(isUnknown);
+  if (v && typeof v === "object") return Object.values(v).some(isUnknown);
+  return false;
+}
+
+/** Inputs without the serialized provider (never part of a comparison). */
+export function declared(inputs: Record<string, unknown>): Record<string, unknown> {
+  const { __provider: _p, ...rest } = inputs;
+  void _p;
+  return rest;
+}
+
+export interface CheckFailure { property: string; reason: string }
+
+/** A check failure for a TdxError (code and hint stay visible in `pulumi preview`). */
+export function failureOf(e: unknown, property = ""): CheckFailure {
+  if (e instanceof TdxError) return { property: String(e.details?.property ?? property), reason: `${e.code}: ${e.message} (hint: ${e.hint})` };
+  throw e;
+}
+
+export function parseInputs<T>(schema: z.ZodType<T>, inputs: unknown): { ok: true; value: T } | { ok: false; failures: CheckFailure[] } {
+  const r = schema.safeParse(inputs);
+  if (r.success) return { ok: true, value: r.data };
+  return {
+    ok: false,
+    failures: r.error.issues.map((i) => ({ property: i.path.map(String).join("."), reason: `E_VALIDATION: ${formatIssues([i])}` })),
+  };
+}
+
+/**
+ * Errors from create/update/delete reach the user as a plain message (the host keeps only
+ * `message`): fold the code and the hint into it.
+ */
+export function userError(e: unknown): Error {
+  if (e instanceof TdxError) {
+    const err = new Error(`${e.code}: ${e.message}\n  hint: ${e.hint}`);
+    (err as Error & { code?: string }).code = e.code;
+    return err;
+  }
+  return e instanceof Error ? e : new Error(String(e));
+}
+
+export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw userError(e);
+  }
+}
+
+/** Progress for long provider work: the engine shows a plugin's stderr (pulumi.log is not wired in providers). */
+export function log(resource: string, msg: string): void {
+  if (process.env.TDXVM_PROVIDER_QUIET === "1") return;
+  console.error(`tdxvm: [${resource}] ${msg}`);
+}
+
+/** Paths are stored relative to the Pulumi project root (the host's cwd) when they lie below it, so state moves between machines. */
+export function storePath(p: string): string {
+  const rel = path.relative(process.cwd(), p);
+  return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;
+}
+
+export function loadPath(p: string): string {
+  return path.resolve(process.cwd(), p);
+}
+
+/** Run `fn` with a deadline: the engine has none for dynamic providers (DESIGN.md §6). */
+export async function withTimeout<T>(ms: number, what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      ac.abort();
+      reject(new TdxError("E_DEPLOYMENT", `${what} did not finish within ${Math.round(ms / 1000)} s`, { hint: "Raise the resource's timeout option, or look at the logs named above." }));
+    }, ms);
+    timer.unref?.();
+  });
+  try {
+    return await Promise.race([fn(ac.signal), deadline]);
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}

@@ -1,0 +1,182 @@
+/**
+ * Dynamic provider behind TdxMeasurement: the registers a platform will report for a baked image.
+ *
+ * Register values are computed in check and returned as checked inputs, so `pulumi preview`
+ * on a pull request lists every register that changes, old → new (the CLI draws its diff from
+ * inputs; DESIGN.md §6). An unchanged image reuses the previous values without reading a byte.
+ * Measuring is pure: update recomputes in place, delete has nothing to remove.
+ */
+import { createHash } from "node:crypto";
+import { promises as fs } from "node:fs";
+import { z } from "zod";
+import { TdxError } from "../errors";
+import { digestOf } from "../recipe/digest";
+import { measureBake } from "../measure/api";
+import { diffMeasurements, diffToMarkdown, Measurements, RegisterValue } from "../measure/ledger";
+import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, CheckFailure } from "./common";
+import type { ArtifactOut } from "./image";
+
+export const MEASUREMENT_STATE_VERSION = 1;
+/** Bump when a formula changes: every stack then recomputes (and shows the new values in preview). */
+export const MEASURE_ENGINE_VERSION = 1;
+
+const Artifact = z.object({ path: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number() });
+
+export const MeasurementArgs = z.object({
+  image: z.object({
+    bakeKey: z.string().nullable().optional(),
+    artifacts: z.record(z.string(), Artifact),
+    systemdStub: z.string().nullable().optional(),
+    profile: z.string().optional(),
+  }).loose(),
+  backend: z.enum(["rtmr", "azure", "gcp"]),
+  firmware: z.union([z.string().min(1), z.object({ src: z.string().min(1), integrity: z.string().min(1) })]).optional(),
+  pageOrder: z.enum(["single-pass", "two-pass"]).optional(),
+  /** A CCEL captured on the target host and VM shape (path): makes RTMR0 exact. */
+  capturedCcel: z.string().min(1).optional(),
+  /** The VM shape the values assume (recorded; RTMR0 depends on it). */
+  vm: z.object({ memoryMiB: z.number().int().positive().optional(), cpus: z.number().int().positive().optional() }).optional(),
+  cacheDir: z.string().optional(),
+}).loose();
+export type MeasurementArgsT = z.infer<typeof MeasurementArgs>;
+
+export interface LedgerRow { type: string; description: string; origin: string; digest: string }
+
+export interface MeasurementComputed {
+  stateVersion: number;
+  measurementKey: string;
+  /** Register → hex value (null: platform-defined, see `status`). */
+  registers: Record<string, string | null>;
+  /** Register → "exact" | "zero" | "platform-defined: why". */
+  status: Record<string, string>;
+  /** Register → the ordered events behind its value. */
+  ledger: Record<string, LedgerRow[]>;
+  /** What the values assume (stub version, firmware, page order, VM shape). */
+  assumptions: Record<string, string | number | null>;
+  /** Markdown table of the registers that changed against the previous state. */
+  diffMarkdown: string;
+}
+
+const COMPUTED = ["stateVersion", "measurementKey", "registers", "status", "ledger", "assumptions", "diffMarkdown"];
+const userInputs = (n: Record<string, unknown>) => Object.fromEntries(Object.entries(n).filter(([k]) => !COMPUTED.includes(k)));
+
+function need(a: MeasurementArgsT, key: string): ArtifactOut {
+  const x = a.image.artifacts[key];
+  if (!x) throw new TdxError("E_MEASUREMENT", `the image has no ${key} artifact`, { hint: "Measure a TdxImage's outputs (its artifacts include uki.efi and disk.raw)." });
+  return x;
+}
+
+async function fileSha256(p: string): Promise<string> {
+  return createHash("sha256").update(await fs.readFile(p)).digest("hex");
+}
+
+export async function measurementKey(a: MeasurementArgsT): Promise<string> {
+  const fw = typeof a.firmware === "string" ? { path: a.firmware, sha256: await fileSha256(loadPath(a.firmware)).catch(() => "missing") } : a.firmware ?? null;
+  return digestOf({
+    engine: MEASURE_ENGINE_VERSION, backend: a.backend, uki: need(a, "uki.efi").sha256, disk: need(a, "disk.raw").sha256,
+    stub: a.image.systemdStub ?? null, firmware: fw, pageOrder: a.pageOrder ?? null,
+    ccel: a.capturedCcel ? await fileSha256(loadPath(a.capturedCcel)) : null, vm: a.vm ?? null,
+  });
+}
+
+export function toComputed(m: Measurements, key: string, previous?: Measurements): MeasurementComputed {
+  const registers: Record<string, string | null> = {};
+  const status: Record<string, string> = {};
+  const ledger: Record<string, LedgerRow[]> = {};
+  for (const [name, r] of Object.entries(m.registers)) {
+    registers[name] = r.value;
+    status[name] = r.status === "platform-defined" ? `platform-defined: ${r.why ?? ""}` : r.status;
+    ledger[name] = r.events.map((e) => ({ type: e.type, description: e.description, origin: e.origin, digest: e.digest }));
+  }
+  return {
+    stateVersion: MEASUREMENT_STATE_VERSION, measurementKey: key, registers, status, ledger, assumptions: { backend: m.backend, ...m.inputs },
+    diffMarkdown: previous ? diffToMarkdown(diffMeasurements(previous, m), `Measurement changes (${m.backend})`) : diffToMarkdown([], `Measurement changes (${m.backend})`).replace("No register changes.", "First measurement: no previous state."),
+  };
+}
+
+/** Rebuild enough of a Measurements object from stored outputs to diff against it. */
+export function fromComputed(c: Partial<MeasurementComputed>, backend: string): Measurements | undefined {
+  if (!c.registers || typeof c.registers !== "object") return undefined;
+  const registers: Record<string, RegisterValue> = {};
+  for (const [name, value] of Object.entries(c.registers)) {
+    const st = c.status?.[name] ?? "exact";
+    registers[name] = {
+      alg: name.startsWith("PCR") ? "sha256" : "sha384", value,
+      status: st.startsWith("platform-defined") ? "platform-defined" : (st as RegisterValue["status"]),
+      events: (c.ledger?.[name] ?? []).map((e) => ({ ...e })),
+    };
+  }
+  return { measurementsVersion: 1, backend: backend as Measurements["backend"], registers, inputs: {} };
+}
+
+async function compute(a: MeasurementArgsT, previous: Partial<MeasurementComputed> & Record<string, unknown>): Promise<MeasurementComputed> {
+  const key = await measurementKey(a);
+  const t0 = Date.now();
+  const uki = need(a, "uki.efi");
+  const disk = need(a, "disk.raw");
+  const m = await measureBake(
+    { profile: a.image.profile ?? "default", systemdStub: a.image.systemdStub ?? null, artifacts: [
+      { target: "uki", kind: "efi", path: loadPath(uki.path), sha256: uki.sha256, size: uki.size },
+      { target: "disk", kind: "raw", path: loadPath(disk.path), sha256: disk.sha256, size: disk.size },
+    ] },
+    { backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware, pageOrder: a.pageOrder, capturedCcel: a.capturedCcel ? loadPath(a.capturedCcel) : undefined, cacheDir: a.cacheDir ? loadPath(a.cacheDir) : undefined },
+  );
+  if (a.vm) Object.assign(m.inputs, { vmMemoryMiB: a.vm.memoryMiB ?? null, vmCpus: a.vm.cpus ?? null });
+  log("TdxMeasurement", `${a.backend}: measured in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const prev = previous.backend === a.backend ? fromComputed(previous, a.backend) : undefined;
+  return toComputed(m, key, prev);
+}
+
+function pick(o: Record<string, unknown>): MeasurementComputed {
+  return Object.fromEntries(COMPUTED.filter((k) => o[k] !== undefined).map((k) => [k, o[k]])) as unknown as MeasurementComputed;
+}
+
+export const measurementProvider = {
+  async check(olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
+    const inputs = userInputs(news);
+    // Unknown image outputs (bakeOnPreview: false, or a new image): the registers will be recomputed.
+    if (isUnknown(declared(inputs))) return { inputs };
+    const parsed = parseInputs(MeasurementArgs, declared(inputs));
+    if (!parsed.ok) return { inputs, failures: parsed.failures };
+    try {
+      const key = await measurementKey(parsed.value);
+      if (olds.measurementKey === key && olds.registers) return { inputs: { ...inputs, ...pick(olds) } };
+      return { inputs: { ...inputs, ...(await compute(parsed.value, olds)) } };
+    } catch (e) {
+      return { inputs, failures: [failureOf(e, "image")] };
+    }
+  },
+
+  async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
+    const n = declared(news);
+    if (isUnknown(userInputs(n)) || !n.measurementKey) return { changes: true, replaces: [], deleteBeforeReplace: false };
+    const changes = olds.measurementKey !== n.measurementKey || JSON.stringify(olds.registers) !== JSON.stringify(n.registers);
+    return { changes, replaces: [], deleteBeforeReplace: false };
+  },
+
+  async create(inputs: Record<string, unknown>): Promise<{ id: string; outs: Record<string, unknown> }> {
+    return guarded(async () => {
+      const out = await ensure(inputs, {});
+      return { id: out.measurementKey.slice("sha256:".length, "sha256:".length + 32), outs: { ...userInputs(declared(inputs)), ...out } };
+    });
+  },
+
+  async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ outs: Record<string, unknown> }> {
+    return guarded(async () => ({ outs: { ...userInputs(declared(news)), ...(await ensure(news, olds)) } }));
+  },
+
+  async read(id: string, props: Record<string, unknown>): Promise<{ id: string; props: Record<string, unknown> }> {
+    return { id, props: declared(props) };
+  },
+
+  async delete(): Promise<void> {
+    // A measurement is a computed value: nothing exists outside the state.
+  },
+};
+
+async function ensure(inputs: Record<string, unknown>, olds: Record<string, unknown>): Promise<MeasurementComputed> {
+  if (inputs.measurementKey && inputs.registers) return pick(inputs);
+  const parsed = parseInputs(MeasurementArgs, declared(userInputs(inputs)));
+  if (!parsed.ok) throw new TdxError("E_VALIDATION", parsed.failures.map((f) => `${f.property}: ${f.reason}`).join("; "));
+  return compute(parsed.value, olds);
+}

@@ -1,0 +1,16 @@
+/**
+ * What Pulumi's dynamic-provider host loads (through ./entry.js) when a tdxvm resource is
+ * checked, diffed, created, updated, read or deleted. The serialized shim in each resource's
+ * state names one of these by kind; everything else lives here, outside the state.
+ */
+import { imageProvider } from "./image";
+import { measurementProvider } from "./measurement";
+import { qemuVmProvider } from "./qemuVm";
+
+export const providers = {
+  image: imageProvider,
+  measurement: measurementProvider,
+  qemuVm: qemuVmProvider,
+};
+
+export type ProviderKind = keyof typeof providers;

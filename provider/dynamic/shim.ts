@@ -1,0 +1,31 @@
+/**
+ * The provider object Pulumi serializes into every tdxvm dynamic resource's state
+ * (`__provider`). It must stay tiny and self-contained (DESIGN.md §6: closure serialization
+ * breaks on native modules, class instances, ESM and deep paths), so it holds nothing but the
+ * provider kind and resolves the runtime when a method runs: `require("tdxvm/dynamic")` from
+ * the Pulumi project root (the host's working directory). State written by an older tdxvm
+ * therefore runs with the installed one, which must handle older state (each kind keeps a
+ * stateVersion).
+ */
+import type * as pulumi from "@pulumi/pulumi";
+import type { ProviderKind } from "./runtime";
+
+export function providerShim(kind: ProviderKind): pulumi.dynamic.ResourceProvider {
+  const load = () => {
+    let runtime;
+    try {
+      runtime = require("module").createRequire(require("path").join(process.cwd(), "package.json"))("tdxvm/dynamic");
+    } catch (e) {
+      throw new Error(`tdxvm is not installed where Pulumi runs its providers (${process.cwd()}): run \`npm install tdxvm\` in the Pulumi project (${String(e)})`, { cause: e });
+    }
+    return runtime.providers[kind];
+  };
+  return {
+    check: async (olds, news) => load().check(olds, news),
+    diff: async (id, olds, news) => load().diff(id, olds, news),
+    create: async (inputs) => load().create(inputs),
+    read: async (id, props) => load().read(id, props),
+    update: async (id, olds, news) => load().update(id, olds, news),
+    delete: async (id, props) => load().delete(id, props),
+  };
+}

@@ -1,0 +1,37 @@
+/** Run one harness operation (a fresh process, like `pulumi <op>`) from a test. */
+import { spawn } from "node:child_process";
+import { promises as fs } from "node:fs";
+import * as path from "node:path";
+import { RunResult, StepEvent, repoRoot } from "./engine";
+
+export interface OpOptions {
+  program: string;
+  dir: string;
+  config?: Record<string, string>;
+  secretConfig?: Record<string, string>;
+  project?: string;
+}
+
+export interface OpResult extends RunResult { seconds: number; stdout: string }
+
+export async function pulumiOp(op: "up" | "preview" | "refresh" | "destroy", o: OpOptions): Promise<OpResult> {
+  const result = path.join(o.dir, `result-${op}-${Date.now()}.json`);
+  const args = ["-r", "@swc-node/register", path.join(__dirname, "run.ts"), op, "--program", o.program, "--state", path.join(o.dir, "state.json"), "--result", result, "--host-log", path.join(o.dir, "host.log")];
+  if (o.project) args.push("--project", o.project);
+  for (const [k, v] of Object.entries(o.config ?? {})) args.push("--config", `${k}=${v}`);
+  for (const [k, v] of Object.entries(o.secretConfig ?? {})) args.push("--secret-config", `${k}=${v}`);
+  const t0 = Date.now();
+  const child = spawn(process.execPath, args, { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, TDXVM_PROVIDER_QUIET: "0" } });
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (out += d));
+  const code = await new Promise<number>((r) => child.on("exit", (c) => r(c ?? 1)));
+  const parsed = await fs.readFile(result, "utf8").then((t) => JSON.parse(t) as RunResult, () => undefined);
+  if (!parsed) throw new Error(`harness ${op} crashed (exit ${code}):\n${out}`);
+  return { ...parsed, seconds: (Date.now() - t0) / 1000, stdout: out };
+}
+
+/** The events of custom resources of one type (by URN suffix name). */
+export function stepsOf(r: RunResult, typeSuffix: string): StepEvent[] {
+  return r.events.filter((e) => e.type.endsWith(typeSuffix));
+}

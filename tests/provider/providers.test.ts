@@ -1,0 +1,287 @@
+/**
+ * The dynamic providers' methods, called directly and through the serialized shim (the exact
+ * object Pulumi stores in state), plus the shim's own contract: small, no absolute path, runs
+ * in a fresh Node process. The full program runs (preview/up/destroy through the real provider
+ * host) are in localQemu.test.ts.
+ */
+import { spawnSync } from "node:child_process";
+import { promises as fs, writeFileSync, existsSync, readFileSync } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import * as zlib from "node:zlib";
+import * as pulumi from "@pulumi/pulumi";
+import { providerShim } from "../../provider/dynamic/shim";
+import { providers } from "../../provider/dynamic/runtime";
+import { UNKNOWN } from "../../provider/dynamic/common";
+import { measureBake, guidToBytes } from "../../provider/measure";
+import { secretsDigest } from "../../provider/dynamic/qemuVm";
+import { Image, SecretSchema, SecretTarget, defaultCacheDir } from "../../provider";
+import { toolsTreeDir } from "../../provider/bake/toolsTree";
+import { buildPe } from "../unit/measure/pe-builder";
+import { tempDir } from "../helpers";
+
+const repoRoot = path.resolve(__dirname, "../..");
+
+/** A GPT disk (header + entries, ESP and root) of 1 MiB: enough for the GPT event. */
+function gptDisk(file: string): void {
+  const disk = Buffer.alloc(1024 * 1024);
+  const entries = Buffer.alloc(128 * 128);
+  const parts = [
+    { type: "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", uuid: "11111111-2222-3333-4444-555555555555", start: 2048n, end: 2047n + 64n, name: "esp" },
+    { type: "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", uuid: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", start: 2112n, end: 2000n + 47n, name: "root-x86-64" },
+  ];
+  parts.forEach((p, i) => {
+    const e = entries.subarray(i * 128, (i + 1) * 128);
+    guidToBytes(p.type).copy(e, 0);
+    guidToBytes(p.uuid).copy(e, 16);
+    e.writeBigUInt64LE(p.start, 32);
+    e.writeBigUInt64LE(p.end, 40);
+    e.write(p.name, 56, "utf16le");
+  });
+  entries.copy(disk, 1024);
+  const h = disk.subarray(512, 604);
+  h.write("EFI PART", 0, "latin1");
+  h.writeUInt32LE(0x00010000, 8);
+  h.writeUInt32LE(92, 12);
+  h.writeBigUInt64LE(1n, 24);
+  h.writeBigUInt64LE(2047n, 32);
+  h.writeBigUInt64LE(34n, 40);
+  h.writeBigUInt64LE(2014n, 48);
+  guidToBytes("01234567-89ab-cdef-0123-456789abcdef").copy(h, 56);
+  h.writeBigUInt64LE(2n, 72);
+  h.writeUInt32LE(128, 80);
+  h.writeUInt32LE(128, 84);
+  h.writeUInt32LE(zlib.crc32(entries), 88);
+  h.writeUInt32LE(zlib.crc32(h), 16);
+  writeFileSync(file, disk);
+}
+
+const sha256 = (b: Buffer) => require("node:crypto").createHash("sha256").update(b).digest("hex");  
+
+describe("serialized provider shim", () => {
+  let text: string;
+  beforeAll(async () => {
+    text = (await pulumi.runtime.serializeFunction(() => providerShim("measurement"))).text;
+  });
+
+  it("is tiny and carries no absolute path", () => {
+    expect(text.length).toBeLessThan(4096);
+    expect(text).not.toContain(repoRoot);
+    expect(text).not.toContain(os.homedir());
+    expect(text).not.toMatch(/["'`]\/(?:work|root|home|tmp|usr|opt|var)\//);
+    expect(text).toContain('"measurement"');
+  });
+
+  it("runs in a fresh Node process: loads tdxvm from the project root and answers check", () => {
+    const dir = os.tmpdir();
+    const f = path.join(dir, `tdxvm-shim-${process.pid}.js`);
+    writeFileSync(f, text);
+    const script = `const p = require(${JSON.stringify(f)}).handler();
+      p.check({}, {backend: "nonsense", image: {artifacts: {}}}).then((r) => console.log(JSON.stringify(r)), (e) => { console.error(e); process.exit(3); });`;
+    const r = spawnSync(process.execPath, ["-e", script], { cwd: repoRoot, encoding: "utf8", timeout: 60_000 });
+    expect(r.stderr).toBe("");
+    const out = JSON.parse(r.stdout);
+    expect(out.failures[0].property).toBe("backend");
+    expect(out.failures[0].reason).toMatch(/^E_VALIDATION: backend: /);
+    // Outside a project that has tdxvm installed, the shim says what to do.
+    const elsewhere = spawnSync(process.execPath, ["-e", script], { cwd: os.tmpdir(), encoding: "utf8", timeout: 60_000 });
+    expect(elsewhere.status).toBe(3);
+    expect(elsewhere.stderr).toContain("tdxvm is not installed where Pulumi runs its providers");
+  });
+});
+
+/** Each provider directly, and through a shim loaded from its serialized text (as the host does). */
+const via: Array<[string, (kind: keyof typeof providers) => Promise<any>]> = [ // eslint-disable-line @typescript-eslint/no-explicit-any
+  ["direct", async (kind) => providers[kind]],
+  ["serialized shim", async (kind) => {
+    const t = (await pulumi.runtime.serializeFunction(() => providerShim(kind))).text;
+    const Module = require("node:module");  
+    const m = new Module(path.join(repoRoot, "shim.js"));
+    m.paths = Module._nodeModulePaths(repoRoot);
+    m._compile(t, path.join(repoRoot, "shim.js"));
+    return m.exports.handler();
+  }],
+];
+
+describe.each(via)("measurement provider (%s)", (_how, get) => {
+  let dir: string;
+  let args: Record<string, unknown>;
+  beforeAll(async () => {
+    dir = await tempDir("tdxvm-prov-");
+    // A small but complete UKI: a PE whose .linux section is itself a PE (the kernel), plus .osrel, .cmdline, .initrd.
+    const uki = path.join(dir, "uki.efi");
+    const kernel = buildPe({ plus: true, sections: [{ name: ".text", data: Buffer.alloc(3000, 0x90) }] });
+    writeFileSync(uki, buildPe({ plus: true, sections: [
+      { name: ".osrel", data: Buffer.from("ID=debian\n") },
+      { name: ".cmdline", data: Buffer.from("console=ttyS0 quiet") },
+      { name: ".linux", data: kernel },
+      { name: ".initrd", data: Buffer.alloc(5000, 7) },
+    ] }));
+    const disk = path.join(dir, "disk.raw");
+    gptDisk(disk);
+    const art = (p: string) => ({ path: p, sha256: sha256(readFileSync(p)), size: readFileSync(p).length });
+    args = { image: { bakeKey: "k1", systemdStub: "257.13-1~deb13u1", profile: "default", artifacts: { "uki.efi": art(uki), "disk.raw": art(disk) } }, backend: "azure" };
+  });
+  afterAll(() => fs.rm(dir, { recursive: true, force: true }));
+
+  it("check computes the registers of the library (same values, ledger, status)", async () => {
+    const p = await get("measurement");
+    const r = await p.check({}, { ...args, __provider: "x" });
+    expect(r.failures).toBeUndefined();
+    const a = (args.image as { artifacts: Record<string, { path: string; sha256: string; size: number }> }).artifacts;
+    const lib = await measureBake({ profile: "default", systemdStub: "257.13-1~deb13u1", artifacts: [
+      { target: "uki", kind: "efi", ...a["uki.efi"] }, { target: "disk", kind: "raw", ...a["disk.raw"] },
+    ] }, { backend: "azure" });
+    expect(r.inputs.registers.PCR4).toBe(lib.registers.PCR4.value);
+    expect(r.inputs.registers.PCR11).toBe(lib.registers.PCR11.value);
+    expect(r.inputs.registers.PCR0).toBeNull();
+    expect(r.inputs.status.PCR0).toMatch(/^platform-defined: /);
+    expect(r.inputs.ledger.PCR4.map((e: { digest: string }) => e.digest)).toEqual(lib.registers.PCR4.events.map((e) => e.digest));
+    expect(r.inputs.diffMarkdown).toContain("First measurement");
+    expect(r.inputs.measurementKey).toMatch(/^sha256:/);
+  });
+
+  it("check reuses the previous values when the image did not change (no file is read)", async () => {
+    const p = await get("measurement");
+    const first = (await p.check({}, args)).inputs;
+    const moved = { ...args, image: { ...(args.image as object), artifacts: Object.fromEntries(Object.entries((args.image as { artifacts: Record<string, { path: string }> }).artifacts).map(([k, v]) => [k, { ...v, path: "/nonexistent/" + k }])) } };
+    const again = await p.check(first, moved);
+    expect(again.failures).toBeUndefined();
+    expect(again.inputs.registers).toEqual(first.registers);
+    // Another image (other digest) is measured, and its files must exist.
+    const other = { ...moved, image: { ...moved.image, artifacts: { ...moved.image.artifacts, "uki.efi": { ...moved.image.artifacts["uki.efi"], sha256: "0".repeat(64) } } } };
+    const bad = await p.check(first, other);
+    expect(bad.failures[0].reason).toMatch(/^E_MEASUREMENT: /);
+  });
+
+  it("check passes unknown image outputs through (registers will be recomputed)", async () => {
+    const p = await get("measurement");
+    const r = await p.check({}, { image: UNKNOWN, backend: "azure" });
+    expect(r.failures).toBeUndefined();
+    expect(r.inputs).toEqual({ image: UNKNOWN, backend: "azure" });
+  });
+
+  it("diff: changes only when the measurement key or values change; never replaces", async () => {
+    const p = await get("measurement");
+    const c = (await p.check({}, args)).inputs;
+    expect(await p.diff("id", c, c)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    expect(await p.diff("id", c, { ...c, measurementKey: "sha256:other" })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+    expect((await p.diff("id", c, { ...args, image: UNKNOWN })).changes).toBe(true);
+  });
+
+  it("create/update return the checked values; the id is content-addressed; delete and read are no-ops", async () => {
+    const p = await get("measurement");
+    const c = (await p.check({}, args)).inputs;
+    const made = await p.create(c);
+    expect(made.id).toBe(c.measurementKey.slice(7, 39));
+    expect(made.outs.registers).toEqual(c.registers);
+    const made2 = await p.create(c);
+    expect(made2.id).toBe(made.id);
+    const u = await p.update(made.id, made.outs, c);
+    expect(u.outs.registers).toEqual(c.registers);
+    expect((await p.read(made.id, made.outs)).props.registers).toEqual(c.registers);
+    await expect(p.delete(made.id, made.outs)).resolves.toBeUndefined();
+  });
+});
+
+describe.each(via)("image provider (%s)", (_how, get) => {
+  let dir: string;
+  const recipe = (motd: string) => new Image({ base: "debian/trixie", projectDir: dir }).file("/etc/motd", { content: motd });
+  beforeAll(async () => {
+    dir = await tempDir("tdxvm-prov-img-");
+  });
+  afterAll(() => fs.rm(dir, { recursive: true, force: true }));
+
+  it("check validates the recipe and the options (E_VALIDATION, property named)", async () => {
+    const p = await get("image");
+    const bad = await p.check({}, { recipe: { base: "debian/bookworm" }, projectDir: dir });
+    expect(bad.failures[0].property).toBe("recipe");
+    expect(bad.failures[0].reason).toMatch(/^E_VALIDATION: /);
+    const badProfile = await p.check({}, { recipe: recipe("x").recipe, projectDir: dir, profile: "nope", bakeOnPreview: false });
+    expect(badProfile.failures[0].reason).toMatch(/^E_VALIDATION: unknown profile "nope"/);
+  });
+
+  it("check without bakeOnPreview plans (recipe digest, bake key) without baking or writing", async () => {
+    const p = await get("image");
+    const img = recipe("plan only");
+    const r = await p.check({}, { recipe: img.recipe, projectDir: dir, bakeOnPreview: false });
+    expect(r.failures).toBeUndefined();
+    expect(r.inputs.recipeDigest).toBe(img.digests().default);
+    expect(r.inputs.artifacts).toBeUndefined();
+    if (existsSync(toolsTreeDir(defaultCacheDir()))) expect(r.inputs.bakeKey).toMatch(/^[0-9a-f]{64}$/);
+    expect(existsSync(path.join(dir, "build"))).toBe(false); // nothing written: no lock, no tree
+  });
+
+  it("check passes unknown inputs through; a frozen check without a lock fails with E_LOCKFILE", async () => {
+    const p = await get("image");
+    expect((await p.check({}, { recipe: UNKNOWN, projectDir: dir })).inputs).toEqual({ recipe: UNKNOWN, projectDir: dir });
+    const r = await p.check({}, { recipe: recipe("frozen").recipe, projectDir: dir, frozen: true, bakeOnPreview: false });
+    expect(r.failures[0].reason).toMatch(/^E_LOCKFILE: no lock file/);
+    expect(r.failures[0].reason).toContain("hint:");
+  });
+
+  it("diff follows the bake key (content), not where the project lives", async () => {
+    const p = await get("image");
+    const a = (await p.check({}, { recipe: recipe("a").recipe, projectDir: dir, bakeOnPreview: false })).inputs;
+    const b = (await p.check({}, { recipe: recipe("b").recipe, projectDir: dir, bakeOnPreview: false })).inputs;
+    expect(await p.diff("k", a, a)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    expect(await p.diff("k", a, { ...a, projectDir: "/elsewhere" })).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    expect(await p.diff("k", a, b)).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+    // Refresh found the artifacts gone: bake again.
+    expect((await p.diff("k", { ...a, missing: ["uki.efi"] }, a)).changes).toBe(true);
+  });
+
+  it("read reports artifacts that disappeared as drift", async () => {
+    const p = await get("image");
+    const f = path.join(dir, "a.efi");
+    writeFileSync(f, "x");
+    const props = { bakeKey: "k", artifacts: { "uki.efi": { path: f, sha256: "0".repeat(64), size: 1 }, "disk.raw": { path: path.join(dir, "gone.raw"), sha256: "0".repeat(64), size: 9 } } };
+    const r = await p.read("k", props);
+    expect(r.props.missing).toEqual(["disk.raw"]);
+  });
+});
+
+describe.each(via)("qemu VM provider (%s)", (_how, get) => {
+  const image = { bakeKey: "k", artifacts: { "qemu.raw": { path: "/x/disk.raw", sha256: "a".repeat(64), size: 1 } } };
+  const decls = new Image({ base: "debian/trixie" }).secret("API_TOKEN", { schema: SecretSchema.string({ minLength: 16 }), targets: [SecretTarget.env("API_TOKEN")] }).recipe.secrets;
+
+  it("check validates shape and secrets without echoing values", async () => {
+    const p = await get("qemuVm");
+    const short = "short-secret-value";
+    const r = await p.check({}, { image, secretDecls: decls, secrets: { API_TOKEN: "tooshort", OTHER: short } });
+    expect(r.failures[0].reason).toMatch(/^E_SECRET: /);
+    expect(r.failures[0].reason).toContain("OTHER");
+    expect(JSON.stringify(r.failures)).not.toContain("tooshort");
+    expect(JSON.stringify(r.failures)).not.toContain(short);
+    const missing = await p.check({}, { image, secretDecls: decls });
+    expect(missing.failures[0].reason).toContain("missing: API_TOKEN");
+    const noDisk = await p.check({}, { image: { artifacts: {} } });
+    expect(noDisk.failures[0].reason).toMatch(/^E_DEPLOYMENT: the image has no raw disk/);
+    const ports = await p.check({}, { image, ports: [{ guest: 22, host: 2222 }, { guest: 80, host: 2222 }] });
+    expect(ports.failures[0].reason).toMatch(/^E_VALIDATION: two port forwards/);
+    expect((await p.check({}, { image: UNKNOWN })).failures).toBeUndefined();
+  });
+
+  it("diff: a new disk, shape or secret replaces (create-before-delete); pinned host ports delete first; readiness updates in place", async () => {
+    const p = await get("qemuVm");
+    const news = { image, memoryMiB: 2048, cpus: 2, ports: [{ guest: 22 }], readiness: { serial: "x" }, accel: "auto", tdx: "auto", secrets: { API_TOKEN: "0123456789abcdef" } };
+    const olds = { ...news, secrets: undefined, diskSha256: "a".repeat(64), forwards: [{ guest: 22, host: 40022, bind: "127.0.0.1" }], running: true, secretsDigest: secretsDigest(news.secrets) };
+    expect(await p.diff("vm", olds, news)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    expect(await p.diff("vm", olds, { ...news, readiness: { serial: "y" } })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+    const newDisk = { ...news, image: { ...image, artifacts: { "qemu.raw": { ...image.artifacts["qemu.raw"], sha256: "b".repeat(64) } } } };
+    expect(await p.diff("vm", olds, newDisk)).toEqual({ changes: true, replaces: ["image"], deleteBeforeReplace: false });
+    expect((await p.diff("vm", olds, { ...news, memoryMiB: 4096 })).replaces).toEqual(["memoryMiB"]);
+    expect((await p.diff("vm", olds, { ...news, secrets: { API_TOKEN: "fedcba9876543210" } })).replaces).toEqual(["secrets"]);
+    expect(await p.diff("vm", olds, { ...newDisk, ports: [{ guest: 22, host: 40022 }] })).toEqual({ changes: true, replaces: ["image"], deleteBeforeReplace: true });
+    expect((await p.diff("vm", { ...olds, running: false }, news)).replaces).toEqual(["running"]);
+  });
+
+  it("read shows a VM whose QEMU is gone as not running; delete of a gone VM removes its state directory", async () => {
+    const p = await get("qemuVm");
+    const dir = await tempDir("tdxvm-vm-");
+    const r = await p.read("vm", { pid: 999_999_999, startTime: 1, stateDir: dir });
+    expect(r.props.running).toBe(false);
+    await p.delete("vm", { pid: 999_999_999, startTime: 1, stateDir: dir });
+    expect(existsSync(dir)).toBe(false);
+  });
+});
