@@ -1,48 +1,156 @@
 /**
- * TdxDeployment: a TdxImage running on a target — "qemu" here (a real local VM); Azure and GCP
- * confidential VMs build on the same component.
+ * TdxDeployment: a TdxImage running on a target — "qemu" (a real local VM), "azure" (DCesv5
+ * confidential VMs) or "gcp" (C3 TDX instances) — as one VM or a fleet.
+ *
+ * Fleets: `replicas` VMs share the image, image version and network. A recipe change replaces
+ * every VM create-before-delete (Pulumi's default; autonamed resources never collide), so
+ * all-at-once needs quota for 2 × replicas while it rolls. With `rollout: {strategy: "waves",
+ * batchSize, gate}`, wave k+1's VMs depend on wave k's gates: each gate waits until its new VM
+ * answers a health/attestation endpoint; a failing gate fails the update, later waves are not
+ * touched and old VMs keep running. Rolling back is reverting the recipe and running up again.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { providerShim } from "../provider/dynamic/shim";
 import type { TdxImage } from "./image";
 import type { TdxMeasurement } from "./measurement";
-import { qemuVm, QemuTargetArgs, QemuVm } from "./qemu";
+import { qemuVm, QemuTargetArgs } from "./qemu";
+import { azureShared, azureReplica, AzureTargetArgs } from "./azure";
+import { gcpShared, gcpReplica, GcpTargetArgs } from "./gcp";
+
+export interface GateSpec {
+  /** TCP port of the health/attestation endpoint on the VM. */
+  port: number;
+  path?: string;
+  scheme?: "http" | "https";
+  expectStatus?: number;
+  /** Require the endpoint's JSON to report the deployment's expected registers (from `measurement`). */
+  attest?: boolean;
+  timeoutSeconds?: number;
+  intervalSeconds?: number;
+  insecureTls?: boolean;
+}
+
+export interface RolloutArgs {
+  /** "all-at-once" (default): every VM replaced in parallel. "waves": batchSize VMs at a time, each wave gated. */
+  strategy?: "all-at-once" | "waves";
+  batchSize?: number;
+  gate?: GateSpec;
+}
 
 export interface TdxDeploymentArgs {
   image: TdxImage;
-  /** The measurement a verifier should expect from this deployment (passed through as `expected`). */
+  /** The measurement a verifier should expect from this deployment (exported as `expected`; used by attesting gates). */
   measurement?: TdxMeasurement;
-  target: "qemu";
+  target: "qemu" | "azure" | "gcp";
   qemu?: QemuTargetArgs;
-  /** Run-time secrets by name (use pulumi.secret / config secrets); checked against the image's declared secrets. */
+  azure?: AzureTargetArgs;
+  gcp?: GcpTargetArgs;
+  /** Run-time secrets by name (use config secrets); checked against the image's declared secrets (qemu target). */
   secrets?: pulumi.Input<Record<string, pulumi.Input<string>>>;
+  /** Number of VMs (default 1). */
+  replicas?: number;
+  rollout?: RolloutArgs;
+}
+
+export class RolloutGate extends pulumi.dynamic.Resource {
+  declare readonly passed: pulumi.Output<boolean>;
+  declare readonly attempts: pulumi.Output<number>;
+  constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
+    super(providerShim("gate"), name, { ...props, passed: undefined, attempts: undefined, seconds: undefined }, opts, "tdxvm", "RolloutGate");
+  }
+}
+
+export interface DeployedVm { name: string; wave: number; id: pulumi.Output<string>; privateIp: pulumi.Output<string>; ip: pulumi.Output<string>; resource: pulumi.CustomResource; gate?: RolloutGate }
+
+/** Wave of replica i. */
+export function waveOf(i: number, rollout: RolloutArgs | undefined, replicas: number): number {
+  if (rollout?.strategy !== "waves") return 0;
+  const size = Math.max(1, Math.min(rollout.batchSize ?? 1, replicas));
+  return Math.floor(i / size);
 }
 
 export class TdxDeployment extends pulumi.ComponentResource {
   readonly target: string;
   /** The register values a verifier should expect (from `measurement`). */
   readonly expected: pulumi.Output<Record<string, string | null> | undefined>;
-  readonly vm?: QemuVm;
+  readonly vms: DeployedVm[] = [];
+  /** Per VM: name, wave, id, private and public address. */
+  readonly instances: pulumi.Output<Array<{ name: string; wave: number; id: string; privateIp: string; ip: string }>>;
+  /** qemu target (first VM): forwarded ports, serial log, TD or dev-VM warning. */
   readonly vmId?: pulumi.Output<string>;
   readonly forwards?: pulumi.Output<Array<{ guest: number; host: number; bind: string }>>;
   readonly serialLog?: pulumi.Output<string>;
   readonly warning?: pulumi.Output<string | null>;
   readonly isTd?: pulumi.Output<boolean>;
+  /** azure: the gallery image version id; gcp: the image self link. */
+  readonly imageRef?: pulumi.Output<string>;
 
   constructor(name: string, args: TdxDeploymentArgs, opts?: pulumi.ComponentResourceOptions) {
     super("tdxvm:index:TdxDeployment", name, {}, opts);
     this.target = args.target;
+    const replicas = args.replicas ?? 1;
+    if (!Number.isInteger(replicas) || replicas < 1) throw new Error(`TdxDeployment ${name}: replicas must be a positive integer`);
+    if (args.rollout?.strategy === "waves" && !args.rollout.gate) throw new Error(`TdxDeployment ${name}: a "waves" rollout needs a gate (rollout.gate) to decide when a wave is healthy`);
     this.expected = args.measurement ? args.measurement.registers : pulumi.output(undefined);
-    const image = pulumi.all([args.image.bakeKey, args.image.artifacts]).apply(([bakeKey, artifacts]) => ({ bakeKey, artifacts }));
+    const vmName = (i: number) => (replicas === 1 ? name : `${name}-${i}`);
+
+    // Replica factory per target; the shared part is built once.
+    let replica: (i: number, o: pulumi.CustomResourceOptions) => Omit<DeployedVm, "name" | "wave">;
     if (args.target === "qemu") {
-      this.vm = qemuVm(name, { image, qemu: args.qemu ?? {}, secrets: args.secrets, secretDecls: args.image.secretDecls, expected: args.measurement?.registers }, { parent: this });
-      this.vmId = this.vm.vmId;
-      this.forwards = this.vm.forwards;
-      this.serialLog = this.vm.serialLog;
-      this.warning = this.vm.warning;
-      this.isTd = this.vm.isTd;
-      this.registerOutputs({ vmId: this.vmId, forwards: this.forwards, serialLog: this.serialLog, warning: this.warning, isTd: this.isTd, expected: this.expected });
+      const image = pulumi.all([args.image.bakeKey, args.image.artifacts]).apply(([bakeKey, artifacts]) => ({ bakeKey, artifacts }));
+      replica = (i, o) => {
+        const vm = qemuVm(vmName(i), { image, qemu: args.qemu ?? {}, secrets: args.secrets, secretDecls: args.image.secretDecls, expected: args.measurement?.registers }, o);
+        const host = vm.forwards.apply((f) => (f?.length ? f[0].bind : "127.0.0.1"));
+        return { id: vm.vmId, privateIp: host, ip: host, resource: vm };
+      };
+    } else if (args.target === "azure") {
+      if (!args.azure) throw new Error(`TdxDeployment ${name}: target "azure" needs azure: {location, ...}`);
+      if (args.secrets) throw new Error(`TdxDeployment ${name}: secrets are delivered to azure VMs after attestation by the image's own receiver, not by the deployment`);
+      const shared = azureShared(name, args.image.artifact("azure", "vhd"), args.azure, this);
+      this.imageRef = shared.imageVersion.id;
+      replica = (i, o) => {
+        const r = azureReplica(vmName(i), shared, args.azure!, o);
+        return { id: r.vm.vmId, privateIp: r.privateIp, ip: r.ip, resource: r.vm };
+      };
+    } else if (args.target === "gcp") {
+      if (!args.gcp) throw new Error(`TdxDeployment ${name}: target "gcp" needs gcp: {zone, ...}`);
+      if (args.secrets) throw new Error(`TdxDeployment ${name}: secrets are delivered to gcp VMs after attestation by the image's own receiver, not by the deployment`);
+      const shared = gcpShared(name, args.image.artifact("gcp", "tar.gz"), args.gcp, this);
+      this.imageRef = shared.image.selfLink;
+      replica = (i, o) => {
+        const r = gcpReplica(vmName(i), shared, args.gcp!, o);
+        return { id: r.vm.instanceId, privateIp: r.privateIp, ip: r.ip, resource: r.vm };
+      };
     } else {
       throw new Error(`TdxDeployment ${name}: unknown target ${JSON.stringify(args.target)} (qemu, azure, gcp)`);
     }
+
+    const gates: RolloutGate[][] = [];
+    for (let i = 0; i < replicas; i++) {
+      const wave = waveOf(i, args.rollout, replicas);
+      const dependsOn = wave > 0 ? gates[wave - 1] : [];
+      const r = replica(i, { parent: this, dependsOn });
+      const d: DeployedVm = { name: vmName(i), wave, ...r };
+      const g = args.rollout?.gate;
+      if (g) {
+        const url = pulumi.interpolate`${g.scheme ?? "http"}://${r.ip}:${g.port}${g.path ?? "/"}`;
+        d.gate = new RolloutGate(`${vmName(i)}-gate`, {
+          target: r.id, url, expectStatus: g.expectStatus ?? 200, timeoutSeconds: g.timeoutSeconds ?? 900, intervalSeconds: g.intervalSeconds ?? 5,
+          insecureTls: g.insecureTls ?? false, expectRegisters: g.attest ? args.measurement?.registers : undefined,
+        }, { parent: this, dependsOn: [r.resource] });
+        (gates[wave] ??= []).push(d.gate);
+      }
+      this.vms.push(d);
+    }
+    this.instances = pulumi.all(this.vms.map((v) => pulumi.all([v.id, v.privateIp, v.ip]).apply(([id, privateIp, ip]) => ({ name: v.name, wave: v.wave, id, privateIp, ip }))));
+    if (args.target === "qemu") {
+      const vm = this.vms[0].resource as import("./qemu").QemuVm;
+      this.vmId = vm.vmId;
+      this.forwards = vm.forwards;
+      this.serialLog = vm.serialLog;
+      this.warning = vm.warning;
+      this.isTd = vm.isTd;
+    }
+    this.registerOutputs({ instances: this.instances, expected: this.expected, imageRef: this.imageRef, vmId: this.vmId, forwards: this.forwards, serialLog: this.serialLog, warning: this.warning });
   }
 }

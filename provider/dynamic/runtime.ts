@@ -6,11 +6,15 @@
 import { imageProvider } from "./image";
 import { measurementProvider } from "./measurement";
 import { qemuVmProvider } from "./qemuVm";
+import { azureBlobProvider } from "./azureBlob";
+import { gateProvider } from "./gate";
 
 export const providers = {
   image: imageProvider,
   measurement: measurementProvider,
   qemuVm: qemuVmProvider,
+  azureBlob: azureBlobProvider,
+  gate: gateProvider,
 };
 
 export type ProviderKind = keyof typeof providers;

@@ -265,6 +265,18 @@ export class ProviderHost {
 // ---- the engine --------------------------------------------------------------------------
 
 const isDynamic = (type: string) => type.startsWith(DYNAMIC_PREFIX);
+
+/** The value at a property path ("a.b.c") of unwrapped inputs. */
+function at(obj: unknown, p: string): unknown {
+  let v = unwrap(obj);
+  for (const k of p.split(".")) v = v && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined;
+  return v;
+}
+
+/** Which of `paths` differ between two input bags (replaceOnChanges / force-new semantics). */
+function changedPaths(paths: string[], a: unknown, b: unknown): string[] {
+  return paths.filter((p) => JSON.stringify(at(a, p) ?? null) !== JSON.stringify(at(b, p) ?? null));
+}
 const now = () => Date.now();
 
 /** Reverse topological order over dependencies and parents (dependents first). */
@@ -357,7 +369,7 @@ export class Engine {
       return record(c.id, checked, mark(c.outs));
     }
     const d = await this.host.diff(r.urn, old.id, unwrap(old.outputs) as Record<string, unknown>, check.inputs);
-    const replaces = [...d.replaces, ...r.replaceOnChanges.filter((k) => JSON.stringify(unwrap(old.inputs[k])) !== JSON.stringify(check.inputs[k]))];
+    const replaces = [...d.replaces, ...changedPaths(r.replaceOnChanges, old.inputs, check.inputs)];
     if (d.changes === false && !replaces.length) {
       this.event({ step: "same", urn: r.urn, type: r.type, changes: false, ms: now() - t0 });
       return record(old.id, checked, old.outputs);
@@ -394,7 +406,8 @@ export class Engine {
       this.counters.set(r.urn, n);
       return `${r.name}-${createHash("sha256").update(r.urn).digest("hex").slice(0, 8)}#${n}`;
     };
-    const outputsFor = (id: string) => ({ ...r.inputs, ...(this.o.mockOutputs?.(r.type, r.name, unwrap(r.inputs) as Record<string, unknown>) ?? {}), id: this.preview && !old ? UNKNOWN : id });
+    // Preview of a new physical resource: only the inputs are known (like the engine with a provider that cannot preview).
+    const outputsFor = (id: string) => (this.preview ? { ...r.inputs, id: UNKNOWN } : { ...r.inputs, ...(this.o.mockOutputs?.(r.type, r.name, unwrap(r.inputs) as Record<string, unknown>) ?? {}), id });
     if (!old) {
       const id = this.preview ? "" : mint();
       this.event({ step: "create", urn: r.urn, type: r.type, checked: redact(r.inputs) as Record<string, unknown>, ms: now() - t0 });
@@ -405,15 +418,15 @@ export class Engine {
       this.event({ step: "same", urn: r.urn, type: r.type, changes: false, ms: now() - t0 });
       return record(old.id, r.inputs, old.outputs);
     }
-    const replaces = changed.filter((k) => force.includes(k));
+    const replaces = changedPaths(force, old.inputs, r.inputs);
     const base = { urn: r.urn, type: r.type, changes: true, replaces, checked: redact(r.inputs) as Record<string, unknown>, old: redact(old.inputs) as Record<string, unknown> };
     if (!replaces.length) {
       this.event({ step: "update", ...base, ms: now() - t0 });
-      return record(old.id, r.inputs, { ...outputsFor(old.id), id: old.id });
+      return record(old.id, r.inputs, this.preview ? { ...old.outputs, ...r.inputs } : { ...outputsFor(old.id), id: old.id });
     }
     if (this.preview) {
       this.event({ step: "replace", ...base, deleteBeforeReplace: r.deleteBeforeReplace, ms: now() - t0 });
-      return record("", r.inputs, { ...outputsFor(""), id: UNKNOWN });
+      return record("", r.inputs, outputsFor(""));
     }
     const id = mint();
     this.event({ step: "create-replacement", ...base, deleteBeforeReplace: r.deleteBeforeReplace, ms: now() - t0 });

@@ -10,6 +10,7 @@ export interface OpOptions {
   config?: Record<string, string>;
   secretConfig?: Record<string, string>;
   project?: string;
+  env?: Record<string, string>;
 }
 
 export interface OpResult extends RunResult { seconds: number; stdout: string }
@@ -21,7 +22,7 @@ export async function pulumiOp(op: "up" | "preview" | "refresh" | "destroy", o: 
   for (const [k, v] of Object.entries(o.config ?? {})) args.push("--config", `${k}=${v}`);
   for (const [k, v] of Object.entries(o.secretConfig ?? {})) args.push("--secret-config", `${k}=${v}`);
   const t0 = Date.now();
-  const child = spawn(process.execPath, args, { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, TDXVM_PROVIDER_QUIET: "0" } });
+  const child = spawn(process.execPath, args, { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, TDXVM_PROVIDER_QUIET: "0", ...o.env } });
   let out = "";
   child.stdout.on("data", (d) => (out += d));
   child.stderr.on("data", (d) => (out += d));

@@ -1,19 +1,41 @@
-/** Outputs the cloud providers would add to their resources (the harness cannot reach Azure or GCP). */
-export function harnessMockOutputs(type: string, name: string, _inputs: Record<string, unknown>): Record<string, unknown> {
-  void _inputs;
-  const n = (s: string) => `${name}-${s}`;
+/**
+ * What the cloud providers would add to their resources' outputs (the harness cannot reach Azure
+ * or GCP): names (autonamed like the providers do: resource name + suffix, unless given), and the
+ * computed fields tdxvm reads. Addresses are 127.0.0.1 so that rollout gates can be exercised
+ * against a local HTTP server.
+ */
+import { createHash } from "node:crypto";
+
+const NAME_PROP: Record<string, string> = {
+  "azure-native:storage:StorageAccount": "accountName",
+  "azure-native:compute:Gallery": "galleryName",
+  "azure-native:compute:GalleryImageVersion": "galleryImageVersionName",
+};
+
+export const MOCK_IP = "127.0.0.1";
+
+export function harnessMockOutputs(type: string, name: string, inputs: Record<string, unknown>): Record<string, unknown> {
+  const suffix = createHash("sha256").update(`${type}/${name}`).digest("hex").slice(0, 7);
+  const given = NAME_PROP[type] ? inputs[NAME_PROP[type]] : undefined;
+  const out: Record<string, unknown> = {};
+  if (type.startsWith("azure-native:") || type.startsWith("gcp:")) out.name = given ?? inputs.name ?? `${name}${type.startsWith("azure") ? "" : "-"}${suffix}`;
   switch (type) {
     case "azure-native:compute:VirtualMachine":
-      return { vmId: n("vmid") };
+      out.vmId = `vmid-${suffix}`;
+      break;
     case "azure-native:network:NetworkInterface":
-      return { ipConfigurations: [{ privateIPAddress: "10.0.0.4" }] };
+      out.ipConfigurations = [{ ...((inputs.ipConfigurations as object[] | undefined)?.[0] ?? {}), privateIPAddress: MOCK_IP }];
+      break;
     case "azure-native:network:PublicIPAddress":
-      return { ipAddress: "203.0.113.10" };
+      out.ipAddress = MOCK_IP;
+      break;
     case "gcp:compute/image:Image":
-      return { selfLink: `https://www.googleapis.com/compute/v1/projects/p/global/images/${name}` };
+      out.selfLink = `https://www.googleapis.com/compute/v1/projects/mock/global/images/${String(out.name)}`;
+      break;
     case "gcp:compute/instance:Instance":
-      return { instanceId: n("id"), networkInterfaces: [{ networkIp: "10.128.0.2", accessConfigs: [{ natIp: "203.0.113.20" }] }] };
-    default:
-      return {};
+      out.instanceId = `iid-${suffix}`;
+      out.networkInterfaces = [{ ...((inputs.networkInterfaces as object[] | undefined)?.[0] ?? {}), networkIp: MOCK_IP, accessConfigs: [{ natIp: MOCK_IP }] }];
+      break;
   }
+  return out;
 }

@@ -69,7 +69,7 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(o.tdRegisters.RTMR3).toBe("0".repeat(96));
     expect(o.tdRegisters.MRTD).toMatch(/^[0-9a-f]{96}$/);
     // The secret reached the VM (fw_cfg blob visible in the guest; only its size is printed) …
-    const fw = readFileSync(o.serialLog, "utf8").split("\n").find((l) => l.startsWith("TDXVM-FWCFG"));
+    const fw = readFileSync(o.serialLog, "utf8").split("\n").find((l) => l.startsWith("TDXVM-FWCFG"))?.trim();
     expect(fw).toBe(`TDXVM-FWCFG secrets:${JSON.stringify({ API_TOKEN: token }).length}`);
     // … and its host-side file is gone.
     expect(existsSync(path.join(path.dirname(o.serialLog), "fwcfg"))).toBe(false);

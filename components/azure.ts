@@ -1,0 +1,154 @@
+/**
+ * The azure target's resource graph (DESIGN.md §7): the baked fixed VHD, uploaded as a page
+ * blob, published as a Compute Gallery image version that supports confidential VMs, and
+ * booted on DCesv5-class Intel TDX confidential VMs with a vTPM.
+ *
+ *   ResourceGroup (or yours) → StorageAccount (StorageV2) → BlobContainer → AzurePageBlob (az upload, verified)
+ *   → Gallery → GalleryImage (Linux, Specialized, V2, SecurityType=ConfidentialVMSupported)
+ *   → GalleryImageVersion (version derived from the VHD digest: known at preview)
+ *   VNet → Subnet, NSG (only the ports you open) — shared, they stay across image changes
+ *   per VM: PublicIP? → NIC → VirtualMachine (ConfidentialVM, vTPM on, Secure Boot off,
+ *   VMGuestStateOnly; no osProfile: the image is Specialized). All autonamed; a new image
+ *   version replaces each VM (and its NIC/IP) create-before-delete.
+ *
+ * Azure's MRTD/RTMRs measure Microsoft's paravisor; what identifies the image is the vTPM
+ * (TdxMeasurement backend "azure": PCR 4, 9, 11).
+ */
+import * as pulumi from "@pulumi/pulumi";
+import type * as resourcesT from "@pulumi/azure-native/resources";
+import type * as storageT from "@pulumi/azure-native/storage";
+import type * as computeT from "@pulumi/azure-native/compute";
+import type * as networkT from "@pulumi/azure-native/network";
+import { providerShim } from "../provider/dynamic/shim";
+import type { ArtifactOut } from "./image";
+
+export interface AzureTargetArgs {
+  /** Azure region with DCesv5/ECesv5 capacity (e.g. "westeurope", "northeurope", "eastus2", "centralus"). */
+  location: pulumi.Input<string>;
+  /** Deploy into this existing resource group instead of creating one. */
+  resourceGroupName?: pulumi.Input<string>;
+  /** A DCesv5/ECesv5 size (Intel TDX). Default Standard_DC2es_v5. */
+  vmSize?: pulumi.Input<string>;
+  /** Inbound TCP ports the NSG opens (default: none). */
+  ports?: number[];
+  /** Where inbound traffic may come from (default "*"). */
+  sourceAddressPrefix?: pulumi.Input<string>;
+  /** Give each VM a public IP (default true). */
+  publicIp?: boolean;
+  osDiskType?: pulumi.Input<string>;
+  /** Upload timeout (default 180 min). */
+  uploadTimeoutMinutes?: number;
+}
+
+/** A gallery image version ("Major.Minor.Patch", each < 2^31) derived from the VHD's sha256. */
+export function imageVersionName(sha256: string): string {
+  return `1.${parseInt(sha256.slice(0, 6), 16)}.${parseInt(sha256.slice(6, 12), 16)}`;
+}
+
+/** A storage account name: 3–24 lowercase alphanumerics, stable per stack and resource name. */
+export function storageAccountName(name: string, stack = pulumi.getStack()): string {
+  const h = require("node:crypto").createHash("sha256").update(`${stack}/${name}`).digest("hex");  
+  return `tdx${name.toLowerCase().replace(/[^a-z0-9]/g, "").slice(0, 11)}${h.slice(0, 10)}`;
+}
+
+export class AzurePageBlob extends pulumi.dynamic.Resource {
+  declare readonly url: pulumi.Output<string>;
+  declare readonly uploadedSize: pulumi.Output<number>;
+  constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
+    super(providerShim("azureBlob"), name, { ...props, url: undefined, blobType: undefined, uploadedSize: undefined, uploadSeconds: undefined, exists: undefined }, opts, "tdxvm", "AzurePageBlob");
+  }
+}
+
+export interface AzureShared {
+  resourceGroupName: pulumi.Output<string>;
+  imageVersion: computeT.GalleryImageVersion;
+  upload: AzurePageBlob;
+  subnet: networkT.Subnet;
+  nsg: networkT.NetworkSecurityGroup;
+}
+
+export interface AzureReplica { vm: computeT.VirtualMachine; nic: networkT.NetworkInterface; publicIp?: networkT.PublicIPAddress; privateIp: pulumi.Output<string>; ip: pulumi.Output<string> }
+
+/** The shared part: storage, upload, gallery, image version, network. */
+export function azureShared(name: string, vhd: pulumi.Output<ArtifactOut>, a: AzureTargetArgs, parent: pulumi.Resource): AzureShared {
+   
+  const resources: typeof resourcesT = require("@pulumi/azure-native/resources");
+  const storage: typeof storageT = require("@pulumi/azure-native/storage");
+  const compute: typeof computeT = require("@pulumi/azure-native/compute");
+  const network: typeof networkT = require("@pulumi/azure-native/network");
+   
+  const o = { parent };
+  const location = a.location;
+  const resourceGroupName = a.resourceGroupName ? pulumi.output(a.resourceGroupName) : new resources.ResourceGroup(`${name}-rg`, { location }, o).name;
+  const account = new storage.StorageAccount(`${name}-sa`, {
+    resourceGroupName, location, accountName: storageAccountName(name), kind: storage.Kind.StorageV2, sku: { name: storage.SkuName.Standard_LRS },
+    allowBlobPublicAccess: false, minimumTlsVersion: storage.MinimumTlsVersion.TLS1_2, enableHttpsTrafficOnly: true,
+  }, o);
+  const container = new storage.BlobContainer(`${name}-vhds`, { resourceGroupName, accountName: account.name, publicAccess: storage.PublicAccess.None }, o);
+  const upload = new AzurePageBlob(`${name}-vhd`, {
+    file: vhd.path, sha256: vhd.sha256, size: vhd.size, accountName: account.name, containerName: container.name,
+    blobName: vhd.sha256.apply((s) => `tdxvm-${s.slice(0, 16)}.vhd`), timeoutMinutes: a.uploadTimeoutMinutes ?? 180,
+  }, o);
+  // Gallery names allow letters, digits, "." and "_" only.
+  const gallery = new compute.Gallery(`${name}-gallery`, { resourceGroupName, location, galleryName: `${name.replace(/[^A-Za-z0-9]/g, "_")}_${storageAccountName(name).slice(-10)}`, description: "tdxvm images" }, o);
+  const image = new compute.GalleryImage(`${name}-image`, {
+    resourceGroupName, location, galleryName: gallery.name,
+    osType: compute.OperatingSystemTypes.Linux, osState: compute.OperatingSystemStateTypes.Specialized, hyperVGeneration: compute.HyperVGeneration.V2,
+    features: [{ name: "SecurityType", value: "ConfidentialVMSupported" }],
+    identifier: { publisher: "tdxvm", offer: name, sku: "tdx" },
+  }, o);
+  const imageVersion = new compute.GalleryImageVersion(`${name}-version`, {
+    resourceGroupName, location, galleryName: gallery.name, galleryImageName: image.name,
+    galleryImageVersionName: vhd.sha256.apply(imageVersionName),
+    storageProfile: { osDiskImage: { hostCaching: compute.HostCaching.ReadOnly, source: { storageAccountId: account.id, uri: upload.url } } },
+    publishingProfile: { targetRegions: [{ name: location, regionalReplicaCount: 1 }], replicaCount: 1, excludeFromLatest: false },
+  }, o);
+  const vnet = new network.VirtualNetwork(`${name}-vnet`, { resourceGroupName, location, addressSpace: { addressPrefixes: ["10.42.0.0/16"] } }, { ...o, ignoreChanges: ["subnets"] });
+  const nsg = new network.NetworkSecurityGroup(`${name}-nsg`, {
+    resourceGroupName, location,
+    securityRules: (a.ports ?? []).map((port, i) => ({
+      name: `allow-tcp-${port}`, priority: 1000 + i, direction: network.SecurityRuleDirection.Inbound, access: network.SecurityRuleAccess.Allow,
+      protocol: network.SecurityRuleProtocol.Tcp, sourceAddressPrefix: a.sourceAddressPrefix ?? "*", sourcePortRange: "*", destinationAddressPrefix: "*", destinationPortRange: String(port),
+    })),
+  }, o);
+  const subnet = new network.Subnet(`${name}-subnet`, { resourceGroupName, virtualNetworkName: vnet.name, addressPrefix: "10.42.1.0/24", networkSecurityGroup: { id: nsg.id } }, o);
+  return { resourceGroupName, imageVersion, upload, subnet, nsg };
+}
+
+/** One confidential VM (with its NIC and optional public IP) from the shared image version. */
+export function azureReplica(name: string, s: AzureShared, a: AzureTargetArgs, opts: pulumi.CustomResourceOptions): AzureReplica {
+   
+  const compute: typeof computeT = require("@pulumi/azure-native/compute");
+  const network: typeof networkT = require("@pulumi/azure-native/network");
+   
+  const { resourceGroupName } = s;
+  const location = a.location;
+  // NIC and IP belong to one VM: they are replaced with it (tagged with the image version, which
+  // replaceOnChanges watches), so a create-before-delete VM never fights its predecessor for a NIC.
+  const tags = { tdxvmImageVersion: s.imageVersion.name };
+  const perVm = { ...opts, replaceOnChanges: ["tags"] };
+  const publicIp = a.publicIp === false ? undefined : new network.PublicIPAddress(`${name}-ip`, {
+    resourceGroupName, location, sku: { name: network.PublicIPAddressSkuName.Standard }, publicIPAllocationMethod: network.IPAllocationMethod.Static, tags,
+  }, perVm);
+  const nic = new network.NetworkInterface(`${name}-nic`, {
+    resourceGroupName, location, tags,
+    ipConfigurations: [{ name: "primary", primary: true, subnet: { id: s.subnet.id }, privateIPAllocationMethod: network.IPAllocationMethod.Dynamic, ...(publicIp ? { publicIPAddress: { id: publicIp.id } } : {}) }],
+  }, perVm);
+  const vm = new compute.VirtualMachine(`${name}-vm`, {
+    resourceGroupName, location,
+    hardwareProfile: { vmSize: a.vmSize ?? "Standard_DC2es_v5" },
+    securityProfile: { securityType: compute.SecurityTypes.ConfidentialVM, uefiSettings: { secureBootEnabled: false, vTpmEnabled: true } },
+    storageProfile: {
+      imageReference: { id: s.imageVersion.id },
+      osDisk: {
+        createOption: compute.DiskCreateOptionTypes.FromImage, deleteOption: compute.DiskDeleteOptionTypes.Delete,
+        managedDisk: { storageAccountType: a.osDiskType ?? "Premium_LRS", securityProfile: { securityEncryptionType: compute.SecurityEncryptionTypes.VMGuestStateOnly } },
+      },
+    },
+    networkProfile: { networkInterfaces: [{ id: nic.id, primary: true, deleteOption: compute.DeleteOptions.Detach }] },
+    diagnosticsProfile: { bootDiagnostics: { enabled: true } },
+    tags,
+  }, { ...opts, replaceOnChanges: ["storageProfile.imageReference", "tags"], deleteBeforeReplace: false });
+  const privateIp = nic.ipConfigurations.apply((c) => c?.[0]?.privateIPAddress ?? "");
+  return { vm, nic, publicIp, privateIp, ip: publicIp ? publicIp.ipAddress.apply((x) => x ?? "") : privateIp };
+}

@@ -1,0 +1,34 @@
+/**
+ * GCP: the example image on a C3 Intel TDX confidential instance. See README.md here.
+ *
+ *   pulumi config set gcp:project my-project
+ *   pulumi config set zone us-central1-a          # a zone with C3 TDX capacity
+ *   gcloud auth application-default login && pulumi up
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { TdxImage, TdxMeasurement, TdxDeployment } from "../../components";
+import { recipe } from "../local-qemu/recipe";
+
+const config = new pulumi.Config();
+const image = new TdxImage("app", {
+  recipe: recipe(`${__dirname}/../local-qemu`, { cmdline: config.get("cmdline")?.split(/\s+/).filter(Boolean) }),
+  frozen: config.getBoolean("frozen") ?? false,
+});
+// RTMR1/RTMR2 come from the image; MRTD needs Google's TDVF binary (config firmware), RTMR0 the machine shape.
+const expected = new TdxMeasurement("app-td", { image, backend: "gcp", firmware: config.get("firmware") });
+
+const deployment = new TdxDeployment("app", {
+  image,
+  measurement: expected,
+  target: "gcp",
+  gcp: {
+    zone: config.get("zone") ?? "us-central1-a",
+    machineType: config.get("machineType") ?? "c3-standard-4",
+    ports: config.getObject<number[]>("ports") ?? [],
+  },
+});
+
+export const instances = deployment.instances;
+export const imageSelfLink = deployment.imageRef;
+export const expectedRtmrs = expected.registers;
+export const measurementDiff = expected.diffMarkdown;
