@@ -303,7 +303,7 @@ export interface EngineOptions {
   stack: string;
   hostLog?: string;
   /** Mock for non-dynamic custom resources: extra outputs (e.g. ids, IPs) by type. */
-  mockOutputs?: (type: string, name: string, inputs: Record<string, unknown>) => Record<string, unknown>;
+  mockOutputs?: (type: string, name: string, inputs: Record<string, unknown>, id: string) => Record<string, unknown>;
 }
 
 export class Engine {
@@ -407,7 +407,7 @@ export class Engine {
       return `${r.name}-${createHash("sha256").update(r.urn).digest("hex").slice(0, 8)}#${n}`;
     };
     // Preview of a new physical resource: only the inputs are known (like the engine with a provider that cannot preview).
-    const outputsFor = (id: string) => (this.preview ? { ...r.inputs, id: UNKNOWN } : { ...r.inputs, ...(this.o.mockOutputs?.(r.type, r.name, unwrap(r.inputs) as Record<string, unknown>) ?? {}), id });
+    const outputsFor = (id: string) => (this.preview ? { ...r.inputs, id: UNKNOWN } : { ...r.inputs, ...(this.o.mockOutputs?.(r.type, r.name, unwrap(r.inputs) as Record<string, unknown>, id) ?? {}), id });
     if (!old) {
       const id = this.preview ? "" : mint();
       this.event({ step: "create", urn: r.urn, type: r.type, checked: redact(r.inputs) as Record<string, unknown>, ms: now() - t0 });

@@ -14,8 +14,9 @@ const NAME_PROP: Record<string, string> = {
 
 export const MOCK_IP = "127.0.0.1";
 
-export function harnessMockOutputs(type: string, name: string, inputs: Record<string, unknown>): Record<string, unknown> {
-  const suffix = createHash("sha256").update(`${type}/${name}`).digest("hex").slice(0, 7);
+export function harnessMockOutputs(type: string, name: string, inputs: Record<string, unknown>, id: string): Record<string, unknown> {
+  // A new physical resource (new id: created or replaced) gets a new autoname, as with the real providers' random suffixes.
+  const suffix = createHash("sha256").update(`${type}/${name}/${id}`).digest("hex").slice(0, 7);
   const given = NAME_PROP[type] ? inputs[NAME_PROP[type]] : undefined;
   const out: Record<string, unknown> = {};
   if (type.startsWith("azure-native:") || type.startsWith("gcp:")) out.name = given ?? inputs.name ?? `${name}${type.startsWith("azure") ? "" : "-"}${suffix}`;

@@ -8,12 +8,12 @@ import { spawnSync } from "node:child_process";
 import { promises as fs, writeFileSync, existsSync, readFileSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import * as zlib from "node:zlib";
 import * as pulumi from "@pulumi/pulumi";
 import { providerShim } from "../../provider/dynamic/shim";
 import { providers } from "../../provider/dynamic/runtime";
 import { UNKNOWN } from "../../provider/dynamic/common";
-import { measureBake, guidToBytes } from "../../provider/measure";
+import { measureBake } from "../../provider/measure";
+import { writeGpt } from "../unit/measure/gpt-writer";
 import { secretsDigest } from "../../provider/dynamic/qemuVm";
 import { Image, SecretSchema, SecretTarget, defaultCacheDir } from "../../provider";
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
@@ -24,36 +24,10 @@ const repoRoot = path.resolve(__dirname, "../..");
 
 /** A GPT disk (header + entries, ESP and root) of 1 MiB: enough for the GPT event. */
 function gptDisk(file: string): void {
-  const disk = Buffer.alloc(1024 * 1024);
-  const entries = Buffer.alloc(128 * 128);
-  const parts = [
-    { type: "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", uuid: "11111111-2222-3333-4444-555555555555", start: 2048n, end: 2047n + 64n, name: "esp" },
-    { type: "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", uuid: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", start: 2112n, end: 2000n + 47n, name: "root-x86-64" },
-  ];
-  parts.forEach((p, i) => {
-    const e = entries.subarray(i * 128, (i + 1) * 128);
-    guidToBytes(p.type).copy(e, 0);
-    guidToBytes(p.uuid).copy(e, 16);
-    e.writeBigUInt64LE(p.start, 32);
-    e.writeBigUInt64LE(p.end, 40);
-    e.write(p.name, 56, "utf16le");
-  });
-  entries.copy(disk, 1024);
-  const h = disk.subarray(512, 604);
-  h.write("EFI PART", 0, "latin1");
-  h.writeUInt32LE(0x00010000, 8);
-  h.writeUInt32LE(92, 12);
-  h.writeBigUInt64LE(1n, 24);
-  h.writeBigUInt64LE(2047n, 32);
-  h.writeBigUInt64LE(34n, 40);
-  h.writeBigUInt64LE(2014n, 48);
-  guidToBytes("01234567-89ab-cdef-0123-456789abcdef").copy(h, 56);
-  h.writeBigUInt64LE(2n, 72);
-  h.writeUInt32LE(128, 80);
-  h.writeUInt32LE(128, 84);
-  h.writeUInt32LE(zlib.crc32(entries), 88);
-  h.writeUInt32LE(zlib.crc32(h), 16);
-  writeFileSync(file, disk);
+  writeFileSync(file, writeGpt([
+    { slot: 0, type: "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", uuid: "11111111-2222-3333-4444-555555555555", start: 2048, end: 2111, name: "esp" },
+    { slot: 1, type: "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", uuid: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", start: 2112, end: 2047, name: "root-x86-64" },
+  ], { size: 1024 * 1024 }));
 }
 
 const sha256 = (b: Buffer) => require("node:crypto").createHash("sha256").update(b).digest("hex");  

@@ -10,8 +10,9 @@ import * as path from "node:path";
 import * as zlib from "node:zlib";
 import { randomBytes } from "node:crypto";
 import { TdxError } from "../../../provider/errors";
-import { EventType, crc32, digest, guidToBytes, parseCcel, parseEventLog, parseGpt, parseGptEventData, uefiGptEventData } from "../../../provider/measure";
+import { EventType, crc32, digest, parseCcel, parseEventLog, parseGpt, parseGptEventData, uefiGptEventData } from "../../../provider/measure";
 import { fixture, runOk, tempDir, which } from "./fixtures";
+import { writeGpt } from "./gpt-writer";
 
 /** Lay a logged UEFI_GPT_DATA back onto a blank disk: header at LBA 1, entries from PartitionEntryLBA in order. */
 function diskFromEventData(data: Buffer): Buffer {
@@ -72,36 +73,6 @@ describe("uefiGptEventData", () => {
 });
 
 describe("parseGpt", () => {
-  /** An independent GPT writer (zlib CRC) for hosts without sfdisk. */
-  function writeGpt(parts: Array<{ slot: number; type: string; uuid: string; start: number; end: number; name: string }>): Buffer {
-    const disk = Buffer.alloc(34 * 512);
-    const entries = Buffer.alloc(128 * 128);
-    for (const p of parts) {
-      const e = entries.subarray(p.slot * 128, (p.slot + 1) * 128);
-      guidToBytes(p.type).copy(e, 0);
-      guidToBytes(p.uuid).copy(e, 16);
-      e.writeBigUInt64LE(BigInt(p.start), 32);
-      e.writeBigUInt64LE(BigInt(p.end), 40);
-      e.write(p.name, 56, "utf16le");
-    }
-    entries.copy(disk, 1024);
-    const h = disk.subarray(512, 604);
-    h.write("EFI PART", 0, "latin1");
-    h.writeUInt32LE(0x00010000, 8);
-    h.writeUInt32LE(92, 12);
-    h.writeBigUInt64LE(1n, 24);
-    h.writeBigUInt64LE(100000n, 32);
-    h.writeBigUInt64LE(34n, 40);
-    h.writeBigUInt64LE(99966n, 48);
-    guidToBytes("01234567-89ab-cdef-0123-456789abcdef").copy(h, 56);
-    h.writeBigUInt64LE(2n, 72);
-    h.writeUInt32LE(128, 80);
-    h.writeUInt32LE(128, 84);
-    h.writeUInt32LE(zlib.crc32(entries), 88);
-    h.writeUInt32LE(zlib.crc32(h), 16);
-    return disk;
-  }
-
   it("reads header and entries written by an independent writer", () => {
     const esp = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
     const disk = writeGpt([
