@@ -8,6 +8,8 @@
  *   are hard links to it, so an input pinned with any algorithm is found offline.
  * - Writes go to a temporary file in the store and are renamed only after the size limit and
  *   the integrity check pass; on any failure the temporary is removed (nothing half-written).
+ * - A cache hit is verified in place (read and hashed, never rewritten), so the three entries
+ *   stay links to one inode.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, promises as fs } from "node:fs";
@@ -75,48 +77,113 @@ export class ContentStore {
   /** Stream `source` into the store, checking size and integrity on the way. */
   async put(source: Readable, ref: string, opts: { integrity?: Sri; maxBytes: number }): Promise<Fetched> {
     await Promise.all(ALGORITHMS.map((a) => fs.mkdir(path.join(this.dir, a), { recursive: true })));
-    const tmp = path.join(this.dir, "sha256", `.tmp-${process.pid}-${randomBytes(6).toString("hex")}`);
-    const hashes = Object.fromEntries(ALGORITHMS.map((a) => [a, createHash(a)])) as Record<Algorithm, ReturnType<typeof createHash>>;
-    let size = 0;
+    const tmp = this.tmpPath(path.join(this.dir, "sha256"));
+    let hashed: Hashed;
     const fh = await fs.open(tmp, "wx", 0o644);
     try {
-      for await (const chunk of source) {
-        const buf = chunk as Buffer;
-        size += buf.length;
-        if (size > opts.maxBytes) {
-          source.destroy();
-          throw new TdxError("E_FETCH", `${ref} is larger than the limit of ${opts.maxBytes} bytes`, { hint: "Raise maxBytes if this input is really that large, or check that the URL is the one you meant." });
-        }
-        for (const a of ALGORITHMS) hashes[a].update(buf);
-        await fh.write(buf);
-      }
+      hashed = await hashStream(source, ref, opts.maxBytes, (buf) => fh.write(buf));
       await fh.sync();
+      await fh.close();
+      checkIntegrity(ref, hashed, opts.integrity, "The content changed or the pin is wrong. Nothing was stored. Re-pin only if the new content is trusted.");
     } catch (e) {
       await fh.close().catch(() => undefined);
       await fs.rm(tmp, { force: true });
       if (e instanceof TdxError) throw e;
-      throw new TdxError("E_FETCH", `reading ${ref} failed: ${(e as Error).message}`, { hint: "Check that the source exists and is reachable; nothing was stored." });
+      throw new TdxError("E_FETCH", `storing ${ref} failed: ${(e as Error).message}`, { hint: "Check that the cache directory is writable; nothing was stored." });
     }
-    await fh.close();
-    const digests = Object.fromEntries(ALGORITHMS.map((a) => [a, hashes[a].digest()])) as Record<Algorithm, Buffer>;
-    const integrity = Object.fromEntries(ALGORITHMS.map((a) => [a, `${a}-${digests[a].toString("base64")}`])) as Record<Algorithm, string>;
-    if (opts.integrity && integrity[opts.integrity.alg] !== `${opts.integrity.alg}-${opts.integrity.b64}`) {
-      await fs.rm(tmp, { force: true });
-      throw new TdxError("E_FETCH", `integrity mismatch for ${ref}: expected ${opts.integrity.alg}-${opts.integrity.b64}, got ${integrity[opts.integrity.alg]}`, {
-        hint: "The content changed or the pin is wrong. Nothing was stored. Re-pin only if the new content is trusted.",
-        details: { ref, expected: `${opts.integrity.alg}-${opts.integrity.b64}`, actual: integrity[opts.integrity.alg] },
-      });
-    }
-    const final = this.entryPath("sha256", digests.sha256.toString("hex"));
+    // The fresh bytes replace whatever sha256/<hex> held (an old entry may have been damaged), so
+    // the aliases are re-pointed at the new inode; merely creating them would keep stale ones.
+    const final = this.entryPath("sha256", hashed.digests.sha256.toString("hex"));
     await fs.rename(tmp, final);
-    for (const a of ["sha384", "sha512"] as const) {
-      const alias = this.entryPath(a, digests[a].toString("hex"));
-      await fs.link(final, alias).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== "EEXIST") throw e;
-      });
-    }
-    return { path: final, size, integrity, fromCache: false };
+    for (const a of ["sha384", "sha512"] as const) await this.linkEntry(final, this.entryPath(a, hashed.digests[a].toString("hex")));
+    return { path: final, size: hashed.size, integrity: sriStrings(hashed.digests), fromCache: false };
   }
+
+  /**
+   * Serve `sri` from the store if it holds an entry of at most maxBytes. The entry is hashed in
+   * place, never copied: putting it again would rename a new inode over sha256/<hex> and leave
+   * the sha384/sha512 links on the old one. A damaged entry is an E_FETCH, never a result.
+   */
+  async verified(sri: Sri, ref: string, maxBytes: number): Promise<Fetched | undefined> {
+    const cached = await this.lookup(sri);
+    const st = cached === undefined ? undefined : await fs.stat(cached).catch(() => undefined);
+    if (cached === undefined || !st?.isFile() || st.size > maxBytes) return undefined;
+    const hashed = await hashStream(createReadStream(cached), ref, maxBytes);
+    checkIntegrity(ref, hashed, sri, `The store entry ${cached} no longer holds the bytes it is named after; delete it and fetch again.`);
+    // Entries written by older versions (or half-linked when a process died) may sit on another
+    // inode or be missing: re-point them at the verified one. Best effort, so a read-only store
+    // still serves the verified entry itself.
+    let main = cached;
+    for (const a of ALGORITHMS) {
+      const entry = this.entryPath(a, hashed.digests[a].toString("hex"));
+      const linked = (await sameFile(entry, st)) || (await this.linkEntry(cached, entry).then(() => true, () => false));
+      if (a === "sha256" && linked) main = entry;
+    }
+    return { path: main, size: hashed.size, integrity: sriStrings(hashed.digests), fromCache: true };
+  }
+
+  private tmpPath(dir: string): string {
+    return path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString("hex")}`);
+  }
+
+  /**
+   * Make `entry` a hard link to `file`, atomically replacing whatever it was (link to a temporary,
+   * rename over). rename() between two links of one inode does nothing and keeps the source name,
+   * hence the unconditional removal of the temporary.
+   */
+  private async linkEntry(file: string, entry: string): Promise<void> {
+    const tmp = this.tmpPath(path.dirname(entry));
+    await fs.link(file, tmp);
+    try {
+      await fs.rename(tmp, entry);
+    } finally {
+      await fs.rm(tmp, { force: true });
+    }
+  }
+}
+
+async function sameFile(p: string, st: { ino: number; dev: number }): Promise<boolean> {
+  const other = await fs.stat(p).catch(() => undefined);
+  return other !== undefined && other.ino === st.ino && other.dev === st.dev;
+}
+
+interface Hashed { size: number; digests: Record<Algorithm, Buffer> }
+
+/** Hash `source` with every algorithm, handing each chunk to `sink`; refuses more than maxBytes. */
+async function hashStream(source: Readable, ref: string, maxBytes: number, sink?: (buf: Buffer) => Promise<unknown>): Promise<Hashed> {
+  const hashes = Object.fromEntries(ALGORITHMS.map((a) => [a, createHash(a)])) as Record<Algorithm, ReturnType<typeof createHash>>;
+  let size = 0;
+  try {
+    for await (const chunk of source) {
+      const buf = chunk as Buffer;
+      size += buf.length;
+      if (size > maxBytes) {
+        source.destroy();
+        throw new TdxError("E_FETCH", `${ref} is larger than the limit of ${maxBytes} bytes`, { hint: "Raise maxBytes if this input is really that large, or check that the URL is the one you meant." });
+      }
+      for (const a of ALGORITHMS) hashes[a].update(buf);
+      if (sink) await sink(buf);
+    }
+  } catch (e) {
+    if (e instanceof TdxError) throw e;
+    throw new TdxError("E_FETCH", `reading ${ref} failed: ${(e as Error).message}`, { hint: "Check that the source exists and is reachable; nothing was stored." });
+  }
+  return { size, digests: Object.fromEntries(ALGORITHMS.map((a) => [a, hashes[a].digest()])) as Record<Algorithm, Buffer> };
+}
+
+const sriStrings = (digests: Record<Algorithm, Buffer>) =>
+  Object.fromEntries(ALGORITHMS.map((a) => [a, `${a}-${digests[a].toString("base64")}`])) as Record<Algorithm, string>;
+
+/**
+ * E_FETCH unless the digest matches the pin. Compares digest bytes, not SRI strings: parseSri
+ * accepts base64 without '=' padding (or with non-zero trailing bits), which names the same
+ * digest as the canonical form Node prints.
+ */
+function checkIntegrity(ref: string, hashed: Hashed, pin: Sri | undefined, hint: string): void {
+  if (!pin || Buffer.from(pin.b64, "base64").equals(hashed.digests[pin.alg])) return;
+  const expected = `${pin.alg}-${pin.b64}`;
+  const actual = `${pin.alg}-${hashed.digests[pin.alg].toString("base64")}`;
+  throw new TdxError("E_FETCH", `integrity mismatch for ${ref}: expected ${expected}, got ${actual}`, { hint, details: { ref, expected, actual } });
 }
 
 function isRemote(ref: string): boolean {
@@ -151,7 +218,8 @@ function open(ref: string, opts: FetchOptions, redirects = 0): Promise<Readable>
       if (status >= 300 && status < 400 && res.headers.location) {
         res.resume();
         if (redirects >= 5) return reject(new TdxError("E_FETCH", `too many redirects for ${ref}`));
-        return resolve(open(new URL(res.headers.location, ref).toString(), opts, redirects + 1));
+        const next = redirectTarget(ref, res.headers.location);
+        return next instanceof TdxError ? reject(next) : resolve(open(next, opts, redirects + 1));
       }
       if (status !== 200) {
         res.resume();
@@ -164,23 +232,37 @@ function open(ref: string, opts: FetchOptions, redirects = 0): Promise<Readable>
   });
 }
 
+/**
+ * Where a redirect from `ref` leads, or why it is refused. Only http(s) targets are followed: the
+ * server is not trusted, and a Location of file:///etc/shadow would otherwise be read from this
+ * machine into the store (and reported back with its digests) as if it were the download.
+ */
+function redirectTarget(ref: string, location: string): string | TdxError {
+  let next: URL;
+  try {
+    next = new URL(location, ref);
+  } catch {
+    return new TdxError("E_FETCH", `${ref} redirected to an invalid URL: ${JSON.stringify(location.slice(0, 200))}`, { hint: "Check the URL; nothing was stored." });
+  }
+  if (next.protocol !== "http:" && next.protocol !== "https:") {
+    return new TdxError("E_FETCH", `${ref} redirected to a ${next.protocol} URL; only http(s) redirects are followed`, {
+      hint: "A server may only redirect to another http(s) URL. Point src at the final location if it is really meant.",
+    });
+  }
+  return next.toString();
+}
+
 /** Fetch `ref` into `store`, verifying `integrity` when given. */
 export async function fetchInput(store: ContentStore, ref: string, opts: FetchOptions = {}): Promise<Fetched> {
   const sri = opts.integrity !== undefined ? parseSri(opts.integrity) : undefined;
-  if (sri) {
-    const cached = await store.lookup(sri);
-    if (cached) {
-      const st = await fs.stat(cached);
-      if (st.size <= (opts.maxBytes ?? 4 * 1024 ** 3)) {
-        return { ...(await store.put(createReadStream(cached), ref, { integrity: sri, maxBytes: Number.MAX_SAFE_INTEGER })), fromCache: true };
-      }
-    }
-  }
+  const maxBytes = opts.maxBytes ?? 4 * 1024 ** 3;
+  const cached = sri && (await store.verified(sri, ref, maxBytes));
+  if (cached) return cached;
   if (opts.offline && isRemote(ref)) {
     throw new TdxError("E_POLICY", `policy rule networkMode blocked this: ${ref} is not in the content store and the network mode is offline`, {
       hint: "Lock once in online mode (it fills the cache), or copy the cache directory to this machine.",
       details: { rule: "networkMode" },
     });
   }
-  return store.put(await open(ref, opts), ref, { integrity: sri, maxBytes: opts.maxBytes ?? 4 * 1024 ** 3 });
+  return store.put(await open(ref, opts), ref, { integrity: sri, maxBytes });
 }

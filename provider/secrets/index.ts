@@ -4,6 +4,7 @@
  * logged). This file holds the declaration types and the two run-time halves of the
  * contract: validating a delivered payload and materialising it atomically.
  */
+import { isUtf8 } from "node:buffer";
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
@@ -27,6 +28,9 @@ export class SecretSchema {
     let length: number;
     if (s.kind === "string") {
       if (typeof value !== "string") return [`expected a string, got ${describe(value)}`];
+      // A lone UTF-16 surrogate (JSON "\ud800" parses to one) has no UTF-8 form: writing it would
+      // silently turn it into U+FFFD, i.e. deliver a different secret than the one sent.
+      if (/\p{Cs}/u.test(value)) return ["not well-formed Unicode (contains a lone surrogate)"];
       length = [...value].length;
       if (s.pattern !== undefined && !new RegExp(s.pattern, "u").test(value)) return [`does not match the declared pattern`];
     } else if (s.kind === "bytes") {
@@ -106,14 +110,18 @@ export class SecretsDelivery {
     const obj = payload as Record<string, unknown>;
     const declared = new Map(this.decls.map((d) => [d.name, d]));
     for (const key of Object.keys(obj)) if (!declared.has(key)) report.unknown.push(key.length > 64 ? `${key.slice(0, 64)}…` : key);
+    const errors: Array<[string, string[]]> = [];
     for (const d of this.decls) {
       if (!Object.prototype.hasOwnProperty.call(obj, d.name)) {
         if (d.required || this.completion === "all") report.missing.push(d.name);
         continue;
       }
       const errs = new SecretSchema(d.schema).check(obj[d.name]);
-      if (errs.length) report.errors[d.name] = errs;
+      if (errs.length) errors.push([d.name, errs]);
     }
+    // fromEntries defines own properties: assigning errors["__proto__"] (a valid secret name)
+    // would set the prototype instead, hide the errors and make an invalid payload ready.
+    report.errors = Object.fromEntries(errors);
     report.ready = report.missing.length === 0 && Object.keys(report.errors).length === 0 && !(this.rejectUnknown && report.unknown.length > 0);
     return report;
   }
@@ -138,13 +146,16 @@ export class SecretsDelivery {
     const writes = new Map<string, { data: Buffer; mode: number; owner: string }>();
     const envs = new Map<string, string[]>();
     for (const d of this.decls) {
-      if (!(d.name in obj)) continue;
+      // Own properties only, as in validatePayload: `in` would see Object.prototype members, so an
+      // absent optional secret named "toString" or "constructor" would be written from a function.
+      if (!Object.prototype.hasOwnProperty.call(obj, d.name)) continue;
       const bytes = valueBytes(d.schema.kind, obj[d.name]);
       for (const t of d.targets) {
         if (t.kind === "file") writes.set(t.path, { data: bytes, mode: t.mode, owner: t.owner });
         else {
           const file = t.scope === "global" ? "/etc/tdxvm/secrets.env" : `/etc/tdxvm/env/${t.unit}.env`;
-          if (bytes.includes(0)) throw new TdxError("E_SECRET", `secret ${d.name} contains a NUL byte and cannot go into an environment variable`, { hint: "Use a file target for binary secrets." });
+          const problem = envValueProblem(bytes);
+          if (problem) throw new TdxError("E_SECRET", `secret ${d.name} ${problem} and cannot go into an environment variable`, { hint: "Use a file target for secrets that are not plain UTF-8 text." });
           const list = envs.get(file) ?? [];
           list.push(`${t.name}=${systemdEnvQuote(bytes.toString("utf8"))}`);
           envs.set(file, list);
@@ -158,6 +169,10 @@ export class SecretsDelivery {
       for (const [p, w] of [...writes].sort(([a], [b]) => (a < b ? -1 : 1))) {
         const final = path.join(root, p);
         await fs.mkdir(path.dirname(final), { recursive: true, mode: 0o755 });
+        // rename() cannot replace a directory; find out now, while nothing has been replaced yet.
+        if ((await fs.lstat(final).catch(() => undefined))?.isDirectory()) {
+          throw new TdxError("E_SECRET", `cannot write secrets below ${root}: the target ${p} is a directory`, { hint: "Remove the directory or point the secret's file target at another path." });
+        }
         const tmp = `${final}.tdxvm-${randomBytes(6).toString("hex")}.tmp`;
         const fh = await fs.open(tmp, "wx", 0o600);
         staged.push({ tmp, final });
@@ -176,8 +191,26 @@ export class SecretsDelivery {
       if (e instanceof TdxError) throw e;
       throw new TdxError("E_SECRET", `could not write secrets below ${root}: ${(e as NodeJS.ErrnoException).code ?? "error"}`, { hint: "Check that the target directory is writable and owners exist in its /etc/passwd." });
     }
-    for (const s of staged) await fs.rename(s.tmp, s.final);
+    await commit(root, staged);
     return { files: staged.map((s) => s.final) };
+  }
+}
+
+/**
+ * Rename every staged temporary into place. Staging has ruled out the foreseeable failures; if a
+ * rename still fails (the target changed meanwhile), the remaining temporaries are removed so no
+ * secret bytes linger, and the error says that the set is now partly replaced.
+ */
+async function commit(root: string, staged: ReadonlyArray<{ tmp: string; final: string }>): Promise<void> {
+  for (const [i, s] of staged.entries()) {
+    try {
+      await fs.rename(s.tmp, s.final);
+    } catch (e) {
+      await Promise.all(staged.slice(i).map((r) => fs.rm(r.tmp, { force: true })));
+      throw new TdxError("E_SECRET", `could not move ${path.relative(root, s.final)} into place below ${root}: ${(e as NodeJS.ErrnoException).code ?? "error"} (${i} of ${staged.length} files were already replaced)`, {
+        hint: "Check what changed at that path during delivery, then deliver the payload again.",
+      });
+    }
   }
 }
 
@@ -187,9 +220,29 @@ function valueBytes(kind: "string" | "bytes" | "json", v: unknown): Buffer {
   return Buffer.from(JSON.stringify(v), "utf8");
 }
 
-/** Quote for systemd EnvironmentFile= (double quotes; backslash escapes for \ " $ and newlines). */
+/**
+ * Why systemd could not take `bytes` as an environment value, or undefined. NUL ends a C string;
+ * load_env_file() refuses the whole file unless the value passes utf8_is_valid(), which rejects
+ * malformed UTF-8, surrogates and the noncharacters U+FDD0..U+FDEF and U+xFFFE/U+xFFFF. Decoding
+ * instead would silently replace such bytes with U+FFFD and deliver a different secret.
+ */
+function envValueProblem(bytes: Buffer): string | undefined {
+  if (bytes.includes(0)) return "contains a NUL byte";
+  if (!isUtf8(bytes)) return "is not valid UTF-8";
+  for (const ch of bytes.toString("utf8")) {
+    const c = ch.codePointAt(0) as number;
+    if ((c >= 0xfdd0 && c <= 0xfdef) || (c & 0xfffe) === 0xfffe) return "contains a Unicode noncharacter (which systemd refuses)";
+  }
+  return undefined;
+}
+
+/**
+ * Quote for systemd EnvironmentFile=: double quotes, a backslash before \ " $ and `. Newlines
+ * stay raw: inside double quotes systemd keeps a raw newline but reads "\n" as a backslash and
+ * an 'n' (unknown escapes keep their backslash), as its own env-file writer relies on.
+ */
 function systemdEnvQuote(v: string): string {
-  return `"${v.replace(/[\\"$`]/g, (c) => `\\${c}`).replace(/\n/g, "\\n")}"`;
+  return `"${v.replace(/[\\"$`]/g, (c) => `\\${c}`)}"`;
 }
 
 async function resolveOwner(root: string, owner: string): Promise<{ uid: number; gid: number }> {

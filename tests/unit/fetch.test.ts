@@ -4,10 +4,6 @@
  * Every network test talks to a real `http.createServer` on 127.0.0.1 (port 0). Expected SRI
  * strings are computed here with node:crypto from the exact bytes the server sends, never with
  * the code under test. Each test gets its own temporary directory, removed afterwards.
- *
- * Tests named "KNOWN BUG …" use `knownBug` (= `it.failing`): they state the correct behaviour,
- * currently fail (so the suite is green), and will turn red once the bug is fixed — then switch
- * them to `it`. `TDXVM_SHOW_KNOWN_BUGS=1 npx jest …` runs them as plain tests to show the failures.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
@@ -19,25 +15,14 @@ import { pathToFileURL } from "node:url";
 import fc from "fast-check";
 import { TdxError } from "../../provider/errors";
 import { ContentStore, fetchInput, parseSri } from "../../provider/fetch";
+import { tdxErrorOf } from "../helpers";
 
 type Alg = "sha256" | "sha384" | "sha512";
-const knownBug = process.env.TDXVM_SHOW_KNOWN_BUGS ? it : it.failing;
 const ALGS: Alg[] = ["sha256", "sha384", "sha512"];
 const MiB = 1024 * 1024;
 
 const sri = (alg: Alg, bytes: Buffer) => `${alg}-${createHash(alg).update(bytes).digest("base64")}`;
 const hex = (alg: Alg, bytes: Buffer) => createHash(alg).update(bytes).digest("hex");
-
-/** Run fn; return the TdxError it throws. Anything else (or nothing) fails the test. */
-async function tdxErrorOf(fn: () => unknown): Promise<TdxError> {
-  try {
-    await fn();
-  } catch (e) {
-    if (e instanceof TdxError) return e;
-    throw new Error(`expected a TdxError, got ${String(e)}`, { cause: e });
-  }
-  throw new Error("expected a TdxError, but nothing was thrown");
-}
 
 /** Every non-directory entry below dir (relative paths, sorted). */
 async function walkFiles(dir: string): Promise<string[]> {
@@ -378,9 +363,9 @@ describe("fetchInput over http", () => {
       expect((await tdxErrorOf(() => fetchInput(store, `${s.base}/r`))).code).toBe("E_FETCH");
     });
 
-    knownBug("KNOWN BUG: an http redirect to a file:// URL must not read a local file", async () => {
-      // An http(s) server can currently make fetchInput read any local file into the store
-      // (open() recurses on the Location without restricting the scheme to http/https).
+    it("an http redirect to a file:// URL must not read a local file", async () => {
+      // Otherwise any http(s) server could make fetchInput read a local file of its choosing into
+      // the store: only http/https Locations are followed.
       const local = path.join(tmp, "local-secret.txt");
       await fs.writeFile(local, "host-local content\n");
       const s = await startServer();
@@ -659,9 +644,9 @@ describe("offline mode and the cache", () => {
       expect(await walkFiles(storeDir)).toEqual([...entriesFor(a), ...entriesFor(b)].sort());
     });
 
-    knownBug("KNOWN BUG: a cache hit keeps the sha256/sha384/sha512 entries hard-linked (same inode)", async () => {
-      // fetchInput re-puts a cached entry through ContentStore.put, which renames a fresh copy
-      // over sha256/<hex>; the sha384/sha512 links keep pointing at the old inode.
+    it("a cache hit keeps the sha256/sha384/sha512 entries hard-linked (same inode)", async () => {
+      // A cache hit must verify the entry in place: copying it back through ContentStore.put
+      // renamed a fresh inode over sha256/<hex> and left the sha384/sha512 links on the old one.
       const body = randomBytes(4096);
       const { url } = await fill(body, sri("sha256", body));
       await fetchInput(store, url, { integrity: sri("sha256", body), offline: true });
@@ -805,10 +790,10 @@ describe("parseSri and malformed integrity strings", () => {
     );
   });
 
-  knownBug("KNOWN BUG: an integrity string parseSri accepts (unpadded base64) must not make a correct fetch fail", async () => {
-    // parseSri accepts non-canonical base64 (missing '=' padding, or non-zero trailing bits),
-    // but put() compares SRI strings textually, so the right bytes are reported as a mismatch
-    // ("expected sha256-…A, got sha256-…A=").
+  it("an integrity string parseSri accepts (unpadded base64) must not make a correct fetch fail", async () => {
+    // parseSri accepts non-canonical base64 (missing '=' padding, or non-zero trailing bits), so
+    // the check must compare digest bytes; comparing SRI strings reported the right bytes as a
+    // mismatch ("expected sha256-…A, got sha256-…A=").
     const body = Buffer.from("canonical?\n");
     const f = path.join(tmp, "c.txt");
     await fs.writeFile(f, body);

@@ -10,10 +10,6 @@
  * EnvironmentFile= uses through load_env_file), and — where the host has it — with the real
  * systemd parser, reached through systemd-environment-d-generator (same parser; it additionally
  * expands $VAR, so values checked that way contain no '$').
- *
- * Tests named "KNOWN BUG …" use `knownBug` (= `it.failing`): they state the correct behaviour,
- * currently fail (so the suite is green), and will turn red once the bug is fixed — then switch
- * them to `it`. `TDXVM_SHOW_KNOWN_BUGS=1 npx jest …` runs them as plain tests to show the failures.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, promises as fs } from "node:fs";
@@ -24,21 +20,10 @@ import { TdxError } from "../../provider/errors";
 import { Init } from "../../provider/modules/init";
 import { Image } from "../../provider/recipe/image";
 import { SecretSchema, SecretTarget, SecretsDelivery, declareSecret, SecretOptions, PayloadReport } from "../../provider/secrets";
+import { tdxErrorOf } from "../helpers";
 
-const knownBug = process.env.TDXVM_SHOW_KNOWN_BUGS ? it : it.failing;
 const asRoot = process.getuid?.() === 0;
 const itRoot = asRoot ? it : it.skip;
-
-/** Run fn; return the TdxError it throws. Anything else (or nothing) fails the test. */
-async function tdxErrorOf(fn: () => unknown): Promise<TdxError> {
-  try {
-    await fn();
-  } catch (e) {
-    if (e instanceof TdxError) return e;
-    throw new Error(`expected a TdxError, got ${String(e)}`, { cause: e });
-  }
-  throw new Error("expected a TdxError, but nothing was thrown");
-}
 
 function syncTdxErrorOf(fn: () => unknown): TdxError {
   try {
@@ -629,13 +614,13 @@ describe("SecretsDelivery.materializeRuntime", () => {
     });
     await fc.assert(
       fc.asyncProperty(
-        fc.string({ unit: "binary", maxLength: 60 }).filter((s) => !s.includes("\0") && !s.includes("\n")),
+        fc.string({ unit: "binary", maxLength: 60 }).filter((s) => !s.includes("\0") && !s.includes("\n") && systemdAcceptsUnicode(s)),
         fc.string({ unit: fc.constantFrom('"', "\\", "$", "`", "'", " ", "\t", "#", "=", "a", "\r", ";", "{", "}"), maxLength: 30 }).filter((s) => !s.includes("\n")),
         async (v1, v2) => {
           await d.materializeRuntime(root, { V1: v1, V2: v2 });
           const g = parseSystemdEnvFile(await fs.readFile(path.join(root, "etc/tdxvm/secrets.env"), "utf8"));
           const u = parseSystemdEnvFile(await fs.readFile(path.join(root, "etc/tdxvm/env/u.service.env"), "utf8"));
-          expect(g.get("V1")).toBe(Buffer.from(v1).toString("utf8"));
+          expect(g.get("V1")).toBe(v1);
           expect(u.get("V2")).toBe(v2);
         },
       ),
@@ -667,10 +652,10 @@ describe("SecretsDelivery.materializeRuntime", () => {
     );
   });
 
-  knownBug("KNOWN BUG: an env value containing a newline round-trips through EnvironmentFile= (quotes, $ and a newline)", async () => {
-    // systemdEnvQuote turns "\n" into the two characters \n; inside double quotes systemd keeps
-    // unknown escapes verbatim, so the service would see a backslash and an 'n'. A raw newline
-    // inside the double quotes is what systemd's parser (and its own writer) use.
+  it("an env value containing a newline round-trips through EnvironmentFile= (quotes, $ and a newline)", async () => {
+    // Writing "\n" as the two characters \n is wrong: inside double quotes systemd keeps unknown
+    // escapes verbatim, so the service would see a backslash and an 'n'. A raw newline inside the
+    // double quotes is what systemd's parser (and its own writer) use.
     const value = 'first "line" $HOME\nsecond line';
     const d = delivery({ S: { targets: [SecretTarget.env("S_VAR")] } });
     await d.materializeRuntime(root, { S: value });
@@ -678,12 +663,11 @@ describe("SecretsDelivery.materializeRuntime", () => {
     expect(parseSystemdEnvFile(text).get("S_VAR")).toBe(value);
   });
 
-  itSystemd("(evidence for the newline bug, with the real systemd parser)", async () => {
+  itSystemd("an env value containing a newline is read back as a newline by the real systemd parser", async () => {
     const d = delivery({ S: { targets: [SecretTarget.env("TDXVM_NL")] } });
     await d.materializeRuntime(root, { S: "a\nb" });
     const real = await parseWithRealSystemd(await fs.readFile(path.join(root, "etc/tdxvm/secrets.env")));
-    // Documents current behaviour: systemd reads a backslash and 'n', not a newline.
-    expect(real.get("TDXVM_NL")).toBe("a\\nb");
+    expect(real.get("TDXVM_NL")).toBe("a\nb");
   });
 
   it("a NUL byte in an env-targeted secret → E_SECRET naming the secret, nothing written", async () => {
@@ -697,23 +681,23 @@ describe("SecretsDelivery.materializeRuntime", () => {
     expect(await walkFiles(root)).toEqual([]);
   });
 
-  knownBug("KNOWN BUG: bytes that are not UTF-8 are rejected for env targets instead of silently replaced by U+FFFD", async () => {
+  it("bytes that are not UTF-8 are rejected for env targets instead of silently replaced by U+FFFD", async () => {
     const d = delivery({ BIN: { schema: SecretSchema.bytes(), targets: [SecretTarget.env("BIN")] } });
     const e = await tdxErrorOf(() => d.materializeRuntime(root, { BIN: Buffer.from([0xff, 0xfe, 0x41]).toString("base64") }));
     expect(e.code).toBe("E_SECRET");
     expect(await walkFiles(root)).toEqual([]);
   });
 
-  knownBug("KNOWN BUG: a string secret with a Unicode noncharacter is rejected for env targets (systemd refuses the whole EnvironmentFile=)", async () => {
+  it("a string secret with a Unicode noncharacter is rejected for env targets (systemd refuses the whole EnvironmentFile=)", async () => {
     // systemd's load_env_file() fails on values its utf8_is_valid() refuses (U+FDD0..U+FDEF,
-    // U+xFFFE/U+xFFFF), and the unit then fails to start; this should be E_SECRET up front.
+    // U+xFFFE/U+xFFFF), and the unit then fails to start; so it is E_SECRET up front.
     const d = delivery({ S: { targets: [SecretTarget.env("S")] } });
     const e = await tdxErrorOf(() => d.materializeRuntime(root, { S: "a\uFFFEb" }));
     expect(e.code).toBe("E_SECRET");
     expect(await walkFiles(root)).toEqual([]);
   });
 
-  knownBug("KNOWN BUG: a string value with a lone surrogate (not representable in UTF-8) is refused, not written as U+FFFD", async () => {
+  it("a string value with a lone surrogate (not representable in UTF-8) is refused, not written as U+FFFD", async () => {
     // JSON.parse('"\\ud800"') yields such a string; Buffer.from(v, "utf8") silently replaces it.
     const d = delivery({ S: { targets: [SecretTarget.file("/run/s")] } });
     const payload = JSON.parse('{"S":"a\\ud800b"}');
@@ -805,10 +789,10 @@ describe("SecretsDelivery.materializeRuntime", () => {
       expect(await walkFiles(root)).toEqual(["blocker"]);
     });
 
-    knownBug("KNOWN BUG: a target that is a directory fails as E_SECRET before anything is renamed, leaving no temporaries", async () => {
-      // Staging succeeds (the temporary is a sibling), then the final renames run one by one:
-      // /a/first is renamed into place, /z/second's rename throws a raw EISDIR Error, and the
-      // secret bytes stay behind in /z/second.tdxvm-*.tmp.
+    it("a target that is a directory fails as E_SECRET before anything is renamed, leaving no temporaries", async () => {
+      // Staging alone would succeed (the temporary is a sibling) and only the final rename of
+      // /z/second fail with EISDIR — after /a/first was replaced, with the secret bytes left in
+      // /z/second.tdxvm-*.tmp. Staging must check the target first.
       await fs.mkdir(path.join(root, "z", "second", "sub"), { recursive: true });
       const d = delivery({ A: { targets: [SecretTarget.file("/a/first")] }, B: { targets: [SecretTarget.file("/z/second")] } });
       const e = await tdxErrorOf(() => d.materializeRuntime(root, { A: "a", B: "b" }));
@@ -817,9 +801,9 @@ describe("SecretsDelivery.materializeRuntime", () => {
     });
   });
 
-  knownBug("KNOWN BUG: an absent optional secret named like an Object.prototype member is skipped, not a TypeError", async () => {
-    // validatePayload uses hasOwnProperty, materializeRuntime uses `in` (which sees inherited
-    // members), so `toString` is "present" and valueBytes() gets a function.
+  it("an absent optional secret named like an Object.prototype member is skipped, not a TypeError", async () => {
+    // Presence means an own property, as in validatePayload: with `in` (which sees inherited
+    // members) `toString` would be "present" and valueBytes() would get a function.
     const d = delivery({ toString: { required: false, targets: [SecretTarget.file("/run/ts")] }, A: { targets: [SecretTarget.file("/run/a")] } });
     expect(d.validatePayload({ A: "a" }).ready).toBe(true);
     await d.materializeRuntime(root, { A: "a" });
