@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// tdxvm CLI shim: load TypeScript sources (ours and the user's recipe) through @swc-node/register.
+// tdxvm CLI shim: tdxvm's TypeScript and the user's recipe (.ts outside node_modules) are compiled on load.
 "use strict";
-require("@swc-node/register");
+require("../provider/register")({ also: (file) => !file.includes("/node_modules/") });
 require("../provider/cli.ts")
   .main(process.argv.slice(2))
   .then((code) => process.exit(code));

@@ -60,7 +60,11 @@ export class RolloutGate extends pulumi.dynamic.Resource {
   }
 }
 
-export interface DeployedVm { name: string; wave: number; id: pulumi.Output<string>; privateIp: pulumi.Output<string>; ip: pulumi.Output<string>; resource: pulumi.CustomResource; gate?: RolloutGate }
+export interface DeployedVm {
+  name: string; wave: number; id: pulumi.Output<string>; privateIp: pulumi.Output<string>; ip: pulumi.Output<string>; resource: pulumi.CustomResource; gate?: RolloutGate;
+  /** "host:port" at which this VM's guest TCP port is reachable from where Pulumi runs. */
+  endpoint: (guestPort: number) => pulumi.Output<string>;
+}
 
 /** Wave of replica i. */
 export function waveOf(i: number, rollout: RolloutArgs | undefined, replicas: number): number {
@@ -95,13 +99,19 @@ export class TdxDeployment extends pulumi.ComponentResource {
     const vmName = (i: number) => (replicas === 1 ? name : `${name}-${i}`);
 
     // Replica factory per target; the shared part is built once.
-    let replica: (i: number, o: pulumi.CustomResourceOptions) => Omit<DeployedVm, "name" | "wave">;
+    let replica: (i: number, o: pulumi.CustomResourceOptions) => Omit<DeployedVm, "name" | "wave" | "endpoint"> & { endpoint?: DeployedVm["endpoint"] };
     if (args.target === "qemu") {
       const image = pulumi.all([args.image.bakeKey, args.image.artifacts]).apply(([bakeKey, artifacts]) => ({ bakeKey, artifacts }));
       replica = (i, o) => {
         const vm = qemuVm(vmName(i), { image, qemu: args.qemu ?? {}, secrets: args.secrets, secretDecls: args.image.secretDecls, expected: args.measurement?.registers }, o);
         const host = vm.forwards.apply((f) => (f?.length ? f[0].bind : "127.0.0.1"));
-        return { id: vm.vmId, privateIp: host, ip: host, resource: vm };
+        // A local VM's guest ports are reachable only through their host forwards.
+        const endpoint = (guestPort: number) => vm.forwards.apply((f) => {
+          const fwd = f?.find((x) => x.guest === guestPort);
+          if (!fwd) throw new Error(`TdxDeployment ${name}: the gate's guest port ${guestPort} is not forwarded (add it to qemu.ports)`);
+          return `${fwd.bind === "0.0.0.0" ? "127.0.0.1" : fwd.bind}:${fwd.host}`;
+        });
+        return { id: vm.vmId, privateIp: host, ip: host, resource: vm, endpoint };
       };
     } else if (args.target === "azure") {
       if (!args.azure) throw new Error(`TdxDeployment ${name}: target "azure" needs azure: {location, ...}`);
@@ -115,7 +125,7 @@ export class TdxDeployment extends pulumi.ComponentResource {
     } else if (args.target === "gcp") {
       if (!args.gcp) throw new Error(`TdxDeployment ${name}: target "gcp" needs gcp: {zone, ...}`);
       if (args.secrets) throw new Error(`TdxDeployment ${name}: secrets are delivered to gcp VMs after attestation by the image's own receiver, not by the deployment`);
-      const shared = gcpShared(name, args.image.artifact("gcp", "tar.gz"), args.gcp, this);
+      const shared = gcpShared(name, args.image.artifact("gcp", "tar.gz"), args.image.artifact("disk", "raw"), args.gcp, this);
       this.imageRef = shared.image.selfLink;
       replica = (i, o) => {
         const r = gcpReplica(vmName(i), shared, args.gcp!, o);
@@ -130,10 +140,10 @@ export class TdxDeployment extends pulumi.ComponentResource {
       const wave = waveOf(i, args.rollout, replicas);
       const dependsOn = wave > 0 ? gates[wave - 1] : [];
       const r = replica(i, { parent: this, dependsOn });
-      const d: DeployedVm = { name: vmName(i), wave, ...r };
+      const d: DeployedVm = { name: vmName(i), wave, ...r, endpoint: r.endpoint ?? ((p) => pulumi.interpolate`${r.ip}:${p}`) };
       const g = args.rollout?.gate;
       if (g) {
-        const url = pulumi.interpolate`${g.scheme ?? "http"}://${r.ip}:${g.port}${g.path ?? "/"}`;
+        const url = pulumi.interpolate`${g.scheme ?? "http"}://${d.endpoint(g.port)}${g.path ?? "/"}`;
         d.gate = new RolloutGate(`${vmName(i)}-gate`, {
           target: r.id, url, expectStatus: g.expectStatus ?? 200, timeoutSeconds: g.timeoutSeconds ?? 900, intervalSeconds: g.intervalSeconds ?? 5,
           insecureTls: g.insecureTls ?? false, expectRegisters: g.attest ? args.measurement?.registers : undefined,

@@ -33,12 +33,16 @@ export interface GcpTargetArgs {
   bootDiskGb?: pulumi.Input<number>;
 }
 
-export interface GcpShared { image: computeT.Image; object: storageT.BucketObject; subnet: computeT.Subnetwork; firewall?: computeT.Firewall }
+export interface GcpShared {
+  image: computeT.Image; object: storageT.BucketObject; subnet: computeT.Subnetwork; firewall?: computeT.Firewall;
+  /** Smallest boot disk that holds the image (whole GiB, at least 10). */
+  minDiskGb: pulumi.Output<number>;
+}
 export interface GcpReplica { vm: computeT.Instance; privateIp: pulumi.Output<string>; ip: pulumi.Output<string> }
 
 export const regionOf = (zone: string) => zone.replace(/-[a-z]$/, "");
 
-export function gcpShared(name: string, tarball: pulumi.Output<ArtifactOut>, a: GcpTargetArgs, parent: pulumi.Resource): GcpShared {
+export function gcpShared(name: string, tarball: pulumi.Output<ArtifactOut>, disk: pulumi.Output<ArtifactOut>, a: GcpTargetArgs, parent: pulumi.Resource): GcpShared {
    
   const storage: typeof storageT = require("@pulumi/gcp/storage");
   const compute: typeof computeT = require("@pulumi/gcp/compute");
@@ -65,7 +69,7 @@ export function gcpShared(name: string, tarball: pulumi.Output<ArtifactOut>, a: 
   const firewall = a.ports?.length ? new compute.Firewall(`${name}-fw`, {
     network: net.id, direction: "INGRESS", allows: [{ protocol: "tcp", ports: a.ports.map(String) }], sourceRanges: a.sourceRanges ?? ["0.0.0.0/0"],
   }, o) : undefined;
-  return { image, object, subnet, firewall };
+  return { image, object, subnet, firewall, minDiskGb: disk.size.apply((b) => Math.max(10, Math.ceil(b / 2 ** 30))) };
 }
 
 export function gcpReplica(name: string, s: GcpShared, a: GcpTargetArgs, opts: pulumi.CustomResourceOptions): GcpReplica {
@@ -76,10 +80,14 @@ export function gcpReplica(name: string, s: GcpShared, a: GcpTargetArgs, opts: p
     confidentialInstanceConfig: { confidentialInstanceType: "TDX" },
     scheduling: { onHostMaintenance: "TERMINATE", automaticRestart: true },
     shieldedInstanceConfig: { enableVtpm: true, enableIntegrityMonitoring: true, enableSecureBoot: false },
-    bootDisk: { initializeParams: { image: s.image.selfLink, type: "pd-balanced", size: a.bootDiskGb ?? 10 }, autoDelete: true },
+    bootDisk: { initializeParams: { image: s.image.selfLink, type: "pd-balanced", size: a.bootDiskGb ?? s.minDiskGb }, autoDelete: true },
     networkInterfaces: [{ subnetwork: s.subnet.id, nicType: "GVNIC", accessConfigs: a.publicIp === false ? [] : [{}] }],
     allowStoppingForUpdate: false,
-  }, { ...opts, deleteBeforeReplace: false });
+  }, {
+    ...opts,
+    // An immutable VM: changes the provider could only apply by stopping it replace it instead (create-before-delete).
+    replaceOnChanges: ["machineType", "scheduling", "shieldedInstanceConfig", "confidentialInstanceConfig"], deleteBeforeReplace: false,
+  });
   const privateIp = vm.networkInterfaces.apply((n) => n?.[0]?.networkIp ?? "");
   const ip = a.publicIp === false ? privateIp : vm.networkInterfaces.apply((n) => n?.[0]?.accessConfigs?.[0]?.natIp ?? "");
   return { vm, privateIp, ip };

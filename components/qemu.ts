@@ -57,6 +57,7 @@ export function qemuVm(name: string, a: {
   const q = a.qemu;
   return new QemuVm(name, {
     image: a.image, memoryMiB: q.memoryMiB, cpus: q.cpus, ports: q.ports, readiness: q.readiness, accel: q.accel, tdx: q.tdx,
-    secrets: a.secrets, secretDecls: a.secretDecls, expected: a.expected, stateRoot: q.stateRoot, cacheDir: q.cacheDir,
+    // Secret in the state's inputs too, even when the caller passed a plain value.
+    secrets: a.secrets === undefined ? undefined : pulumi.secret(a.secrets), secretDecls: a.secretDecls, expected: a.expected, stateRoot: q.stateRoot, cacheDir: q.cacheDir,
   }, opts);
 }

@@ -1,23 +1,34 @@
 "use strict";
-// Load tdxvm's TypeScript sources with @swc-node/register, for this package's own files only
-// (wherever it is installed, node_modules included), always as CommonJS and with tdxvm's own
-// tsconfig — whatever the host project's tsconfig says. Used by the CLI, the package entry
-// points and the dynamic-provider host. Idempotent.
+// Load tdxvm's TypeScript sources on demand: @swc/core strips the types (no type-checking, no
+// TypeScript compiler loaded: fast) and pirates hooks `require` for this package's own files
+// only — wherever the package is installed, node_modules included — always emitting CommonJS.
+// Used by the package entry points (tdxvm, tdxvm/components, tdxvm/dynamic) and the CLI.
+// Idempotent; `registerTdxvm({also})` widens the hook (the CLI adds the user's recipe files).
 const path = require("node:path");
 
 const root = path.join(__dirname, "..");
+const ours = (file) => file.startsWith(root + path.sep) && !file.slice(root.length).includes(`${path.sep}node_modules${path.sep}`);
+const extra = [];
 let registered = false;
 
-module.exports = function registerTdxvm() {
+function transform(code, filename) {
+  return require("@swc/core").transformSync(code, {
+    filename,
+    jsc: { parser: { syntax: "typescript" }, target: "es2022", keepClassNames: true },
+    module: { type: "commonjs" },
+    sourceMaps: "inline",
+    swcrc: false,
+    configFile: false,
+  }).code;
+}
+
+module.exports = function registerTdxvm(opts = {}) {
+  if (opts.also) extra.push(opts.also);
   if (registered) return;
   registered = true;
-  const ours = (file) => file.startsWith(root + path.sep) && !file.slice(root.length).includes(`${path.sep}node_modules${path.sep}`);
-  const previous = process.env.SWC_NODE_PROJECT;
-  process.env.SWC_NODE_PROJECT = path.join(root, "tsconfig.json");
-  try {
-    require("@swc-node/register/register").register({}, { ignoreNodeModules: false, matcher: ours });
-  } finally {
-    if (previous === undefined) delete process.env.SWC_NODE_PROJECT;
-    else process.env.SWC_NODE_PROJECT = previous;
-  }
+  require("pirates").addHook(transform, {
+    exts: [".ts"],
+    ignoreNodeModules: false,
+    matcher: (file) => ours(file) || extra.some((f) => f(file)),
+  });
 };

@@ -59,8 +59,9 @@ export interface VmInfo {
   stateDir: string;
   /** Host pid of QEMU (the PID-namespace init). */
   pid: number;
-  /** Kernel start time of that pid (clock ticks since boot): guards against pid reuse. */
+  /** Kernel start time of that pid (clock ticks since boot) and the boot: guard against pid reuse. */
   startTime: number;
+  bootId: string;
   accel: "kvm" | "tcg";
   tdx: boolean;
   ports: Array<{ guest: number; host: number; bind: string }>;
@@ -135,8 +136,18 @@ function cmdlineOf(pid: number): string {
   }
 }
 
-/** Is the VM's QEMU (same pid, same start time) still running? */
-export function vmRunning(vm: Pick<VmInfo, "pid" | "startTime">): boolean {
+/** This boot of the host: pid + start time are unique only within one boot. */
+export function bootId(): string {
+  try {
+    return readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+/** Is the VM's QEMU (same boot, same pid, same start time) still running? */
+export function vmRunning(vm: Pick<VmInfo, "pid" | "startTime"> & { bootId?: string }): boolean {
+  if (vm.bootId && vm.bootId !== bootId()) return false;
   return vm.pid > 0 && procStartTime(vm.pid) === vm.startTime;
 }
 
@@ -160,6 +171,8 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   const stateDir = path.resolve(spec.stateDir);
   await fs.mkdir(stateDir, { recursive: true, mode: 0o700 });
   if ((await fs.readdir(stateDir)).length) throw new TdxError("E_DEPLOYMENT", `VM state directory ${stateDir} is not empty`, { hint: "Use a fresh directory per VM (tdxvm picks one under the cache by default)." });
+  // Who is starting this VM: if that process dies before the VM is marked ready, sweepStale() removes it.
+  await fs.writeFile(path.join(stateDir, "creator"), `${process.pid} ${procStartTime(process.pid) ?? 0} ${bootId()}\n`);
   if (!existsSync(spec.disk)) throw new TdxError("E_DEPLOYMENT", `disk image ${spec.disk} does not exist`, { hint: "Bake the image (it may have been removed from the cache); TdxImage re-bakes on the next `pulumi up`." });
   const tdx = spec.tdx ?? false;
   const ports: VmInfo["ports"] = [];
@@ -199,7 +212,10 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   } finally {
     closeSync(logFd);
   }
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const exited = new Promise<void>((resolve) => {
+    child.once("exit", () => resolve());
+    child.once("error", () => resolve()); // e.g. unshare missing: fail fast below, not after the timeout
+  });
   child.unref();
   const fail = async (why: string): Promise<never> => {
     if (child.pid) for (const c of childrenOf(child.pid)) try { process.kill(c, "SIGKILL"); } catch { /* gone */ }
@@ -226,14 +242,99 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   if (!pid) return fail("timed out after 60 s");
   const startTime = procStartTime(pid);
   if (startTime === undefined) return fail("QEMU exited right after starting");
-  // QEMU has read its fw_cfg files at startup: do not keep them (they may hold secrets).
-  if (fwNames.length) await fs.rm(path.join(stateDir, "fwcfg"), { recursive: true, force: true });
+  // QEMU reads -fw_cfg files while it builds the machine, after writing its pid file; it answers
+  // QMP commands only once that is done. Then the files (they may hold secrets) can go.
+  try {
+    await qmpReady(path.join(stateDir, "qmp.sock"), 60_000, () => done);
+  } catch (e) {
+    return fail(`QEMU did not answer on its QMP socket: ${(e as Error).message}`);
+  } finally {
+    if (fwNames.length) await fs.rm(path.join(stateDir, "fwcfg"), { recursive: true, force: true });
+  }
   const info: VmInfo = {
-    stateVersion: VM_STATE_VERSION, vmId, stateDir, pid, startTime, accel: tdx ? "kvm" : spec.accel, tdx, ports,
+    stateVersion: VM_STATE_VERSION, vmId, stateDir, pid, startTime, bootId: bootId(), accel: tdx ? "kvm" : spec.accel, tdx, ports,
     serialLog: path.join(stateDir, "serial.log"), qemuArgs: args,
   };
   await writeFileAtomic(path.join(stateDir, "vm.json"), JSON.stringify(info, null, 2) + "\n", 0o600);
   return info;
+}
+
+/**
+ * Connect to QEMU's QMP socket, negotiate capabilities and ask for the VM status: QEMU answers
+ * only from its main loop, i.e. after machine creation (fw_cfg files read, devices realized).
+ */
+export async function qmpReady(sock: string, timeoutMs: number, gone: () => boolean): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let last: Error = new Error("no socket yet");
+  while (Date.now() < deadline && !gone()) {
+    try {
+      return await new Promise<string>((resolve, reject) => {
+        const c = net.connect(sock);
+        let buf = "";
+        let step = 0;
+        c.setTimeout(10_000, () => c.destroy(new Error("timed out")));
+        c.on("error", reject);
+        c.on("data", (d) => {
+          buf += d.toString();
+          let nl: number;
+          while ((nl = buf.indexOf("\n")) >= 0) {
+            const msg = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+            buf = buf.slice(nl + 1);
+            if (msg.event) continue;
+            if (msg.error) return reject(new Error(JSON.stringify(msg.error)));
+            if (step === 0 && msg.QMP) c.write('{"execute":"qmp_capabilities"}\n');
+            else if (step === 1) c.write('{"execute":"query-status"}\n');
+            else if (step === 2) {
+              c.end();
+              return resolve(String((msg.return as { status?: string })?.status));
+            }
+            step++;
+          }
+        });
+      });
+    } catch (e) {
+      last = e as Error;
+      await sleep(100);
+    }
+  }
+  throw last;
+}
+
+/**
+ * Remove what an interrupted start left behind below `root`: VM directories whose creator died
+ * before the VM was marked ready (their QEMU is stopped) and secrets staging directories of
+ * dead processes. Ready VMs (vm.json `ready: true`) are never touched.
+ */
+export async function sweepStale(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  const alive = (rec: string) => {
+    const [pid, start, boot] = rec.trim().split(/\s+/);
+    return boot === bootId() && procStartTime(Number(pid)) === Number(start);
+  };
+  for (const n of await fs.readdir(root).catch(() => [] as string[])) {
+    const dir = path.join(root, n);
+    if (n.startsWith(".secrets-")) {
+      const owner = await fs.readFile(path.join(dir, "owner"), "utf8").catch(() => "");
+      if (!owner || !alive(owner)) {
+        await fs.rm(dir, { recursive: true, force: true });
+        removed.push(dir);
+      }
+    } else if (n.startsWith("vm-")) {
+      const vm = await fs.readFile(path.join(dir, "vm.json"), "utf8").then((t) => JSON.parse(t) as VmInfo & { ready?: boolean }, () => undefined);
+      if (vm?.ready) continue;
+      const creator = await fs.readFile(path.join(dir, "creator"), "utf8").catch(() => "");
+      if (creator && alive(creator)) continue;
+      if (!creator && !vm) continue; // not ours
+      await stopVm(vm ?? { stateDir: dir }, { graceMs: 2000 });
+      removed.push(dir);
+    }
+  }
+  return removed;
+}
+
+/** Mark a VM as ready (handed over to its owner): sweepStale leaves it alone from now on. */
+export async function markReady(vm: VmInfo): Promise<void> {
+  await writeFileAtomic(path.join(vm.stateDir, "vm.json"), JSON.stringify({ ...vm, ready: true }, null, 2) + "\n", 0o600);
 }
 
 /** A state directory under `root` with a random name. */
@@ -298,7 +399,7 @@ export async function waitReady(vm: VmInfo, r: Readiness = {}, onProgress?: (msg
 }
 
 /** Stop the VM: SIGTERM, then SIGKILL after `graceMs`; then remove its state directory. Idempotent. */
-export async function stopVm(vm: Partial<Pick<VmInfo, "pid" | "startTime" | "stateDir">>, opts: { graceMs?: number; keepState?: boolean } = {}): Promise<{ killed: boolean }> {
+export async function stopVm(vm: Partial<Pick<VmInfo, "pid" | "startTime" | "stateDir" | "bootId">>, opts: { graceMs?: number; keepState?: boolean } = {}): Promise<{ killed: boolean }> {
   let info = vm;
   if ((!info.pid || info.startTime === undefined) && info.stateDir) {
     // An older or partial state record: the VM's own vm.json knows the pid.

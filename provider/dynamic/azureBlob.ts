@@ -1,8 +1,9 @@
 /**
  * Dynamic provider: upload the baked fixed VHD to an Azure **page** blob (DESIGN.md §7 —
  * azure-native's storage.Blob cannot create page blobs, pulumi-azure-native #2151) with the
- * Azure CLI, then check what landed: blob type PageBlob, length = the file's size, and the
- * sha256 we recorded in the blob's metadata.
+ * Azure CLI, then check what landed: blob type PageBlob and length = the file's size (the
+ * VHD's sha256 is recorded in the blob's metadata for later audits; the service computes no
+ * content digest of page blobs that could be compared).
  *
  * Credentials are the Azure CLI's own (`az login`, a service principal or a managed identity:
  * --auth-mode login, no account keys in state). Progress goes to stderr every 10 %.
@@ -107,9 +108,13 @@ export const azureBlobProvider = {
     return { inputs };
   },
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    const replaces = ["sha256", "accountName", "containerName", "blobName"].filter((k) => olds[k] !== news[k]);
+    const where = ["accountName", "containerName", "blobName"];
+    const replaces = ["sha256", ...where].filter((k) => olds[k] !== news[k]);
     if (olds.exists === false) replaces.push("exists");
-    return { changes: replaces.length > 0 || olds.timeoutMinutes !== news.timeoutMinutes, replaces, deleteBeforeReplace: false };
+    // A replacement at the same blob name must delete first: create-before-delete would upload,
+    // then delete the very blob it just wrote.
+    const samePlace = where.every((k) => olds[k] === news[k]);
+    return { changes: replaces.length > 0 || olds.timeoutMinutes !== news.timeoutMinutes, replaces, deleteBeforeReplace: replaces.length > 0 && samePlace };
   },
   async create(inputs: Record<string, unknown>) {
     return guarded(async () => {
@@ -130,11 +135,12 @@ export const azureBlobProvider = {
       return { id, props: { ...declared(props), exists: !!got && Number(got.length) === p.data.size && got.sha256 === p.data.sha256 } };
     });
   },
-  async delete(_id: string, props: Record<string, unknown>) {
+  async delete(id: string, props: Record<string, unknown>) {
     await guarded(async () => {
-      const p = AzureBlobArgs.safeParse(inputsOnly(props));
-      if (!p.success) return;
-      const r = await az(["storage", "blob", "delete", ...where(p.data)]);
+      // The id is "account/container/blob" in every state version: no schema needed to clean up.
+      const [accountName, containerName, ...blob] = id.split("/");
+      const at = { accountName: String(props.accountName ?? accountName), containerName: String(props.containerName ?? containerName), blobName: String(props.blobName ?? blob.join("/")) };
+      const r = await az(["storage", "blob", "delete", "--auth-mode", "login", "--account-name", at.accountName, "--container-name", at.containerName, "--name", at.blobName]);
       if (r.code !== 0 && !/BlobNotFound|ContainerNotFound/i.test(r.stderr)) throw new TdxError("E_DEPLOYMENT", `az storage blob delete failed: ${r.stderr.trim().split("\n").slice(-2).join(" ")}`, { hint: "Delete the blob by hand or rerun `pulumi destroy`." });
     });
   },

@@ -128,9 +128,11 @@ export const imageProvider = {
     const n = news as Partial<ImageComputed> & Record<string, unknown>;
     let changes: boolean;
     if (isUnknown(declared(userInputs(n)))) changes = true;
-    else if (o.missing?.length) changes = true; // refresh found artifacts gone: bake again
-    else if (o.bakeKey && n.bakeKey) changes = o.bakeKey !== n.bakeKey;
-    else changes = digestOf(declared(userInputs(o))) !== digestOf(declared(userInputs(n)));
+    else if (o.missing?.length || missingArtifacts(o.artifacts).length) changes = true; // artifacts gone (cache cleaned, other machine): bake again
+    else if (o.bakeKey && n.bakeKey) {
+      // Same content, but the artifacts may live elsewhere now (another cache dir or machine): keep the paths true.
+      changes = o.bakeKey !== n.bakeKey || (n.artifacts !== undefined && JSON.stringify(o.artifacts) !== JSON.stringify(n.artifacts));
+    } else changes = digestOf(declared(userInputs(o))) !== digestOf(declared(userInputs(n)));
     return { changes, replaces: [], deleteBeforeReplace: false };
   },
 

@@ -11,7 +11,8 @@ import { promises as fs } from "node:fs";
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { digestOf } from "../recipe/digest";
-import { measureBake } from "../measure/api";
+import { measureBake, firmwarePath } from "../measure/api";
+import { defaultCacheDir } from "../pipeline";
 import { diffMeasurements, diffToMarkdown, Measurements, RegisterValue } from "../measure/ledger";
 import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, CheckFailure } from "./common";
 import type { ArtifactOut } from "./image";
@@ -71,7 +72,9 @@ async function fileSha256(p: string): Promise<string> {
 }
 
 export async function measurementKey(a: MeasurementArgsT): Promise<string> {
-  const fw = typeof a.firmware === "string" ? { path: a.firmware, sha256: await fileSha256(loadPath(a.firmware)).catch(() => "missing") } : a.firmware ?? null;
+  // The firmware actually used — the default one too: an OVMF update must show as a change.
+  const fwFile = firmwarePath({ backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware }, a.cacheDir ? loadPath(a.cacheDir) : defaultCacheDir());
+  const fw = typeof a.firmware === "object" ? a.firmware : fwFile ? { sha256: await fileSha256(fwFile) } : a.firmware ? { missing: a.firmware } : null;
   return digestOf({
     engine: MEASURE_ENGINE_VERSION, backend: a.backend, uki: need(a, "uki.efi").sha256, disk: need(a, "disk.raw").sha256,
     stub: a.image.systemdStub ?? null, firmware: fw, pageOrder: a.pageOrder ?? null,

@@ -24,7 +24,7 @@ import { ensureToolsTree } from "../bake/toolsTree";
 import { DEFAULT_DEBIAN } from "../lock";
 import { SecretDecl } from "../recipe/schema";
 import { SecretsDelivery } from "../secrets";
-import { startVm, waitReady, stopVm, vmRunning, newStateDir, VmInfo, VM_STATE_VERSION } from "../deploy/qemu";
+import { startVm, waitReady, stopVm, vmRunning, newStateDir, sweepStale, markReady, procStartTime, bootId, VmInfo, VM_STATE_VERSION } from "../deploy/qemu";
 import { probeKvm, tdxSupport, parseQemuVersion } from "../deploy/host";
 import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, storePath, withTimeout, CheckFailure } from "./common";
 
@@ -57,7 +57,7 @@ export const QemuVmArgs = z.object({
 }).loose();
 export type QemuVmArgsT = z.infer<typeof QemuVmArgs>;
 
-const OUT_KEYS = ["stateVersion", "vmId", "pid", "startTime", "stateDir", "serialLog", "forwards", "accelUsed", "isTd", "warning", "running", "readySeconds", "qemuArgs", "secretNames", "secretsDigest", "diskSha256"];
+const OUT_KEYS = ["stateVersion", "vmId", "pid", "startTime", "bootId", "stateDir", "serialLog", "forwards", "accelUsed", "isTd", "warning", "running", "readySeconds", "qemuArgs", "secretNames", "secretsDigest", "diskSha256"];
 
 export function secretsDigest(secrets: Record<string, string> | undefined): string | null {
   if (!secrets || !Object.keys(secrets).length) return null;
@@ -106,7 +106,12 @@ export const qemuVmProvider = {
     const replaces: string[] = [];
     const same = (a: unknown, b: unknown) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
     const parsed = QemuVmArgs.safeParse(n);
-    if (isUnknown(n) || !parsed.success) return { changes: true, replaces: ["image"], deleteBeforeReplace: false };
+    if (isUnknown(n)) {
+      // Preview with values not known yet: a replacement only if something that replaces is unknown.
+      const unknown = ["image", "memoryMiB", "cpus", "ports", "accel", "tdx", "secrets"].filter((k) => isUnknown(n[k]));
+      return { changes: true, replaces: unknown, deleteBeforeReplace: false };
+    }
+    if (!parsed.success) return { changes: true, replaces: ["image"], deleteBeforeReplace: false };
     const a = parsed.data;
     if (olds.running === false) replaces.push("running");
     if (olds.diskSha256 !== disk(a).sha256) replaces.push("image");
@@ -143,11 +148,13 @@ export const qemuVmProvider = {
       if (warning) log("TdxDeployment", `warning: ${warning}`);
       const root = a.stateRoot ? loadPath(a.stateRoot) : path.join(cacheDir, "vms");
       await fs.mkdir(root, { recursive: true, mode: 0o700 });
+      for (const d of await sweepStale(root)) log("TdxDeployment", `removed ${d}, left by an interrupted start`);
       const stateDir = newStateDir(root);
       const fwCfg: Record<string, string> = {};
       let staging: string | undefined;
       if (a.secrets && Object.keys(a.secrets).length) {
         staging = await fs.mkdtemp(path.join(root, ".secrets-"));
+        await fs.writeFile(path.join(staging, "owner"), `${process.pid} ${procStartTime(process.pid) ?? 0} ${bootId()}\n`);
         const f = path.join(staging, "secrets.json");
         await fs.writeFile(f, JSON.stringify(a.secrets), { mode: 0o600 });
         fwCfg[SECRETS_FW_CFG] = f;
@@ -169,6 +176,7 @@ export const qemuVmProvider = {
         await stopVm(vm, { graceMs: 2000 });
         throw e;
       }
+      await markReady(vm);
       log("TdxDeployment", `VM ${vm.vmId} ready after ${ready.seconds.toFixed(0)} s (pid ${vm.pid}; serial log ${vm.serialLog})`);
       return { id: vm.vmId, outs: { ...publicInputs(inputs), ...outputsOf(vm, a, { warning, isTd, readySeconds: ready.seconds }) } };
     });
@@ -181,14 +189,14 @@ export const qemuVmProvider = {
   },
 
   async read(id: string, props: Record<string, unknown>): Promise<{ id: string; props: Record<string, unknown> }> {
-    const running = typeof props.pid === "number" && typeof props.startTime === "number" && vmRunning({ pid: props.pid, startTime: props.startTime });
+    const running = typeof props.pid === "number" && typeof props.startTime === "number" && vmRunning({ pid: props.pid, startTime: props.startTime, bootId: typeof props.bootId === "string" ? props.bootId : undefined });
     return { id, props: { ...declared(props), running } };
   },
 
   async delete(_id: string, props: Record<string, unknown>): Promise<void> {
     await guarded(async () => {
       const stateDir = typeof props.stateDir === "string" ? loadPath(props.stateDir) : undefined;
-      const r = await stopVm({ pid: typeof props.pid === "number" ? props.pid : undefined, startTime: typeof props.startTime === "number" ? props.startTime : undefined, stateDir });
+      const r = await stopVm({ pid: typeof props.pid === "number" ? props.pid : undefined, startTime: typeof props.startTime === "number" ? props.startTime : undefined, bootId: typeof props.bootId === "string" ? props.bootId : undefined, stateDir });
       log("TdxDeployment", `VM ${String(props.vmId ?? _id)} stopped${r.killed ? " (SIGKILL after the grace period)" : ""}; state removed`);
     });
   },
@@ -204,7 +212,7 @@ function publicInputs(inputs: Record<string, unknown>): Record<string, unknown> 
 
 function outputsOf(vm: VmInfo, a: QemuVmArgsT, x: { warning: string | null; isTd: boolean; readySeconds: number }): Record<string, unknown> {
   return {
-    stateVersion: VM_STATE_VERSION, vmId: vm.vmId, pid: vm.pid, startTime: vm.startTime, stateDir: storePath(vm.stateDir), serialLog: storePath(vm.serialLog),
+    stateVersion: VM_STATE_VERSION, vmId: vm.vmId, pid: vm.pid, startTime: vm.startTime, bootId: vm.bootId, stateDir: storePath(vm.stateDir), serialLog: storePath(vm.serialLog),
     forwards: vm.ports, accelUsed: vm.accel, isTd: x.isTd, warning: x.warning, running: true, readySeconds: Math.round(x.readySeconds), qemuArgs: vm.qemuArgs,
     secretNames: Object.keys(a.secrets ?? {}).sort(), secretsDigest: secretsDigest(a.secrets), diskSha256: disk(a).sha256,
   };

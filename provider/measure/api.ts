@@ -38,13 +38,23 @@ export async function readDiskHead(file: string): Promise<Buffer> {
   }
 }
 
+/**
+ * The firmware file a measurement uses: the given path, or for the rtmr backend the default
+ * (Debian trixie's OVMF.fd from the tools tree, else the host's). undefined: none.
+ */
+export function firmwarePath(opts: Pick<MeasureCallOptions, "firmware" | "backend">, cacheDir: string): string | undefined {
+  if (typeof opts.firmware === "object") return undefined;
+  const candidates = typeof opts.firmware === "string" ? [opts.firmware] : opts.backend === "rtmr" ? [path.join(toolsTreeDir(cacheDir), "usr/share/ovmf/OVMF.fd"), "/usr/share/ovmf/OVMF.fd"] : [];
+  return candidates.find((c) => existsSync(c));
+}
+
 async function loadFirmware(opts: MeasureCallOptions, cacheDir: string): Promise<MeasureOptions["firmware"]> {
   if (typeof opts.firmware === "object") {
     const f = await fetchInput(new ContentStore(path.join(cacheDir, "content")), opts.firmware.src, { integrity: opts.firmware.integrity });
     return { bytes: await fs.readFile(f.path), name: `${opts.firmware.src} (${f.integrity.sha256})` };
   }
-  const candidates = typeof opts.firmware === "string" ? [opts.firmware] : opts.backend === "rtmr" ? [path.join(toolsTreeDir(cacheDir), "usr/share/ovmf/OVMF.fd"), "/usr/share/ovmf/OVMF.fd"] : [];
-  for (const c of candidates) if (existsSync(c)) return { bytes: await fs.readFile(c), name: c };
+  const file = firmwarePath(opts, cacheDir);
+  if (file) return { bytes: await fs.readFile(file), name: file };
   if (typeof opts.firmware === "string") throw new TdxError("E_MEASUREMENT", `firmware ${opts.firmware} does not exist`, { hint: "Pass the path of the TDVF firmware (OVMF.fd) the VM boots." });
   return undefined;
 }

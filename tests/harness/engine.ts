@@ -314,6 +314,7 @@ export class Engine {
   private pendingDeletes: ResourceState[] = [];
   private failed: Error | undefined;
   private counters = new Map<string, number>();
+  private deletedEarly = new Set<string>();
 
   constructor(readonly o: EngineOptions) {}
 
@@ -391,6 +392,7 @@ export class Engine {
     }
     if (dbr) {
       await this.host.delete(old.urn, old.id, unwrap(old.outputs) as Record<string, unknown>);
+      this.deletedEarly.add(`${old.urn}#${old.id}`); // gone: never "vanished" later, even if the create fails
       this.event({ step: "delete-replaced", urn: old.urn, type: old.type, ms: now() - t0 });
     }
     const c = await this.host.create(r.urn, check.inputs);
@@ -455,7 +457,7 @@ export class Engine {
       return this.result(error);
     }
     // Resources that were not registered this time, plus those whose replacement was created.
-    const vanished = this.state.resources.filter((r) => !r.pendingDelete && !this.next.resources.some((n) => n.urn === r.urn));
+    const vanished = this.state.resources.filter((r) => !r.pendingDelete && !this.deletedEarly.has(`${r.urn}#${r.id}`) && !this.next.resources.some((n) => n.urn === r.urn));
     const earlier = this.state.resources.filter((r) => r.pendingDelete);
     if (error) {
       // Like the engine: what was not reached stays, and old resources whose replacement exists stay, marked for deletion.

@@ -6,9 +6,15 @@
  * stack outputs and errors to R.json; exits 0 when the operation succeeded.
  */
 import * as path from "node:path";
-import { promises as fs } from "node:fs";
+import { promises as fs, existsSync } from "node:fs";
 import { Engine, engineMonitor, Op, repoRoot } from "./engine";
 import { harnessMockOutputs } from "./mocks";
+
+/** The nearest directory at or above the program that holds a Pulumi.yaml (else the repository root). */
+function projectDir(program: string): string {
+  for (let d = path.dirname(program); d.startsWith(repoRoot); d = path.dirname(d)) if (existsSync(path.join(d, "Pulumi.yaml"))) return d;
+  return repoRoot;
+}
 
 async function main(): Promise<number> {
   const [op, ...rest] = process.argv.slice(2) as [Op, ...string[]];
@@ -18,7 +24,10 @@ async function main(): Promise<number> {
   const project = one("project", "tdxvm-local-qemu")!;
   const stack = one("stack", "dev")!;
   const resultFile = one("result")!;
-  const engine = new Engine({ op, stateFile: one("state")!, cwd: repoRoot, project, stack, hostLog: one("host-log"), mockOutputs: harnessMockOutputs });
+  // Like the CLI: the program and the provider host run in the project directory (its Pulumi.yaml).
+  const program = path.resolve(repoRoot, one("program")!);
+  const cwd = projectDir(program);
+  const engine = new Engine({ op, stateFile: path.resolve(one("state")!), cwd, project, stack, hostLog: one("host-log") && path.resolve(one("host-log")!), mockOutputs: harnessMockOutputs });
   await engine.open();
   let result;
   try {
@@ -60,7 +69,7 @@ async function main(): Promise<number> {
   } finally {
     await engine.close();
   }
-  await fs.writeFile(resultFile, JSON.stringify(result, null, 2));
+  await fs.writeFile(path.resolve(repoRoot, resultFile), JSON.stringify(result, null, 2));
   return result.ok ? 0 : 1;
 }
 
