@@ -73,3 +73,29 @@ describe("process identity", () => {
     expect(p).toBeGreaterThan(1024);
   });
 });
+
+describe("sweepStale", () => {
+  it("removes what dead starters left (unready VM dirs, secrets staging) and keeps ready VMs and live starters' work", async () => {
+    const { mkdtemp, mkdir, writeFile, readdir, rm } = await import("node:fs/promises");
+    const os = await import("node:os");
+    const path = await import("node:path");
+    const { sweepStale, bootId } = await import("../../provider/deploy/qemu");
+    const root = await mkdtemp(path.join(os.tmpdir(), "tdxvm-sweep-"));
+    const me = `${process.pid} ${procStartTime(process.pid)} ${bootId()}\n`;
+    const dead = `999999999 1 ${bootId()}\n`;
+    const mk = async (name: string, files: Record<string, string>) => {
+      await mkdir(path.join(root, name));
+      for (const [f, t] of Object.entries(files)) await writeFile(path.join(root, name, f), t);
+    };
+    await mk("vm-dead", { creator: dead });
+    await mk("vm-ready", { creator: dead, "vm.json": JSON.stringify({ ready: true, pid: 1, startTime: 1 }) });
+    await mk("vm-starting", { creator: me });
+    await mk(".secrets-dead", { owner: dead, "secrets.json": "{}" });
+    await mk(".secrets-live", { owner: me, "secrets.json": "{}" });
+    await mk("unrelated", {});
+    const removed = await sweepStale(root);
+    expect(removed.map((d) => path.basename(d)).sort()).toEqual([".secrets-dead", "vm-dead"]);
+    expect((await readdir(root)).sort()).toEqual([".secrets-live", "unrelated", "vm-ready", "vm-starting"]);
+    await rm(root, { recursive: true, force: true });
+  });
+});
