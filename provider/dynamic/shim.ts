@@ -10,7 +10,16 @@
 import type * as pulumi from "@pulumi/pulumi";
 import type { ProviderKind } from "./runtime";
 
+const shims = new Map<ProviderKind, pulumi.dynamic.ResourceProvider>();
+
+/** One shim object per kind: the SDK caches serializations per provider object, so N resources serialize once. */
 export function providerShim(kind: ProviderKind): pulumi.dynamic.ResourceProvider {
+  let shim = shims.get(kind);
+  if (!shim) shims.set(kind, (shim = makeShim(kind)));
+  return shim;
+}
+
+function makeShim(kind: ProviderKind): pulumi.dynamic.ResourceProvider {
   const load = () => {
     let runtime;
     try {

@@ -35,7 +35,14 @@ const sha256 = (b: Buffer) => require("node:crypto").createHash("sha256").update
 describe("serialized provider shim", () => {
   let text: string;
   beforeAll(async () => {
-    text = (await pulumi.runtime.serializeFunction(() => providerShim("measurement"))).text;
+    // Exactly what pulumi.dynamic.Resource serializes: a function returning the provider object.
+    const shim = providerShim("measurement");
+    text = (await pulumi.runtime.serializeFunction(() => shim)).text;
+  });
+
+  it("is one object per kind, so the SDK serializes it once however many resources use it", () => {
+    expect(providerShim("image")).toBe(providerShim("image"));
+    expect(providerShim("image")).not.toBe(providerShim("measurement"));
   });
 
   it("is tiny and carries no absolute path", () => {
@@ -68,7 +75,8 @@ describe("serialized provider shim", () => {
 const via: Array<[string, (kind: keyof typeof providers) => Promise<any>]> = [ // eslint-disable-line @typescript-eslint/no-explicit-any
   ["direct", async (kind) => providers[kind]],
   ["serialized shim", async (kind) => {
-    const t = (await pulumi.runtime.serializeFunction(() => providerShim(kind))).text;
+    const shim = providerShim(kind);
+    const t = (await pulumi.runtime.serializeFunction(() => shim)).text;
     const Module = require("node:module");  
     const m = new Module(path.join(repoRoot, "shim.js"));
     m.paths = Module._nodeModulePaths(repoRoot);
