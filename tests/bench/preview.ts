@@ -40,7 +40,7 @@ export async function previewBench(table: (t: string, h: string[], r: string[][]
       ["  loading tdxvm into the provider host (once per preview)", `${load.toFixed(3)} s`, "—", "—", "—"],
     ];
     // Each provider on the stack's own state, as the host calls it: check(old inputs, new inputs), then diff.
-    const { providers } = require("module").createRequire(path.join(repoRoot, "package.json"))("tdxvm/dynamic"); // eslint-disable-line @typescript-eslint/no-require-imports
+    const { providers } = require("module").createRequire(path.join(repoRoot, "package.json"))("tdxvm/dynamic");  
     const state = await loadState(path.join(dir, "state.json"));
     for (const r of state.resources.filter((x) => x.type.startsWith("pulumi-nodejs:dynamic/"))) {
       const kind = r.type.endsWith("ImageBake") ? "image" : "measurement";
