@@ -1,73 +1,47 @@
 /**
- * Dev boot: a bake's disk booted under QEMU + OVMF + swtpm from the tools tree (DESIGN.md §4),
- * with the serial console captured. Used to read the guest's own view of its measurements.
- * Not a TD: this is an emulated VM with a software TPM (PCR banks of your choice).
+ * Dev boot: a bake's disk booted once under QEMU + OVMF + swtpm (DESIGN.md §4) until the guest
+ * powers off, with the serial console captured — the guest's own view of its measurements.
+ * The same VM as TdxDeployment's qemu target (./qemu.ts), waited on to the end. Not a TD.
  */
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { TdxError } from "../errors";
-import { sandboxArgv, runStreaming } from "../bake/sandbox";
-import { shQuote } from "../compile/shell";
+import { startVm, stopVm, vmRunning } from "./qemu";
 
 export interface DevBootOptions {
   toolsRoot: string;
-  /** Raw GPT disk to boot from (opened with snapshot=on: never modified). */
+  /** Raw GPT disk to boot from (never modified: the VM writes to an overlay). */
   disk: string;
-  /** Directory for swtpm state, OVMF vars and serial.log (created). */
+  /** Directory for the VM's state and serial.log (created). */
   workDir: string;
   memoryMiB?: number;
   cpus?: number;
-  pcrBanks?: Array<"sha1" | "sha256" | "sha384" | "sha512">;
-  /** "kvm" only when KVM really runs guests here (see detectKvm). */
+  pcrBanks?: Array<"sha256" | "sha384">;
+  /** "kvm" only when KVM really runs guests here (see probeKvm). */
   accel?: "tcg" | "kvm";
   timeoutMs?: number;
-  onLine?: (line: string) => void;
 }
 
-export interface DevBootResult { serial: string; exitCode: number | null; qemuArgs: string[] }
-
-export function qemuDevArgs(o: { disk: string; vars: string; sock: string; serial: string; memoryMiB: number; cpus: number; accel: "tcg" | "kvm" }): string[] {
-  return [
-    "qemu-system-x86_64",
-    "-machine", `q35,accel=${o.accel}`, "-cpu", o.accel === "kvm" ? "host" : "max", "-smp", String(o.cpus), "-m", String(o.memoryMiB),
-    "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-    "-drive", `if=pflash,format=raw,unit=1,file=${o.vars}`,
-    "-chardev", `socket,id=chrtpm,path=${o.sock}`, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0",
-    "-display", "none", "-serial", `file:${o.serial}`, "-no-reboot", "-nic", "none",
-    "-drive", `if=virtio,format=raw,file=${o.disk},snapshot=on`,
-  ];
-}
+export interface DevBootResult { serial: string; qemuArgs: string[]; seconds: number }
 
 export async function devBoot(o: DevBootOptions): Promise<DevBootResult> {
-  await fs.mkdir(path.join(o.workDir, "tpm"), { recursive: true });
-  const D = "/work/boot";
-  const diskInside = `/work/disk/${path.basename(o.disk)}`;
-  const timeoutS = Math.ceil((o.timeoutMs ?? 10 * 60_000) / 1000);
-  const qemu = qemuDevArgs({ disk: diskInside, vars: `${D}/vars.fd`, sock: `${D}/swtpm.sock`, serial: `${D}/serial.log`, memoryMiB: o.memoryMiB ?? 2048, cpus: o.cpus ?? 2, accel: o.accel ?? "tcg" });
-  const script = [
-    "set -eu",
-    `D=${D}`,
-    `swtpm_setup --tpm2 --tpmstate "$D/tpm" --pcr-banks ${(o.pcrBanks ?? ["sha256", "sha384"]).join(",")} --overwrite --logfile "$D/swtpm_setup.log" >/dev/null`,
-    `swtpm socket --tpm2 --tpmstate dir="$D/tpm" --ctrl type=unixio,path="$D/swtpm.sock" --log file="$D/swtpm.log" --flags startup-clear &`,
-    `for i in $(seq 50); do [ -S "$D/swtpm.sock" ] && break; sleep 0.1; done`,
-    `cp /usr/share/OVMF/OVMF_VARS_4M.fd "$D/vars.fd"`,
-    `: > "$D/serial.log"`,
-    `exec timeout --kill-after=10 ${timeoutS} ${qemu.map(shQuote).join(" ")}`,
-  ].join("\n");
-  const r = await runStreaming(sandboxArgv(o.toolsRoot, ["/bin/sh", "-c", script], [
-    { host: o.workDir, inside: D },
-    { host: path.dirname(path.resolve(o.disk)), inside: "/work/disk", readOnly: true },
-  ]), { onLine: o.onLine, tailLines: 30 });
-  const serial = await fs.readFile(path.join(o.workDir, "serial.log"), "utf8").catch(() => "");
-  if (r.code === 124 || r.code === 137) {
-    throw new TdxError("E_DEPLOYMENT", `dev boot timed out after ${timeoutS} s; last serial lines:\n${serial.split("\n").slice(-15).join("\n")}`, {
-      hint: `See ${path.join(o.workDir, "serial.log")}. Under TCG a boot takes about a minute; raise timeoutMs on slow hosts.`,
-    });
+  await fs.mkdir(o.workDir, { recursive: true });
+  const t0 = Date.now();
+  const timeout = o.timeoutMs ?? 10 * 60_000;
+  const vm = await startVm({ toolsRoot: o.toolsRoot, disk: o.disk, stateDir: path.join(o.workDir, "vm"), memoryMiB: o.memoryMiB, cpus: o.cpus, accel: o.accel ?? "tcg", pcrBanks: o.pcrBanks });
+  while (vmRunning(vm)) {
+    if (Date.now() - t0 > timeout) {
+      const last = (await fs.readFile(vm.serialLog, "utf8").catch(() => "")).split("\n").slice(-15).join("\n");
+      await stopVm(vm, { keepState: true, graceMs: 2000 });
+      throw new TdxError("E_DEPLOYMENT", `dev boot did not power off within ${Math.round(timeout / 1000)} s; last serial lines:\n${last}`, {
+        hint: `See ${vm.serialLog}. Under TCG a boot takes one to three minutes; raise timeoutMs on slow hosts.`,
+      });
+    }
+    await new Promise((r) => setTimeout(r, 500));
   }
-  if (r.code !== 0) {
-    throw new TdxError("E_DEPLOYMENT", `QEMU exited with ${r.code ?? r.signal}: ${r.tail.slice(-10).join("\n")}`, { hint: `See ${path.join(o.workDir, "serial.log")} and swtpm.log.` });
-  }
-  return { serial, exitCode: r.code, qemuArgs: qemu };
+  const serial = await fs.readFile(vm.serialLog, "utf8").catch(() => "");
+  await stopVm(vm, { keepState: true });
+  return { serial, qemuArgs: vm.qemuArgs, seconds: (Date.now() - t0) / 1000 };
 }
 
 /** What the ground-truth guest printed: PCR values per bank, the firmware's TCG2 event log, systemd's userspace log. */

@@ -13,7 +13,7 @@ import { statSync } from "node:fs";
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { findOnPath } from "../recipe/image";
-import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, withTimeout, CheckFailure } from "./common";
+import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, withTimeout, CheckFailure , omit, pick } from "./common";
 
 export const AzureBlobArgs = z.object({
   file: z.string().min(1),
@@ -96,11 +96,11 @@ async function upload(a: AzureBlobArgsT, name: string): Promise<Record<string, u
 }
 
 const OUT = ["url", "blobType", "uploadedSize", "uploadSeconds", "exists"];
-const inputsOnly = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(declared(o)).filter(([k]) => !OUT.includes(k)));
+const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
 export const azureBlobProvider = {
   async check(_olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
-    const inputs = Object.fromEntries(Object.entries(news).filter(([k]) => !OUT.includes(k)));
+    const inputs = omit(news, OUT);
     if (isUnknown(declared(inputs))) return { inputs };
     const p = parseInputs(AzureBlobArgs, declared(inputs));
     if (!p.ok) return { inputs, failures: p.failures };
@@ -125,7 +125,7 @@ export const azureBlobProvider = {
     });
   },
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    return { outs: { ...inputsOnly(news), ...Object.fromEntries(OUT.filter((k) => olds[k] !== undefined).map((k) => [k, olds[k]])) } };
+    return { outs: { ...inputsOnly(news), ...pick(olds, OUT) } };
   },
   async read(id: string, props: Record<string, unknown>) {
     return guarded(async () => {

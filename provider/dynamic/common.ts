@@ -23,6 +23,16 @@ export function declared(inputs: Record<string, unknown>): Record<string, unknow
   return rest;
 }
 
+/** `o` without `keys` (a provider's inputs without the fields it computes). */
+export function omit(o: Record<string, unknown>, keys: ReadonlyArray<string>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(o).filter(([k]) => !keys.includes(k)));
+}
+
+/** The `keys` of `o` that are set (a provider's computed fields, to carry over). */
+export function pick(o: Record<string, unknown>, keys: ReadonlyArray<string>): Record<string, unknown> {
+  return Object.fromEntries(keys.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
+}
+
 export interface CheckFailure { property: string; reason: string }
 
 /** A check failure for a TdxError (code and hint stay visible in `pulumi preview`). */

@@ -11,7 +11,7 @@ import * as http from "node:http";
 import * as https from "node:https";
 import { z } from "zod";
 import { TdxError } from "../errors";
-import { isUnknown, declared, parseInputs, guarded, log, withTimeout, CheckFailure } from "./common";
+import { isUnknown, declared, parseInputs, guarded, log, withTimeout, CheckFailure , omit, pick } from "./common";
 
 export const GateArgs = z.object({
   /** What is being gated (e.g. the VM id): a new target gets a new gate. */
@@ -83,11 +83,11 @@ async function pass(a: GateArgsT, name: string): Promise<Record<string, unknown>
 }
 
 const OUT = ["passed", "attempts", "seconds"];
-const inputsOnly = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(declared(o)).filter(([k]) => !OUT.includes(k)));
+const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
 export const gateProvider = {
   async check(_olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
-    const inputs = Object.fromEntries(Object.entries(news).filter(([k]) => !OUT.includes(k)));
+    const inputs = omit(news, OUT);
     if (isUnknown(declared(inputs))) return { inputs };
     const p = parseInputs(GateArgs, declared(inputs));
     return p.ok ? { inputs } : { inputs, failures: p.failures };
@@ -104,7 +104,7 @@ export const gateProvider = {
     });
   },
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    return { outs: { ...inputsOnly(news), ...Object.fromEntries(OUT.map((k) => [k, olds[k]])) } };
+    return { outs: { ...inputsOnly(news), ...pick(olds, OUT) } };
   },
   async read(id: string, props: Record<string, unknown>) {
     return { id, props: declared(props) };

@@ -20,7 +20,7 @@ import { TARGETS } from "../recipe/schema";
 import { bake, planBake, BakeResult, BakeOptions } from "../bake";
 import { digestOf } from "../recipe/digest";
 import { defaultCacheDir } from "../pipeline";
-import { UNKNOWN, isUnknown, declared, failureOf, parseInputs, guarded, log, storePath, loadPath, CheckFailure } from "./common";
+import { UNKNOWN, isUnknown, declared, failureOf, parseInputs, guarded, log, storePath, loadPath, CheckFailure , omit, pick as pickKeys } from "./common";
 
 export const IMAGE_STATE_VERSION = 1;
 
@@ -95,7 +95,7 @@ async function runBake(a: ImageArgsT, name: string): Promise<ImageComputed> {
 const COMPUTED_KEYS = ["stateVersion", "recipeDigest", "bakeKey", "lockDigest", "artifacts", "reportPath", "systemdStub", "missing"];
 
 function userInputs(news: Record<string, unknown>): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(news).filter(([k]) => !COMPUTED_KEYS.includes(k)));
+  return omit(news, COMPUTED_KEYS);
 }
 
 export const imageProvider = {
@@ -161,7 +161,7 @@ export const imageProvider = {
 };
 
 function pick(o: Partial<ImageComputed>): ImageComputed {
-  return Object.fromEntries(COMPUTED_KEYS.filter((k) => k !== "missing" && (o as Record<string, unknown>)[k] !== undefined).map((k) => [k, (o as Record<string, unknown>)[k]])) as unknown as ImageComputed;
+  return pickKeys(o as Record<string, unknown>, COMPUTED_KEYS.filter((k) => k !== "missing")) as unknown as ImageComputed;
 }
 
 /** create/update: the checked inputs already carry a bake (bakeOnPreview) unless the cache lost it. */

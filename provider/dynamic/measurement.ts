@@ -14,7 +14,7 @@ import { digestOf } from "../recipe/digest";
 import { measureBake, firmwarePath } from "../measure/api";
 import { defaultCacheDir } from "../pipeline";
 import { diffMeasurements, diffToMarkdown, Measurements, RegisterValue } from "../measure/ledger";
-import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, CheckFailure } from "./common";
+import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, CheckFailure , omit, pick as pickKeys } from "./common";
 import type { ArtifactOut } from "./image";
 
 export const MEASUREMENT_STATE_VERSION = 1;
@@ -59,7 +59,7 @@ export interface MeasurementComputed {
 }
 
 const COMPUTED = ["stateVersion", "measurementKey", "registers", "status", "ledger", "assumptions", "diffMarkdown"];
-const userInputs = (n: Record<string, unknown>) => Object.fromEntries(Object.entries(n).filter(([k]) => !COMPUTED.includes(k)));
+const userInputs = (n: Record<string, unknown>) => omit(n, COMPUTED);
 
 function need(a: MeasurementArgsT, key: string): ArtifactOut {
   const x = a.image.artifacts[key];
@@ -131,7 +131,7 @@ async function compute(a: MeasurementArgsT, previous: Partial<MeasurementCompute
 }
 
 function pick(o: Record<string, unknown>): MeasurementComputed {
-  return Object.fromEntries(COMPUTED.filter((k) => o[k] !== undefined).map((k) => [k, o[k]])) as unknown as MeasurementComputed;
+  return pickKeys(o, COMPUTED) as unknown as MeasurementComputed;
 }
 
 export const measurementProvider = {

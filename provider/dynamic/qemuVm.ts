@@ -26,7 +26,7 @@ import { SecretDecl } from "../recipe/schema";
 import { SecretsDelivery } from "../secrets";
 import { startVm, waitReady, stopVm, vmRunning, newStateDir, sweepStale, markReady, procStartTime, bootId, VmInfo, VM_STATE_VERSION } from "../deploy/qemu";
 import { probeKvm, tdxSupport, parseQemuVersion } from "../deploy/host";
-import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, storePath, withTimeout, CheckFailure } from "./common";
+import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, storePath, withTimeout, CheckFailure , omit, pick } from "./common";
 
 export const SECRETS_FW_CFG = "opt/io.tdxvm/secrets";
 
@@ -86,7 +86,7 @@ function checkSecrets(a: QemuVmArgsT): void {
 
 export const qemuVmProvider = {
   async check(_olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
-    const inputs = Object.fromEntries(Object.entries(news).filter(([k]) => !OUT_KEYS.includes(k)));
+    const inputs = omit(news, OUT_KEYS);
     if (isUnknown(declared(inputs))) return { inputs };
     const parsed = parseInputs(QemuVmArgs, declared(inputs));
     if (!parsed.ok) return { inputs, failures: parsed.failures };
@@ -184,7 +184,7 @@ export const qemuVmProvider = {
 
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ outs: Record<string, unknown> }> {
     // Only readiness/expected changed (everything else replaces): the running VM stays.
-    const kept = Object.fromEntries(OUT_KEYS.filter((k) => olds[k] !== undefined).map((k) => [k, olds[k]]));
+    const kept = pick(olds, OUT_KEYS);
     return { outs: { ...publicInputs(news), ...kept } };
   },
 
@@ -207,7 +207,7 @@ function publicInputs(inputs: Record<string, unknown>): Record<string, unknown> 
   const { secrets: _s, __provider: _p, ...rest } = inputs;
   void _s;
   void _p;
-  return Object.fromEntries(Object.entries(rest).filter(([k]) => !OUT_KEYS.includes(k)));
+  return omit(rest, OUT_KEYS);
 }
 
 function outputsOf(vm: VmInfo, a: QemuVmArgsT, x: { warning: string | null; isTd: boolean; readySeconds: number }): Record<string, unknown> {
