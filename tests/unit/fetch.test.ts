@@ -15,7 +15,7 @@ import { pathToFileURL } from "node:url";
 import fc from "fast-check";
 import { TdxError } from "../../provider/errors";
 import { ContentStore, fetchInput, parseSri } from "../../provider/fetch";
-import { tdxErrorOf } from "../helpers";
+import { tdxErrorOf, walk as walkFiles } from "../helpers";
 
 type Alg = "sha256" | "sha384" | "sha512";
 const ALGS: Alg[] = ["sha256", "sha384", "sha512"];
@@ -24,26 +24,6 @@ const MiB = 1024 * 1024;
 const sri = (alg: Alg, bytes: Buffer) => `${alg}-${createHash(alg).update(bytes).digest("base64")}`;
 const hex = (alg: Alg, bytes: Buffer) => createHash(alg).update(bytes).digest("hex");
 
-/** Every non-directory entry below dir (relative paths, sorted). */
-async function walkFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  const rec = async (d: string) => {
-    let entries;
-    try {
-      entries = await fs.readdir(d, { withFileTypes: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
-      throw e;
-    }
-    for (const e of entries) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) await rec(p);
-      else out.push(path.relative(dir, p));
-    }
-  };
-  await rec(dir);
-  return out.sort();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Loopback test server

@@ -20,7 +20,7 @@ import { TdxError } from "../../provider/errors";
 import { Init } from "../../provider/modules/init";
 import { Image } from "../../provider/recipe/image";
 import { SecretSchema, SecretTarget, SecretsDelivery, declareSecret, SecretOptions, PayloadReport } from "../../provider/secrets";
-import { tdxErrorOf } from "../helpers";
+import { tdxErrorOf, walk as walkFiles } from "../helpers";
 
 const asRoot = process.getuid?.() === 0;
 const itRoot = asRoot ? it : it.skip;
@@ -35,26 +35,6 @@ function syncTdxErrorOf(fn: () => unknown): TdxError {
   throw new Error("expected a TdxError, but nothing was thrown");
 }
 
-/** Every non-directory entry below dir (relative paths, sorted). */
-async function walkFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  const rec = async (d: string) => {
-    let entries;
-    try {
-      entries = await fs.readdir(d, { withFileTypes: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
-      throw e;
-    }
-    for (const e of entries) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) await rec(p);
-      else out.push(path.relative(dir, p));
-    }
-  };
-  await rec(dir);
-  return out.sort();
-}
 
 const delivery = (secrets: Record<string, SecretOptions>, opts: { completion?: "required" | "all"; rejectUnknown?: boolean } = {}): SecretsDelivery =>
   new Init({ secrets }).secretsDelivery("http_post", opts);
