@@ -13,7 +13,7 @@ import { statSync } from "node:fs";
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { findOnPath } from "../recipe/image";
-import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, withTimeout, CheckFailure , omit, pick } from "./common";
+import { declared, failureOf, guarded, log, loadPath, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs } from "./common";
 
 export const AzureBlobArgs = z.object({
   file: z.string().min(1),
@@ -100,11 +100,10 @@ const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
 export const azureBlobProvider = {
   async check(_olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
-    const inputs = omit(news, OUT);
-    if (isUnknown(declared(inputs))) return { inputs };
-    const p = parseInputs(AzureBlobArgs, declared(inputs));
-    if (!p.ok) return { inputs, failures: p.failures };
-    if (p.value.size % 512 !== 0) return { inputs, failures: [failureOf(new TdxError("E_VALIDATION", `a page blob must be a multiple of 512 bytes (got ${p.value.size})`, { details: { property: "size" } }))] };
+    const start = checkStart(AzureBlobArgs, news, OUT);
+    if (start.done) return start.done;
+    const { inputs, value } = start;
+    if (value.size % 512 !== 0) return { inputs, failures: [failureOf(new TdxError("E_VALIDATION", `a page blob must be a multiple of 512 bytes (got ${value.size})`, { details: { property: "size" } }))] };
     return { inputs };
   },
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
@@ -118,10 +117,9 @@ export const azureBlobProvider = {
   },
   async create(inputs: Record<string, unknown>) {
     return guarded(async () => {
-      const p = parseInputs(AzureBlobArgs, inputsOnly(inputs));
-      if (!p.ok) throw new TdxError("E_VALIDATION", p.failures.map((f) => `${f.property}: ${f.reason}`).join("; "));
-      const outs = await upload(p.value, "TdxDeployment/azure");
-      return { id: `${p.value.accountName}/${p.value.containerName}/${p.value.blobName}`, outs: { ...inputsOnly(inputs), ...outs, exists: true } };
+      const a = requireInputs(AzureBlobArgs, inputsOnly(inputs));
+      const outs = await upload(a, "TdxDeployment/azure");
+      return { id: `${a.accountName}/${a.containerName}/${a.blobName}`, outs: { ...inputsOnly(inputs), ...outs, exists: true } };
     });
   },
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {

@@ -50,6 +50,26 @@ export function parseInputs<T>(schema: z.ZodType<T>, inputs: unknown): { ok: tru
   };
 }
 
+/** Validated inputs for create/update (check already reported failures; this is the backstop). */
+export function requireInputs<T>(schema: z.ZodType<T>, inputs: unknown): T {
+  const p = parseInputs(schema, inputs);
+  if (!p.ok) throw new TdxError("E_VALIDATION", p.failures.map((f) => `${f.property}: ${f.reason}`).join("; "));
+  return p.value;
+}
+
+export type CheckStart<T> = { done: { inputs: Record<string, unknown>; failures?: CheckFailure[] } } | { done?: undefined; inputs: Record<string, unknown>; value: T };
+
+/**
+ * The start of every provider's check: drop the fields the provider computes, pass inputs with
+ * unknown values through untouched (preview: nothing to compute yet), validate the rest.
+ */
+export function checkStart<T>(schema: z.ZodType<T>, news: Record<string, unknown>, computed: ReadonlyArray<string>): CheckStart<T> {
+  const inputs = omit(news, computed);
+  if (isUnknown(declared(inputs))) return { done: { inputs } };
+  const p = parseInputs(schema, declared(inputs));
+  return p.ok ? { inputs, value: p.value } : { done: { inputs, failures: p.failures } };
+}
+
 /**
  * Errors from create/update/delete reach the user as a plain message (the host keeps only
  * `message`): fold the code and the hint into it.

@@ -11,7 +11,7 @@ import * as http from "node:http";
 import * as https from "node:https";
 import { z } from "zod";
 import { TdxError } from "../errors";
-import { isUnknown, declared, parseInputs, guarded, log, withTimeout, CheckFailure , omit, pick } from "./common";
+import { declared, guarded, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs } from "./common";
 
 export const GateArgs = z.object({
   /** What is being gated (e.g. the VM id): a new target gets a new gate. */
@@ -87,10 +87,8 @@ const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
 export const gateProvider = {
   async check(_olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
-    const inputs = omit(news, OUT);
-    if (isUnknown(declared(inputs))) return { inputs };
-    const p = parseInputs(GateArgs, declared(inputs));
-    return p.ok ? { inputs } : { inputs, failures: p.failures };
+    const start = checkStart(GateArgs, news, OUT);
+    return start.done ?? { inputs: start.inputs };
   },
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
     const replaces = ["target", "url", "expectStatus", "expectRegisters"].filter((k) => JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null));
@@ -98,9 +96,8 @@ export const gateProvider = {
   },
   async create(inputs: Record<string, unknown>) {
     return guarded(async () => {
-      const p = parseInputs(GateArgs, inputsOnly(inputs));
-      if (!p.ok) throw new TdxError("E_VALIDATION", p.failures.map((f) => `${f.property}: ${f.reason}`).join("; "));
-      return { id: `gate-${p.value.target}`, outs: { ...inputsOnly(inputs), ...(await pass(p.value, "TdxDeployment/gate")) } };
+      const a = requireInputs(GateArgs, inputsOnly(inputs));
+      return { id: `gate-${a.target}`, outs: { ...inputsOnly(inputs), ...(await pass(a, "TdxDeployment/gate")) } };
     });
   },
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {

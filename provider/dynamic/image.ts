@@ -14,13 +14,12 @@
 import { existsSync, statSync } from "node:fs";
 import * as path from "node:path";
 import { z } from "zod";
-import { TdxError } from "../errors";
 import { Image } from "../recipe/image";
 import { TARGETS } from "../recipe/schema";
 import { bake, planBake, BakeResult, BakeOptions } from "../bake";
 import { digestOf } from "../recipe/digest";
 import { defaultCacheDir } from "../pipeline";
-import { UNKNOWN, isUnknown, declared, failureOf, parseInputs, guarded, log, storePath, loadPath, CheckFailure , omit, pick as pickKeys } from "./common";
+import { UNKNOWN, isUnknown, declared, failureOf, guarded, log, storePath, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs } from "./common";
 
 export const IMAGE_STATE_VERSION = 1;
 
@@ -100,11 +99,9 @@ function userInputs(news: Record<string, unknown>): Record<string, unknown> {
 
 export const imageProvider = {
   async check(olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
-    const inputs = userInputs(news);
-    if (isUnknown(declared(inputs))) return { inputs }; // preview with unknown inputs: nothing to compute yet
-    const parsed = parseInputs(ImageArgs, declared(inputs));
-    if (!parsed.ok) return { inputs, failures: parsed.failures };
-    const a = parsed.value;
+    const start = checkStart(ImageArgs, news, COMPUTED_KEYS);
+    if (start.done) return start.done;
+    const { inputs, value: a } = start;
     try {
       const img = image(a);
       const plan = await planBake({ recipe: img.recipe, projectDir: img.projectDir }, bakeOptions(a));
@@ -166,9 +163,8 @@ function pick(o: Partial<ImageComputed>): ImageComputed {
 
 /** create/update: the checked inputs already carry a bake (bakeOnPreview) unless the cache lost it. */
 async function ensureBaked(inputs: Record<string, unknown>): Promise<ImageComputed> {
-  const parsed = parseInputs(ImageArgs, declared(userInputs(inputs)));
-  if (!parsed.ok) throw new TdxError("E_VALIDATION", parsed.failures.map((f) => `${f.property}: ${f.reason}`).join("; "));
+  const a = requireInputs(ImageArgs, declared(userInputs(inputs)));
   const have = inputs as Partial<ImageComputed>;
   if (have.artifacts && have.bakeKey && have.bakeKey !== UNKNOWN && !missingArtifacts(have.artifacts).length) return pick(have);
-  return runBake(parsed.value, "TdxImage");
+  return runBake(a, "TdxImage");
 }

@@ -14,7 +14,7 @@ import { digestOf } from "../recipe/digest";
 import { measureBake, firmwarePath } from "../measure/api";
 import { defaultCacheDir } from "../pipeline";
 import { diffMeasurements, diffToMarkdown, Measurements, RegisterValue } from "../measure/ledger";
-import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, CheckFailure , omit, pick as pickKeys } from "./common";
+import { isUnknown, declared, failureOf, guarded, log, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs } from "./common";
 import type { ArtifactOut } from "./image";
 
 export const MEASUREMENT_STATE_VERSION = 1;
@@ -136,15 +136,14 @@ function pick(o: Record<string, unknown>): MeasurementComputed {
 
 export const measurementProvider = {
   async check(olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
-    const inputs = userInputs(news);
-    // Unknown image outputs (bakeOnPreview: false, or a new image): the registers will be recomputed.
-    if (isUnknown(declared(inputs))) return { inputs };
-    const parsed = parseInputs(MeasurementArgs, declared(inputs));
-    if (!parsed.ok) return { inputs, failures: parsed.failures };
+    // Unknown image outputs (bakeOnPreview: false, or a new image) pass through: the registers will be recomputed.
+    const start = checkStart(MeasurementArgs, news, COMPUTED);
+    if (start.done) return start.done;
+    const { inputs, value } = start;
     try {
-      const key = await measurementKey(parsed.value);
+      const key = await measurementKey(value);
       if (olds.measurementKey === key && olds.registers) return { inputs: { ...inputs, ...pick(olds) } };
-      return { inputs: { ...inputs, ...(await compute(parsed.value, olds)) } };
+      return { inputs: { ...inputs, ...(await compute(value, olds)) } };
     } catch (e) {
       return { inputs, failures: [failureOf(e, "image")] };
     }
@@ -179,7 +178,5 @@ export const measurementProvider = {
 
 async function ensure(inputs: Record<string, unknown>, olds: Record<string, unknown>): Promise<MeasurementComputed> {
   if (inputs.measurementKey && inputs.registers) return pick(inputs);
-  const parsed = parseInputs(MeasurementArgs, declared(userInputs(inputs)));
-  if (!parsed.ok) throw new TdxError("E_VALIDATION", parsed.failures.map((f) => `${f.property}: ${f.reason}`).join("; "));
-  return compute(parsed.value, olds);
+  return compute(requireInputs(MeasurementArgs, declared(userInputs(inputs))), olds);
 }

@@ -26,7 +26,7 @@ import { SecretDecl } from "../recipe/schema";
 import { SecretsDelivery } from "../secrets";
 import { startVm, waitReady, stopVm, vmRunning, newStateDir, sweepStale, markReady, procStartTime, bootId, VmInfo, VM_STATE_VERSION } from "../deploy/qemu";
 import { probeKvm, tdxSupport, parseQemuVersion } from "../deploy/host";
-import { isUnknown, declared, failureOf, parseInputs, guarded, log, loadPath, storePath, withTimeout, CheckFailure , omit, pick } from "./common";
+import { isUnknown, declared, failureOf, guarded, log, loadPath, storePath, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs } from "./common";
 
 export const SECRETS_FW_CFG = "opt/io.tdxvm/secrets";
 
@@ -86,14 +86,13 @@ function checkSecrets(a: QemuVmArgsT): void {
 
 export const qemuVmProvider = {
   async check(_olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
-    const inputs = omit(news, OUT_KEYS);
-    if (isUnknown(declared(inputs))) return { inputs };
-    const parsed = parseInputs(QemuVmArgs, declared(inputs));
-    if (!parsed.ok) return { inputs, failures: parsed.failures };
+    const start = checkStart(QemuVmArgs, news, OUT_KEYS);
+    if (start.done) return start.done;
+    const { inputs, value } = start;
     try {
-      disk(parsed.value);
-      checkSecrets(parsed.value);
-      const pinned = parsed.value.ports.filter((p) => p.host !== undefined).map((p) => p.host);
+      disk(value);
+      checkSecrets(value);
+      const pinned = value.ports.filter((p) => p.host !== undefined).map((p) => p.host);
       if (new Set(pinned).size !== pinned.length) throw new TdxError("E_VALIDATION", "two port forwards use the same host port", { hint: "Give each forward its own host port, or leave host unset to pick a free one.", details: { property: "ports" } });
     } catch (e) {
       return { inputs, failures: [failureOf(e)] };
@@ -130,9 +129,7 @@ export const qemuVmProvider = {
 
   async create(inputs: Record<string, unknown>): Promise<{ id: string; outs: Record<string, unknown> }> {
     return guarded(async () => {
-      const parsed = parseInputs(QemuVmArgs, declared(inputs));
-      if (!parsed.ok) throw new TdxError("E_VALIDATION", parsed.failures.map((f) => `${f.property}: ${f.reason}`).join("; "));
-      const a = parsed.value;
+      const a = requireInputs(QemuVmArgs, declared(inputs));
       checkSecrets(a);
       const cacheDir = a.cacheDir ? loadPath(a.cacheDir) : defaultCacheDir();
       const tools = await ensureToolsTree({ cacheDir, mirror: DEFAULT_DEBIAN.mirror });
