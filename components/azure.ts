@@ -1,5 +1,5 @@
 /**
- * The azure target's resource graph (DESIGN.md §7): the baked fixed VHD, uploaded as a page
+ * The azure target's resource graph (docs/design.md §6): the baked fixed VHD, uploaded as a page
  * blob, published as a Compute Gallery image version that supports confidential VMs, and
  * booted on DCesv5-class Intel TDX confidential VMs with a vTPM.
  *

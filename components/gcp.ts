@@ -1,5 +1,5 @@
 /**
- * The gcp target's resource graph (DESIGN.md §7): the baked `tar.gz` (disk.raw, whole GiB,
+ * The gcp target's resource graph (docs/design.md §6): the baked `tar.gz` (disk.raw, whole GiB,
  * oldgnu sparse) in a bucket, a compute.Image that is TDX-capable, and C3 Intel TDX
  * confidential instances booting from it.
  *

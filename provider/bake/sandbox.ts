@@ -1,5 +1,5 @@
 /**
- * Run a command inside the Debian trixie tools tree (DESIGN.md §3 mount set).
+ * Run a command inside the Debian trixie tools tree (docs/design.md §2 mount set).
  *
  * All mounts are made inside a private mount namespace (`unshare --mount --propagation
  * private`) and every process runs in a new PID namespace: when the sandbox ends — normally,

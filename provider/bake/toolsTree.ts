@@ -1,6 +1,6 @@
 /**
  * The Debian trixie tools tree: mkosi 25 and everything it and our boots need, installed by
- * debootstrap + apt from the Debian archive into the cache (DESIGN.md §3, recipe 1).
+ * debootstrap + apt from the Debian archive into the cache (docs/design.md §2, recipe 1).
  *
  * Layout: <cacheDir>/tools/trixie/ (the tree) and <cacheDir>/tools/trixie.json (manifest:
  * package versions, mirror, creation time). Built in a temp dir and renamed into place; a

@@ -1,5 +1,5 @@
 /**
- * Dev boot: a bake's disk booted once under QEMU + OVMF + swtpm (DESIGN.md §4) until the guest
+ * Dev boot: a bake's disk booted once under QEMU + OVMF + swtpm (docs/design.md §3) until the guest
  * powers off, with the serial console captured — the guest's own view of its measurements.
  * The same VM as TdxDeployment's qemu target (./qemu.ts), waited on to the end. Not a TD.
  */

@@ -11,7 +11,7 @@
  *
  * Two shapes: an emulated dev VM (OVMF in pflash + swtpm TPM 2.0; NOT a TD — nothing is
  * confidential) and, when the host can run one, a TD (`tdx-guest` object, TDVF via -bios, no
- * pflash, no SMM, no TPM), following DESIGN.md §4.
+ * pflash, no SMM, no TPM), following docs/design.md §3.
  */
 import { spawn } from "node:child_process";
 import { promises as fs, existsSync, openSync, closeSync, readFileSync } from "node:fs";
@@ -84,7 +84,7 @@ export function qemuArgs(o: {
     ...o.fwCfg.flatMap((n) => ["-fw_cfg", `name=${n},file=${D}/fwcfg/${n.replace(/\//g, "_")}`]),
   ];
   if (o.tdx) {
-    // DESIGN.md §4: QEMU ≥ 10.1 on a TDX host; TDVF as -bios, no pflash, no SMM, split irqchip.
+    // docs/design.md §3: QEMU ≥ 10.1 on a TDX host; TDVF as -bios, no pflash, no SMM, split irqchip.
     return [
       "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host",
       "-object", '{"qom-type":"tdx-guest","id":"tdx0"}',

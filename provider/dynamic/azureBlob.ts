@@ -1,5 +1,5 @@
 /**
- * Dynamic provider: upload the baked fixed VHD to an Azure **page** blob (DESIGN.md §7 —
+ * Dynamic provider: upload the baked fixed VHD to an Azure **page** blob (docs/design.md §6 —
  * azure-native's storage.Blob cannot create page blobs, pulumi-azure-native #2151) with the
  * Azure CLI, then check what landed: blob type PageBlob and length = the file's size (the
  * VHD's sha256 is recorded in the blob's metadata for later audits; the service computes no

@@ -1,5 +1,5 @@
 /**
- * Shared plumbing of tdxvm's dynamic providers (DESIGN.md §6): unknown values, check failures,
+ * Shared plumbing of tdxvm's dynamic providers (docs/design.md §5): unknown values, check failures,
  * errors that keep their code and hint across the gRPC boundary, logging to stderr.
  */
 import * as path from "node:path";
@@ -107,7 +107,7 @@ export function loadPath(p: string): string {
   return path.resolve(process.cwd(), p);
 }
 
-/** Run `fn` with a deadline: the engine has none for dynamic providers (DESIGN.md §6). */
+/** Run `fn` with a deadline: the engine has none for dynamic providers (docs/design.md §5). */
 export async function withTimeout<T>(ms: number, what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const ac = new AbortController();
   let timer: NodeJS.Timeout | undefined;

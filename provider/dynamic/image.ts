@@ -4,7 +4,7 @@
  * - check validates (zod), computes the bake plan (lock and compile in memory: cheap), and —
  *   with bakeOnPreview (default) — bakes or takes the cached bake, returning the artifact
  *   digests as checked inputs. That is what lets `pulumi preview` show digests and, through
- *   TdxMeasurement, register values (the CLI diffs inputs; DESIGN.md §6). An unchanged stack
+ *   TdxMeasurement, register values (the CLI diffs inputs; docs/design.md §5). An unchanged stack
  *   reuses the previous inputs without touching the cache.
  * - diff compares the bake key (recipe, lock, sources, profile, targets, tool versions); a
  *   change is an update (re-bake), never a replace: an image is a build product.

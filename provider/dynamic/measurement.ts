@@ -3,7 +3,7 @@
  *
  * Register values are computed in check and returned as checked inputs, so `pulumi preview`
  * on a pull request lists every register that changes, old → new (the CLI draws its diff from
- * inputs; DESIGN.md §6). An unchanged image reuses the previous values without reading a byte.
+ * inputs; docs/design.md §5). An unchanged image reuses the previous values without reading a byte.
  * Measuring is pure: update recomputes in place, delete has nothing to remove.
  */
 import { createHash } from "node:crypto";

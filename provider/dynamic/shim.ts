@@ -1,6 +1,6 @@
 /**
  * The provider object Pulumi serializes into every tdxvm dynamic resource's state
- * (`__provider`). It must stay tiny and self-contained (DESIGN.md §6: closure serialization
+ * (`__provider`). It must stay tiny and self-contained (docs/design.md §5: closure serialization
  * breaks on native modules, class instances, ESM and deep paths), so it holds nothing but the
  * provider kind and resolves the runtime when a method runs: `require("tdxvm/dynamic")` from
  * the Pulumi project root (the host's working directory). State written by an older tdxvm

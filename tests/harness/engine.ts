@@ -1,5 +1,5 @@
 /**
- * An engine-free Pulumi harness (DESIGN.md §6): runs a real Pulumi program with the SDK's mock
+ * An engine-free Pulumi harness (docs/design.md §5): runs a real Pulumi program with the SDK's mock
  * monitor replaced by one that behaves like the engine for what tdxvm relies on, and forwards
  * every dynamic resource to the real `@pulumi/pulumi/cmd/dynamic-provider` host over gRPC.
  *

@@ -50,7 +50,7 @@ describe("mkosi emission", () => {
     expect(treeDigest(b)).toBe(treeDigest(a));
   });
 
-  it("carries the DESIGN.md §3 reproducibility and first-boot settings", async () => {
+  it("carries the docs/design.md §2 reproducibility and first-boot settings", async () => {
     const conf = (await compileImage(new Image({ base: "debian/trixie", projectDir: cache }), cache)).get("mkosi.conf")!.data.toString();
     for (const line of ["SourceDateEpoch=0", "Locale=C.UTF-8", "Keymap=us", "Timezone=UTC", "ManifestFormat=json", "Bootloader=uki", "MinimumVersion=25"]) expect(conf).toContain(line);
     expect(conf).toMatch(/^Seed=[0-9a-f-]{36}$/m);
