@@ -32,7 +32,7 @@ export interface TdxImageArgs {
   timeoutMinutes?: pulumi.Input<number>;
 }
 
-const COMPUTED = { stateVersion: undefined, recipeDigest: undefined, bakeKey: undefined, lockDigest: undefined, artifacts: undefined, reportPath: undefined, systemdStub: undefined };
+const COMPUTED = { stateVersion: undefined, recipeDigest: undefined, bakeKey: undefined, lockDigest: undefined, artifacts: undefined, reportPath: undefined, systemdStub: undefined, rootfs: undefined, rootHash: undefined };
 
 /** The dynamic resource that bakes (type pulumi-nodejs:dynamic/tdxvm:ImageBake). */
 export class ImageBake extends pulumi.dynamic.Resource {
@@ -42,6 +42,8 @@ export class ImageBake extends pulumi.dynamic.Resource {
   declare readonly artifacts: pulumi.Output<Record<string, ArtifactOut>>;
   declare readonly reportPath: pulumi.Output<string>;
   declare readonly systemdStub: pulumi.Output<string | null>;
+  declare readonly rootfs: pulumi.Output<"verity" | "initrd" | "none">;
+  declare readonly rootHash: pulumi.Output<string | null>;
   declare readonly profile: pulumi.Output<string>;
 
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
@@ -57,6 +59,9 @@ export class TdxImage extends pulumi.ComponentResource {
   readonly artifacts: pulumi.Output<Record<string, ArtifactOut>>;
   readonly reportPath: pulumi.Output<string>;
   readonly systemdStub: pulumi.Output<string | null>;
+  /** How the root file system is measured ("verity", "initrd", "none") and the verity root hash (null otherwise). */
+  readonly rootfs: pulumi.Output<"verity" | "initrd" | "none">;
+  readonly rootHash: pulumi.Output<string | null>;
   readonly profile: pulumi.Output<string>;
   /** The recipe's declared run-time secrets (names, schemas, targets; never values). */
   readonly secretDecls: SecretDeclData[];
@@ -80,11 +85,13 @@ export class TdxImage extends pulumi.ComponentResource {
     this.artifacts = this.bake.artifacts;
     this.reportPath = this.bake.reportPath;
     this.systemdStub = this.bake.systemdStub;
+    this.rootfs = this.bake.rootfs;
+    this.rootHash = this.bake.rootHash;
     this.profile = this.bake.profile;
     this.targets = pulumi.output(args.targets ?? recipe.outputTargets) as pulumi.Output<Target[]>;
     this.registerOutputs({
       recipeDigest: this.recipeDigest, bakeKey: this.bakeKey, lockDigest: this.lockDigest, artifacts: this.artifacts,
-      reportPath: this.reportPath, systemdStub: this.systemdStub,
+      reportPath: this.reportPath, systemdStub: this.systemdStub, rootfs: this.rootfs, rootHash: this.rootHash,
     });
   }
 

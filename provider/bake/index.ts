@@ -13,7 +13,7 @@ import { execFileSync } from "node:child_process";
 import { TdxError } from "../errors";
 import { digestOf } from "../recipe/digest";
 import { DEFAULT_PROFILE } from "../recipe/resolve";
-import { Target } from "../recipe/schema";
+import { Target, RootFs } from "../recipe/schema";
 import { findOnPath } from "../recipe/image";
 import { treeDigest } from "../compile";
 import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, LOCK_FILE } from "../lock";
@@ -24,8 +24,11 @@ import { withFileLock } from "./filelock";
 import { Progress } from "./progress";
 import { rawToVhd, rawToGceTarball, rawToQcow2 } from "./convert";
 import { limaArgv } from "./lima";
+import { readDiskHead, readUkiCmdline } from "../measure/api";
+import { rootHashOf } from "../measure/boot";
+import { parseGpt } from "../measure/gpt";
 
-export const BAKE_VERSION = 1;
+export const BAKE_VERSION = 2;
 export const REPORT_VERSION = 1;
 
 export type Backend = "local_linux" | "lima";
@@ -64,6 +67,9 @@ export interface BakeResult {
   artifacts: Artifact[];
   tools: { source: "tools-tree" | "host"; versions: Record<string, string> };
   systemdStub: string | null;
+  /** How the root file system is measured (the recipe's choice) and, for verity, the root hash on the UKI's command line. */
+  rootfs: RootFs;
+  rootHash: string | null;
   packages: Array<{ name: string; version: string; architecture?: string }>;
   durations: Record<string, number>;
   mkosiLog: string;
@@ -384,10 +390,35 @@ async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: stri
     artifacts,
     tools: { source: exec.source, versions: exec.versions },
     systemdStub: await stubVersion(uki),
+    rootfs: a.ctx.recipe.rootfs,
+    rootHash: await checkRootHash(a.ctx.recipe.rootfs, uki, raw),
     packages,
     durations: { mkosi: mkosiSeconds },
     mkosiLog: a.logFile,
   };
+}
+
+/**
+ * The verity root hash the UKI's command line names, checked against the disk: systemd-repart
+ * derives the data and hash partitions' UUIDs from the root hash (repart.d(5) Verity=: the first
+ * and the last 128 bits), which is how systemd-veritysetup-generator finds them at boot. A UKI
+ * and disk that disagree would not boot; catching it here names the problem.
+ */
+async function checkRootHash(mode: RootFs, uki: string, raw: string): Promise<string | null> {
+  const hash = rootHashOf(await readUkiCmdline(uki));
+  if (mode !== "verity") {
+    if (hash) throw new TdxError("E_BAKE", `rootfs "${mode}" but the UKI's command line carries roothash=${hash}`, { hint: "Remove roothash= from the recipe's cmdline().", details: { phase: "collect" } });
+    return null;
+  }
+  if (!hash) throw new TdxError("E_BAKE", "rootfs \"verity\" but mkosi wrote no roothash= into the UKI's command line", { hint: "Check the bake log for the repart step; the root would boot unverified.", details: { phase: "collect" } });
+  const gpt = parseGpt(await readDiskHead(raw));
+  const uuid = (hex: string) => `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
+  const want = [uuid(hash.slice(0, 32)), uuid(hash.slice(-32))];
+  const have = gpt.partitions.map((p) => p.uniqueGuid.toLowerCase());
+  if (!want.every((w) => have.includes(w))) {
+    throw new TdxError("E_BAKE", `the disk's partitions do not belong to roothash=${hash} (want partition UUIDs ${want.join(", ")}; disk has ${have.join(", ")})`, { hint: "Bake again with a clean cache entry; report it if it repeats.", details: { phase: "collect" } });
+  }
+  return hash;
 }
 
 /**

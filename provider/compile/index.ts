@@ -6,13 +6,13 @@
  *   mkosi.conf                      base settings (docs/design.md §2 known-good config + reproducibility)
  *   mkosi.extra/…                   base files, with their modes
  *   mkosi.{prepare,build,postinst,finalize,postoutput}   base run steps, one script per phase
- *   mkosi.repart/                   explicit ESP + root partition definitions
+ *   mkosi.repart/                   ESP + root (+ verity hash) partition definitions (none in initrd mode)
  *   mkosi.sandbox/etc/apt/…         the apt sources mkosi's apt uses (pinned mirror from the lock)
  *   mkosi.profiles/<name>/…         the same for each profile (mkosi.conf, mkosi.extra, scripts)
  *   tdxvm.json                      what this tree was made from (digests), for the bake cache
  */
 import { createHash } from "node:crypto";
-import { Recipe, Phase, PHASES, LayerData, FileEntryData } from "../recipe/schema";
+import { Recipe, Phase, PHASES, LayerData, FileEntryData, RootFs } from "../recipe/schema";
 import { profileNames, resolveProfile, DEFAULT_PROFILE } from "../recipe/resolve";
 import { digestOf } from "../recipe/digest";
 import { Lock } from "../lock/schema";
@@ -35,6 +35,32 @@ export interface CompileInputs {
 /** Base packages every bootable TDX image needs (docs/design.md §2 known-good Format=uki config). */
 export const BASE_PACKAGES = ["dbus", "linux-image-amd64", "systemd", "systemd-boot-efi", "systemd-sysv", "udev"];
 export const BASE_CMDLINE = ["console=ttyS0,115200n8", "systemd.firstboot=no"];
+/** Kernel command-line words each root file system mode needs (mkosi adds `roothash=` itself for verity). */
+export const ROOTFS_CMDLINE: Readonly<Record<RootFs, readonly string[]>> = {
+  // A read-only root: /var becomes a tmpfs (systemd-fstab-generator), /etc stays as baked.
+  verity: ["systemd.volatile=state"],
+  initrd: [],
+  none: [],
+};
+
+/**
+ * systemd-repart definitions per mode (repart.d(5), systemd 257). verity: the root as erofs (the
+ * most reproducible read-only file system mkfs) with a dm-verity hash partition matched by
+ * VerityMatchKey; mkosi reads the root hash from repart and writes `roothash=` into the UKI's
+ * command line before it builds the UKI (mkosi 25 build_image: make_disk, then install_kernel).
+ * initrd: none — Format=esp makes an ESP-only disk around the UKI whose initrd is the OS.
+ */
+export function repartDefinitions(mode: RootFs): Array<[string, string[]]> {
+  if (mode === "initrd") return [];
+  const esp: [string, string[]] = ["00-esp.conf", ["[Partition]", "Type=esp", "Format=vfat", "CopyFiles=/boot:/", "CopyFiles=/efi:/", "SizeMinBytes=512M", "SizeMaxBytes=512M"]];
+  if (mode === "none") return [esp, ["10-root.conf", ["[Partition]", "Type=root", "Format=ext4", "CopyFiles=/", "Minimize=guess"]]];
+  return [
+    esp,
+    ["10-root.conf", ["[Partition]", "Type=root", "Format=erofs", "CopyFiles=/", "Verity=data", "VerityMatchKey=root", "Minimize=best"]],
+    ["11-root-verity.conf", ["[Partition]", "Type=root-verity", "Verity=hash", "VerityMatchKey=root", "Minimize=best"]],
+  ];
+}
+
 /** Files whose content depends on build time or order (docs/design.md §2, measured). */
 export const NONDETERMINISTIC_FILES = ["/var/log/alternatives.log", "/var/cache/ldconfig/aux-cache"];
 
@@ -127,30 +153,23 @@ export function compile(inputs: CompileInputs): MkosiTree {
       ["Config", [["MinimumVersion", "25"]]],
       ["Distribution", [["Distribution", "debian"], ["Release", lock.debian.release], ["Architecture", recipe.arch]]],
       ["Output", [
-        ["Format", "disk"], ["ImageId", "tdxvm"], ["Output", "tdxvm"], ["ManifestFormat", "json"],
+        ["Format", recipe.rootfs === "initrd" ? "esp" : "disk"], ["ImageId", "tdxvm"], ["Output", "tdxvm"], ["ManifestFormat", "json"],
         ["SplitArtifacts", "uki"], ["Seed", derivedUuid(seedDigest, "repart-seed")],
       ]],
       ["Content", [
         ["Bootable", "yes"], ["Bootloader", "uki"],
         ["Packages", [...new Set([...BASE_PACKAGES, ...recipe.base_layer.packages])].sort().join(",")],
-        ["KernelCommandLine", [...BASE_CMDLINE, ...recipe.base_layer.cmdline].join(" ")],
+        ["KernelCommandLine", [...BASE_CMDLINE, ...ROOTFS_CMDLINE[recipe.rootfs], ...recipe.base_layer.cmdline].join(" ")],
         ["Hostname", recipe.hostname], ["Locale", "C.UTF-8"], ["Keymap", "us"], ["Timezone", "UTC"],
         ["SourceDateEpoch", "0"],
         ["RemoveFiles", removeFiles.join(",")],
       ]],
       ["Build", [
-        ["Environment", `SYSTEMD_REPART_MKFS_OPTIONS_EXT4="-E hash_seed=${derivedUuid(seedDigest, "ext4-hash-seed")},lazy_itable_init=1,nodiscard"`],
+        ["Environment", recipe.rootfs === "none" ? `SYSTEMD_REPART_MKFS_OPTIONS_EXT4="-E hash_seed=${derivedUuid(seedDigest, "ext4-hash-seed")},lazy_itable_init=1,nodiscard"` : undefined],
       ]],
     ])),
   });
-  tree.set("mkosi.repart/00-esp.conf", {
-    mode: 0o644,
-    data: Buffer.from(["[Partition]", "Type=esp", "Format=vfat", "CopyFiles=/boot:/", "CopyFiles=/efi:/", "SizeMinBytes=512M", "SizeMaxBytes=512M", ""].join("\n")),
-  });
-  tree.set("mkosi.repart/10-root.conf", {
-    mode: 0o644,
-    data: Buffer.from(["[Partition]", "Type=root", "Format=ext4", "CopyFiles=/", "Minimize=guess", ""].join("\n")),
-  });
+  for (const [file, lines] of repartDefinitions(recipe.rootfs)) tree.set(`mkosi.repart/${file}`, { mode: 0o644, data: Buffer.from([...lines, ""].join("\n")) });
   tree.set("mkosi.sandbox/etc/apt/sources.list.d/mkosi.sources", { mode: 0o644, data: Buffer.from(aptSources(lock)) });
   addLayer(tree, "", DEFAULT_PROFILE, recipe.base_layer, inputs, finalizeExtra);
 
@@ -171,7 +190,7 @@ export function compile(inputs: CompileInputs): MkosiTree {
   }
   tree.set("tdxvm.json", {
     mode: 0o644,
-    data: Buffer.from(JSON.stringify({ generator: "tdxvm", treeVersion: 1, profiles: digests, base: base.base, debian: lock.debian }, null, 2) + "\n"),
+    data: Buffer.from(JSON.stringify({ generator: "tdxvm", treeVersion: 1, profiles: digests, base: base.base, rootfs: recipe.rootfs, debian: lock.debian }, null, 2) + "\n"),
   });
   return new Map([...tree].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }

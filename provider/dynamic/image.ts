@@ -47,6 +47,9 @@ export interface ImageComputed {
   artifacts?: Record<string, ArtifactOut>;
   reportPath?: string;
   systemdStub?: string | null;
+  /** How the root file system is measured, and the verity root hash on the UKI's command line. */
+  rootfs?: string;
+  rootHash?: string | null;
   /** Artifacts that were gone when the resource was last read (refresh). */
   missing?: string[];
 }
@@ -71,6 +74,7 @@ export function computedFromBake(r: BakeResult, cacheDir: string): ImageComputed
   return {
     stateVersion: IMAGE_STATE_VERSION, recipeDigest: r.recipeDigest, bakeKey: r.key, lockDigest: r.lockIntegrity, artifacts,
     reportPath: storePath(path.join(cacheDir, "artifacts", r.key, "result.json")), systemdStub: r.systemdStub,
+    rootfs: r.rootfs, rootHash: r.rootHash,
   };
 }
 
@@ -91,7 +95,7 @@ async function runBake(a: ImageArgsT, name: string): Promise<ImageComputed> {
   return computedFromBake(r, cacheDirOf(a));
 }
 
-const COMPUTED_KEYS = ["stateVersion", "recipeDigest", "bakeKey", "lockDigest", "artifacts", "reportPath", "systemdStub", "missing"];
+const COMPUTED_KEYS = ["stateVersion", "recipeDigest", "bakeKey", "lockDigest", "artifacts", "reportPath", "systemdStub", "rootfs", "rootHash", "missing"];
 
 function userInputs(news: Record<string, unknown>): Record<string, unknown> {
   return omit(news, COMPUTED_KEYS);

@@ -16,10 +16,11 @@ import { defaultCacheDir } from "../pipeline";
 import { diffMeasurements, diffToMarkdown, Measurements, RegisterValue } from "../measure/ledger";
 import { isUnknown, declared, failureOf, guarded, log, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs } from "./common";
 import type { ArtifactOut } from "./image";
+import { ROOTFS_MODES } from "../recipe/schema";
 
 export const MEASUREMENT_STATE_VERSION = 1;
 /** Bump when a formula changes: every stack then recomputes (and shows the new values in preview). */
-export const MEASURE_ENGINE_VERSION = 1;
+export const MEASURE_ENGINE_VERSION = 2;
 
 const Artifact = z.object({ path: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number() });
 
@@ -29,6 +30,7 @@ export const MeasurementArgs = z.object({
     artifacts: z.record(z.string(), Artifact),
     systemdStub: z.string().nullable().optional(),
     profile: z.string().optional(),
+    rootfs: z.enum(ROOTFS_MODES).optional(),
   }).loose(),
   backend: z.enum(["rtmr", "azure", "gcp"]),
   firmware: z.union([z.string().min(1), z.object({ src: z.string().min(1), integrity: z.string().min(1) })]).optional(),
@@ -77,7 +79,7 @@ export async function measurementKey(a: MeasurementArgsT): Promise<string> {
   const fw = typeof a.firmware === "object" ? a.firmware : fwFile ? { sha256: await fileSha256(fwFile) } : a.firmware ? { missing: a.firmware } : null;
   return digestOf({
     engine: MEASURE_ENGINE_VERSION, backend: a.backend, uki: need(a, "uki.efi").sha256, disk: need(a, "disk.raw").sha256,
-    stub: a.image.systemdStub ?? null, firmware: fw, pageOrder: a.pageOrder ?? null,
+    stub: a.image.systemdStub ?? null, rootfs: a.image.rootfs ?? null, firmware: fw, pageOrder: a.pageOrder ?? null,
     ccel: a.capturedCcel ? await fileSha256(loadPath(a.capturedCcel)) : null, vm: a.vm ?? null,
   });
 }
@@ -118,7 +120,7 @@ async function compute(a: MeasurementArgsT, previous: Partial<MeasurementCompute
   const uki = need(a, "uki.efi");
   const disk = need(a, "disk.raw");
   const m = await measureBake(
-    { profile: a.image.profile ?? "default", systemdStub: a.image.systemdStub ?? null, artifacts: [
+    { profile: a.image.profile ?? "default", systemdStub: a.image.systemdStub ?? null, rootfs: a.image.rootfs, artifacts: [
       { target: "uki", kind: "efi", path: loadPath(uki.path), sha256: uki.sha256, size: uki.size },
       { target: "disk", kind: "raw", path: loadPath(disk.path), sha256: disk.sha256, size: disk.size },
     ] },

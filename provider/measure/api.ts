@@ -10,6 +10,7 @@ import { measureBoot, MeasureOptions, assertBackend } from "./backends";
 import { Backend, Measurements } from "./ledger";
 import { PageOrder } from "./tdvf";
 import { readFileShared } from "./parallel";
+import { parsePe } from "./pe";
 
 export interface MeasureCallOptions {
   backend: Backend;
@@ -38,6 +39,25 @@ export async function readDiskHead(file: string): Promise<Buffer> {
   }
 }
 
+/** The UKI's `.cmdline` as systemd-stub passes it on, read from the file without loading the rest. */
+export async function readUkiCmdline(file: string): Promise<string> {
+  const fh = await fs.open(file, "r");
+  try {
+    const head = Buffer.alloc(64 * 1024);
+    const { bytesRead } = await fh.read(head, 0, head.length, 0);
+    const pe = parsePe(head.subarray(0, bytesRead));
+    const s = pe.sections.find((x) => x.name === ".cmdline");
+    if (!s) return "";
+    const n = Math.min(s.virtualSize, s.sizeOfRawData);
+    if (n > 1024 * 1024) throw new TdxError("E_MEASUREMENT", `${file}: implausible .cmdline section of ${n} bytes`);
+    const data = Buffer.alloc(n);
+    await fh.read(data, 0, n, s.pointerToRawData);
+    return data.toString("utf8").replace(/[\0\s]+$/, "");
+  } finally {
+    await fh.close();
+  }
+}
+
 /**
  * The firmware file a measurement uses: the given path, or for the rtmr backend the default
  * (Debian trixie's OVMF.fd from the tools tree, else the host's). undefined: none.
@@ -59,7 +79,7 @@ async function loadFirmware(opts: MeasureCallOptions, cacheDir: string): Promise
   return undefined;
 }
 
-export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdStub" | "profile">, opts: MeasureCallOptions): Promise<Measurements> {
+export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdStub" | "profile"> & Partial<Pick<BakeResult, "rootfs">>, opts: MeasureCallOptions): Promise<Measurements> {
   assertBackend(opts.backend);
   const uki = bake.artifacts.find((a) => a.target === "uki");
   const disk = bake.artifacts.find((a) => a.target === "disk");
@@ -75,6 +95,7 @@ export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdS
       firmware: await loadFirmware(opts, cacheDir),
       pageOrder: opts.pageOrder,
       capturedCcel: ccel,
+      rootfs: bake.rootfs,
       inputs: { profile: bake.profile, systemdStub: bake.systemdStub, ukiSha256: uki!.sha256, diskSha256: disk!.sha256 },
     },
   );

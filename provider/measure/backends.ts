@@ -16,7 +16,8 @@
 import { createHash } from "node:crypto";
 import { TdxError } from "../errors";
 import { HashAlg } from "./bytes";
-import { bootEventsAsync, BootImage, phaseEvents } from "./boot";
+import { bootEventsAsync, BootImage, phaseEvents, rootHashOf, ukiCmdline } from "./boot";
+import type { RootFs } from "../recipe/schema";
 import { Backend, LedgerEvent, Measurements, RegisterValue } from "./ledger";
 import { computeMrtd, PageOrder } from "./tdvf";
 import { parseCcel } from "./eventlog";
@@ -34,6 +35,15 @@ export interface MeasureOptions {
   capturedCcel?: Buffer;
   /** Facts recorded in the result (stub version, artifact digests, ...). */
   inputs?: Record<string, string | number | null>;
+  /** How the image's root file system is measured (from the bake); default: verity when the UKI names a roothash=, else none. */
+  rootfs?: RootFs;
+}
+
+/** What the registers say about the root file system, in words a verifier can act on. */
+export function rootfsAssumption(rootfs: RootFs, rootHash: string | null): string {
+  if (rootfs === "verity") return `verity: read-only root file system, dm-verity root hash ${rootHash} (on the kernel command line: PCR 9/11, RTMR2)`;
+  if (rootfs === "initrd") return "initrd: the whole OS is the UKI's initrd (PCR 9/11, RTMR2); the disk holds only the ESP";
+  return "none: the writable ext4 root file system is NOT measured — a host can change programs and configuration on the disk without changing any register";
 }
 
 const zero = (alg: HashAlg) => Buffer.alloc(alg === "sha256" ? 32 : 48).toString("hex");
@@ -75,15 +85,19 @@ function rtmr0FromCcel(ccel: Buffer): LedgerEvent[] {
     }));
 }
 
-export async function measureBoot(img: BootImage, opts: MeasureOptions): Promise<Measurements> {
+export async function measureBoot(image: BootImage, opts: MeasureOptions): Promise<Measurements> {
   const registers: Record<string, RegisterValue> = {};
-  const inputs: Record<string, string | number | null> = { ...opts.inputs };
+  const rootHash = rootHashOf(ukiCmdline(image.uki));
+  const rootfs: RootFs = opts.rootfs ?? image.rootfs ?? (rootHash ? "verity" : "none");
+  if (rootfs === "verity" && !rootHash) throw new TdxError("E_MEASUREMENT", "the image is declared rootfs \"verity\" but its UKI's command line has no roothash=", { hint: "Bake again: the verity root hash is written by mkosi when it builds the UKI." });
+  const img: BootImage = { ...image, rootfs };
+  const inputs: Record<string, string | number | null> = { ...opts.inputs, rootfs: rootfsAssumption(rootfs, rootHash), rootHash };
   if (opts.backend === "azure") {
     const ev = await bootEventsAsync(img, "sha256");
     const on = (pcr: number) => ev.filter((e) => e.pcr === pcr);
     registers.PCR4 = exact("sha256", on(4));
     registers.PCR9 = exact("sha256", on(9));
-    registers.PCR11 = exact("sha256", [...on(11), ...phaseEvents("sha256")]);
+    registers.PCR11 = exact("sha256", [...on(11), ...phaseEvents("sha256", rootfs)]);
     for (const pcr of [8, 12, 13]) registers[`PCR${pcr}`] = { alg: "sha256", value: zero("sha256"), status: "zero", events: [] };
     // Measured on a booted tdxvm image (systemd 257): PCR 15 is NOT zero at run time —
     // systemd-pcrmachine/systemd-pcrfs extend the machine ID and file system identities into it.

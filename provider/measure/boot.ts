@@ -20,6 +20,7 @@ import { ukiPcr11Events, ukiSelectedSections } from "./uki";
 import { uefiGptEventData } from "./gpt";
 import { LedgerEvent } from "./ledger";
 import { stubCombinedInitrd } from "./initrd";
+import type { RootFs } from "../recipe/schema";
 
 export const CALLING_EFI_APP = "Calling EFI Application from Boot Option";
 export const EXIT_BS_INVOKED = "Exit Boot Services Invocation";
@@ -31,6 +32,8 @@ export interface BootImage {
   uki: Buffer;
   /** The disk from LBA 0 through the end of the primary partition entry array (for the GPT event). */
   diskHead?: Buffer;
+  /** How the root file system is measured (names it in the ledger; default: inferred from roothash=). */
+  rootfs?: RootFs;
 }
 
 const h = (alg: HashAlg, data: Buffer) => createHash(alg).update(data).digest("hex");
@@ -46,6 +49,14 @@ export function ukiCmdline(uki: Buffer): string {
   return s ? s.data.toString("utf8").replace(/[\0\s]+$/, "") : "";
 }
 
+/** The dm-verity root hash a kernel command line names (`roothash=<hex>`), or null. */
+export function rootHashOf(cmdline: string): string | null {
+  const words = cmdline.split(/\s+/).filter((w) => w.startsWith("roothash="));
+  if (words.length === 0) return null;
+  const v = words[words.length - 1].slice("roothash=".length).toLowerCase();
+  return /^[0-9a-f]{64,128}$/.test(v) ? v : null;
+}
+
 /**
  * systemd-pcrphase (systemd 257, units systemd-pcrphase-initrd/-sysinit/.service) extends PCR 11
  * from userspace with these boot phases; by the time a booted VM can be attested all four are in.
@@ -53,9 +64,15 @@ export function ukiCmdline(uki: Buffer): string {
  * (TDX without a vTPM: systemd 257 measures phases only into a TPM, so RTMR2 has none.)
  */
 export const BOOT_PHASES = ["enter-initrd", "leave-initrd", "sysinit", "ready"];
+/**
+ * With the whole OS as the initrd (rootfs "initrd"), systemd runs as the real system from the
+ * start: there is no /etc/initrd-release, so systemd-pcrphase-initrd (ConditionPathExists=
+ * /etc/initrd-release) never runs and only "sysinit" and "ready" are measured.
+ */
+export const BOOT_PHASES_NO_INITRD = ["sysinit", "ready"];
 
-export function phaseEvents(alg: HashAlg): LedgerEvent[] {
-  return BOOT_PHASES.map((p) => ({ pcr: 11, type: "systemd-pcrphase", description: `boot phase "${p}"`, origin: "systemd-pcrphase (userspace)", digest: h(alg, Buffer.from(p)), log: "userspace" as const }));
+export function phaseEvents(alg: HashAlg, rootfs: RootFs = "verity"): LedgerEvent[] {
+  return (rootfs === "initrd" ? BOOT_PHASES_NO_INITRD : BOOT_PHASES).map((p) => ({ pcr: 11, type: "systemd-pcrphase", description: `boot phase "${p}"`, origin: "systemd-pcrphase (userspace)", digest: h(alg, Buffer.from(p)), log: "userspace" as const }));
 }
 
 interface BootDigests {
@@ -91,6 +108,8 @@ function sectionDigests(uki: Buffer, alg: HashAlg): Pick<BootDigests, "sections"
 
 function assemble(img: BootImage, alg: HashAlg, d: BootDigests): LedgerEvent[] {
   const ev: LedgerEvent[] = [];
+  const rootHash = rootHashOf(ukiCmdline(img.uki));
+  const root = rootHash ? `; it carries roothash=${rootHash}: the root file system, verity root hash` : "";
   const push = (pcr: number, type: string, description: string, origin: string, digest: string) => ev.push({ pcr, type, description, origin, digest });
   push(4, "EV_EFI_ACTION", CALLING_EFI_APP, "constant string (edk2 ReadyToBoot)", h(alg, Buffer.from(CALLING_EFI_APP)));
   push(4, "EV_SEPARATOR", "separator", "constant 00000000", h(alg, SEPARATOR));
@@ -98,11 +117,12 @@ function assemble(img: BootImage, alg: HashAlg, d: BootDigests): LedgerEvent[] {
   if (img.diskHead) push(5, "EV_EFI_GPT_EVENT", "GPT of the boot disk", "disk: GPT header + partition entries (UEFI_GPT_DATA)", h(alg, uefiGptEventData(img.diskHead)));
   push(4, "EV_EFI_BOOT_SERVICES_APPLICATION", "UKI (EFI/BOOT/BOOTX64.EFI)", "uki: Authenticode digest", d.uki);
   for (const e of d.sections) {
-    push(11, "EV_IPL", e.kind === "name" ? `UKI section name ${e.section}` : `UKI section ${e.section}`, e.kind === "name" ? `constant "${e.section}\\0"` : `uki ${e.section} section (VirtualSize bytes)`, e.digest);
+    const content = `uki ${e.section} section (VirtualSize bytes)${e.section === ".cmdline" ? root : e.section === ".initrd" && img.rootfs === "initrd" ? "; the whole OS (rootfs initrd)" : ""}`;
+    push(11, "EV_IPL", e.kind === "name" ? `UKI section name ${e.section}` : `UKI section ${e.section}`, e.kind === "name" ? `constant "${e.section}\\0"` : content, e.digest);
   }
   if (d.kernel) push(4, "EV_EFI_BOOT_SERVICES_APPLICATION", "kernel (.linux, loaded by systemd-stub)", "uki .linux section: Authenticode digest", d.kernel);
-  push(9, "EV_EVENT_TAG", "kernel command line (LOADED_IMAGE::LoadOptions)", "uki .cmdline as UCS-2 + NUL", h(alg, loadOptionsBytes(ukiCmdline(img.uki))));
-  push(9, "EV_EVENT_TAG", "Linux initrd", "uki .initrd + stub cpio of .osrel (and .pcrsig/.pcrpkey/.profile if present)", d.initrd);
+  push(9, "EV_EVENT_TAG", "kernel command line (LOADED_IMAGE::LoadOptions)", `uki .cmdline as UCS-2 + NUL${root}`, h(alg, loadOptionsBytes(ukiCmdline(img.uki))));
+  push(9, "EV_EVENT_TAG", "Linux initrd", `uki .initrd${img.rootfs === "initrd" ? " (the whole OS)" : ""} + stub cpio of .osrel (and .pcrsig/.pcrpkey/.profile if present)`, d.initrd);
   push(5, "EV_EFI_ACTION", EXIT_BS_INVOKED, "constant string (edk2 ExitBootServices)", h(alg, Buffer.from(EXIT_BS_INVOKED)));
   push(5, "EV_EFI_ACTION", EXIT_BS_RETURNED, "constant string (edk2 ExitBootServices)", h(alg, Buffer.from(EXIT_BS_RETURNED)));
   return ev;

@@ -64,6 +64,14 @@ export interface RegisterDiff {
 /** Registers whose values differ between `a` and `b`, each with the events that explain it. */
 export function diffMeasurements(a: Measurements, b: Measurements): RegisterDiff[] {
   const out: RegisterDiff[] = [];
+  // The root file system is one input behind many events (the kernel command line carries its
+  // verity root hash; the GPT holds partitions named after it): say so once per register.
+  const rootA = a.inputs.rootHash ?? null;
+  const rootB = b.inputs.rootHash ?? null;
+  const rootChange = rootA !== rootB
+    ? rootA && rootB ? `root file system changed (verity root hash ${String(rootA).slice(0, 16)}… → ${String(rootB).slice(0, 16)}…)`
+      : `root file system mode changed (${String(a.inputs.rootfs ?? "unknown").split(":")[0]} → ${String(b.inputs.rootfs ?? "unknown").split(":")[0]})`
+    : undefined;
   const names = [...new Set([...Object.keys(a.registers), ...Object.keys(b.registers)])].sort(registerOrder);
   for (const name of names) {
     const ra = a.registers[name];
@@ -82,6 +90,7 @@ export function diffMeasurements(a: Measurements, b: Measurements): RegisterDiff
       else if (x) changes.push(`${name}: ${x.description} removed`);
     }
     if (!changes.length) changes.push(`${name}: ${rb?.status === "platform-defined" || ra?.status === "platform-defined" ? "platform-defined value changed" : "value changed"}`);
+    else if (rootChange && ra?.status === "exact" && rb?.status === "exact") changes.unshift(`${name}: ${rootChange}`);
     out.push({ register: name, old: ra?.value ?? null, new: rb?.value ?? null, changes });
   }
   return out;

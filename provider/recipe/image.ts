@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { TdxError, label } from "../errors";
 import {
   Recipe, LayerData, Phase, Target, PHASES, TARGETS, parseRecipe, parseWith, FileEntry, RunStep, PackageName,
-  ProfileName, Debloat, DebloatData, Arg,
+  ProfileName, Debloat, DebloatData, Arg, ROOTFS_MODES, RootFs,
 } from "./schema";
 import { z } from "zod";
 import { Policy, DEFAULT_POLICY } from "../lock/policy";
@@ -24,6 +24,8 @@ export interface ImageOptions {
   base: "debian/trixie";
   arch?: "x86-64";
   hostname?: string;
+  /** How the root file system is measured: "verity" (default), "initrd" or "none" (unmeasured ext4). */
+  rootfs?: RootFs;
   /** Directory that relative `src` paths and `build/` are resolved against (default: process.cwd()). */
   projectDir?: string;
 }
@@ -60,7 +62,7 @@ export class Image {
 
   constructor(opts: ImageOptions) {
     const o = parseWith(
-      z.object({ base: z.literal("debian/trixie"), arch: z.literal("x86-64").optional(), hostname: z.string().optional(), projectDir: z.string().optional() }).strict(),
+      z.object({ base: z.literal("debian/trixie"), arch: z.literal("x86-64").optional(), hostname: z.string().optional(), rootfs: z.enum(ROOTFS_MODES).optional(), projectDir: z.string().optional() }).strict(),
       opts, "Image options",
     );
     this.projectDir = path.resolve(o.projectDir ?? process.cwd());
@@ -69,6 +71,7 @@ export class Image {
       base: o.base,
       arch: o.arch ?? "x86-64",
       hostname: o.hostname ?? "tdxvm",
+      rootfs: o.rootfs ?? "verity",
       base_layer: emptyLayer(),
       profiles: {},
       outputTargets: ["qemu"],
@@ -140,6 +143,14 @@ export class Image {
   cmdline(...words: string[]): this {
     const layer = this.layer();
     layer.cmdline.push(...words.map((w, i) => parseWith(Arg.pipe(z.string().regex(/^[^\s"']+$/, "no spaces or quotes")), w, `cmdline() word ${i + 1}`)));
+    return this;
+  }
+
+  /** Choose how the root file system is measured (see ImageOptions.rootfs). */
+  rootFs(mode: RootFs): this {
+    this.assertBase("rootFs");
+    if (!ROOTFS_MODES.includes(mode)) throw new TdxError("E_VALIDATION", `unknown root file system mode ${label(mode)}`, { hint: `Modes: ${ROOTFS_MODES.join(", ")} ("verity" measures the whole root; "none" leaves it unmeasured).` });
+    this.state.rootfs = mode;
     return this;
   }
 

@@ -16,6 +16,7 @@ export interface ResolvedProfile {
   base: Recipe["base"];
   arch: Recipe["arch"];
   hostname: string;
+  rootfs: Recipe["rootfs"];
   packages: string[];
   files: FileEntryData[];
   runs: LayerData["runs"];
@@ -46,6 +47,7 @@ export function resolveProfile(recipe: Recipe, profile: string = DEFAULT_PROFILE
     base: recipe.base,
     arch: recipe.arch,
     hostname: recipe.hostname,
+    rootfs: recipe.rootfs,
     packages: sortedSet([...recipe.base_layer.packages, ...(overlay?.packages ?? [])]),
     files: [...files.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
     runs: [...recipe.base_layer.runs, ...(overlay?.runs ?? [])],

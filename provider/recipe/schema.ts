@@ -10,6 +10,15 @@ export type Phase = (typeof PHASES)[number];
 export const TARGETS = ["qemu", "azure", "gcp"] as const;
 export type Target = (typeof TARGETS)[number];
 export const BASES = ["debian/trixie"] as const;
+/**
+ * How the root file system is brought under measurement (docs/design.md §4):
+ * - verity: read-only erofs root + dm-verity hash partition; the root hash is on the UKI's kernel
+ *   command line, so PCR 11/PCR 9/RTMR2 cover every byte of the root. /var is a tmpfs.
+ * - initrd: the whole OS is the UKI's initrd (.initrd → PCR 9/11/RTMR2); the disk holds only an ESP.
+ * - none: a writable ext4 root that no register covers (explicit opt-out).
+ */
+export const ROOTFS_MODES = ["verity", "initrd", "none"] as const;
+export type RootFs = (typeof ROOTFS_MODES)[number];
 export const ARCHES = ["x86-64"] as const;
 
 const noNul = (s: string) => !s.includes("\0");
@@ -119,6 +128,8 @@ export const RecipeSchema = z
     base: z.enum(BASES),
     arch: z.enum(ARCHES),
     hostname: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, "hostname: lowercase letters, digits, -"),
+    /** Recipes written before the choice existed get the secure default. */
+    rootfs: z.enum(ROOTFS_MODES).default("verity"),
     base_layer: Layer,
     profiles: z.record(ProfileName, Layer),
     outputTargets: z.array(z.enum(TARGETS)).min(1),

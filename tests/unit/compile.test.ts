@@ -55,8 +55,47 @@ describe("mkosi emission", () => {
     for (const line of ["SourceDateEpoch=0", "Locale=C.UTF-8", "Keymap=us", "Timezone=UTC", "ManifestFormat=json", "Bootloader=uki", "MinimumVersion=25"]) expect(conf).toContain(line);
     expect(conf).toMatch(/^Seed=[0-9a-f-]{36}$/m);
     expect(conf).toMatch(/RemoveFiles=.*\/var\/log\/alternatives\.log.*\/var\/cache\/ldconfig\/aux-cache/);
-    expect(conf).toMatch(/^Environment=SYSTEMD_REPART_MKFS_OPTIONS_EXT4="-E hash_seed=[0-9a-f-]{36},lazy_itable_init=1,nodiscard"$/m);
-    expect(conf).toMatch(/^KernelCommandLine=console=ttyS0,115200n8 systemd.firstboot=no$/m);
+    expect(conf).toMatch(/^KernelCommandLine=console=ttyS0,115200n8 systemd.firstboot=no systemd.volatile=state$/m);
+  });
+
+  describe("root file system modes", () => {
+    const emit = async (rootfs?: "verity" | "initrd" | "none") => compileImage(new Image({ base: "debian/trixie", projectDir: cache, ...(rootfs ? { rootfs } : {}) }).cmdline("x=1"), cache);
+    const files = (t: MkosiTree) => [...t.keys()].filter((k) => k.startsWith("mkosi.repart/"));
+    const conf = (t: MkosiTree) => t.get("mkosi.conf")!.data.toString();
+
+    it("defaults to a verity root: erofs data + hash partitions matched by one key, /var volatile, no ext4 seed", async () => {
+      const t = await emit();
+      expect(t).toEqual(await emit("verity"));
+      expect(files(t)).toEqual(["mkosi.repart/00-esp.conf", "mkosi.repart/10-root.conf", "mkosi.repart/11-root-verity.conf"]);
+      expect(t.get("mkosi.repart/10-root.conf")!.data.toString()).toBe("[Partition]\nType=root\nFormat=erofs\nCopyFiles=/\nVerity=data\nVerityMatchKey=root\nMinimize=best\n");
+      expect(t.get("mkosi.repart/11-root-verity.conf")!.data.toString()).toBe("[Partition]\nType=root-verity\nVerity=hash\nVerityMatchKey=root\nMinimize=best\n");
+      expect(conf(t)).toMatch(/^Format=disk$/m);
+      expect(conf(t)).toMatch(/^KernelCommandLine=console=ttyS0,115200n8 systemd.firstboot=no systemd.volatile=state x=1$/m);
+      expect(conf(t)).not.toContain("SYSTEMD_REPART_MKFS_OPTIONS_EXT4");
+      expect(JSON.parse(t.get("tdxvm.json")!.data.toString()).rootfs).toBe("verity");
+    });
+
+    it("none: today's writable ext4 root with the fixed ext4 hash seed, nothing volatile", async () => {
+      const t = await emit("none");
+      expect(files(t)).toEqual(["mkosi.repart/00-esp.conf", "mkosi.repart/10-root.conf"]);
+      expect(t.get("mkosi.repart/10-root.conf")!.data.toString()).toContain("Format=ext4");
+      expect(conf(t)).toMatch(/^Environment=SYSTEMD_REPART_MKFS_OPTIONS_EXT4="-E hash_seed=[0-9a-f-]{36},lazy_itable_init=1,nodiscard"$/m);
+      expect(conf(t)).toMatch(/^KernelCommandLine=console=ttyS0,115200n8 systemd.firstboot=no x=1$/m);
+    });
+
+    it("initrd: Format=esp (the OS becomes the UKI's initrd, the disk only an ESP), no repart definitions", async () => {
+      const t = await emit("initrd");
+      expect(files(t)).toEqual([]);
+      expect(conf(t)).toMatch(/^Format=esp$/m);
+      expect(conf(t)).not.toContain("systemd.volatile");
+    });
+
+    it("each mode is its own recipe digest; the builder rejects unknown modes", async () => {
+      const d = (m: "verity" | "initrd" | "none") => new Image({ base: "debian/trixie", projectDir: cache, rootfs: m }).digests().default;
+      expect(new Set([d("verity"), d("initrd"), d("none")]).size).toBe(3);
+      expect(new Image({ base: "debian/trixie", projectDir: cache }).rootFs("none").digests().default).toBe(d("none"));
+      expect(() => new Image({ base: "debian/trixie", projectDir: cache }).rootFs("ext4" as "none")).toThrow(/unknown root file system mode/);
+    });
   });
 
   it("writes the apt sources from the lock's mirror pin (snapshot when set)", async () => {
