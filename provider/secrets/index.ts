@@ -13,6 +13,10 @@ import {
   SecretDeclData, SecretSchemaData, SecretSchemaDataT, SecretTargetData, SecretTargetDataT, SecretDecl, parseWith,
 } from "../recipe/schema";
 
+/** Where env targets land: read through EnvironmentFile= drop-ins the Init module bakes. */
+export const SECRETS_ENV_FILE = "/run/tdxvm/secrets.env";
+export const unitEnvFile = (unit: string) => `/run/tdxvm/env/${unit}.env`;
+
 export class SecretSchema {
   readonly data: SecretSchemaDataT;
   constructor(data: SecretSchemaDataT) {
@@ -128,8 +132,9 @@ export class SecretsDelivery {
 
   /**
    * Write the secrets of a ready payload below `root` (the guest's `/` at run time): each file
-   * target with its mode and owner, global env targets into `etc/tdxvm/secrets.env`, unit-scoped
-   * ones into `etc/tdxvm/env/<unit>.env`. All files are written to temporaries first and renamed
+   * target with its mode and owner, global env targets into `run/tdxvm/secrets.env`, unit-scoped
+   * ones into `run/tdxvm/env/<unit>.env` (tmpfs: secrets never reach a disk, and a verity root is
+   * read-only). All files are written to temporaries first and renamed
    * only when every one was written, so a failure leaves no partial set behind.
    */
   async materializeRuntime(root: string, payload: unknown): Promise<{ files: string[] }> {
@@ -153,7 +158,7 @@ export class SecretsDelivery {
       for (const t of d.targets) {
         if (t.kind === "file") writes.set(t.path, { data: bytes, mode: t.mode, owner: t.owner });
         else {
-          const file = t.scope === "global" ? "/etc/tdxvm/secrets.env" : `/etc/tdxvm/env/${t.unit}.env`;
+          const file = t.scope === "global" ? SECRETS_ENV_FILE : unitEnvFile(t.unit!);
           const problem = envValueProblem(bytes);
           if (problem) throw new TdxError("E_SECRET", `secret ${d.name} ${problem} and cannot go into an environment variable`, { hint: "Use a file target for secrets that are not plain UTF-8 text." });
           const list = envs.get(file) ?? [];

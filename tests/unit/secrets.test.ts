@@ -552,18 +552,18 @@ describe("SecretsDelivery.materializeRuntime", () => {
     expect(await statOf(path.join(root, "run/a"))).toEqual({ mode: 0o400, uid: 0, gid: 0, file: true });
   });
 
-  it("writes global env targets to etc/tdxvm/secrets.env and unit ones to etc/tdxvm/env/<unit>.env (0400 root)", async () => {
+  it("writes global env targets to run/tdxvm/secrets.env and unit ones to run/tdxvm/env/<unit>.env (0400 root)", async () => {
     const d = delivery({
       DB_PASS: { targets: [SecretTarget.env("DB_PASSWORD"), SecretTarget.env("PGPASSWORD", { scope: "unit", unit: "app.service" })] },
       API: { targets: [SecretTarget.env("API_TOKEN", { scope: "unit", unit: "worker@1.service" })] },
       ALPHA: { targets: [SecretTarget.env("ALPHA")] },
     });
     const res = await d.materializeRuntime(root, { DB_PASS: "hunter2", API: "tok", ALPHA: "a" });
-    expect(res.files.map((f) => path.relative(root, f)).sort()).toEqual(["etc/tdxvm/env/app.service.env", "etc/tdxvm/env/worker@1.service.env", "etc/tdxvm/secrets.env"]);
-    expect(await walkFiles(root)).toEqual(["etc/tdxvm/env/app.service.env", "etc/tdxvm/env/worker@1.service.env", "etc/tdxvm/secrets.env"]);
-    expect(await fs.readFile(path.join(root, "etc/tdxvm/secrets.env"), "utf8")).toBe('ALPHA="a"\nDB_PASSWORD="hunter2"\n');
-    expect(await fs.readFile(path.join(root, "etc/tdxvm/env/app.service.env"), "utf8")).toBe('PGPASSWORD="hunter2"\n');
-    expect(await fs.readFile(path.join(root, "etc/tdxvm/env/worker@1.service.env"), "utf8")).toBe('API_TOKEN="tok"\n');
+    expect(res.files.map((f) => path.relative(root, f)).sort()).toEqual(["run/tdxvm/env/app.service.env", "run/tdxvm/env/worker@1.service.env", "run/tdxvm/secrets.env"]);
+    expect(await walkFiles(root)).toEqual(["run/tdxvm/env/app.service.env", "run/tdxvm/env/worker@1.service.env", "run/tdxvm/secrets.env"]);
+    expect(await fs.readFile(path.join(root, "run/tdxvm/secrets.env"), "utf8")).toBe('ALPHA="a"\nDB_PASSWORD="hunter2"\n');
+    expect(await fs.readFile(path.join(root, "run/tdxvm/env/app.service.env"), "utf8")).toBe('PGPASSWORD="hunter2"\n');
+    expect(await fs.readFile(path.join(root, "run/tdxvm/env/worker@1.service.env"), "utf8")).toBe('API_TOKEN="tok"\n');
     for (const f of res.files) expect(await statOf(f)).toEqual({ mode: 0o400, uid: 0, gid: 0, file: true });
   });
 
@@ -571,7 +571,7 @@ describe("SecretsDelivery.materializeRuntime", () => {
     const value = 'he said "hi" & $HOME ${X} `id` back\\slash \\n \'single\' \t tab';
     const d = delivery({ S: { targets: [SecretTarget.env("S_VAR")] } });
     await d.materializeRuntime(root, { S: value });
-    const text = await fs.readFile(path.join(root, "etc/tdxvm/secrets.env"), "utf8");
+    const text = await fs.readFile(path.join(root, "run/tdxvm/secrets.env"), "utf8");
     expect(text).toBe('S_VAR="he said \\"hi\\" & \\$HOME \\${X} \\`id\\` back\\\\slash \\\\n \'single\' \t tab"\n');
     expect(parseSystemdEnvFile(text).get("S_VAR")).toBe(value);
   });
@@ -598,8 +598,8 @@ describe("SecretsDelivery.materializeRuntime", () => {
         fc.string({ unit: fc.constantFrom('"', "\\", "$", "`", "'", " ", "\t", "#", "=", "a", "\r", ";", "{", "}"), maxLength: 30 }).filter((s) => !s.includes("\n")),
         async (v1, v2) => {
           await d.materializeRuntime(root, { V1: v1, V2: v2 });
-          const g = parseSystemdEnvFile(await fs.readFile(path.join(root, "etc/tdxvm/secrets.env"), "utf8"));
-          const u = parseSystemdEnvFile(await fs.readFile(path.join(root, "etc/tdxvm/env/u.service.env"), "utf8"));
+          const g = parseSystemdEnvFile(await fs.readFile(path.join(root, "run/tdxvm/secrets.env"), "utf8"));
+          const u = parseSystemdEnvFile(await fs.readFile(path.join(root, "run/tdxvm/env/u.service.env"), "utf8"));
           expect(g.get("V1")).toBe(v1);
           expect(u.get("V2")).toBe(v2);
         },
@@ -616,13 +616,13 @@ describe("SecretsDelivery.materializeRuntime", () => {
     });
     const fixed = ['quote " back \\ tick ` single \' hash # semi ; eq = tab \t cr \r done', "é😀 ü"];
     await d.materializeRuntime(root, { V1: fixed[0], V2: fixed[1] });
-    const real = await parseWithRealSystemd(await fs.readFile(path.join(root, "etc/tdxvm/secrets.env")));
+    const real = await parseWithRealSystemd(await fs.readFile(path.join(root, "run/tdxvm/secrets.env")));
     expect(real.get("TDXVM_T1")).toBe(fixed[0]);
     expect(real.get("TDXVM_T2")).toBe(fixed[1]);
     await fc.assert(
       fc.asyncProperty(fc.string({ unit: "binary", minLength: 1, maxLength: 40 }).filter((s) => !/[\0\n$]/.test(s) && systemdAcceptsUnicode(s)), async (v) => {
         await d.materializeRuntime(root, { V1: v, V2: "x" });
-        const text = await fs.readFile(path.join(root, "etc/tdxvm/secrets.env"), "utf8");
+        const text = await fs.readFile(path.join(root, "run/tdxvm/secrets.env"), "utf8");
         const realParsed = await parseWithRealSystemd(text);
         expect(realParsed.get("TDXVM_T1")).toBe(Buffer.from(v).toString("utf8"));
         // ...and the port agrees with the real parser on the same file.
@@ -639,14 +639,14 @@ describe("SecretsDelivery.materializeRuntime", () => {
     const value = 'first "line" $HOME\nsecond line';
     const d = delivery({ S: { targets: [SecretTarget.env("S_VAR")] } });
     await d.materializeRuntime(root, { S: value });
-    const text = await fs.readFile(path.join(root, "etc/tdxvm/secrets.env"), "utf8");
+    const text = await fs.readFile(path.join(root, "run/tdxvm/secrets.env"), "utf8");
     expect(parseSystemdEnvFile(text).get("S_VAR")).toBe(value);
   });
 
   itSystemd("an env value containing a newline is read back as a newline by the real systemd parser", async () => {
     const d = delivery({ S: { targets: [SecretTarget.env("TDXVM_NL")] } });
     await d.materializeRuntime(root, { S: "a\nb" });
-    const real = await parseWithRealSystemd(await fs.readFile(path.join(root, "etc/tdxvm/secrets.env")));
+    const real = await parseWithRealSystemd(await fs.readFile(path.join(root, "run/tdxvm/secrets.env")));
     expect(real.get("TDXVM_NL")).toBe("a\nb");
   });
 
@@ -716,8 +716,8 @@ describe("SecretsDelivery.materializeRuntime", () => {
     await d.materializeRuntime(root, { A: "one" });
     await d.materializeRuntime(root, { A: "two" });
     expect(await fs.readFile(path.join(root, "run/a"), "utf8")).toBe("two");
-    expect(await fs.readFile(path.join(root, "etc/tdxvm/secrets.env"), "utf8")).toBe('A="two"\n');
-    expect(await walkFiles(root)).toEqual(["etc/tdxvm/secrets.env", "run/a"]);
+    expect(await fs.readFile(path.join(root, "run/tdxvm/secrets.env"), "utf8")).toBe('A="two"\n');
+    expect(await walkFiles(root)).toEqual(["run/a", "run/tdxvm/secrets.env"]);
   });
 
   it("a not-ready payload → E_SECRET, nothing written", async () => {
