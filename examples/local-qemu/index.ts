@@ -7,7 +7,7 @@
  *
  * Config (pulumi config set …):
  *   cmdline   extra kernel command-line words (in the UKI: `pulumi preview` lists the registers that change)
- *   motd      /etc/motd (root file system: the disk changes, no register does — an ext4 root is unmeasured)
+ *   motd      /etc/motd (in the root file system: its verity root hash, and so PCR 9/11 and RTMR2, change)
  *   frozen    bake only against the committed build/tdx.lock
  *   memoryMiB VM memory
  *   apiToken  (secret) the image's API_TOKEN, delivered to the VM at run time, never baked
@@ -43,6 +43,8 @@ const vm = new TdxDeployment("demo", {
 
 export const artifacts = image.artifacts;
 export const systemdStub = image.systemdStub;
+export const rootfs = image.rootfs;
+export const rootHash = image.rootHash;
 export const tdRegisters = td.registers;
 export const vtpmRegisters = vtpm.registers;
 export const measurementDiff = td.diffMarkdown;

@@ -8,8 +8,9 @@
 import { Image, Policy, BootReport, SecretSchema, SecretTarget } from "../../provider";
 
 /**
- * `motd` lands in the root file system, which a plain ext4 root leaves unmeasured: changing it
- * changes the disk but no register. `cmdline` words land in the UKI: they change PCR 11/RTMR2.
+ * `motd` lands in the root file system, a dm-verity protected erofs (rootfs "verity", the default)
+ * whose root hash is on the UKI's kernel command line: changing it changes PCR 4/9/11 and RTMR1/2.
+ * `cmdline` words land in the UKI directly.
  */
 export function recipe(projectDir = __dirname, opts: { motd?: string; cmdline?: string[] } = {}): Image {
   const img = new Image({ base: "debian/trixie", hostname: "tdxvm-demo", projectDir })

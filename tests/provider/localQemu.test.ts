@@ -15,6 +15,8 @@ import { tempDir } from "../helpers";
 jest.setTimeout(90 * 60_000);
 
 const PROGRAM = "examples/local-qemu/index.ts";
+/** A change inside the root file system only: with the default verity root it must move the registers. */
+const CHANGE = { motd: "tdxvm demo image, blue\n" };
 
 /** Host pids of tdxvm VMs' QEMU and swtpm processes (their command lines name the VM's /vm state mount). */
 function vmProcesses(): number[] {
@@ -96,9 +98,9 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(vmProcesses()).toEqual(procs);
   });
 
-  it("preview after a recipe change: image update, changed registers old → new in the checked inputs, VM replace", async () => {
+  it("preview after a root-file-system-only change (motd): image update, changed registers old → new in the checked inputs, VM replace", async () => {
     const stateBefore = await fs.readFile(path.join(dir, "state.json"), "utf8");
-    const r = await pulumiOp("preview", cfg({ cmdline: "tdxvm.role=blue" }));
+    const r = await pulumiOp("preview", cfg(CHANGE));
     expect(r.ok).toBe(true);
     const [img] = stepsOf(r, "ImageBake");
     expect(img.step).toBe("update");
@@ -110,6 +112,8 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(vtpm.step).toBe("update");
     expect(changed(vtpm)).toEqual(["PCR11", "PCR4", "PCR9"]);
     expect(vtpm.checked!.diffMarkdown).toContain("| PCR11 |");
+    // The verity root hash on the kernel command line is what moved.
+    expect(vtpm.checked!.diffMarkdown).toContain("PCR11: root file system changed (verity root hash");
     expect(vtpm.checked!.diffMarkdown).toContain("UKI section .cmdline changed");
     const [vm] = stepsOf(r, "QemuVm");
     expect(vm.step).toBe("replace");
@@ -121,7 +125,7 @@ describe("local-qemu program through the real dynamic-provider host", () => {
 
   it("up after the change: the new VM is created and ready before the old one is stopped", async () => {
     const oldVm = outputs(first);
-    second = await pulumiOp("up", cfg({ cmdline: "tdxvm.role=blue" }));
+    second = await pulumiOp("up", cfg(CHANGE));
     expect(second.error).toBeUndefined();
     const vmSteps = stepsOf(second, "QemuVm");
     expect(vmSteps.map((e) => e.step)).toEqual(["create-replacement", "delete-replaced"]);
@@ -130,7 +134,8 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(o.vmId).not.toBe(oldVm.vmId);
     expect(existsSync(path.dirname(oldVm.serialLog))).toBe(false);
     const guest = parseGuestReport(readFileSync(o.serialLog, "utf8"));
-    expect(guest.cmdline).toContain("tdxvm.role=blue");
+    expect(guest.cmdline).toContain(`roothash=${o.rootHash}`);
+    expect(o.rootHash).not.toBe(oldVm.rootHash);
     for (const pcr of [4, 9, 11]) expect({ pcr, value: o.vtpmRegisters[`PCR${pcr}`] }).toEqual({ pcr, value: guest.pcrs.sha256[pcr] });
     expect(o.vtpmRegisters.PCR11).not.toBe(oldVm.vtpmRegisters.PCR11);
   });
@@ -141,17 +146,17 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(vmRunning(vm)).toBe(true);
     process.kill(vm.pid, "SIGKILL");
     for (let i = 0; i < 50 && vmRunning(vm); i++) await new Promise((r) => setTimeout(r, 100));
-    const r = await pulumiOp("refresh", cfg({ cmdline: "tdxvm.role=blue" }));
+    const r = await pulumiOp("refresh", cfg(CHANGE));
     const read = stepsOf(r, "QemuVm")[0];
     expect(read.changes).toBe(true);
     expect((read.checked as { running: boolean }).running).toBe(false);
-    const p = await pulumiOp("preview", cfg({ cmdline: "tdxvm.role=blue" }));
+    const p = await pulumiOp("preview", cfg(CHANGE));
     expect(stepsOf(p, "QemuVm").map((e) => [e.step, e.replaces])).toEqual([["replace", ["running"]]]);
   });
 
   it("destroy: every resource deleted, no QEMU or swtpm left, no VM state on disk", async () => {
     const o = outputs(second);
-    const r = await pulumiOp("destroy", cfg({ cmdline: "tdxvm.role=blue" }));
+    const r = await pulumiOp("destroy", cfg(CHANGE));
     expect(r.ok).toBe(true);
     expect(r.events.filter((e) => e.type.startsWith("pulumi-nodejs:dynamic")).map((e) => e.step)).toEqual(["delete", "delete", "delete", "delete"]);
     expect(vmProcesses().filter((p) => !before.includes(p))).toEqual([]);
