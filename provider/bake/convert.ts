@@ -34,6 +34,27 @@ export async function copyFast(src: string, dst: string): Promise<void> {
 }
 
 /**
+ * The primary GPT header (LBA 1) of the disk grown to `newSize` bytes: AlternateLBA = the new last
+ * LBA, LastUsableLBA before the backup entry array, header CRC recomputed (UEFI 2.10 §5.3.2).
+ * Firmware measures this header in the GPT event, so a grown disk has its own PCR 5 / RTMR1.
+ */
+export function grownPrimaryHeader(hdr: Buffer, newSize: number): Buffer {
+  const hdrSize = hdr.readUInt32LE(12);
+  if (hdr.toString("latin1", 0, 8) !== "EFI PART" || hdrSize < 92 || hdrSize > SECTOR) throw gptError("not a GPT header");
+  const entriesBytes = roundUp(hdr.readUInt32LE(80) * hdr.readUInt32LE(84), SECTOR);
+  const lastLba = newSize / SECTOR - 1;
+  const primary = Buffer.from(hdr.subarray(0, SECTOR));
+  primary.writeBigUInt64LE(BigInt(lastLba), 32);
+  primary.writeBigUInt64LE(BigInt(lastLba - entriesBytes / SECTOR - 1), 48);
+  primary.writeUInt32LE(0, 16);
+  primary.writeUInt32LE(crc32(primary.subarray(0, hdrSize)) >>> 0, 16);
+  return primary;
+}
+
+/** The whole-GiB size GCE images are grown to (docs/design.md §6). */
+export const gceDiskSize = (rawSize: number) => roundUp(rawSize, GiB);
+
+/**
  * Grow a raw GPT disk at `file` to `newSize` bytes (a multiple of 512) and rewrite the
  * backup GPT at the new end; updates the protective MBR and both headers' CRCs.
  */
@@ -61,15 +82,11 @@ export async function growGptDisk(file: string, newSize: number): Promise<void> 
     await fh.truncate(newSize);
     const lastLba = newSize / SECTOR - 1;
     const entrySectors = entriesBytes / SECTOR;
-    const lastUsable = lastLba - entrySectors - 1;
     const seal = (h: Buffer) => {
       h.writeUInt32LE(0, 16);
       h.writeUInt32LE(crc32(h.subarray(0, hdrSize)) >>> 0, 16);
     };
-    const primary = Buffer.from(hdr);
-    primary.writeBigUInt64LE(BigInt(lastLba), 32);
-    primary.writeBigUInt64LE(BigInt(lastUsable), 48);
-    seal(primary);
+    const primary = grownPrimaryHeader(hdr, newSize);
     const backup = Buffer.from(primary);
     backup.writeBigUInt64LE(BigInt(lastLba), 24);
     backup.writeBigUInt64LE(1n, 32);
@@ -195,7 +212,7 @@ export async function rawToGceTarball(raw: string, out: string, tar = "tar"): Pr
     const disk = path.join(work, "disk.raw");
     await copyFast(raw, disk);
     const { size } = await fs.stat(disk);
-    await growGptDisk(disk, roundUp(size, GiB));
+    await growGptDisk(disk, gceDiskSize(size));
     await fs.utimes(disk, 0, 0);
     const r = await runStreaming([tar, "--format=oldgnu", "-S", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "--use-compress-program=gzip -n", "-cf", tmp, "-C", work, "disk.raw"]);
     if (r.code !== 0) throw new TdxError("E_BAKE", `tar failed: ${r.tail.slice(-5).join("\n")}`, { hint: "GNU tar and gzip are needed on the build host (apt-get install tar gzip).", details: { phase: "convert" } });

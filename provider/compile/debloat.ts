@@ -16,7 +16,7 @@ export const DEBLOAT_DEFAULT_PATHS = [
 export const DEBLOAT_DEFAULT_UNITS = [
   "dbus.service", "dbus.socket", "getty.target", "serial-getty@.service", "systemd-journald.service",
   "systemd-journald.socket", "systemd-networkd.service", "systemd-networkd.socket", "systemd-resolved.service",
-  "systemd-udevd.service", "tdxvm-init.service",
+  "systemd-udevd.service", "tdxvm-agent.service", "tdxs.socket", "tdxvm-secrets-ready.target",
 ];
 
 export function debloatRemovePaths(d: DebloatData): string[] {

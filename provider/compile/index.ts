@@ -19,6 +19,7 @@ import { Lock } from "../lock/schema";
 import { TdxError } from "../errors";
 import { debloatRemovePaths, systemdMinimizeScript } from "./debloat";
 import { shQuote } from "./shell";
+import { builtinFile } from "../modules/builtin";
 export { shQuote };
 
 export interface TreeEntry { data: Buffer; mode: number }
@@ -107,6 +108,7 @@ function ownershipLines(files: FileEntryData[]): string[] {
 
 function fileBytes(f: FileEntryData, source: CompileInputs["source"]): Buffer {
   if (f.source.kind === "inline") return Buffer.from(f.source.data, f.source.encoding);
+  if (f.source.kind === "builtin") return builtinFile(f.source.name, f.source.sha256);
   return source(f.source.ref);
 }
 

@@ -1,15 +1,25 @@
 /**
- * Init module: declares the image's secrets and how they are delivered at run time.
- * It bakes only the *contract* (names, schemas, targets, delivery settings) into the image at
- * /etc/tdxvm/secrets-contract.json — never a value. The validation and materialisation halves
- * of the contract live in ../secrets and are what the in-guest receiver runs.
+ * Init module: declares the image's secrets and receives them at run time — after a verifier has
+ * attested the VM — through the agent's HTTPS endpoint (`POST /v1/secrets`, delivery "http_post").
+ * It bakes only the *contract* (names, schemas, targets, delivery settings — never a value) at
+ * /etc/tdxvm/secrets-contract.json, the handoff: `tdxvm-secrets-ready.target`, which the agent
+ * starts once every required secret is in place and which pulls in the `handoff` unit (conditioned
+ * on the delivery, with EnvironmentFile= drop-ins for env targets), and the agent itself.
+ * The receiving half of the contract is ../secrets (the same code validates on the host).
  */
 import { TdxError } from "../errors";
 import type { Image, TdxModule } from "../recipe/image";
-import { DeliveryOptions, SecretOptions, SecretsDelivery, declareSecret } from "../secrets";
+import { DeliveryOptions, SecretOptions, SecretsDelivery, declareSecret, SECRETS_ENV_FILE, unitEnvFile } from "../secrets";
 import { SecretDeclData } from "../recipe/schema";
+import { ensureAgent, AgentOptions, AGENT_UNIT } from "./agent";
 
-export interface InitOptions {
+export const CONTRACT_PATH = "/etc/tdxvm/secrets-contract.json";
+export const READY_TARGET = "tdxvm-secrets-ready.target";
+export const READY_FILE = "/run/tdxvm/secrets-ready";
+/** File targets on a verity root must be on a tmpfs: the root is read-only (and secrets never belong on a disk). */
+export const TMPFS_PREFIXES = ["/run/", "/var/", "/tmp/", "/dev/shm/"];
+
+export interface InitOptions extends AgentOptions {
   /** Secrets this module declares on the image, by name. */
   secrets?: Record<string, SecretOptions>;
   /** systemd unit started once every required secret is in place (e.g. "app.service"). */
@@ -18,12 +28,12 @@ export interface InitOptions {
 
 export class Init implements TdxModule {
   readonly name = "init";
-  readonly version = "1";
+  readonly version = "2";
   readonly decls: SecretDeclData[];
   readonly handoff: string | undefined;
   private delivery: SecretsDelivery | undefined;
 
-  constructor(opts: InitOptions = {}) {
+  constructor(private readonly opts: InitOptions = {}) {
     this.decls = Object.entries(opts.secrets ?? {}).map(([n, o]) => declareSecret(n, o));
     if (opts.handoff !== undefined && !/^[A-Za-z0-9:_.@-]+\.(service|target)$/.test(opts.handoff)) {
       throw new TdxError("E_VALIDATION", `Init handoff ${JSON.stringify(opts.handoff)} is not a .service or .target unit`, { hint: 'Use e.g. {handoff: "app.service"}.' });
@@ -43,12 +53,43 @@ export class Init implements TdxModule {
   }
 
   install(img: Image): void {
+    const recipe = img.recipe;
+    if (recipe.rootfs === "verity") {
+      for (const s of recipe.secrets) for (const t of s.targets) {
+        if (t.kind === "file" && !TMPFS_PREFIXES.some((p) => t.path.startsWith(p))) {
+          throw new TdxError("E_VALIDATION", `secret ${s.name} targets ${t.path}, on the read-only verity root`, { hint: `Put secret files on a tmpfs: below ${TMPFS_PREFIXES.join(", ")} (e.g. /run/secrets/…).` });
+        }
+      }
+    }
     const contract = {
       contractVersion: 1,
       delivery: { method: "http_post", completion: this.delivery?.completion ?? "required", rejectUnknown: this.delivery?.rejectUnknown ?? true },
       handoff: this.handoff ?? null,
-      secrets: img.recipe.secrets,
+      secrets: recipe.secrets,
     };
-    img.file("/etc/tdxvm/secrets-contract.json", { content: JSON.stringify(contract, null, 2) + "\n", mode: 0o644 });
+    img.file(CONTRACT_PATH, { content: JSON.stringify(contract, null, 2) + "\n", mode: 0o644 });
+    ensureAgent(img, this.opts, (c) => (c.secretsContract = CONTRACT_PATH));
+
+    const wants = this.handoff ? `Wants=${this.handoff}\n` : "";
+    img.file(`/etc/systemd/system/${READY_TARGET}`, {
+      content: `[Unit]\nDescription=tdxvm: every required secret is in place\nConditionPathExists=${READY_FILE}\nAfter=${AGENT_UNIT}\n${wants}`,
+    });
+    // EnvironmentFile= drop-ins: the handoff unit reads the global env file, each unit its own.
+    const units = new Set(recipe.secrets.flatMap((s) => s.targets.flatMap((t) => (t.kind === "env" && t.scope === "unit" && t.unit ? [t.unit] : []))));
+    if (this.handoff?.endsWith(".service")) units.add(this.handoff);
+    for (const unit of [...units].sort()) {
+      const handoff = unit === this.handoff;
+      const lines = [
+        "# tdxvm Init: run-time secrets (tmpfs, written by the agent after attestation; never baked)",
+        ...(handoff ? ["[Unit]", `ConditionPathExists=${READY_FILE}`, `After=${READY_TARGET}`, ""] : []),
+        "[Service]",
+        ...(handoff ? [`EnvironmentFile=-${SECRETS_ENV_FILE}`] : []),
+        `EnvironmentFile=-${unitEnvFile(unit)}`,
+      ];
+      img.file(`/etc/systemd/system/${unit}.d/10-tdxvm-secrets.conf`, { content: lines.join("\n") + "\n" });
+    }
+    if (this.handoff && !this.handoff.endsWith(".service")) {
+      img.file(`/etc/systemd/system/${this.handoff}.d/10-tdxvm-secrets.conf`, { content: `[Unit]\nConditionPathExists=${READY_FILE}\nAfter=${READY_TARGET}\n` });
+    }
   }
 }

@@ -8,8 +8,9 @@ import * as path from "node:path";
 import { TdxError, label } from "../errors";
 import {
   Recipe, LayerData, Phase, Target, PHASES, TARGETS, parseRecipe, parseWith, FileEntry, RunStep, PackageName,
-  ProfileName, Debloat, DebloatData, Arg, ROOTFS_MODES, RootFs,
+  ProfileName, Debloat, DebloatData, Arg, ROOTFS_MODES, RootFs, BUILTIN_FILES, BuiltinFile,
 } from "./schema";
+import { builtinBytes, sha256Hex } from "../modules/builtin";
 import { z } from "zod";
 import { Policy, DEFAULT_POLICY } from "../lock/policy";
 import { declareSecret, SecretOptions } from "../secrets";
@@ -33,6 +34,8 @@ export interface ImageOptions {
 export interface FileOptions {
   content?: string | Uint8Array;
   src?: string;
+  /** A file tdxvm builds itself (for modules: "tdxvm-agent"); the recipe pins its sha256. */
+  builtin?: BuiltinFile;
   integrity?: string;
   mode?: number;
   owner?: string;
@@ -109,14 +112,17 @@ export class Image {
 
   file(p: string, opts: FileOptions): this {
     parseWith(z.object({}).loose(), opts, `file(${label(p)}) options`);
-    const given = ["content", "src"].filter((k) => (opts as Record<string, unknown>)?.[k] !== undefined);
+    const given = ["content", "src", "builtin"].filter((k) => (opts as Record<string, unknown>)?.[k] !== undefined);
     if (given.length !== 1) {
       throw new TdxError("E_VALIDATION", `file(${label(p)}) needs exactly one of content or src`, { hint: 'Use file("/etc/x", {content: "..."}) or file("/etc/x", {src: "./x"}).' });
     }
+    if (opts.builtin !== undefined && !BUILTIN_FILES.includes(opts.builtin)) throw new TdxError("E_VALIDATION", `file(${label(p)}): unknown builtin ${label(opts.builtin)}`, { hint: `Builtins: ${BUILTIN_FILES.join(", ")}.` });
     if (opts.integrity !== undefined && opts.src === undefined) {
       throw new TdxError("E_VALIDATION", `file(${JSON.stringify(p)}): integrity applies to src only`, { hint: "Drop integrity for inline content; its digest is part of the recipe." });
     }
-    const source = opts.content !== undefined
+    const source = opts.builtin !== undefined
+      ? { kind: "builtin" as const, name: opts.builtin, sha256: sha256Hex(builtinBytes(opts.builtin)) }
+      : opts.content !== undefined
       ? typeof opts.content === "string"
         ? { kind: "inline" as const, encoding: "utf8" as const, data: opts.content }
         : { kind: "inline" as const, encoding: "base64" as const, data: Buffer.from(opts.content).toString("base64") }

@@ -50,10 +50,19 @@ export const Integrity = z
   .string()
   .regex(/^(sha256|sha384|sha512)-[A-Za-z0-9+/]+={0,2}$/, "integrity must be SRI form: sha256-|sha384-|sha512- followed by base64");
 
-/** A file's bytes: inline (utf8 or base64) or from a source (file path or http(s)/file URL). */
+/** Files tdxvm itself generates for its modules (e.g. the agent bundle), pinned by their digest. */
+export const BUILTIN_FILES = ["tdxvm-agent"] as const;
+export type BuiltinFile = (typeof BUILTIN_FILES)[number];
+
+/**
+ * A file's bytes: inline (utf8 or base64), from a source (file path or http(s)/file URL), or
+ * built by tdxvm (`builtin`: the recipe records the name and sha256; compile regenerates the bytes
+ * and refuses any that differ, so a recipe stays small and its digest still pins the content).
+ */
 export const FileSource = z.discriminatedUnion("kind", [
   z.object({ kind: z.literal("inline"), encoding: z.enum(["utf8", "base64"]), data: z.string().max(64 * 1024 * 1024) }).strict(),
   z.object({ kind: z.literal("src"), ref: z.string().min(1).max(8192).refine(noNul, "source contains a NUL byte"), integrity: Integrity.optional() }).strict(),
+  z.object({ kind: z.literal("builtin"), name: z.enum(BUILTIN_FILES), sha256: z.string().regex(/^[0-9a-f]{64}$/) }).strict(),
 ]);
 
 export const FileEntry = z.object({ path: ImagePath, source: FileSource, mode: Mode, owner: Owner }).strict();

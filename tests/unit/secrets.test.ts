@@ -926,8 +926,8 @@ describe("Init module and Image.secret(): the recipe carries the contract, never
   const initOptions = () => ({
     secrets: {
       DB_PASSWORD: { schema: SecretSchema.string({ minLength: 12, pattern: "^[ -~]+$" }), targets: [SecretTarget.env("PGPASSWORD", { scope: "unit" as const, unit: "app.service" })] },
-      TLS_KEY: { schema: SecretSchema.bytes({ maxLength: 4096 }), targets: [SecretTarget.file("/etc/app/tls.key", { mode: 0o400, owner: "app" })] },
-      FEATURE_FLAGS: { required: false, schema: SecretSchema.json(), targets: [SecretTarget.file("/etc/app/flags.json", { mode: 0o440 })] },
+      TLS_KEY: { schema: SecretSchema.bytes({ maxLength: 4096 }), targets: [SecretTarget.file("/run/app/tls.key", { mode: 0o400, owner: "app" })] },
+      FEATURE_FLAGS: { required: false, schema: SecretSchema.json(), targets: [SecretTarget.file("/run/app/flags.json", { mode: 0o440 })] },
     },
     handoff: "app.service",
   });
@@ -952,7 +952,7 @@ describe("Init module and Image.secret(): the recipe carries the contract, never
     const recipeJson = JSON.stringify(recipe);
     for (const n of ["DB_PASSWORD", "TLS_KEY", "FEATURE_FLAGS", "PGPASSWORD"]) expect(recipeJson).toContain(n);
     expect(recipe.secrets.map((s) => s.name)).toEqual(["DB_PASSWORD", "TLS_KEY", "FEATURE_FLAGS"]);
-    expect(recipe.modules).toEqual([{ name: "init", version: "1" }]);
+    expect(recipe.modules).toEqual([{ name: "init", version: "2" }]);
 
     const { json } = contractOf(img);
     expect(Object.keys(json).sort()).toEqual(["contractVersion", "delivery", "handoff", "secrets"]);
