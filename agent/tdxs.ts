@@ -13,8 +13,9 @@ import * as net from "node:net";
 import { tdxsReportData, Issuer } from "./protocol";
 import type { IssuerImpl } from "./issuers";
 
-const MAX_LINE = 64 * 1024;
-const MAX_FIELD = 4096;
+const MAX_LINE = 128 * 1024;
+/** Hex characters per field: user data and nonces are small; a document (a TD quote with its certificate chain) is not. */
+const MAX_FIELD: Record<string, number> = { userData: 4096, nonce: 4096, document: 96 * 1024 };
 /** TDX quote v4/v5: REPORTDATA sits at the end of the TD report body (header 48 bytes + body offset 520; v5 adds a 6-byte body descriptor). */
 const reportDataInQuote = (q: Buffer): Buffer | undefined => {
   if (q.length < 48) return undefined;
@@ -26,7 +27,8 @@ const reportDataInQuote = (q: Buffer): Buffer | undefined => {
 function hexField(data: Record<string, unknown>, name: string, required: boolean): Buffer {
   const v = data[name];
   if (v === undefined && !required) return Buffer.alloc(0);
-  if (typeof v !== "string" || v.length > MAX_FIELD || !/^([0-9a-fA-F]{2})*$/.test(v)) throw new Error(`data.${name} must be a hex string of at most ${MAX_FIELD / 2} bytes`);
+  const max = MAX_FIELD[name] ?? 4096;
+  if (typeof v !== "string" || v.length > max || !/^([0-9a-fA-F]{2})*$/.test(v)) throw new Error(`data.${name} must be a hex string of at most ${max / 2} bytes`);
   return Buffer.from(v, "hex");
 }
 

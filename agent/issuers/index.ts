@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { Exec } from "../exec";
 import { attestBinding, Evidence, Issuer } from "../protocol";
 import { TpmIssuer, AZURE_HCL_REPORT_NV } from "./tpm";
-import { TdxIssuer, readCcel } from "./tdx";
+import { TdxIssuer, readCcel, TsmOps } from "./tdx";
 import { parseHclReport, imdsTdQuote, isTdxHclReport } from "./azure";
 
 export const TCG_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements";
@@ -32,6 +32,8 @@ export interface IssuerEnv {
   workDir: string;
   /** Overridable paths (tests). */
   paths?: { tsmReport?: string; tcgLog?: string; systemdLog?: string; ccel?: string; tpmDevice?: string };
+  /** configfs operations (tests pass a recording of the kernel's behaviour). */
+  tsm?: TsmOps;
   tpmEnv?: Record<string, string>;
   imds?: { host?: string; port?: number };
 }
@@ -80,7 +82,7 @@ function tpmIssuer(env: IssuerEnv, flavour: "tpm" | "azure"): IssuerImpl {
 }
 
 function tdxIssuer(env: IssuerEnv): IssuerImpl {
-  const tdx = new TdxIssuer(env.paths?.tsmReport);
+  const tdx = new TdxIssuer(env.paths?.tsmReport, env.tsm);
   return {
     name: "tdx",
     keys: async () => ({ issuer: "tdx" }),
@@ -110,7 +112,7 @@ export async function chooseIssuer(wanted: Issuer | "auto", env: IssuerEnv): Pro
   if (wanted === "simulator") return simulatorIssuer(env);
   if (wanted === "tdx") return tdxIssuer(env);
   if (wanted === "tpm" || wanted === "azure") return tpmIssuer(env, wanted);
-  if (await new TdxIssuer(env.paths?.tsmReport).available()) return tdxIssuer(env);
+  if (await new TdxIssuer(env.paths?.tsmReport, env.tsm).available()) return tdxIssuer(env);
   const device = env.paths?.tpmDevice ?? "/dev/tpmrm0";
   if (existsSync(device) || env.tpmEnv?.TPM2TOOLS_TCTI) {
     const probe = new TpmIssuer(env.exec, path.join(env.workDir, "probe"), "azure", env.tpmEnv);

@@ -14,24 +14,39 @@ import { Mutex } from "../exec";
 export const TSM_REPORT_DIR = "/sys/kernel/config/tsm/report";
 export const CCEL_PATH = "/sys/firmware/acpi/tables/data/CCEL";
 
+/** The configfs operations the issuer needs (real configfs by default; tests pass a recording). */
+export interface TsmOps {
+  mkdir(dir: string): Promise<void>;
+  read(file: string): Promise<Buffer>;
+  write(file: string, data: Buffer): Promise<void>;
+  rmdir(dir: string): Promise<void>;
+}
+
+export const configfs: TsmOps = {
+  mkdir: async (d) => void (await fs.mkdir(d)),
+  read: (f) => fs.readFile(f),
+  write: (f, b) => fs.writeFile(f, b),
+  rmdir: (d) => fs.rmdir(d),
+};
+
 export class TdxIssuer {
   private readonly mutex = new Mutex();
-  constructor(private readonly reportRoot = TSM_REPORT_DIR) {}
+  constructor(private readonly reportRoot = TSM_REPORT_DIR, private readonly ops: TsmOps = configfs) {}
 
   /** Is configfs-tsm there with a TDX provider? (Creates and removes one report directory.) */
   async available(): Promise<boolean> {
     const dir = path.join(this.reportRoot, `tdxvm-probe-${randomBytes(4).toString("hex")}`);
     try {
-      await fs.mkdir(dir);
+      await this.ops.mkdir(dir);
     } catch {
       return false;
     }
     try {
-      return (await fs.readFile(path.join(dir, "provider"), "utf8")).trim() === "tdx_guest";
+      return (await this.ops.read(path.join(dir, "provider"))).toString("utf8").trim() === "tdx_guest";
     } catch {
       return false;
     } finally {
-      await fs.rmdir(dir).catch(() => undefined);
+      await this.ops.rmdir(dir).catch(() => undefined);
     }
   }
 
@@ -40,19 +55,20 @@ export class TdxIssuer {
     if (reportData.length !== 64) return Promise.reject(new Error(`TDX report data must be 64 bytes, got ${reportData.length}`));
     return this.mutex.lock(async () => {
       const dir = path.join(this.reportRoot, `tdxvm-${randomBytes(6).toString("hex")}`);
-      await fs.mkdir(dir);
+      await this.ops.mkdir(dir);
       try {
-        const provider = (await fs.readFile(path.join(dir, "provider"), "utf8")).trim();
+        const text = async (f: string) => (await this.ops.read(path.join(dir, f))).toString("utf8").trim();
+        const provider = await text("provider");
         if (provider !== "tdx_guest") throw new Error(`configfs-tsm provider is ${JSON.stringify(provider)}, not tdx_guest`);
-        const before = Number((await fs.readFile(path.join(dir, "generation"), "utf8")).trim());
-        await fs.writeFile(path.join(dir, "inblob"), reportData);
-        const quote = await fs.readFile(path.join(dir, "outblob"));
-        const after = Number((await fs.readFile(path.join(dir, "generation"), "utf8")).trim());
+        const before = Number(await text("generation"));
+        await this.ops.write(path.join(dir, "inblob"), reportData);
+        const quote = await this.ops.read(path.join(dir, "outblob"));
+        const after = Number(await text("generation"));
         if (after !== before + 1) throw new Error(`configfs-tsm report was written concurrently (generation ${before} → ${after})`);
         if (quote.length < 48) throw new Error(`configfs-tsm returned a ${quote.length}-byte quote`);
         return quote;
       } finally {
-        await fs.rmdir(dir).catch(() => undefined);
+        await this.ops.rmdir(dir).catch(() => undefined);
       }
     });
   }
