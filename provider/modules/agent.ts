@@ -33,9 +33,11 @@ export interface AgentOptions {
   port?: number;
 }
 
+// After=tdxvm-report.service: when the image has a BootReport, the agent's console line must not
+// interleave with the report (ordering against a unit that does not exist is a no-op).
 const UNIT = `[Unit]
 Description=tdxvm agent: attestation evidence, secrets receiver, tdxs quote socket
-After=systemd-networkd.service dev-tpmrm0.device
+After=systemd-networkd.service dev-tpmrm0.device tdxvm-report.service
 Wants=dev-tpmrm0.device
 
 [Service]
