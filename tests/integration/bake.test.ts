@@ -8,7 +8,9 @@ import { promises as fs, existsSync, readFileSync, openSync, readSync, closeSync
 import * as path from "node:path";
 import { crc32, gunzipSync } from "node:zlib";
 import { Image, BakeResult, artifact, defaultCacheDir } from "../../provider";
-import { parseVhdFooter, MiB, GiB } from "../../provider/bake/convert";
+import { parseVhdFooter, MiB, GiB, growGptDisk } from "../../provider/bake/convert";
+import { createHash } from "node:crypto";
+import { measureBake, readDiskHead, uefiGptEventData } from "../../provider/measure";
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
 import { readLock, pinPackages } from "../../provider/lock";
 import { tempDir, tdxErrorOf } from "../helpers";
@@ -106,6 +108,9 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
     const types = checkGpt(disk.path);
     expect(types).toContain("28732ac11ff8d211ba4b00a0c93ec93b"); // ESP c12a7328-f81f-11d2-ba4b-00a0c93ec93b (mixed-endian)
     expect(types).toContain("e3bc684fcde8b14d96e7fbcaf984b709"); // root x86-64 4f68bce3-e8cd-4db1-96e7-fbcaf984b709
+    expect(types).toContain("ed57732cd2ebd946aec123d437ec2bf5"); // root-verity x86-64 2c7357ed-ebd2-46d9-aec1-23d437ec2bf5 (the default rootfs)
+    expect(first.rootfs).toBe("verity");
+    expect(first.rootHash).toMatch(/^[0-9a-f]{64}$/);
     // The ESP's BOOTX64.EFI is byte-identical to the split-out UKI: find its bytes in the disk.
     const ukiBytes = readFileSync(uki.path);
     const diskBytes = readFileSync(disk.path);
@@ -140,6 +145,20 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
     expect(realSize % GiB).toBe(0);
     expect(realSize).toBeGreaterThanOrEqual(artifact(first, "disk")!.size);
     expect(parseInt(h.toString("latin1", 136, 148).trim(), 8)).toBe(0); // mtime 0: reproducible
+  });
+
+  it("gcp measurements use the GPT of the disk GCE boots (grown to a whole GiB), the others the raw disk's", async () => {
+    const grown = path.join(project, "grown.raw");
+    await fs.copyFile(artifact(first, "disk")!.path, grown);
+    await growGptDisk(grown, Math.ceil(statSync(grown).size / GiB) * GiB);
+    const gptEvent = (head: Buffer) => createHash("sha384").update(uefiGptEventData(head)).digest("hex");
+    const gptDigest = (m: Awaited<ReturnType<typeof measureBake>>) => m.registers.RTMR1.events.find((e) => e.type === "EV_EFI_GPT_EVENT")!.digest;
+    const gcp = await measureBake(first, { backend: "gcp", cacheDir });
+    const rtmr = await measureBake(first, { backend: "rtmr", cacheDir });
+    expect(gptDigest(gcp)).toBe(gptEvent(await readDiskHead(grown)));
+    expect(gptDigest(rtmr)).toBe(gptEvent(await readDiskHead(artifact(first, "disk")!.path)));
+    expect(gptDigest(gcp)).not.toBe(gptDigest(rtmr));
+    await fs.rm(grown, { force: true });
   });
 
   it("qemu: qcow2 converted from the raw disk", async () => {
