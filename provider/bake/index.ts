@@ -12,10 +12,10 @@ import * as path from "node:path";
 import { execFileSync } from "node:child_process";
 import { TdxError } from "../errors";
 import { digestOf } from "../recipe/digest";
-import { DEFAULT_PROFILE } from "../recipe/resolve";
+import { DEFAULT_PROFILE, resolveProfile } from "../recipe/resolve";
 import { Target, RootFs } from "../recipe/schema";
 import { findOnPath } from "../recipe/image";
-import { treeDigest } from "../compile";
+import { treeDigest, BASE_PACKAGES } from "../compile";
 import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, LOCK_FILE } from "../lock";
 import { emitRecipe, compileRecipe, defaultCacheDir, ProjectContext } from "../pipeline";
 import { ensureToolsTree, ToolsTree, preflight, readToolsManifest } from "./toolsTree";
@@ -72,6 +72,8 @@ export interface BakeResult {
   rootHash: string | null;
   packages: Array<{ name: string; version: string; architecture?: string }>;
   durations: Record<string, number>;
+  /** Seconds per mkosi step (its "‣" lines; nested steps indented), for finding where a bake's time goes. */
+  mkosiSteps?: Record<string, number>;
   mkosiLog: string;
 }
 
@@ -303,7 +305,15 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
   await fs.mkdir(path.dirname(a.logFile), { recursive: true });
   // One mkosi at a time per cache: mkosi's incremental and metadata caches are shared and not
   // written atomically. If the previous holder died mid-build, those caches may be torn: drop them.
-  return withFileLock(path.join(a.cacheDir, "mkosi.lock"), () => runMkosi(a, exec, binds, mkosi, inCache, mkcache), {
+  const slot = cacheSlotKey(a);
+  return withFileLock(path.join(a.cacheDir, "mkosi.lock"), async () => {
+    await enterCacheSlot(mkcache, slot);
+    try {
+      return await runMkosi(a, exec, binds, mkosi, inCache, mkcache);
+    } finally {
+      await leaveCacheSlot(mkcache, slot);
+    }
+  }, {
     onWait: () => progress.phase("waiting for another mkosi build on this cache"),
     onStale: async () => {
       await fs.rm(mkcache, { recursive: true, force: true });
@@ -318,6 +328,12 @@ async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: stri
   const log = await fs.open(a.logFile, "w");
   let step = "starting mkosi";
   const t0 = Date.now();
+  // Where mkosi's time goes: each step line ("‣ …", nesting by indentation) until the next one.
+  const steps: Record<string, number> = {};
+  let current: { name: string; at: number } | undefined;
+  const endStep = () => {
+    if (current) steps[current.name] = (steps[current.name] ?? 0) + (Date.now() - current.at) / 1000;
+  };
   let r;
   try {
     r = await runStreaming(exec.argv(mkosi, binds), {
@@ -326,11 +342,16 @@ async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: stri
       onLine: (l) => {
         void log.write(l + "\n");
         const m = /^‣\s+(.*)$/.exec(l.trim());
-        if (m && isStepLine(m[1])) step = m[1].replace(/…$/, "");
+        if (m && isStepLine(m[1])) {
+          step = m[1].replace(/…$/, "");
+          endStep();
+          current = { name: `${"  ".repeat(Math.max(0, /^‣(\s*)/.exec(l.trim())![1].length - 1))}${step.replace(/\s\/\S*/g, " …").slice(0, 60)}`, at: Date.now() };
+        }
         progress.line(l);
       },
     });
   } finally {
+    endStep();
     await log.close();
   }
   const mkosiSeconds = (Date.now() - t0) / 1000;
@@ -352,32 +373,52 @@ async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: stri
     { target: "disk", kind: "raw", path: raw },
     { target: "qemu", kind: "raw", path: raw },
   ];
-  const rawSum = await sha256File(raw);
-  const uniqueId = Buffer.from(rawSum.sha256.slice(0, 32), "hex");
+  // The per-target conversions read the raw disk and write their own files: they run together
+  // (qemu-img and tar in their own processes, gzip and hashing on the thread pool and the main
+  // thread), each hashing what it wrote as soon as it is done. The VHD's unique id is derived from
+  // the raw disk's digest, so it waits for that hash only.
+  progress.phase("convert & hash");
+  const tConvert = Date.now();
+  const timed = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+    const t = Date.now();
+    try {
+      return await fn();
+    } finally {
+      convertSeconds[name] = (Date.now() - t) / 1000;
+    }
+  };
+  const convertSeconds: Record<string, number> = {};
+  const hashed = (f: Omit<Artifact, "sha256" | "size">) => sha256File(f.path).then((h) => ({ ...f, ...h }));
+  const rawSum = sha256File(raw);
+  const jobs: Array<Promise<Artifact[]>> = [
+    timed("hash uki+raw", async () => [await hashed(files[0]), ...(await rawSum.then((h) => files.slice(1).map((f) => ({ ...f, ...h }))))]),
+  ];
   if (a.targets.includes("qemu")) {
     const qemuImg = exec.source === "tools-tree" ? "/usr/bin/qemu-img" : findOnPath("qemu-img");
     if (qemuImg) {
-      progress.phase("convert: qcow2");
       const q = path.join(out, `${base}.qcow2`);
-      await rawToQcow2((args) => exec.argv([qemuImg, ...args.map((x) => (x.startsWith(a.cacheDir) ? inCache(x) : x))], binds), raw, q);
-      files.push({ target: "qemu", kind: "qcow2", path: q });
+      jobs.push(timed("qcow2", async () => {
+        await rawToQcow2((args) => exec.argv([qemuImg, ...args.map((x) => (x.startsWith(a.cacheDir) ? inCache(x) : x))], binds), raw, q);
+        return [await hashed({ target: "qemu", kind: "qcow2", path: q })];
+      }));
     }
   }
   if (a.targets.includes("azure")) {
-    progress.phase("convert: azure vhd");
     const v = path.join(out, `${base}.vhd`);
-    await rawToVhd(raw, v, uniqueId);
-    files.push({ target: "azure", kind: "vhd", path: v });
+    jobs.push(timed("azure vhd", async () => {
+      await rawToVhd(raw, v, Buffer.from((await rawSum).sha256.slice(0, 32), "hex"));
+      return [await hashed({ target: "azure", kind: "vhd", path: v })];
+    }));
   }
   if (a.targets.includes("gcp")) {
-    progress.phase("convert: gcp tar.gz");
     const t = path.join(out, `${base}.tar.gz`);
-    await rawToGceTarball(raw, t);
-    files.push({ target: "gcp", kind: "tar.gz", path: t });
+    jobs.push(timed("gcp tar.gz", async () => {
+      await rawToGceTarball(raw, t);
+      return [await hashed({ target: "gcp", kind: "tar.gz", path: t })];
+    }));
   }
-  progress.phase("hash artifacts");
-  const artifacts: Artifact[] = [];
-  for (const f of files) artifacts.push({ ...f, ...(f.path === raw ? rawSum : await sha256File(f.path)) });
+  const artifacts: Artifact[] = (await Promise.all(jobs)).flat();
+  convertSeconds.total = (Date.now() - tConvert) / 1000;
   const manifestFile = path.join(out, `${base}.manifest`);
   let packages: BakeResult["packages"] = [];
   if (existsSync(manifestFile)) {
@@ -393,7 +434,8 @@ async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: stri
     rootfs: a.ctx.recipe.rootfs,
     rootHash: await checkRootHash(a.ctx.recipe.rootfs, uki, raw),
     packages,
-    durations: { mkosi: mkosiSeconds },
+    durations: { mkosi: mkosiSeconds, ...Object.fromEntries(Object.entries(convertSeconds).map(([k, v]) => [`convert: ${k}`, v])) },
+    mkosiSteps: steps,
     mkosiLog: a.logFile,
   };
 }
@@ -419,6 +461,41 @@ async function checkRootHash(mode: RootFs, uki: string, raw: string): Promise<st
     throw new TdxError("E_BAKE", `the disk's partitions do not belong to roothash=${hash} (want partition UUIDs ${want.join(", ")}; disk has ${have.join(", ")})`, { hint: "Bake again with a clean cache entry; report it if it repeats.", details: { phase: "collect" } });
   }
   return hash;
+}
+
+/**
+ * mkosi keeps ONE incremental cache per distribution/release/architecture (mkosi 25
+ * cache_tree_paths: "debian~trixie~x86-64.cache" + ".manifest"), and drops it whenever the package
+ * set differs (cache_manifest: packages, repositories, prepare scripts, …). Recipes with different
+ * packages baked one after another would rebuild from scratch every time; tdxvm therefore keeps a
+ * slot per package set and moves it in place (a rename) around each mkosi run, keeping the most
+ * recently used MAX_CACHE_SLOTS. The shared metadata, keyring and default-initrd caches stay put.
+ */
+export const MAX_CACHE_SLOTS = 4;
+const MAIN_CACHE_ENTRIES = ["debian~trixie~x86-64.cache", "debian~trixie~x86-64.build.cache", "debian~trixie~x86-64.manifest"];
+
+export function cacheSlotKey(a: Pick<BuildArgs, "ctx" | "profile">): string {
+  const p = resolveProfile(a.ctx.recipe, a.profile);
+  return digestOf({ packages: [...BASE_PACKAGES, ...p.packages].sort(), prepare: p.runs.filter((r) => r.phase === "prepare"), release: "trixie", arch: p.arch }).slice("sha256:".length, "sha256:".length + 16);
+}
+
+async function enterCacheSlot(mkcache: string, slot: string): Promise<void> {
+  const dir = path.join(mkcache, "slots", slot);
+  for (const n of MAIN_CACHE_ENTRIES) {
+    await fs.rm(path.join(mkcache, n), { recursive: true, force: true }); // another slot's, left by a crash
+    await fs.rename(path.join(dir, n), path.join(mkcache, n)).catch(() => undefined);
+  }
+}
+
+async function leaveCacheSlot(mkcache: string, slot: string): Promise<void> {
+  const slots = path.join(mkcache, "slots");
+  const dir = path.join(slots, slot);
+  await fs.mkdir(dir, { recursive: true });
+  for (const n of MAIN_CACHE_ENTRIES) await fs.rename(path.join(mkcache, n), path.join(dir, n)).catch(() => undefined);
+  const now = new Date();
+  await fs.utimes(dir, now, now);
+  const all = await Promise.all((await fs.readdir(slots)).map(async (n) => ({ n, t: (await fs.stat(path.join(slots, n))).mtimeMs })));
+  for (const old of all.sort((x, y) => y.t - x.t).slice(MAX_CACHE_SLOTS)) await fs.rm(path.join(slots, old.n), { recursive: true, force: true });
 }
 
 /**

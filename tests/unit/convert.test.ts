@@ -1,7 +1,9 @@
 import { promises as fs, readFileSync } from "node:fs";
 import * as path from "node:path";
-import { crc32 } from "node:zlib";
-import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, MiB } from "../../provider/bake/convert";
+import { crc32, gunzipSync, inflateRawSync } from "node:zlib";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, gzipParallel, MiB } from "../../provider/bake/convert";
 import { parseGpt } from "../../provider/measure/gpt";
 import { limaArgv } from "../../provider/bake/lima";
 import { isStepLine } from "../../provider/bake";
@@ -125,6 +127,40 @@ describe("fixed VHD", () => {
     const last = (v.length - 512) / 512 - 1;
     expect(headerOk(v.subarray(last * 512, last * 512 + 512))).toBe(true);
     expect((await fs.readdir(dir)).sort()).toEqual(["d.raw", "d.vhd"]);
+  });
+});
+
+describe("parallel gzip (one standard member)", () => {
+  const chunk = 64 * 1024;
+  const sizes = [0, 1, chunk - 1, chunk, chunk + 1, Math.floor(3.5 * chunk)];
+  async function* pieces(b: Buffer, step: number) {
+    for (let i = 0; i < b.length; i += step) yield b.subarray(i, i + step);
+  }
+
+  it("round-trips through zlib and the system's gzip for every chunk boundary case, independent of parallelism", async () => {
+    const dir = await tempDir();
+    try {
+      for (const n of sizes) {
+        // Half compressible text, half random: back-references across chunk boundaries matter.
+        const data = Buffer.concat([Buffer.from("tdxvm ".repeat(Math.ceil(n / 12))).subarray(0, Math.floor(n / 2)), randomBytes(n - Math.floor(n / 2))]);
+        const a = path.join(dir, `a${n}.gz`);
+        const b = path.join(dir, `b${n}.gz`);
+        const ra = await gzipParallel(pieces(data, 10_000), a, { chunk, inFlight: 8 });
+        await gzipParallel(pieces(data, 777), b, { chunk, inFlight: 1 });
+        const gz = readFileSync(a);
+        expect({ n, same: gz.equals(readFileSync(b)) }).toEqual({ n, same: true });
+        expect(ra).toEqual({ bytesIn: n, bytesOut: gz.length });
+        expect(gz.subarray(0, 4).toString("hex")).toBe("1f8b0800"); // gzip, deflate, no flags
+        expect(gz.readUInt32LE(4)).toBe(0); // mtime 0: reproducible
+        expect(gunzipSync(gz).equals(data)).toBe(true);
+        expect(execFileSync("gzip", ["-dc", a]).equals(data)).toBe(true);
+        // One member: inflating the body alone consumes everything up to the 8-byte trailer.
+        const inflated = inflateRawSync(gz.subarray(10, gz.length - 8));
+        expect(inflated.equals(data)).toBe(true);
+      }
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
