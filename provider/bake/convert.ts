@@ -117,8 +117,12 @@ export function grownPrimaryHeader(hdr: Buffer, newSize: number): Buffer {
   return primary;
 }
 
-/** The whole-GiB size GCE images are grown to (docs/design.md §6). */
-export const gceDiskSize = (rawSize: number) => roundUp(rawSize, GiB);
+/**
+ * The size a baked disk is grown to: a whole GiB, which GCE requires (docs/design.md §6) and which
+ * is also a whole MiB, as Azure requires. Every target then boots the same disk — the same GPT,
+ * whose header the firmware measures (PCR 5 / RTMR1) — and no target needs its own copy to grow.
+ */
+export const diskSize = (rawSize: number) => roundUp(rawSize, GiB);
 
 /**
  * Grow a raw GPT disk at `file` to `newSize` bytes (a multiple of 512) and rewrite the
@@ -252,14 +256,14 @@ export function parseVhdFooter(f: Buffer): VhdFooterFields {
   };
 }
 
-/** raw → fixed VHD (Azure): grow to a whole MiB, append the footer. */
+/** raw → fixed VHD (Azure): the disk (grown to a whole MiB if it is not yet) plus the footer. */
 export async function rawToVhd(raw: string, out: string, uniqueId: Buffer): Promise<void> {
   const tmp = `${out}.tmp`;
   try {
     await copyFast(raw, tmp);
     const { size } = await fs.stat(tmp);
     const virtual = roundUp(size, MiB);
-    await growGptDisk(tmp, virtual);
+    if (virtual !== size) await growGptDisk(tmp, virtual);
     await fs.appendFile(tmp, vhdFooter(virtual, uniqueId));
     await fs.rename(tmp, out);
   } catch (e) {
@@ -268,20 +272,17 @@ export async function rawToVhd(raw: string, out: string, uniqueId: Buffer): Prom
   }
 }
 
-/** raw → GCE image tar.gz (disk.raw, whole GiB, oldgnu, sparse, deterministic headers). */
+/**
+ * raw → GCE image tar.gz: one member `disk.raw` (oldgnu, sparse, deterministic headers), read
+ * straight from the baked disk, which must already be a whole number of GiB (see diskSize).
+ */
 export async function rawToGceTarball(raw: string, out: string, tar = "tar"): Promise<void> {
-  const work = `${out}.d.tmp`;
   const tmp = `${out}.tmp`;
   try {
-    await fs.rm(work, { recursive: true, force: true });
-    await fs.mkdir(work);
-    const disk = path.join(work, "disk.raw");
-    await copyFast(raw, disk);
-    const { size } = await fs.stat(disk);
-    await growGptDisk(disk, gceDiskSize(size));
-    await fs.utimes(disk, 0, 0);
-    // GNU tar writes the sparse oldgnu archive; it is compressed here, on both cores.
-    const child = spawn(tar, ["--format=oldgnu", "-S", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-cf", "-", "-C", work, "disk.raw"], { stdio: ["ignore", "pipe", "pipe"] });
+    const { size } = await fs.stat(raw);
+    if (size % GiB !== 0) throw new TdxError("E_BAKE", `a GCE image disk must be a whole number of GiB; ${raw} is ${size} bytes`, { hint: "Grow the disk first (growGptDisk(raw, diskSize(size))).", details: { phase: "convert" } });
+    // GNU tar writes the sparse oldgnu archive (the member renamed to disk.raw); it is compressed here, on both cores.
+    const child = spawn(tar, ["--format=oldgnu", "-S", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "--mode=0644", `--transform=s|^${path.basename(raw).replace(/[|\\]/g, "")}$|disk.raw|`, "-cf", "-", "-C", path.dirname(raw), path.basename(raw)], { stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";
     child.stderr.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
     const exited = new Promise<number | null>((resolve, reject) => {
@@ -298,7 +299,6 @@ export async function rawToGceTarball(raw: string, out: string, tar = "tar"): Pr
     if (code !== 0) throw new TdxError("E_BAKE", `tar failed (exit ${code}): ${stderr.trim().split("\n").slice(-5).join("\n")}`, { hint: "GNU tar is needed on the build host (apt-get install tar).", details: { phase: "convert" } });
     await fs.rename(tmp, out);
   } finally {
-    await fs.rm(work, { recursive: true, force: true });
     await fs.rm(tmp, { force: true });
   }
 }

@@ -22,13 +22,13 @@ import { ensureToolsTree, ToolsTree, preflight, readToolsManifest } from "./tool
 import { sandboxArgv, runStreaming, Bind } from "./sandbox";
 import { withFileLock } from "./filelock";
 import { Progress } from "./progress";
-import { rawToVhd, rawToGceTarball, rawToQcow2 } from "./convert";
+import { rawToVhd, rawToGceTarball, rawToQcow2, growGptDisk, diskSize } from "./convert";
 import { limaArgv } from "./lima";
 import { readDiskHead, readUkiCmdline } from "../measure/api";
 import { rootHashOf } from "../measure/boot";
 import { parseGpt } from "../measure/gpt";
 
-export const BAKE_VERSION = 2;
+export const BAKE_VERSION = 3;
 export const REPORT_VERSION = 1;
 
 export type Backend = "local_linux" | "lima";
@@ -293,9 +293,25 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
     { host: a.cacheDir, inside: "/work/cache" },
   ];
   const inCache = (hostPath: string) => path.posix.join(exec.inside(binds[1]), path.relative(a.cacheDir, hostPath));
+  const initrdCache = path.join(a.cacheDir, "mkosi-initrd-cache");
+  await fs.mkdir(initrdCache, { recursive: true });
+  await fs.mkdir(path.join(a.tmp, "initrd", "ws"), { recursive: true });
+  const recipe = a.ctx.recipe;
+  // The default initrd as its own mkosi image (the settings mkosi 25's finalize_default_initrd
+  // passes its sub-image), with its own incremental cache: see defaultInitrd below.
+  const initrd = recipe.rootfs === "initrd" ? undefined : [
+    "mkosi", "--directory", "", "--include=mkosi-initrd", "--distribution", "debian", "--release", "trixie", "--architecture", recipe.arch,
+    `--sandbox-tree=${path.posix.join(exec.inside(binds[0]), "mkosi.sandbox")}`,
+    "--cache-directory", inCache(initrdCache), "--package-cache-directory", inCache(pkgcache), `--incremental=${a.opts.incremental === false ? "no" : "yes"}`,
+    "--output", "initrd", "--image-id", "tdxvm", "--source-date-epoch", "0", "--locale", "C.UTF-8", "--keymap", "us", "--timezone", "UTC", "--hostname", recipe.hostname,
+    "--output-directory", inCache(path.join(a.tmp, "initrd")), "--workspace-directory", inCache(path.join(a.tmp, "initrd", "ws")),
+    ...(recipe.policy.networkMode === "offline" ? ["--cache-only=always"] : []),
+    "--force", "build",
+  ];
   const mkosi = [
     "mkosi", "--directory", exec.inside(binds[0]), "--output-dir", inCache(path.join(a.tmp, "out")), "--workspace-directory", inCache(path.join(a.tmp, "ws")),
     "--cache-dir", inCache(mkcache), "--package-cache-dir", inCache(pkgcache),
+    ...(initrd ? [`--initrd=${inCache(path.join(a.tmp, "initrd", "initrd.cpio.zst"))}`] : []),
     ...(a.profile !== DEFAULT_PROFILE ? [`--profile=${a.profile}`] : []),
     `--incremental=${a.opts.incremental === false ? "no" : "yes"}`,
     ...(a.ctx.recipe.policy.networkMode === "offline" ? ["--cache-only=always"] : []),
@@ -309,22 +325,23 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
   return withFileLock(path.join(a.cacheDir, "mkosi.lock"), async () => {
     await enterCacheSlot(mkcache, slot);
     try {
-      return await runMkosi(a, exec, binds, mkosi, inCache, mkcache);
+      return await runMkosi(a, exec, binds, mkosi, inCache, initrd);
     } finally {
       await leaveCacheSlot(mkcache, slot);
     }
   }, {
     onWait: () => progress.phase("waiting for another mkosi build on this cache"),
     onStale: async () => {
-      await fs.rm(mkcache, { recursive: true, force: true });
-      await fs.mkdir(mkcache, { recursive: true });
+      for (const c of [mkcache, initrdCache]) {
+        await fs.rm(c, { recursive: true, force: true });
+        await fs.mkdir(c, { recursive: true });
+      }
     },
   });
 }
 
-async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: string[], inCache: (p: string) => string, mkcache: string): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
+async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: string[], inCache: (p: string) => string, initrd: string[] | undefined): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
   const { progress } = a;
-  await dropInitrdCache(mkcache);
   const log = await fs.open(a.logFile, "w");
   let step = "starting mkosi";
   const t0 = Date.now();
@@ -334,26 +351,33 @@ async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: stri
   const endStep = () => {
     if (current) steps[current.name] = (steps[current.name] ?? 0) + (Date.now() - current.at) / 1000;
   };
-  let r;
+  let r: Awaited<ReturnType<typeof runStreaming>> | undefined;
   try {
-    r = await runStreaming(exec.argv(mkosi, binds), {
-      tailLines: 30,
-      timeoutMs: a.opts.timeoutMs ?? 2 * 3600_000,
-      onLine: (l) => {
-        void log.write(l + "\n");
-        const m = /^‣\s+(.*)$/.exec(l.trim());
-        if (m && isStepLine(m[1])) {
-          step = m[1].replace(/…$/, "");
-          endStep();
-          current = { name: `${"  ".repeat(Math.max(0, /^‣(\s*)/.exec(l.trim())![1].length - 1))}${step.replace(/\s\/\S*/g, " …").slice(0, 60)}`, at: Date.now() };
-        }
-        progress.line(l);
-      },
-    });
+    for (const [label, argv] of [["default initrd", initrd], ["image", mkosi]] as const) {
+      if (!argv) continue;
+      progress.phase(`mkosi build: ${label}`);
+      const prefix = argv === initrd ? "initrd: " : "";
+      r = await runStreaming(exec.argv(argv, binds), {
+        tailLines: 30,
+        timeoutMs: a.opts.timeoutMs ?? 2 * 3600_000,
+        onLine: (l) => {
+          void log.write(l + "\n");
+          const m = /^‣\s+(.*)$/.exec(l.trim());
+          if (m && isStepLine(m[1])) {
+            step = `${prefix}${m[1].replace(/…$/, "")}`;
+            endStep();
+            current = { name: `${"  ".repeat(Math.max(0, /^‣(\s*)/.exec(l.trim())![1].length - 1))}${step.replace(/\s\/\S*/g, " …").slice(0, 60)}`, at: Date.now() };
+          }
+          progress.line(l);
+        },
+      });
+      if (r.code !== 0) break;
+    }
   } finally {
     endStep();
     await log.close();
   }
+  r = r!;
   const mkosiSeconds = (Date.now() - t0) / 1000;
   if (r.code !== 0) {
     throw new TdxError("E_BAKE", `mkosi failed during "${step}" (exit ${r.code ?? r.signal}). Last lines:\n${r.tail.slice(-20).join("\n")}`, {
@@ -368,6 +392,8 @@ async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: stri
   for (const f of [raw, uki]) {
     if (!existsSync(f)) throw new TdxError("E_BAKE", `mkosi finished but produced no ${path.basename(f)}`, { hint: `See ${a.logFile}.`, details: { phase: "collect" } });
   }
+  // One disk for every target: grown to a whole GiB (GCE's rule, a whole MiB for Azure too).
+  await growGptDisk(raw, diskSize((await fs.stat(raw)).size));
   const files: Array<Omit<Artifact, "sha256" | "size">> = [
     { target: "uki", kind: "efi", path: uki },
     { target: "disk", kind: "raw", path: raw },
@@ -499,18 +525,13 @@ async function leaveCacheSlot(mkcache: string, slot: string): Promise<void> {
 }
 
 /**
- * mkosi 25.3 with Incremental=yes reuses a cached default-initrd tree, but apt's
- * auto-installed marks (extended_states) live in mkosi's shared metadata, not in that tree.
- * On reuse, the initrd's `RemovePackages=dpkg` then autoremoves kmod as well and the build
- * fails ("dpkg-maintscript-helper: not found", measured here 2026-11-24). The default initrd is
- * therefore always built afresh (about 20 s); the main image's cache is kept.
+ * The default initrd is built by a separate mkosi run with its own cache directory (so its own
+ * package-manager metadata). Built as mkosi 25.3's sub-image with Incremental=yes, it shares the
+ * main image's apt metadata: on reuse, its `RemovePackages=dpkg` autoremoved what the *main*
+ * image had marked automatic (kmod) and the build failed ("dpkg-maintscript-helper: not found",
+ * measured here 2026-11-24), so it had to be rebuilt every time (about 45 s). On its own it
+ * reuses cleanly (≈ 8 s) and gives byte-identical output (measured 2026-11-28).
  */
-async function dropInitrdCache(mkcache: string): Promise<void> {
-  for (const n of await fs.readdir(mkcache).catch(() => [] as string[])) {
-    if (n.includes("~default-initrd")) await fs.rm(path.join(mkcache, n), { recursive: true, force: true });
-  }
-}
-
 /** mkosi prefixes both its steps and its errors/warnings with "‣"; keep only the steps. */
 export function isStepLine(text: string): boolean {
   return !/^["'/]|returned non-zero exit code|^Could not|^Error|^Warning|not found|is a dependency of|size is .* consumes/i.test(text.trim());

@@ -11,7 +11,6 @@ import { Backend, Measurements } from "./ledger";
 import { PageOrder } from "./tdvf";
 import { readFileShared } from "./parallel";
 import { parsePe } from "./pe";
-import { grownPrimaryHeader, gceDiskSize } from "../bake/convert";
 
 export interface MeasureCallOptions {
   backend: Backend;
@@ -89,12 +88,7 @@ export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdS
   }
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
   const ccel = typeof opts.capturedCcel === "string" ? await fs.readFile(opts.capturedCcel) : opts.capturedCcel;
-  let diskHead = await readDiskHead(disk!.path);
-  if (opts.backend === "gcp") {
-    // GCE boots the tar.gz's disk.raw: the same disk grown to a whole GiB, whose primary GPT header
-    // (measured in the GPT event, RTMR1) names the new last LBA.
-    diskHead = Buffer.concat([diskHead.subarray(0, 512), grownPrimaryHeader(diskHead.subarray(512, 1024), gceDiskSize(disk!.size)), diskHead.subarray(1024)]);
-  }
+  const diskHead = await readDiskHead(disk!.path);
   return measureBoot(
     { uki: readFileShared(uki!.path), diskHead },
     {
