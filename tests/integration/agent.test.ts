@@ -82,7 +82,7 @@ function checkEvidence(ev: Evidence, nonce: Buffer, spki: Buffer) {
   expect(q.signer).toHaveLength(34);
   expect(q.extraData.equals(attestBinding("sha256", nonce, spki))).toBe(true);
   expect(q.selection).toEqual([{ hash: 0x000b, pcrs: Array.from({ length: 16 }, (_, i) => i) }]);
-  const values = Array.from({ length: 16 }, (_, i) => Buffer.from(ev.tpm!.pcrs.sha256[String(i)], "hex"));
+  const values = Array.from({ length: 16 }, (_, i) => Buffer.from(ev.tpm!.pcrs.sha256![String(i)], "hex"));
   expect(q.pcrDigest.equals(createHash("sha256").update(Buffer.concat(values)).digest())).toBe(true);
   const sig = new Reader(Buffer.from(ev.tpm!.signature, "base64"));
   expect([sig.u16(), sig.u16()]).toEqual([0x0018, 0x000b]); // ECDSA, SHA-256
