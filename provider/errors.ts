@@ -11,6 +11,7 @@ export const ERROR_CODES = {
   E_BAKE: "Read the failing phase and the last log lines in the message (the full log is build/bake-<profile>.log); fix the recipe or the host and bake again.",
   E_DEPLOYMENT: "Make sure the image was baked for this target (outputTargets) and the host meets the listed requirements; the serial log path is in the message.",
   E_SECRET: "Check the secret payload against the declared SecretSchema; values are never echoed, only the secret's name.",
+  E_ATTESTATION: "The VM's evidence did not verify: the message names the failed check (signature, nonce/TLS binding, certificate chain, TCB status, a register); compare the VM's image with the expected measurement, and trust only a VM that passes every check.",
   E_MEASUREMENT: "Bake first (measurements need real artifacts), and check that the firmware and artifacts are the ones you locked.",
 } as const;
 
