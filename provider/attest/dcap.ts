@@ -107,9 +107,9 @@ export function dcapFailureCheck(message: string): string {
   if (/isv enclave report signature/.test(m)) return "quote-signature";
   if (/qe_report|qe report hash/.test(m)) return "qe-report";
   if (/qe (mrsigner|isvprodid|miscselect|attributes|isvsvn)|qe identity id/.test(m)) return "qe-identity";
+  if (/tcb level|tcb status|tdx components|sgx components/.test(m)) return "tcb-status";
   if (/certificate|chain|revoked|causedasendentity|crl/.test(m)) return "pck-chain";
   if (/tcb ?info|qe identity|tcb_info|qe_identity|fmspc|issue date|expired/.test(m)) return "dcap-collateral";
-  if (/tcb level|tcb status|tdx components|sgx components/.test(m)) return "tcb-status";
   if (/debug|sept_ve|reserved bits|mr service td/.test(m)) return "td-attributes";
   return "dcap";
 }
