@@ -325,7 +325,9 @@ function verifySimulator(input: EvidenceInput, checks: Checks): RegisterVerdict[
   } catch (e) {
     checks.fail("event-log", `SIMULATOR: the event logs do not parse: ${(e as Error).message}`);
   }
-  return withStatus(input.expected, measured).map((v) => ({ ...v, note: "SIMULATOR: from unsigned event logs, not platform-signed" }));
+  return withStatus(input.expected, measured).map((v) => (v.replayed === null
+    ? { ...v, ok: false, problems: [...v.problems, "SIMULATOR: no event log records it"], note: "SIMULATOR: nothing observed" }
+    : { ...v, note: "SIMULATOR: from unsigned event logs, not platform-signed" }));
 }
 
 // ---------------------------------------------------------------------------------------------
