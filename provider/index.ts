@@ -26,3 +26,5 @@ export type { BakeOptions, BakeResult, Artifact } from "./bake";
 export { devBoot, bootBakedDisk, parseGuestReport } from "./deploy/devboot";
 export { measureBake, measureBoot, verify, diffMeasurements, diffToMarkdown, measurementsToJson, measurementsToCbor } from "./measure";
 export type { Measurements, RegisterValue, LedgerEvent, RegisterDiff, VerifyResult } from "./measure";
+export { attest, assertAttested, pinnedRequest, verifyEvidence, attestBinding, makeCredential, ensureLocalCa, localCaCertificate, verifyDcap } from "./attest";
+export type { Verdict, Channel, AttestOptions, Check, Evidence, VerifyOptions } from "./attest";
