@@ -15,7 +15,7 @@ export { compile, treeDigest, shQuote } from "./compile";
 export { writeTree } from "./compile/write";
 export { SecretSchema, SecretTarget, SecretsDelivery } from "./secrets";
 export { Init } from "./modules/init";
-export { Agent } from "./modules/agent";
+export { Agent, AGENT_READY, AGENT_PORT } from "./modules/agent";
 export type { AgentOptions, AgentIssuer } from "./modules/agent";
 export { Tdxs } from "./modules/tdxs";
 export type { TdxsOptions } from "./modules/tdxs";
