@@ -5,12 +5,12 @@
  * test keys standing in for Azure's vTPM CA (fixtures/azure-test) and Intel's DCAP PKI
  * (fixtures/dcap-test). What is real: the verifier, @phala/dcap-qvl, node:crypto.
  */
-import { createHash, createPrivateKey, createPublicKey, sign } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, sign, X509Certificate } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { verifyEvidence, EvidenceInput } from "../../../provider/attest/verify";
 import { attestBinding, Evidence } from "../../../provider/attest/evidence";
-import { AZURE_VTPM_ROOT_CA_PEM } from "../../../provider/attest/azure";
+import { AZURE_VTPM_INTERMEDIATES_PEM, AZURE_VTPM_ROOT_CA_PEM, chainProblems } from "../../../provider/attest/azure";
 import type { Measurements } from "../../../provider/measure";
 import { buildCollateral, buildTdQuote, tdBody, TdBody, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
 
@@ -103,6 +103,13 @@ describe("azure issuer", () => {
     expect(v.checks.map((c) => c.check)).toEqual(["issuer", "ak-certificate", "hcl-ak-binding", "hcl-td-quote-binding", "dcap", "ak-attributes", "quote-structure", "quote-signature", "channel-binding", "pcr-digest"]);
     expect(v.registers.map((r) => [r.register, r.ok])).toEqual([["PCR4", true], ["PCR9", true], ["PCR11", true]]);
     expect(v.ok).toBe(true);
+  });
+
+  it("the embedded Azure certificates chain (Global Virtual TPM CA - 03 under the 2023 root), within their validity only", () => {
+    const ca03 = new X509Certificate(AZURE_VTPM_INTERMEDIATES_PEM[0]!).raw;
+    expect(chainProblems(ca03, [], [AZURE_VTPM_ROOT_CA_PEM], new Date("2026-01-01T00:00:00Z"))).toEqual([]);
+    expect(chainProblems(ca03, [], [AZURE_VTPM_ROOT_CA_PEM], new Date("2028-01-01T00:00:00Z"))).toEqual([expect.stringMatching(/Global Virtual TPM CA - 03 is not valid at 2028-01-01/)]);
+    expect(chainProblems(ca03, [], [AZ.rootPem], new Date("2026-01-01T00:00:00Z"))).toEqual([expect.stringMatching(/no trusted issuer/)]);
   });
 
   it("trusts only Azure's real vTPM root by default (the test CA is refused)", async () => {
