@@ -115,7 +115,7 @@ export const qemuVmProvider = {
       const stateDir = newStateDir(root);
       const d = disk(a);
       log("TdxDeployment", `starting ${isTd ? "TD" : "dev VM"} (${kvm.usable ? "KVM" : "TCG"}, ${a.cpus} vCPU, ${a.memoryMiB} MiB) from ${path.basename(d.path)}`);
-      const vm: VmInfo = await startVm({ toolsRoot: tools.root, disk: loadPath(d.path), stateDir, memoryMiB: a.memoryMiB, cpus: a.cpus, accel: kvm.usable ? "kvm" : "tcg", tdx: isTd, ports: a.ports });
+      const vm: VmInfo = await startVm({ toolsRoot: tools.root, cacheDir, disk: loadPath(d.path), stateDir, memoryMiB: a.memoryMiB, cpus: a.cpus, accel: kvm.usable ? "kvm" : "tcg", tdx: isTd, ports: a.ports });
       let ready: { seconds: number };
       try {
         const timeoutS = a.readiness.timeoutSeconds ?? 900;
