@@ -26,7 +26,8 @@ import {
   ukiPcr11Events,
   ukiSections,
 } from "../../../provider/measure";
-import { fixture, ovmfPath, ukiFixturePath } from "./fixtures";
+import { testUki } from "../../fixtures/testUki";
+import { fixture, ovmfPath } from "./fixtures";
 
 const SEED = Number(process.env.TDXVM_FUZZ_SEED ?? 20261124);
 const ROUNDS = Number(process.env.TDXVM_FUZZ_ROUNDS ?? 300);
@@ -102,7 +103,7 @@ function expectOnlyMeasurementErrors(name: string, inputs: ReadonlyArray<Buffer>
 
 describe("fuzz: parsers only ever fail with E_MEASUREMENT", () => {
   it("PE / Authenticode / UKI", () => {
-    const uki = fs.readFileSync(ukiFixturePath());
+    const uki = fs.readFileSync(testUki().uki);
     const pe = parsePe(uki);
     const hot: Array<[number, number]> = [[0, pe.sectionTableOffset + 40 * pe.sections.length]];
     const inputs = variants(uki, ROUNDS * 2, 1, hot);
