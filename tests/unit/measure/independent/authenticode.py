@@ -1,6 +1,7 @@
 """Independent Authenticode PE image hash (edk2 MeasurePeImageAndExtend steps), for cross-checking
 provider/measure/pe.ts.
-Usage: authenticode.py FILE ALG -> hex digest; authenticode.py --json FILE... -> {file: {sha256, sha384}}."""
+Usage: authenticode.py FILE ALG -> hex digest; authenticode.py --json FILE... -> {file: {sha256, sha384}}
+(or {file: {"error": ...}} for a file this implementation cannot read)."""
 import hashlib
 import json
 import struct
@@ -52,7 +53,10 @@ if __name__ == "__main__":
         out = {}
         for f in sys.argv[2:]:
             data = open(f, "rb").read()
-            out[f] = {alg: authenticode(data, alg) for alg in ("sha256", "sha384")}
+            try:
+                out[f] = {alg: authenticode(data, alg) for alg in ("sha256", "sha384")}
+            except (AssertionError, struct.error, ValueError) as e:
+                out[f] = {"error": repr(e)}
         print(json.dumps(out))
     else:
         print(authenticode(open(sys.argv[1], "rb").read(), sys.argv[2]))
