@@ -34,7 +34,7 @@ export default async function globalSetup(): Promise<void> {
   const cacheDir = defaultCacheDir();
   const t0 = Date.now();
   if (!readToolsManifest(cacheDir)) {
-    process.stderr.write(`\ntdxvm tests: provisioning the Debian trixie tools tree into ${cacheDir} (first run only; about 1 min and 600 MB)\n`);
+    process.stderr.write(`\ntdxvm tests: provisioning the Debian trixie tools tree into ${cacheDir} (first run only: debootstrap and apt, about 600 MB)\n`);
     await ensureToolsTree({ cacheDir, mirror: DEFAULT_DEBIAN.mirror, progress: new LineProgress() });
     process.stderr.write(`tdxvm tests: tools tree ready after ${((Date.now() - t0) / 1000).toFixed(0)} s\n`);
   }
