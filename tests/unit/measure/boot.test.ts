@@ -15,9 +15,10 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
-import { bootEvents, measureBoot, parseCcel, parseGptEventData, parseTdxQuote, EventType, LedgerEvent, Measurements } from "../../../provider/measure";
+import { bootEvents, measureBoot, parseCcel, parseGptEventData, parseTdxQuote, ukiCmdline, EventType, LedgerEvent, Measurements } from "../../../provider/measure";
 import { testUki } from "../../fixtures/testUki";
-import { FIXED_ROOT_HASH, fixedDiskHead, fixedUki } from "./fixed-image";
+import { FIXED_ROOT_HASH, fixedDiskHead, fixedKernel, fixedUki } from "./fixed-image";
+import { buildPe } from "./pe-builder";
 import { EV, writeTcgLog } from "./tcg-log-writer";
 import { fixture, hex, independent, ovmfPath, systemdMeasurePcr11, tempDir } from "./fixtures";
 
@@ -95,6 +96,25 @@ describe("bootEvents: the fixed synthetic image", () => {
     expect(got).toEqual(FIXED);
     const py = predict(img.uki, img.diskHead);
     expect(FIXED).toEqual({ PCR4: py.pcr.sha256["4"], PCR9: py.pcr.sha256["9"], PCR11: py.pcr.sha256["11"], RTMR1: py.td.RTMR1, RTMR2: py.td.RTMR2 });
+  });
+});
+
+describe("the kernel command line systemd-stub hands over (PCR 9, RTMR2)", () => {
+  it("is .cmdline up to a NUL, as UCS-2 without what UCS-2 cannot hold, blanks skipped at the start, made spaces inside, cut at the end", () => {
+    // systemd 257 src/boot/efi-string.c xstrn8_to_16 and src/boot/util.c mangle_stub_cmdline.
+    const raw = Buffer.concat([
+      Buffer.from("\t\n console=ttyS0\tquiet\r\n\x7f", "latin1"),
+      Buffer.from("é😀", "utf8"), // U+1F600 does not fit UCS-2: dropped
+      Buffer.from([0xff]), // not a lead byte: skipped
+      Buffer.from("x"),
+      Buffer.from([0xc3, 0x28]), // a two-byte sequence with a bad continuation: both bytes dropped
+      Buffer.from("y  \n\0after the NUL"),
+    ]);
+    const uki = buildPe({ plus: true, sections: [{ name: ".linux", data: fixedKernel() }, { name: ".cmdline", data: raw }] });
+    expect(ukiCmdline(uki)).toBe("console=ttyS0 quiet   éxy");
+    const ours = bootEvents({ uki }, "sha256").filter((e) => e.pcr === 9);
+    expect(ours[0]!.digest).toBe(createHash("sha256").update(Buffer.from("console=ttyS0 quiet   éxy\0", "utf16le")).digest("hex"));
+    expect(shape(ours)).toEqual(shape(predict(uki).tpm.sha256.filter((e) => e.pcr === 9)));
   });
 });
 

@@ -103,10 +103,37 @@ def stub_initrd(chosen):
     return b"".join(parts)
 
 
+def stub_ucs2(raw):
+    """systemd-stub's UTF-8 -> UCS-2 (src/boot/efi-string.c xstrn8_to_16): up to the first NUL; a bad
+    lead byte is skipped, a sequence with a bad continuation byte is dropped whole, and code points
+    that UCS-2 cannot hold (surrogates, beyond U+FFFF) are dropped."""
+    out, i = [], 0
+    while i < len(raw) and raw[i] != 0:
+        b = raw[i]
+        n = next((k for k, (mask, val) in enumerate(((0x80, 0), (0xE0, 0xC0), (0xF0, 0xE0), (0xF8, 0xF0), (0xFC, 0xF8), (0xFE, 0xFC)), 1) if b & mask == val), 0)
+        if n == 0:
+            i += 1
+            continue
+        seq = raw[i:i + n]
+        i += n
+        if len(seq) < n or any(x & 0xC0 != 0x80 for x in seq[1:]):
+            continue
+        cp = b & (0x7F >> n if n > 1 else 0x7F)
+        for x in seq[1:]:
+            cp = (cp << 6) | (x & 0x3F)
+        if cp <= 0xD7FF or 0xE000 <= cp <= 0xFFFF:
+            out.append(chr(cp))
+    return "".join(out)
+
+
 def load_options(chosen):
-    raw = chosen.get(".cmdline", b"")
-    text = raw.split(b"\0", 1)[0].decode("utf-8")
-    text = "".join(" " if ord(c) < 0x20 else c for c in text).rstrip(" ")
+    """The .cmdline as the stub passes it (src/boot/util.c mangle_stub_cmdline): leading blanks
+    (control characters, space, DEL) skipped, the others turned into spaces, trailing ones cut;
+    UCS-2 with a NUL."""
+    text = stub_ucs2(chosen.get(".cmdline", b""))
+    blank = lambda c: ord(c) <= 0x20 or ord(c) == 0x7F  # noqa: E731
+    text = "".join(" " if blank(c) else c for c in text.lstrip("".join(map(chr, list(range(0x21)) + [0x7F]))))
+    text = text.rstrip(" ")
     return (text + "\0").encode("utf-16-le")
 
 
