@@ -6,5 +6,8 @@ module.exports = {
   testMatch: ["<rootDir>/tests/**/*.test.ts"],
   testTimeout: 30_000,
   setupFiles: ["<rootDir>/tests/setup.ts"],
+  // Provisions the tools tree (OVMF, ukify, systemd-measure, pesign, sfdisk) and builds the test UKI once per run.
+  globalSetup: "<rootDir>/tests/globalSetup.ts",
+  globalTeardown: "<rootDir>/tests/globalTeardown.ts",
   // Unit tests and real (bake/boot) tests run in one `npm test`; slow real tests carry their own timeouts.
 };

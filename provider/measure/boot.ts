@@ -43,10 +43,39 @@ export function loadOptionsBytes(cmdline: string): Buffer {
   return Buffer.from(`${cmdline}\0`, "utf16le");
 }
 
-/** The command line systemd-stub passes to the kernel: the .cmdline section, trailing whitespace and NULs trimmed. */
+/**
+ * The command line systemd-stub 257 passes to the kernel for the UKI's .cmdline:
+ * - UTF-8 to UCS-2 up to the first NUL (src/boot/efi-string.c xstrn8_to_16): a byte that cannot
+ *   start a sequence is skipped, a sequence with a bad continuation byte is dropped whole, and
+ *   code points UCS-2 cannot hold (surrogates, beyond U+FFFF) are dropped;
+ * - then src/boot/util.c mangle_stub_cmdline: blanks (U+0000–U+0020 and U+007F) at the start are
+ *   skipped, the others become spaces, and the trailing ones are cut.
+ */
 export function ukiCmdline(uki: Buffer): string {
   const s = ukiSelectedSections(uki).get(".cmdline");
-  return s ? s.data.toString("utf8").replace(/[\0\s]+$/, "") : "";
+  if (!s) return "";
+  const b = s.data;
+  let text = "";
+  for (let i = 0; i < b.length && b[i] !== 0; ) {
+    const lead = b[i]!;
+    const n = lead < 0x80 ? 1 : (lead & 0xe0) === 0xc0 ? 2 : (lead & 0xf0) === 0xe0 ? 3 : (lead & 0xf8) === 0xf0 ? 4 : (lead & 0xfc) === 0xf8 ? 5 : (lead & 0xfe) === 0xfc ? 6 : 0;
+    if (n === 0) {
+      i++;
+      continue;
+    }
+    let cp = n === 1 ? lead : lead & (0x7f >> n);
+    let ok = i + n <= b.length;
+    for (let k = 1; ok && k < n; k++) {
+      ok = (b[i + k]! & 0xc0) === 0x80;
+      cp = cp * 64 + (b[i + k]! & 0x3f);
+    }
+    i += n;
+    if (ok && (cp <= 0xd7ff || (cp >= 0xe000 && cp <= 0xffff))) text += String.fromCharCode(cp);
+  }
+  const blank = (c: string) => c <= " " || c === "\x7f";
+  let start = 0;
+  while (start < text.length && blank(text[start]!)) start++;
+  return [...text.slice(start)].map((c) => (blank(c) ? " " : c)).join("").replace(/ +$/, "");
 }
 
 /** The dm-verity root hash a kernel command line names (`roothash=<hex>`), or null. */

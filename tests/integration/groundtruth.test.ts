@@ -103,6 +103,16 @@ describe("ground truth: predictions equal what a booted VM reports", () => {
     // RTMR2 = the PCR 11 then PCR 9 events in log order (stub sections, then the kernel's).
     const order = log.events.filter((e) => e.index === 11 || e.index === 9).map((e) => e.digests.find((d) => d.alg === "sha384")!.digest.toString("hex"));
     expect(m.registers.RTMR2.events.map((e) => e.digest)).toEqual(order);
+    // RTMR1 = the PCR 4 and 5 events in log order, exactly, with one separator: a TPM logs one per
+    // PCR, a TD one per RTMR (edk2 TdTcg2Dxe; the COS 113 CCEL in the unit tests shows it).
+    let separators = 0;
+    const rtmr1 = log.events
+      .filter((e) => (e.index === 4 || e.index === 5) && e.typeName !== "EV_NO_ACTION")
+      .filter((e) => e.typeName !== "EV_SEPARATOR" || separators++ === 0)
+      .map((e) => `${e.typeName} ${e.digests.find((d) => d.alg === "sha384")!.digest.toString("hex")}`);
+    expect(separators).toBe(2);
+    expect(m.registers.RTMR1.events.map((e) => `${e.type} ${e.digest}`)).toEqual(rtmr1);
+    expect(rtmr1).toHaveLength(7); // the action, a separator, the GPT, UKI and kernel, the two ExitBootServices actions
     expect(m.registers.MRTD.status).toBe("exact");
     expect(m.registers.RTMR0.status).toBe("platform-defined");
     expect(m.registers.RTMR3.value).toBe("0".repeat(96));

@@ -1,11 +1,16 @@
 /**
  * Malformed input in, only TdxError out: generated recipes, lockfiles and secret payloads
- * (well over 1,000 cases in all) must never produce a TypeError, RangeError or crash.
+ * (well over 1,000 cases in all) must never produce a TypeError, RangeError or crash. And what
+ * passes means what it should: a changed lock is always refused as E_LOCKFILE, a ready payload is
+ * materialised as exactly the declared files, modes and bytes below the root.
  */
+import { promises as fsp } from "node:fs";
+import * as path from "node:path";
 import fc from "fast-check";
 import { Image, Init, SecretSchema, SecretTarget, TdxError, parseLock, parseRecipe, stableJson } from "../../provider";
 import { sealLock } from "../../provider/lock";
 import { fullApiShape } from "../fixtures/full-api-shape";
+import { tempDir, walk } from "../helpers";
 
 const counts = { recipes: 0, locks: 0, payloads: 0 };
 
@@ -87,15 +92,31 @@ describe("fuzz: only TdxError comes out", () => {
     expect(parseLock(stableJson(valid))).toEqual(valid);
     fc.assert(fc.property(fc.string(), (t) => { counts.locks++; onlyTdxErrors(() => parseLock(t)); }), { numRuns: 200 });
     fc.assert(fc.property(fc.jsonValue(), (v) => { counts.locks++; onlyTdxErrors(() => parseLock(JSON.stringify(v))); }), { numRuns: 200 });
+    // A mutation that changes the lock's content is always refused; one that changes nothing is the same lock.
+    const same = stableJson(valid);
+    let refused = 0;
     fc.assert(
-      fc.property(fc.array(fc.nat(), { minLength: 1, maxLength: 4 }), weird, (p, v) => {
+      fc.property(fc.array(fc.nat(), { minLength: 1, maxLength: 4 }), fc.oneof(weird, fc.string(), fc.nat(), fc.boolean()), (p, v) => {
         counts.locks++;
         let text: string;
         try { text = JSON.stringify(mutate(valid, p, v)) ?? "null"; } catch { text = "{"; }
-        onlyTdxErrors(() => parseLock(text));
+        if (stableJson(JSON.parse(text)) === same) {
+          expect(parseLock(text)).toEqual(valid);
+          return;
+        }
+        let code: string | undefined;
+        try {
+          parseLock(text);
+        } catch (e) {
+          if (!(e instanceof TdxError)) throw e;
+          code = e.code;
+        }
+        expect({ text, code }).toEqual({ text, code: "E_LOCKFILE" });
+        refused++;
       }),
-      { numRuns: 300 },
+      { numRuns: 400 },
     );
+    expect(refused).toBeGreaterThan(300);
   });
 
   it("secret payloads: validatePayload never throws; materializeRuntime only TdxError", async () => {
@@ -126,5 +147,38 @@ describe("fuzz: only TdxError comes out", () => {
       }),
       { numRuns: 100 },
     );
+  });
+
+  it("ready secret payloads: materialised as exactly the declared files, modes and bytes, below the root (property)", async () => {
+    const root = await tempDir("tdxvm-fuzz-secrets-");
+    const d = new Init({
+      secrets: {
+        A: { schema: SecretSchema.string({ minLength: 1, maxLength: 64 }), targets: [SecretTarget.file("/run/app/a", { mode: 0o640 })] },
+        B: { required: false, schema: SecretSchema.bytes({ maxLength: 64 }), targets: [SecretTarget.file("/run/app/keys/b.bin", { mode: 0o400 })] },
+        C: { schema: SecretSchema.json(), targets: [SecretTarget.file("/etc/app/c.json", { mode: 0o444 })] },
+      },
+    }).secretsDelivery("http_post");
+    const text = fc.string({ minLength: 1, maxLength: 64, unit: "grapheme" }).filter((x) => d.validatePayload({ A: x, C: 1 }).ready);
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(text, fc.option(fc.uint8Array({ maxLength: 64 })), fc.jsonValue({ maxDepth: 2 }), async (a, b, c) => {
+        counts.payloads++;
+        const dir = path.join(root, String(n++));
+        await fsp.mkdir(dir);
+        const payload: Record<string, unknown> = { A: a, C: c };
+        if (b) payload.B = Buffer.from(b).toString("base64");
+        const res = await d.materializeRuntime(dir, payload);
+        const want: Record<string, [number, Buffer]> = { "run/app/a": [0o640, Buffer.from(a, "utf8")], "etc/app/c.json": [0o444, Buffer.from(JSON.stringify(c), "utf8")] };
+        if (b) want["run/app/keys/b.bin"] = [0o400, Buffer.from(b)];
+        expect((await walk(dir)).sort()).toEqual(Object.keys(want).sort());
+        expect(res.files.map((f) => path.relative(dir, f)).sort()).toEqual(Object.keys(want).sort());
+        for (const [f, [mode, bytes]] of Object.entries(want)) {
+          const st = await fsp.lstat(path.join(dir, f));
+          expect({ f, file: st.isFile(), mode: st.mode & 0o7777, bytes: (await fsp.readFile(path.join(dir, f))).equals(bytes) }).toEqual({ f, file: true, mode, bytes: true });
+        }
+      }),
+      { numRuns: 60 },
+    );
+    await fsp.rm(root, { recursive: true, force: true });
   });
 });

@@ -64,6 +64,15 @@ describe("tdx.lock", () => {
     expect(e2.message).toContain("profile dev");
   });
 
+  it("frozen emit with a lock naming a profile the recipe no longer has is stale (E_LOCKFILE naming it)", async () => {
+    const p = await project();
+    const withDev = await p.img().profile("dev", (x) => x.install("strace")).lock({ cacheDir: p.cacheDir });
+    expect(Object.keys(withDev.recipe.profiles).sort()).toEqual(["default", "dev"]);
+    const e = await tdxErrorOf(() => p.img().emit({ frozen: true, cacheDir: p.cacheDir }));
+    expect(e.code).toBe("E_LOCKFILE");
+    expect(e.details).toEqual({ stale: [`profile dev: recipe (absent) vs lock ${withDev.recipe.profiles.dev}`] });
+  });
+
   it("frozen emit notices an edited source file", async () => {
     const p = await project();
     await p.img().lock({ cacheDir: p.cacheDir });

@@ -1,55 +1,40 @@
 /**
- * Where the measurement tests find their real inputs, and small helpers to run the independent
- * tools they cross-check against. Small vectors live in ./fixtures (see fixtures/README.md for
- * origin and license); big ones (OVMF) come from the host and are never copied into the repo.
+ * Where the measurement tests find their real inputs, and the independent tools they cross-check
+ * against. Small vectors live in ./fixtures (origin and licence in fixtures/README.md); OVMF, the
+ * test UKI and most tools come from the project's own tools tree (tests/toolsTree.ts,
+ * tests/fixtures/testUki.ts); the rest is the README's test set-up on the host. A missing tool
+ * fails the test that needs it: a check that did not run never counts as passed.
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { inToolsTreeOk, toolsOvmf, TREE_INDEPENDENT } from "../../toolsTree";
 
-/** The team's shared fixtures: `../shared/fixtures` beside the checkout (CI clones it there too). */
-export const SHARED_FIXTURES = path.resolve(__dirname, "../../../../shared/fixtures");
 export const FIXTURE_DIR = path.join(__dirname, "fixtures");
 
 export function fixture(name: string): Buffer {
   return fs.readFileSync(path.join(FIXTURE_DIR, name));
 }
 
-function firstExisting(candidates: ReadonlyArray<string | undefined>, what: string, howToGet: string): string {
-  for (const c of candidates) if (c && fs.existsSync(c)) return c;
-  throw new Error(`${what} not found; looked at: ${candidates.filter(Boolean).join(", ")}. ${howToGet}`);
-}
-
-/**
- * An OVMF image carrying TDVF metadata: $TDXVM_TOOLS_TREE/usr/share/ovmf/OVMF.fd, else the host's
- * /usr/share/ovmf/OVMF.fd. Fails (never skips) when neither exists.
- */
+/** Debian trixie's OVMF.fd from the tools tree (the pinned MRTD values are about that build). */
 export function ovmfPath(): string {
-  const tree = process.env.TDXVM_TOOLS_TREE;
-  return firstExisting(
-    [tree ? path.join(tree, "usr/share/ovmf/OVMF.fd") : undefined, "/usr/share/ovmf/OVMF.fd"],
-    "OVMF firmware (OVMF.fd)",
-    "Install the Debian `ovmf` package on the host (`apt-get install -y ovmf`) or set TDXVM_TOOLS_TREE to a tools tree that has it.",
-  );
+  const p = toolsOvmf();
+  if (!fs.existsSync(p)) throw new Error(`${p} is missing: the tools tree has no OVMF (its ovmf package is in TOOLS_PACKAGES)`);
+  return p;
 }
 
 /**
- * The small test UKI from flashbots/measured-boot (fixtures/uki.efi, sha256 ab7f44ff…d2f491):
- * $TDXVM_TEST_UKI, a copy in ./fixtures, or the team's shared fixture directory.
+ * Run an independent Python implementation (tests/unit/measure/independent/<script>) with the
+ * tools tree's python3; file arguments are relative to `cwd` (or paths inside the tree). Returns stdout.
  */
-export function ukiFixturePath(): string {
-  return firstExisting(
-    [process.env.TDXVM_TEST_UKI, path.join(SHARED_FIXTURES, "measured-boot-test-uki.efi")],
-    "measured-boot test UKI",
-    "Fetch fixtures/uki.efi from github.com/flashbots/measured-boot (commit ceeb7af) and point TDXVM_TEST_UKI at it.",
-  );
+export function independent(script: string, args: ReadonlyArray<string>, cwd?: string): string {
+  return inToolsTreeOk(["python3", `${TREE_INDEPENDENT}/${script}`, ...args], { cwd });
 }
 
-/** Absolute path of an executable on PATH (or in the extra directories), if any. */
-export function which(cmd: string, extraDirs: ReadonlyArray<string> = []): string | undefined {
-  const dirs = [...(process.env.PATH ?? "").split(path.delimiter), "/usr/sbin", "/sbin", ...extraDirs];
-  for (const d of dirs) {
+/** A host program from the README's test set-up line; fails (never skips) when it is not installed. */
+export function hostTool(cmd: string): string {
+  for (const d of [...(process.env.PATH ?? "").split(path.delimiter), "/usr/sbin", "/usr/bin"]) {
     if (!d) continue;
     const p = path.join(d, cmd);
     try {
@@ -59,7 +44,7 @@ export function which(cmd: string, extraDirs: ReadonlyArray<string> = []): strin
       // not here
     }
   }
-  return undefined;
+  throw new Error(`${cmd} is not installed: the tests cross-check against it. Install the README's test set-up (Tests: sudo apt-get install -y …).`);
 }
 
 export interface RunResult {
@@ -81,15 +66,29 @@ export function runOk(cmd: string, args: ReadonlyArray<string>, opts: { input?: 
   return r.stdout;
 }
 
-/** python3 is the independent implementation language for cross-checks; it is required (mkosi needs it anyway). */
-export function python3(): string {
-  const p = which("python3");
-  if (!p) throw new Error("python3 not found on PATH; the measurement cross-checks run an independent Python implementation");
-  return p;
-}
-
 export function tempDir(prefix = "tdxvm-measure-"): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
 export const hex = (b: Buffer | Uint8Array): string => Buffer.from(b).toString("hex");
+
+/** The UKI sections systemd-stub 257 measures into PCR 11 that systemd-measure takes as --<name>=PATH. */
+const MEASURE_SECTIONS = [".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat", ".pcrpkey", ".profile"];
+
+/**
+ * PCR 11 as `systemd-measure calculate` (systemd 257, tools tree) computes it for a UKI whose
+ * sections pefile extracted (independent/uki_sections.py), for each phase path ("" = the stub's
+ * section measurements only). Returns bank → phase path → hex.
+ */
+export function systemdMeasurePcr11(uki: Buffer, phasePaths: ReadonlyArray<string>): Record<"sha256" | "sha384", Record<string, string>> {
+  const dir = tempDir();
+  fs.writeFileSync(path.join(dir, "uki.efi"), uki);
+  const listing = JSON.parse(independent("uki_sections.py", ["uki.efi", "sections"], dir)) as Array<{ name: string; virtualSize: number }>;
+  const present = new Set(listing.filter((s) => s.virtualSize > 0).map((s) => s.name));
+  const args = ["/usr/lib/systemd/systemd-measure", "calculate", "--json=short", "--bank=sha256", "--bank=sha384"];
+  for (const s of MEASURE_SECTIONS) if (present.has(s)) args.push(`--${s.slice(1)}=sections/${s.slice(1)}`);
+  for (const p of phasePaths) args.push(`--phase=${p}`);
+  const out = JSON.parse(inToolsTreeOk(args, { cwd: dir })) as Record<string, Array<{ phase?: string; pcr: number; hash: string }>>;
+  const bank = (b: string) => Object.fromEntries((out[b] ?? []).map((e) => [e.phase ?? "", e.hash]));
+  return { sha256: bank("sha256"), sha384: bank("sha384") };
+}

@@ -1,15 +1,23 @@
 /**
- * Robustness: every parser, fed hundreds of truncated / bit-flipped / field-smashed variants of
- * real inputs, either succeeds or throws TdxError("E_MEASUREMENT") — never a TypeError, RangeError
- * or a hang. Deterministic (seeded); set TDXVM_FUZZ_SEED and TDXVM_FUZZ_ROUNDS to explore more.
+ * Robustness and meaning: every parser, fed hundreds of truncated / bit-flipped / field-smashed
+ * variants of real inputs, either throws TdxError("E_MEASUREMENT") — never a TypeError, RangeError
+ * or a hang — or returns a result that still means what it says: section bytes are the file's
+ * bytes at the declared place, events re-encode to the very bytes they were read from, the GPT
+ * event holds the disk's header and used entries, quote fields sit at the specification's offsets,
+ * and digests of accepted variants agree with the independent implementations.
+ * Deterministic (seeded); set TDXVM_FUZZ_SEED and TDXVM_FUZZ_ROUNDS to explore more.
  */
 import * as fs from "node:fs";
+import * as path from "node:path";
 import * as zlib from "node:zlib";
+import { createHash } from "node:crypto";
 import { TdxError } from "../../../provider/errors";
 import {
   EventType,
   authenticodeDigest,
   computeMrtd,
+  CC_MR_NAMES,
+  UKI_SECTION_ORDER,
   ovmfGuidTable,
   parseCcel,
   parseCcelTable,
@@ -26,7 +34,10 @@ import {
   ukiPcr11Events,
   ukiSections,
 } from "../../../provider/measure";
-import { fixture, ovmfPath, ukiFixturePath } from "./fixtures";
+import { testUki } from "../../fixtures/testUki";
+import { peOffsets } from "./pe-builder";
+import { encodeEvent2 } from "./tcg-log-writer";
+import { fixture, hex, independent, ovmfPath, tempDir } from "./fixtures";
 
 const SEED = Number(process.env.TDXVM_FUZZ_SEED ?? 20261124);
 const ROUNDS = Number(process.env.TDXVM_FUZZ_ROUNDS ?? 300);
@@ -78,42 +89,103 @@ function variants(seedBuf: Buffer, n: number, salt: number, hot: ReadonlyArray<[
   return out;
 }
 
-function expectOnlyMeasurementErrors(name: string, inputs: ReadonlyArray<Buffer>, fn: (b: Buffer) => unknown): { ok: number; rejected: number } {
+function expectOnlyMeasurementErrors<T>(name: string, inputs: ReadonlyArray<Buffer>, fn: (b: Buffer) => T, onAccepted: (b: Buffer, result: T, i: number) => void = () => {}): { ok: number; rejected: number } {
   let ok = 0;
   let rejected = 0;
   inputs.forEach((input, i) => {
     const t0 = Date.now();
+    let result: { value: T } | undefined;
     try {
-      fn(input);
-      ok++;
+      result = { value: fn(input) };
     } catch (e) {
       if (!(e instanceof TdxError) || e.code !== "E_MEASUREMENT") {
         const msg = e instanceof Error ? `${e.name}: ${e.message}\n${e.stack}` : String(e);
         throw new Error(`${name}: variant ${i} (seed ${SEED}) threw something other than E_MEASUREMENT: ${msg}`, { cause: e });
       }
-      rejected++;
     }
     const ms = Date.now() - t0;
     if (ms > MAX_CALL_MS) throw new Error(`${name}: variant ${i} (seed ${SEED}) took ${ms} ms`);
+    if (!result) {
+      rejected++;
+      return;
+    }
+    ok++;
+    onAccepted(input, result.value, i);
   });
   expect(ok + rejected).toBe(inputs.length);
   return { ok, rejected };
 }
 
-describe("fuzz: parsers only ever fail with E_MEASUREMENT", () => {
+/** Call fn; undefined when it throws E_MEASUREMENT (anything else is rethrown). */
+function accepted<T>(fn: () => T): T | undefined {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof TdxError && e.code === "E_MEASUREMENT") return undefined;
+    throw e;
+  }
+}
+
+describe("fuzz: parsers fail only with E_MEASUREMENT, and what they accept means what it says", () => {
   it("PE / Authenticode / UKI", () => {
-    const uki = fs.readFileSync(ukiFixturePath());
+    const uki = fs.readFileSync(testUki().uki);
     const pe = parsePe(uki);
     const hot: Array<[number, number]> = [[0, pe.sectionTableOffset + 40 * pe.sections.length]];
     const inputs = variants(uki, ROUNDS * 2, 1, hot);
-    const r = expectOnlyMeasurementErrors("pe+uki", inputs, (b) => {
-      parsePe(b);
-      authenticodeDigest(b, "sha256");
-      ukiSections(b);
-      ukiPcr11Events(b);
+    const digests: Array<{ buf: Buffer; sha256: string }> = [];
+    const order = UKI_SECTION_ORDER as ReadonlyArray<string>;
+    const r = expectOnlyMeasurementErrors("pe+uki", inputs, (b) => parsePe(b), (b, parsed) => {
+      // The section table is read from where the headers say, entry for entry.
+      const { table, nSections } = peOffsets(b);
+      expect(parsed.sections.length).toBe(nSections);
+      parsed.sections.forEach((s, i) => {
+        const at = table + 40 * i;
+        expect([s.virtualSize, s.sizeOfRawData, s.pointerToRawData]).toEqual([b.readUInt32LE(at + 8), b.readUInt32LE(at + 16), b.readUInt32LE(at + 20)]);
+      });
+      const d = accepted(() => authenticodeDigest(b, "sha256"));
+      if (d) {
+        // CheckSum is not hashed as a header field (only section data laid over the headers could cover it).
+        const c = parsed.checkSumOffset;
+        if (parsed.sections.every((s) => s.sizeOfRawData === 0 || s.pointerToRawData >= c + 4 || s.pointerToRawData + s.sizeOfRawData <= c)) {
+          const other = Buffer.from(b);
+          other.writeUInt32LE((b.readUInt32LE(c) ^ 0x5a5a5a5a) >>> 0, c);
+          expect(hex(authenticodeDigest(other, "sha256"))).toBe(hex(d));
+        }
+        if (digests.length < 25 && !b.equals(uki)) digests.push({ buf: b, sha256: hex(d) });
+      }
+      const sections = accepted(() => ukiSections(b));
+      if (sections) {
+        for (const s of sections) {
+          const n = Math.min(s.virtualSize, s.sizeOfRawData);
+          const ptr = parsed.sections[s.index]!.pointerToRawData;
+          expect(s.data.length).toBe(s.virtualSize);
+          expect(s.data.subarray(0, n).equals(b.subarray(ptr, ptr + n))).toBe(true);
+          expect(s.data.subarray(n).every((x) => x === 0)).toBe(true);
+        }
+      }
+      const events = accepted(() => ukiPcr11Events(b));
+      if (events) {
+        // Pairs of name\0 and content, in systemd's order, each name once, never .pcrsig.
+        const names = events.filter((e, i) => (i % 2 === 0 ? e.kind === "name" : e.kind === "content") && e.section === events[i - (i % 2)]!.section);
+        expect(names).toHaveLength(events.length);
+        const sectionOrder = events.filter((e) => e.kind === "name").map((e) => order.indexOf(e.section));
+        expect(sectionOrder).toEqual([...sectionOrder].sort((x, y) => x - y));
+        expect(new Set(sectionOrder).size).toBe(sectionOrder.length);
+        expect(sectionOrder).not.toContain(order.indexOf(".pcrsig"));
+        for (const e of events.filter((x) => x.kind === "name")) expect(e.data.toString("latin1")).toBe(`${e.section}\0`);
+      }
     });
     expect(r.ok).toBeGreaterThan(0);
     expect(r.rejected).toBeGreaterThan(0);
+    // Digests of accepted variants: the independent implementation agrees wherever it can read the file.
+    const dir = tempDir();
+    digests.forEach((d, i) => fs.writeFileSync(path.join(dir, `v${i}.efi`), d.buf));
+    const py = JSON.parse(independent("authenticode.py", ["--json", ...digests.map((_, i) => `v${i}.efi`)], dir)) as Record<string, { sha256?: string }>;
+    const compared = digests.filter((_, i) => py[`v${i}.efi`]!.sha256 !== undefined);
+    expect(compared.length).toBeGreaterThanOrEqual(10);
+    digests.forEach((d, i) => {
+      if (py[`v${i}.efi`]!.sha256 !== undefined) expect({ i, sha256: d.sha256 }).toEqual({ i, sha256: py[`v${i}.efi`]!.sha256 });
+    });
   });
 
   it("GPT and UEFI_GPT_DATA", () => {
@@ -141,19 +213,48 @@ describe("fuzz: parsers only ever fail with E_MEASUREMENT", () => {
     };
     const raw = variants(disk, ROUNDS, 2, [[512, 604], [arrayAt, arrayAt + 12 * 128]]);
     const sealed = variants(disk, ROUNDS, 3, [[512, 604], [arrayAt, arrayAt + 12 * 128]]).map((b) => reseal(Buffer.from(b)));
-    const r = expectOnlyMeasurementErrors("gpt", [...raw, ...sealed], (b) => {
-      parseGpt(b);
-      uefiGptEventData(b);
+    const r = expectOnlyMeasurementErrors("gpt", [...raw, ...sealed], (b) => ({ gpt: parseGpt(b), data: uefiGptEventData(b) }), (b, { gpt, data }) => {
+      // UEFI_GPT_DATA = the 92-byte header at LBA 1, the count, then the used entries in array order.
+      const lba = Number(b.readBigUInt64LE(512 + 72));
+      const size = b.readUInt32LE(512 + 84);
+      const used: Buffer[] = [];
+      for (let i = 0; i < b.readUInt32LE(512 + 80); i++) {
+        const e = b.subarray(lba * 512 + i * size, lba * 512 + (i + 1) * size);
+        if (!e.subarray(0, 16).equals(Buffer.alloc(16))) used.push(e);
+      }
+      expect(data.equals(Buffer.concat([b.subarray(512, 604), Buffer.from(new BigUint64Array([BigInt(used.length)]).buffer), ...used]))).toBe(true);
+      expect(gpt.partitions).toHaveLength(used.length);
     });
     expect(r.ok).toBeGreaterThan(0);
     expectOnlyMeasurementErrors("gpt event data", variants(ev, ROUNDS, 4, [[0, 100]]), (b) => parseGptEventData(b));
   });
 
   it("TCG2 event log and CCEL", () => {
+    /** Accepted logs re-encode to the bytes they were read from; replay equals extending the parsed digests. */
+    const lossless = (b: Buffer, log: ReturnType<typeof parseEventLog>) => {
+      if (!log.events.length) return;
+      const again = Buffer.concat(log.events.map((e) => encodeEvent2(e.index, e.type, e.digests, e.data)));
+      expect(again.equals(b.subarray(log.events[0]!.offset, log.length))).toBe(true);
+    };
     const tpm = fixture("tpm-eventlog-arch-linux.bin");
-    const r1 = expectOnlyMeasurementErrors("tpm log", variants(tpm, ROUNDS, 5, [[0, 200], [0, tpm.length]]), (b) => replayLog(parseEventLog(b).events));
+    const r1 = expectOnlyMeasurementErrors("tpm log", variants(tpm, ROUNDS, 5, [[0, 200], [0, tpm.length]]), (b) => {
+      const log = parseEventLog(b);
+      return { log, banks: replayLog(log.events) };
+    }, (b, { log, banks }) => {
+      lossless(b, log);
+      const pcr4 = log.events.filter((e) => e.index === 4 && e.type !== EventType.EV_NO_ACTION).flatMap((e) => e.digests.filter((d) => d.alg === "sha256").map((d) => d.digest));
+      if (pcr4.length) expect(banks.get(4)!.get("sha256")).toEqual(pcr4.reduce((acc, d) => createHash("sha256").update(acc).update(d).digest(), Buffer.alloc(32)));
+    });
     const ccel = fixture("ccel-cos113.bin");
-    const r2 = expectOnlyMeasurementErrors("ccel", variants(ccel, ROUNDS, 6, [[0, 200], [0, ccel.length]]), (b) => replayCcel(parseCcel(b).events));
+    const r2 = expectOnlyMeasurementErrors("ccel", variants(ccel, ROUNDS, 6, [[0, 200], [0, ccel.length]]), (b) => {
+      const log = parseCcel(b);
+      return { log, rtmr: replayCcel(log.events) };
+    }, (b, { log, rtmr }) => {
+      lossless(b, log);
+      for (const e of log.events) expect(e.register).toBe(CC_MR_NAMES[e.index]);
+      const rtmr1 = log.events.filter((e) => e.register === "RTMR1" && e.type !== EventType.EV_NO_ACTION).map((e) => e.digests.find((d) => d.alg === "sha384")!.digest);
+      expect(rtmr.RTMR1).toEqual(rtmr1.reduce((acc, d) => createHash("sha384").update(acc).update(d).digest(), Buffer.alloc(48)));
+    });
     expect(r1.ok + r2.ok).toBeGreaterThan(0);
     // Half of the table variants get their ACPI checksum fixed so mutations reach the field checks.
     const resum = (b: Buffer, i: number): Buffer => {
@@ -165,13 +266,22 @@ describe("fuzz: parsers only ever fail with E_MEASUREMENT", () => {
       return b;
     };
     const tables = variants(fixture("ccel-table-cos113.bin"), ROUNDS, 7).map((b, i) => resum(Buffer.from(b), i));
-    expectOnlyMeasurementErrors("ccel table", tables, (b) => parseCcelTable(b));
+    expectOnlyMeasurementErrors("ccel table", tables, (b) => parseCcelTable(b), (b, t) => {
+      expect([t.logAreaMinimumLength, t.logAreaStartAddress]).toEqual([b.readBigUInt64LE(40), b.readBigUInt64LE(48)]);
+    });
   });
 
   it("TDX quote v4 and v5", () => {
     for (const [name, salt] of [["tdx-quote-cos113.dat", 8], ["tdx-quote-v5-sample.dat", 9]] as const) {
       const q = fixture(name);
-      const r = expectOnlyMeasurementErrors(name, variants(q, ROUNDS, salt, [[0, 60], [630, 720]]), (b) => parseTdxQuote(b));
+      const r = expectOnlyMeasurementErrors(name, variants(q, ROUNDS, salt, [[0, 60], [630, 720]]), (b) => parseTdxQuote(b), (b, quote) => {
+        // TD report fields at the offsets of Intel's quote layout: header 48 bytes (v5: + type and size), then the body.
+        const body = quote.header.version === 4 ? 48 : 54;
+        expect(quote.header.version === 4 || quote.header.version === 5).toBe(true);
+        expect(quote.body.mrTd.equals(b.subarray(body + 136, body + 184))).toBe(true);
+        quote.body.rtmr.forEach((r, i) => expect(r.equals(b.subarray(body + 328 + 48 * i, body + 376 + 48 * i))).toBe(true));
+        expect(quote.body.reportData.equals(b.subarray(body + 520, body + 584))).toBe(true);
+      });
       expect(r.ok).toBeGreaterThan(0);
     }
   });
@@ -184,13 +294,24 @@ describe("fuzz: parsers only ever fail with E_MEASUREMENT", () => {
       [meta.offset, meta.offset + meta.length], // TDVF descriptor
     ];
     const inputs = variants(fw, ROUNDS, 10, hot);
+    const changed: Array<{ buf: Buffer; mrtd: string }> = [];
     const r = expectOnlyMeasurementErrors("tdvf", inputs, (b) => {
       ovmfGuidTable(b);
       parseTdvf(b);
       tdvfCfv(b);
-      computeMrtd(b, { pageOrder: "single-pass" });
+      return hex(computeMrtd(b, { pageOrder: "single-pass" }));
+    }, (b, mrtd) => {
+      if (changed.length < 3 && b.length === fw.length && !b.equals(fw)) changed.push({ buf: b, mrtd });
     });
     expect(r.ok).toBeGreaterThan(0);
     expect(r.rejected).toBeGreaterThan(0);
+    // Accepted variants of the firmware: the independent implementation computes the same MRTD.
+    expect(changed.length).toBeGreaterThan(0);
+    const dir = tempDir();
+    for (const [i, c] of changed.entries()) {
+      fs.writeFileSync(path.join(dir, `fw${i}.fd`), c.buf);
+      expect({ i, mrtd: c.mrtd }).toEqual({ i, mrtd: (JSON.parse(independent("mrtd.py", [`fw${i}.fd`], dir)) as Record<string, string>)["single-pass"] });
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
   }, 120_000);
 });

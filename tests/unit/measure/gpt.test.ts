@@ -3,7 +3,7 @@
  * Vectors: the EV_EFI_GPT_EVENT of two real firmware logs — a TDX CCEL from COS 113
  * (google/go-tdx-guest testing/testdata/ccel) and a TPM log from an Arch Linux workstation
  * (google/go-eventlog testdata/eventlogs/tpm) — rebuilt into a disk and re-encoded byte for byte;
- * CRC32 against zlib's; partition tables against util-linux `sfdisk --json` when installed.
+ * CRC32 against zlib's; partition tables against util-linux `sfdisk --json` (tools tree).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -11,7 +11,8 @@ import * as zlib from "node:zlib";
 import { randomBytes } from "node:crypto";
 import { TdxError } from "../../../provider/errors";
 import { EventType, crc32, digest, parseCcel, parseEventLog, parseGpt, parseGptEventData, uefiGptEventData } from "../../../provider/measure";
-import { fixture, runOk, tempDir, which } from "./fixtures";
+import { inToolsTreeOk } from "../../toolsTree";
+import { fixture, tempDir } from "./fixtures";
 import { writeGpt } from "./gpt-writer";
 
 /** Lay a logged UEFI_GPT_DATA back onto a blank disk: header at LBA 1, entries from PartitionEntryLBA in order. */
@@ -89,21 +90,19 @@ describe("parseGpt", () => {
     expect(uefiGptEventData(disk).length).toBe(92 + 8 + 2 * 128);
   });
 
-  const sfdiskBin = which("sfdisk");
-  (sfdiskBin ? it : it.skip)("agrees with sfdisk --json on a disk sfdisk partitioned", () => {
-    const sfdisk = sfdiskBin!;
+  it("agrees with sfdisk --json on a disk sfdisk partitioned", () => {
     const dir = tempDir();
     const img = path.join(dir, "disk.img");
     fs.writeFileSync(img, Buffer.alloc(16 * 1024 * 1024));
     const script = [
       "label: gpt",
       "label-id: 6E1A3A3B-7C4F-4B52-9D0A-6F5F2A9A1C11",
-      `${img}1 : start=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="esp"`,
-      `${img}3 : start=10240, size=20480, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=9A1B2C3D-4E5F-4061-8273-94A5B6C7D8E9, name="root"`,
+      `disk.img1 : start=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="esp"`,
+      `disk.img3 : start=10240, size=20480, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=9A1B2C3D-4E5F-4061-8273-94A5B6C7D8E9, name="root"`,
       "",
     ].join("\n");
-    runOk(sfdisk, ["--no-reread", "--no-tell-kernel", "-q", img], { input: script });
-    const json = JSON.parse(runOk(sfdisk, ["--json", img])).partitiontable;
+    inToolsTreeOk(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", "disk.img"], { cwd: dir, input: script });
+    const json = JSON.parse(inToolsTreeOk(["sfdisk", "--json", "disk.img"], { cwd: dir })).partitiontable;
     const gpt = parseGpt(fs.readFileSync(img));
     expect(json.partitions).toHaveLength(2);
     expect(gpt.header.diskGuid).toBe(String(json.id).toLowerCase());

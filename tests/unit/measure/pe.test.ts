@@ -1,18 +1,20 @@
 /**
- * PE parsing and the Authenticode digest.
- * Vectors: flashbots/measured-boot measure/authentihash_test.go (sha256 of fixtures/uki.efi);
- * second paths: an independent Python implementation (always), pesign -h and osslsigncode
- * extract-data / sign (when installed).
+ * PE parsing and the Authenticode digest, on the test UKI the project builds with ukify
+ * (tests/fixtures/testUki.ts) and on synthetic PEs (pe-builder.ts).
+ * Second paths: the pefile library (independent/pe_dump.py) for headers and section tables; for the
+ * digest an independent Python implementation (independent/authenticode.py), pesign -h (tools tree)
+ * and osslsigncode extract-data / sign (host, the README's test set-up).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { TdxError } from "../../../provider/errors";
 import { authenticodeDigest, parsePe } from "../../../provider/measure";
+import { testUki } from "../../fixtures/testUki";
+import { inToolsTreeOk } from "../../toolsTree";
 import { buildPe, peOffsets } from "./pe-builder";
-import { hex, python3, run, runOk, tempDir, ukiFixturePath, which } from "./fixtures";
+import { hex, hostTool, independent, run, runOk, tempDir } from "./fixtures";
 
-const AUTHENTICODE_PY = path.join(__dirname, "independent", "authenticode.py");
-const uki = () => fs.readFileSync(ukiFixturePath());
+const uki = () => fs.readFileSync(testUki().uki);
 
 /** Remove the unhashed gap between SizeOfHeaders and the first section, shifting PointerToRawData. */
 function withoutGap(pe: Buffer): Buffer {
@@ -26,6 +28,15 @@ function withoutGap(pe: Buffer): Buffer {
   return out;
 }
 
+/** The same PE with the section table's entries i and j swapped (the file layout is unchanged). */
+function swapSectionHeaders(pe: Buffer, i: number, j: number): Buffer {
+  const { table } = peOffsets(pe);
+  const out = Buffer.from(pe);
+  pe.copy(out, table + 40 * i, table + 40 * j, table + 40 * j + 40);
+  pe.copy(out, table + 40 * j, table + 40 * i, table + 40 * i + 40);
+  return out;
+}
+
 /** Pull the DigestInfo digest for `alg` out of DER (SpcIndirectDataContent): OID, NULL params, OCTET STRING. */
 function digestFromDer(der: Buffer, alg: "sha256" | "sha384"): string {
   const oid = Buffer.from(alg === "sha256" ? "0609608648016503040201" : "0609608648016503040202", "hex");
@@ -36,23 +47,23 @@ function digestFromDer(der: Buffer, alg: "sha256" | "sha384"): string {
   return hex(der.subarray(at + marker.length, at + marker.length + size));
 }
 
-function independentDigest(file: string, alg: string): string {
-  return runOk(python3(), [AUTHENTICODE_PY, file, alg]).trim();
+/** Write each buffer into a fresh directory; returns it. */
+function files(bufs: Record<string, Buffer>): string {
+  const dir = tempDir();
+  for (const [name, b] of Object.entries(bufs)) fs.writeFileSync(path.join(dir, name), b);
+  return dir;
 }
 
 describe("parsePe", () => {
-  it("reads headers and the section table of the measured-boot test UKI", () => {
+  it("reads the headers and section table of the test UKI exactly as pefile does", () => {
+    const dir = files({ "uki.efi": uki() });
+    const want = JSON.parse(independent("pe_dump.py", ["uki.efi"], dir));
     const pe = parsePe(uki());
-    expect(pe.format).toBe("PE32+");
-    expect(pe.sizeOfHeaders).toBe(0x600);
-    expect(pe.numberOfRvaAndSizes).toBe(16);
-    expect(pe.dataDirectories[5]).toEqual({ virtualAddress: 77824, size: 18 });
-    expect(pe.sections.map((s) => s.name)).toEqual([
-      ".text", ".reloc", ".data", ".dynamic", ".rela", ".dynsym", ".sbat", ".sdmagic",
-      ".osrel", ".cmdline", ".uname", ".initrd", ".linux", ".splash", ".dtb", ".pcrsig", ".pcrkey",
-    ]);
-    const linux = pe.sections.find((s) => s.name === ".linux")!;
-    expect(linux).toMatchObject({ virtualSize: 0x1f8, virtualAddress: 0xf000, sizeOfRawData: 0x200, pointerToRawData: 0x3c00 });
+    const { format, sizeOfHeaders, sizeOfImage, subsystem, checkSum, numberOfRvaAndSizes, dataDirectories, machine } = pe;
+    expect({ format, machine, sizeOfHeaders, sizeOfImage, subsystem, checkSum, numberOfRvaAndSizes, dataDirectories }).toEqual({ ...want, sections: undefined });
+    expect(pe.sections).toEqual(want.sections);
+    // ukify appended the UKI sections after the stub's own, in the order it writes them.
+    expect(pe.sections.map((s) => s.name)).toEqual(expect.arrayContaining([".text", ".sbat", ".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".pcrsig", ".tdxtest"]));
   });
 
   it("parses PE32 as well as PE32+", () => {
@@ -60,6 +71,13 @@ describe("parsePe", () => {
     expect(pe.format).toBe("PE32");
     expect(pe.subsystem).toBe(10);
     expect(pe.sections[0]).toMatchObject({ name: ".text", virtualSize: 5, sizeOfRawData: 0x200 });
+  });
+
+  it("keeps the section table's order and every entry, also out of file order and with duplicate names", () => {
+    const base = buildPe({ plus: true, sections: [{ name: ".a", data: Buffer.alloc(10, 1) }, { name: ".dup", data: Buffer.alloc(20, 2) }, { name: ".dup", data: Buffer.alloc(30, 3) }] });
+    const pe = parsePe(swapSectionHeaders(base, 0, 2));
+    expect(pe.sections.map((s) => [s.name, s.virtualSize])).toEqual([[".dup", 30], [".dup", 20], [".a", 10]]);
+    expect(pe.sections[0]!.pointerToRawData).toBeGreaterThan(pe.sections[2]!.pointerToRawData);
   });
 
   it("rejects non-PE input with E_MEASUREMENT", () => {
@@ -75,50 +93,46 @@ describe("parsePe", () => {
 });
 
 describe("authenticodeDigest", () => {
-  it("matches the published sha256 of the measured-boot test UKI (flashbots/measured-boot authentihash_test.go)", () => {
-    expect(hex(authenticodeDigest(uki(), "sha256"))).toBe("d343be6265eb3e23f78b0ae096bff334e37a760ae830736283f9b0268ecedcf2");
-  });
-
-  it("agrees with the independent Python implementation (sha256, sha384; PE32+ with a gap, PE32, gapless)", () => {
-    const dir = tempDir();
-    const files: Record<string, Buffer> = {
+  it("agrees with the independent Python implementation (test UKI, its kernel, gapless, PE32, section table out of file order)", () => {
+    const kernel = fs.readFileSync(testUki().input(".linux"));
+    const synthetic = buildPe({ plus: true, sections: [{ name: ".text", data: Buffer.alloc(700, 7) }, { name: ".data", data: Buffer.from("x") }, { name: ".rest", data: Buffer.alloc(513, 9) }] });
+    const bufs: Record<string, Buffer> = {
       "uki.efi": uki(),
+      "kernel.efi": kernel,
       "gapless.efi": withoutGap(uki()),
       "pe32.efi": buildPe({ plus: false, sections: [{ name: ".text", data: Buffer.alloc(700, 7) }, { name: ".data", data: Buffer.from("x") }], trailer: Buffer.from("trailing") }),
+      // Hashed in file order (edk2 sorts by PointerToRawData), not in table order.
+      "shuffled.efi": swapSectionHeaders(swapSectionHeaders(synthetic, 0, 2), 0, 1),
     };
-    for (const [name, buf] of Object.entries(files)) {
-      const f = path.join(dir, name);
-      fs.writeFileSync(f, buf);
-      for (const alg of ["sha256", "sha384"] as const) expect(`${name} ${alg} ${hex(authenticodeDigest(buf, alg))}`).toBe(`${name} ${alg} ${independentDigest(f, alg)}`);
+    const dir = files(bufs);
+    const want = JSON.parse(independent("authenticode.py", ["--json", ...Object.keys(bufs)], dir)) as Record<string, Record<string, string>>;
+    for (const [name, buf] of Object.entries(bufs)) {
+      for (const alg of ["sha256", "sha384"] as const) expect(`${name} ${alg} ${hex(authenticodeDigest(buf, alg))}`).toBe(`${name} ${alg} ${want[name]![alg]}`);
     }
   });
 
-  // Tools the CI installs (.ci/run); a developer without them sees these tests as skipped, never as passed.
-  const pesign = which("pesign");
-  (pesign ? it : it.skip)("agrees with pesign -h (it follows edk2, gap included)", () => {
-    const dir = tempDir();
-    const f = path.join(dir, "uki.efi");
-    fs.writeFileSync(f, uki());
-    // pesign prints "hash: <hex>"
-    expect(/hash:\s*([0-9a-f]{64})/.exec(runOk(pesign!, ["-h", "-d", "sha256", "-i", f]))?.[1]).toBe(hex(authenticodeDigest(uki(), "sha256")));
+  it("agrees with pesign -h from the tools tree (it follows edk2, gap included)", () => {
+    const dir = files({ "uki.efi": uki(), "kernel.efi": fs.readFileSync(testUki().input(".linux")) });
+    for (const f of ["uki.efi", "kernel.efi"]) {
+      // pesign prints "<hex> <file>" (older versions: "hash: <hex>")
+      const got = /\b([0-9a-f]{64})\b/.exec(inToolsTreeOk(["pesign", "-h", "-d", "sha256", "-i", f], { cwd: dir }))?.[1];
+      expect(`${f} ${got}`).toBe(`${f} ${hex(authenticodeDigest(fs.readFileSync(path.join(dir, f)), "sha256"))}`);
+    }
   });
 
-  const osslsigncode = which("osslsigncode");
-  (osslsigncode && which("openssl") ? it : it.skip)("agrees with osslsigncode on a gapless image, unsigned and signed", () => {
-    const tool = osslsigncode!;
-    const openssl = which("openssl")!;
+  it("agrees with osslsigncode on a gapless image, unsigned and signed", () => {
+    const tool = hostTool("osslsigncode");
     // osslsigncode hashes the file linearly, which equals the edk2 procedure only without gaps
     // between SizeOfHeaders and the sections; the test UKI has one, so we remove it.
-    const dir = tempDir();
     const gapless = withoutGap(uki());
+    const dir = files({ "gapless.efi": gapless });
     const f = path.join(dir, "gapless.efi");
-    fs.writeFileSync(f, gapless);
     for (const alg of ["sha256", "sha384"] as const) {
       const out = path.join(dir, `data-${alg}.der`);
       runOk(tool, ["extract-data", "-h", alg, "-in", f, "-out", out]);
       expect(digestFromDer(fs.readFileSync(out), alg)).toBe(hex(authenticodeDigest(gapless, alg)));
     }
-    runOk(openssl, ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", path.join(dir, "k.pem"), "-out", path.join(dir, "c.pem"), "-subj", "/CN=tdxvm-test", "-days", "1"]);
+    inToolsTreeOk(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem", "-out", "c.pem", "-subj", "/CN=tdxvm-test", "-days", "1"], { cwd: dir });
     const signed = path.join(dir, "signed.efi");
     runOk(tool, ["sign", "-certs", path.join(dir, "c.pem"), "-key", path.join(dir, "k.pem"), "-h", "sha256", "-in", f, "-out", signed]);
     const sig = path.join(dir, "sig.der");
@@ -158,7 +172,7 @@ describe("authenticodeDigest", () => {
     const base = withoutGap(uki());
     const { dirs, table } = peOffsets(base);
     const badSection = Buffer.from(base);
-    badSection.writeUInt32LE(base.length, table + 20); // PointerToRawData of .text past the end
+    badSection.writeUInt32LE(base.length, table + 20); // PointerToRawData of the first section past the end
     expect(() => authenticodeDigest(badSection, "sha256")).toThrow(/lies outside/);
     // Trailing data shorter than the declared certificate table (edk2 only checks when data trails the sections).
     const badCert = Buffer.concat([base, Buffer.alloc(16)]);

@@ -1,59 +1,44 @@
 /**
  * UKI sections (VirtualSize semantics) and systemd-stub PCR 11 events.
- * Vectors: flashbots/measured-boot extract/extract_test.go (per-section sha256 over VirtualSize
- * bytes of fixtures/uki.efi) and measure/pcr11_test.go, measure/pcr_test.go (replay);
- * `systemd-measure calculate --phase=` from systemd 257.13 (Debian trixie) over this UKI's sections
- * (recorded below), and live systemd-measure when installed (any version: only the sections it
- * knows are passed).
+ * Truth for the test UKI (built with ukify, tests/fixtures/testUki.ts): the very input files ukify
+ * put into each section, `ukify inspect` (per-section size and sha256), and `systemd-measure
+ * calculate` (systemd 257, tools tree) over the sections pefile extracts. Published vectors:
+ * flashbots/measured-boot measure/pcr11_test.go and measure/pcr_test.go (digest-only replays).
+ * Section selection (first of duplicate names, empty sections, profiles) on synthetic PEs.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
 import { TdxError } from "../../../provider/errors";
-import { pcrReplay, ukiPcr11Events, ukiSections } from "../../../provider/measure";
-import { buildPe, peOffsets } from "./pe-builder";
-import { hex, runOk, tempDir, ukiFixturePath, which } from "./fixtures";
+import { pcrReplay, ukiPcr11Events, ukiSections, ukiSelectedSections } from "../../../provider/measure";
+import { TEST_CUSTOM_SECTION, TEST_UKI_INPUTS, testUki } from "../../fixtures/testUki";
+import { inToolsTreeOk } from "../../toolsTree";
+import { buildPe } from "./pe-builder";
+import { hex, systemdMeasurePcr11, tempDir } from "./fixtures";
 
-const uki = () => fs.readFileSync(ukiFixturePath());
+const uki = () => fs.readFileSync(testUki().uki);
 const sha256 = (b: Buffer | string) => createHash("sha256").update(b).digest();
-
-// flashbots/measured-boot extract/extract_test.go TestPeFileSectionDigests.
-const PUBLISHED_SECTION_DIGESTS: Record<string, [number, string]> = {
-  ".linux": [0x1f8, "01e5cee2d18eaace36b5bc394f7031aae1668e4a7f7cc0e949525ea65c40f795"],
-  ".osrel": [0x2b0, "6583801da29b3b740f0eb0c427d5b8520bfbf7ff6369c22ef2f4c480f0ea99fc"],
-  ".cmdline": [0x94, "f047d03a36f0de1f77916c2aab8877a9d880acf917683cc77b7c01df18b131c7"],
-  ".initrd": [0x12, "4e50306a0784471f02de7e54d90fdca10e8e12eccc2d7a9d9702f6e738e1c2ca"],
-  ".splash": [0x12, "36b5f482372e5049839d176cf4d14acbfdfedac1bf77ea0ea4b172a876ae2d2e"],
-  ".dtb": [0xf, "46a00153cad99d194af11448305c8ca1872abae920ee423c193501050f36e78d"],
-  ".uname": [0x22, "32d59d990e9c1f7da554cb888e3238ac6193e5e7230f99b197138dd723c0ebb6"],
-  ".sbat": [0x10, "6630fb7d5baf9d6cd51c9ac95410e68aa3fedb4addd42b340e4711e23cccd4b2"],
-  ".pcrkey": [0x12, "354b67d5a3ef2affdadb3dfc1f8bd0f669d086a6d67d5fee88db2190c4a70726"],
-  ".data": [0x10, "c3de14ca1645875e3bb0ddab9f609146f21cc0ebd0ea9b4f22d39840c0ea29c5"],
-  ".dynamic": [0x13, "2b7529c83a74bcb0ac631518a11495101a8d8e406993ed05ed8acc2d88ec1379"],
-  ".dynsym": [0x12, "b60a7d6569eba3d99eec1332572b6119320b571b43c19675375a8576daf78124"],
-  ".rela": [0x10, "1cd6fb4fb874fdb2f3b7f53dc18c5b8e5ba14d006c56415e9b8e221dbf59dd9d"],
-  ".reloc": [0xa, "4ffadb1dbde92dce2137ae1e2474ad09f27b62e4bba5ccc6490ab0da45fa45c3"],
-  ".sdmagic": [0x2d, "c102120de9fa6243f216ddb45828e2a2b64a658230d0cae6c2f2983967babe95"],
-  ".text": [0x10, "af54419a3fbe760cf7d36a8637f01d13d44bb5f39215e22ead521551fae42f2d"],
-  ".pcrsig": [0x216, "cc41a548bd0203174939f50c3df17759b813b531b0563e9120556cf72501a326"],
-};
-
-// systemd-measure 257.13 (Debian trixie) `calculate --phase= --bank=sha256 --bank=sha384` with
-// --linux --osrel --cmdline --initrd --splash --dtb --uname --sbat = this UKI's sections (VirtualSize bytes).
-const SYSTEMD_MEASURE_257_PCR11 = {
-  sha256: "bf838b59ced0e5b9e9d5c31ad4ad2ad5c18572b16a39ba6986408bdcee1b3769",
-  sha384: "8d40be83e8b1741a0315430b1bc946148861d684793f09511d9ed4dfc54416206bbb498f3c60d07f74133aa084b95c8a",
-};
+const kernelPe = buildPe({ plus: true, sections: [{ name: ".text", data: Buffer.alloc(32, 1) }] });
 
 describe("ukiSections", () => {
-  it("returns every section's VirtualSize bytes, matching the published digests", () => {
+  it("returns each section's VirtualSize bytes: exactly the file ukify put there", () => {
     const sections = ukiSections(uki());
-    expect(sections).toHaveLength(17);
-    for (const s of sections) {
-      const [size, digest] = PUBLISHED_SECTION_DIGESTS[s.name]!;
-      expect([s.name, s.data.length, hex(sha256(s.data))]).toEqual([s.name, size, digest]);
+    const byName = new Map(sections.map((s) => [s.name, s]));
+    for (const name of Object.keys(TEST_UKI_INPUTS) as Array<keyof typeof TEST_UKI_INPUTS>) {
+      const want = fs.readFileSync(testUki().input(name));
+      const got = byName.get(name)?.data;
+      expect({ name, length: got?.length, equal: got?.equals(want) }).toEqual({ name, length: want.length, equal: true });
     }
-    expect(sections.find((s) => s.name === ".uname")!.data.toString()).toBe("0.0.0-100.constellation.fc0.x86_64");
+    expect(sections.map((s) => s.index)).toEqual(sections.map((_, i) => i));
+  });
+
+  it("agrees with `ukify inspect` (size and sha256 of every section it lists)", () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, "uki.efi"), uki());
+    const inspected = JSON.parse(inToolsTreeOk(["ukify", "--json=short", "inspect", "uki.efi"], { cwd: dir })) as Record<string, { size: number; sha256: string }>;
+    expect(Object.keys(inspected).length).toBeGreaterThanOrEqual(10);
+    const ours = new Map(ukiSections(uki()).map((s) => [s.name, { size: s.data.length, sha256: hex(sha256(s.data)) }]));
+    for (const [name, v] of Object.entries(inspected)) expect({ name, ...ours.get(name) }).toEqual({ name, size: v.size, sha256: v.sha256 });
   });
 
   it("truncates to VirtualSize and zero-fills beyond SizeOfRawData", () => {
@@ -73,55 +58,64 @@ describe("ukiSections", () => {
   });
 });
 
+describe("ukiSelectedSections (systemd-stub 257 pe.c semantics)", () => {
+  it("takes the first of duplicate names, treats VirtualSize 0 as absent, and ignores unknown names", () => {
+    const pe = buildPe({
+      plus: true,
+      sections: [
+        { name: ".cmdline", data: Buffer.alloc(0), virtualSize: 0 }, // not set: the next .cmdline is the first real one
+        { name: ".linux", data: kernelPe },
+        { name: ".cmdline", data: Buffer.from("first") },
+        { name: ".cmdline", data: Buffer.from("second") },
+        { name: ".osrel", data: Buffer.from("ID=a\n") },
+        { name: ".osrel", data: Buffer.from("ID=b\n") },
+        { name: ".unknown", data: Buffer.from("x") },
+      ],
+    });
+    const sel = ukiSelectedSections(pe);
+    expect([...sel.keys()].sort()).toEqual([".cmdline", ".linux", ".osrel"]);
+    expect(sel.get(".cmdline")!.data.toString()).toBe("first");
+    expect(sel.get(".cmdline")!.index).toBe(2);
+    expect(sel.get(".osrel")!.data.toString()).toBe("ID=a\n");
+    const events = ukiPcr11Events(pe);
+    expect(events.filter((e) => e.kind === "content").map((e) => e.data.toString("latin1").slice(0, 5))).toEqual([kernelPe.toString("latin1", 0, 5), "ID=a\n", "first"]);
+  });
+
+  it("applies a profile's sections over the base ones; profile 0 by default; a missing profile > 0 fails", () => {
+    const pe = buildPe({
+      plus: true,
+      sections: [
+        { name: ".linux", data: kernelPe },
+        { name: ".cmdline", data: Buffer.from("base") },
+        { name: ".dtb", data: Buffer.from("base-dtb") },
+        { name: ".profile", data: Buffer.from("ID=default\n") },
+        { name: ".profile", data: Buffer.from("ID=debug\n") },
+        { name: ".cmdline", data: Buffer.from("debug") },
+      ],
+    });
+    const cmdline = (profile?: number) => ukiPcr11Events(pe, { profile }).find((e) => e.section === ".cmdline" && e.kind === "content")!.data.toString();
+    const profileText = (profile?: number) => ukiPcr11Events(pe, { profile }).find((e) => e.section === ".profile" && e.kind === "content")!.data.toString();
+    expect([cmdline(), profileText()]).toEqual(["base", "ID=default\n"]);
+    expect([cmdline(1), profileText(1)]).toEqual(["debug", "ID=debug\n"]);
+    expect(ukiPcr11Events(pe, { profile: 1 }).find((e) => e.section === ".dtb" && e.kind === "content")!.data.toString()).toBe("base-dtb");
+    expect(() => ukiPcr11Events(pe, { profile: 2 })).toThrow(/profile 2 does not exist/);
+  });
+});
+
 describe("ukiPcr11Events", () => {
-  it("lists name and content events in systemd's fixed order, skipping .pcrsig and unknown sections", () => {
+  it("lists `name\\0` then content for each present section in systemd's fixed order, skipping .pcrsig and unknown sections", () => {
     const events = ukiPcr11Events(uki());
-    expect(events.map((e) => `${e.section}:${e.kind}`)).toEqual(
-      [".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".uname", ".sbat"].flatMap((n) => [`${n}:name`, `${n}:content`]),
-    );
-    expect(events[0]!.data).toEqual(Buffer.from(".linux\0"));
+    const order = [".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat", ".pcrpkey"];
+    expect(events.map((e) => `${e.section}:${e.kind}`)).toEqual(order.flatMap((n) => [`${n}:name`, `${n}:content`]));
+    expect(events.filter((e) => e.kind === "name").map((e) => e.data.toString("latin1"))).toEqual(order.map((n) => `${n}\0`));
+    expect(events.map((e) => e.section)).not.toContain(TEST_CUSTOM_SECTION);
     expect(events.every((e) => e.pcr === 11 && e.eventType === 0xd)).toBe(true);
   });
 
-  it("replays to the PCR 11 value systemd-measure 257 computes for this UKI", () => {
+  it("replays to the PCR 11 value systemd-measure calculates from the sections pefile extracts (sha256 and sha384)", () => {
     const events = ukiPcr11Events(uki());
-    expect(hex(pcrReplay(events, "sha256"))).toBe(SYSTEMD_MEASURE_257_PCR11.sha256);
-    expect(hex(pcrReplay(events, "sha384"))).toBe(SYSTEMD_MEASURE_257_PCR11.sha384);
-  });
-
-  const measureTool = which("systemd-measure", ["/usr/lib/systemd", "/lib/systemd"]);
-  (measureTool ? it : it.skip)("agrees with the installed systemd-measure", () => {
-    const tool = measureTool!;
-    const help = runOk(tool, ["--help"]);
-    const known = new Set([...help.matchAll(/--([a-z]+)=PATH/g)].map((m) => `.${m[1]}`));
-    const dir = tempDir();
-    const events = ukiPcr11Events(uki()).filter((e) => known.has(e.section));
-    const args = ["calculate", "--phase=", "--bank=sha256"];
-    for (const e of events.filter((x) => x.kind === "content")) {
-      const f = path.join(dir, e.section.slice(1));
-      fs.writeFileSync(f, e.data);
-      args.push(`--${e.section.slice(1)}=${f}`);
-    }
-    const out = runOk(tool, args);
-    const m = /11:sha256=([0-9a-f]{64})/.exec(out);
-    expect(m?.[1]).toBe(hex(pcrReplay(events, "sha256")));
-  });
-
-  it("applies profile sections over the base ones (stub 257 semantics)", () => {
-    // Rename .splash -> .profile and .pcrsig -> .cmdline: profile 0 is then [.profile, .dtb, .cmdline, .pcrkey].
-    const pe = Buffer.from(uki());
-    const { table, nSections } = peOffsets(pe);
-    for (let i = 0; i < nSections; i++) {
-      const name = pe.toString("latin1", table + 40 * i, table + 40 * i + 8).replace(/\0+$/, "");
-      const rename = name === ".splash" ? ".profile" : name === ".pcrsig" ? ".cmdline" : undefined;
-      if (rename) pe.write(rename.padEnd(8, "\0"), table + 40 * i, "latin1");
-    }
-    const byName = new Map(ukiSections(pe).map((s) => [`${s.name}@${s.index}`, s]));
-    const events = ukiPcr11Events(pe);
-    const cmdline = events.find((e) => e.section === ".cmdline" && e.kind === "content")!;
-    expect(cmdline.data).toEqual(byName.get(".cmdline@15")!.data); // the profile's, not the base's (index 9)
-    expect(events.map((e) => e.section)).toContain(".profile");
-    expect(() => ukiPcr11Events(pe, { profile: 1 })).toThrow(/profile 1 does not exist/);
+    const want = systemdMeasurePcr11(uki(), [""]);
+    expect({ sha256: hex(pcrReplay(events, "sha256")), sha384: hex(pcrReplay(events, "sha384")) }).toEqual({ sha256: want.sha256[""], sha384: want.sha384[""] });
   });
 
   it("refuses images without .linux and hardware-selected sections", () => {
