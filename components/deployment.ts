@@ -49,7 +49,9 @@ export class VmAttestation extends pulumi.dynamic.Resource {
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
     const computed = { attested: undefined, issuer: undefined, checks: undefined, spkiSha256: undefined, attestedAt: undefined, attestSeconds: undefined, secretNames: undefined, secretsDigest: undefined };
     // Secret values never come back in outputs; the digest that detects their change is kept encrypted.
-    super(providerShim("attestation"), name, { ...props, ...computed }, { ...opts, additionalSecretOutputs: ["secrets", "secretsDigest"] }, "tdxvm", "VmAttestation");
+    // The secrets input is secret in state even when a program passes a plain value.
+    const secrets = props.secrets === undefined ? undefined : pulumi.secret(props.secrets);
+    super(providerShim("attestation"), name, { ...props, secrets, ...computed }, { ...opts, additionalSecretOutputs: ["secrets", "secretsDigest"] }, "tdxvm", "VmAttestation");
   }
 }
 

@@ -8,7 +8,7 @@ import { mkdtempSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { defaultCacheDir } from "../provider/pipeline";
-import { ensureToolsTree, readToolsManifest } from "../provider/bake/toolsTree";
+import { ensureToolsTree, missingToolsPackages, readToolsManifest } from "../provider/bake/toolsTree";
 import { Progress } from "../provider/bake/progress";
 import { DEFAULT_DEBIAN } from "../provider/lock";
 import { buildTestUki, TEST_UKI_ENV } from "./fixtures/testUki";
@@ -33,8 +33,11 @@ export default async function globalSetup(): Promise<void> {
   }
   const cacheDir = defaultCacheDir();
   const t0 = Date.now();
-  if (!readToolsManifest(cacheDir)) {
-    process.stderr.write(`\ntdxvm tests: provisioning the Debian trixie tools tree into ${cacheDir} (first run only: debootstrap and apt, about 600 MB)\n`);
+  const existing = readToolsManifest(cacheDir);
+  if (!existing || missingToolsPackages(existing).length) {
+    process.stderr.write(existing
+      ? `\ntdxvm tests: adding ${missingToolsPackages(existing).join(", ")} to the tools tree in ${cacheDir}\n`
+      : `\ntdxvm tests: provisioning the Debian trixie tools tree into ${cacheDir} (first run only: debootstrap and apt, about 600 MB)\n`);
     await ensureToolsTree({ cacheDir, mirror: DEFAULT_DEBIAN.mirror, progress: new LineProgress() });
     process.stderr.write(`tdxvm tests: tools tree ready after ${((Date.now() - t0) / 1000).toFixed(0)} s\n`);
   }

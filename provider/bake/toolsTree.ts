@@ -20,7 +20,14 @@ export const TOOLS_PACKAGES = [
   "mkosi", "debian-archive-keyring", "apt", "dpkg", "gnupg", "systemd", "systemd-boot-efi", "systemd-ukify",
   "systemd-repart", "dosfstools", "mtools", "e2fsprogs", "erofs-utils", "squashfs-tools", "cpio", "zstd",
   "xz-utils", "binutils", "python3-lz4", "qemu-system-x86", "qemu-utils", "ovmf", "swtpm", "swtpm-tools", "tpm2-tools",
+  // Independent implementations the tests cross-check the measurement code against.
+  "pesign", "fdisk", "python3-pefile", "openssl",
 ];
+
+/** Packages of TOOLS_PACKAGES a tree's manifest does not list (a tree made by an older tdxvm). */
+export function missingToolsPackages(tree: Pick<ToolsTree, "versions">): string[] {
+  return TOOLS_PACKAGES.filter((p) => !tree.versions[p]);
+}
 
 /** Versions that identify the tree for cache keys and reports. */
 export const KEY_PACKAGES = ["mkosi", "systemd", "systemd-boot-efi", "qemu-system-x86", "ovmf", "swtpm", "linux-base"];
@@ -76,15 +83,54 @@ export function preflight(commands: ReadonlyArray<HostRequirement>): void {
   }
 }
 
+/** apt-get install `packages` into the tree at `root`; then every relevant package's version. */
+async function installInto(root: string, packages: ReadonlyArray<string>, opts: ProvisionOptions): Promise<{ versions?: Record<string, string>; step: string; tail: string[] }> {
+  const apt = ["sh", "-c", `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages.join(" ")} && apt-get clean`];
+  let r = await runStreaming(sandboxArgv(root, apt), { onLine: (l) => opts.progress?.line(l) });
+  if (r.code !== 0) return { step: "apt-get install", tail: r.tail };
+  r = await runStreaming(sandboxArgv(root, ["dpkg-query", "-W", "-f", "${Package}\\t${Version}\\n"]), { tailLines: 10_000 });
+  if (r.code !== 0) return { step: "dpkg-query", tail: r.tail };
+  const versions: Record<string, string> = {};
+  for (const line of r.tail) {
+    const [p, v] = line.split("\t");
+    if (p && v && (TOOLS_PACKAGES.includes(p) || KEY_PACKAGES.includes(p))) versions[p] = v;
+  }
+  return { versions, step: "", tail: r.tail };
+}
+
+async function writeManifest(cacheDir: string, manifest: Omit<ToolsTree, "root"> & { createdAt: string }): Promise<void> {
+  const file = `${toolsTreeDir(cacheDir)}.json`;
+  const tmp = `${file}.${randomBytes(4).toString("hex")}.tmp`;
+  await fs.writeFile(tmp, JSON.stringify(manifest, null, 2) + "\n");
+  await fs.rename(tmp, file);
+}
+
 export async function ensureToolsTree(opts: ProvisionOptions): Promise<ToolsTree> {
   const existing = readToolsManifest(opts.cacheDir);
-  if (existing) return existing;
+  if (existing && missingToolsPackages(existing).length === 0) return existing;
   preflight(PROVISION_COMMANDS);
   const toolsDir = path.dirname(toolsTreeDir(opts.cacheDir));
   await fs.mkdir(toolsDir, { recursive: true });
   return withFileLock(path.join(toolsDir, "trixie.lock"), async () => {
     const again = readToolsManifest(opts.cacheDir);
-    if (again) return again;
+    if (again && missingToolsPackages(again).length === 0) return again;
+    if (again) {
+      // A tree from an older tdxvm: add what this version needs (package versions of the tools
+      // already there stay as they are, so cache keys built from KEY_PACKAGES keep holding).
+      const missing = missingToolsPackages(again);
+      opts.progress?.phase(`tools-tree: apt-get install ${missing.join(" ")}`);
+      const r = await installInto(again.root, missing, opts);
+      if (!r.versions) {
+        throw new TdxError("E_BAKE", `adding ${missing.join(", ")} to the trixie tools tree failed at ${r.step}:\n${r.tail.slice(-15).join("\n")}`, {
+          hint: `Check that ${opts.mirror} is reachable, or remove ${again.root} (and its .json) to provision it afresh.`,
+          details: { phase: "tools-tree", step: r.step },
+        });
+      }
+      const { root: _root, ...rest } = again;
+      const manifest = { ...rest, versions: { ...again.versions, ...r.versions }, createdAt: (again as { createdAt?: string }).createdAt ?? new Date().toISOString() };
+      await writeManifest(opts.cacheDir, manifest);
+      return { ...manifest, root: again.root };
+    }
     const tmp = path.join(toolsDir, `.trixie-${randomBytes(4).toString("hex")}.tmp`);
     const fail = async (step: string, tail: string[]) => {
       await fs.rm(tmp, { recursive: true, force: true });
@@ -95,23 +141,16 @@ export async function ensureToolsTree(opts: ProvisionOptions): Promise<ToolsTree
     };
     try {
       opts.progress?.phase("tools-tree: debootstrap");
-      let r = await runStreaming(["debootstrap", "--variant=minbase", "--include=ca-certificates", "trixie", tmp, opts.mirror], { onLine: (l) => opts.progress?.line(l) });
+      const r = await runStreaming(["debootstrap", "--variant=minbase", "--include=ca-certificates", "trixie", tmp, opts.mirror], { onLine: (l) => opts.progress?.line(l) });
       if (r.code !== 0) throw await fail("debootstrap", r.tail);
       opts.progress?.phase("tools-tree: apt-get install mkosi & tools");
-      const apt = ["sh", "-c", `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${TOOLS_PACKAGES.join(" ")} && apt-get clean`];
-      r = await runStreaming(sandboxArgv(tmp, apt), { onLine: (l) => opts.progress?.line(l) });
-      if (r.code !== 0) throw await fail("apt-get install", r.tail);
-      r = await runStreaming(sandboxArgv(tmp, ["dpkg-query", "-W", "-f", "${Package}\\t${Version}\\n"]), { tailLines: 10_000 });
-      if (r.code !== 0) throw await fail("dpkg-query", r.tail);
-      const versions: Record<string, string> = {};
-      for (const line of r.tail) {
-        const [p, v] = line.split("\t");
-        if (p && v && (TOOLS_PACKAGES.includes(p) || KEY_PACKAGES.includes(p))) versions[p] = v;
-      }
-      if (!versions.mkosi || !/^(2[5-9]|[3-9]\d)\./.test(versions.mkosi)) throw await fail(`mkosi version check (got ${versions.mkosi ?? "none"})`, r.tail);
+      const inst = await installInto(tmp, TOOLS_PACKAGES, opts);
+      if (!inst.versions) throw await fail(inst.step, inst.tail);
+      const versions = inst.versions;
+      if (!versions.mkosi || !/^(2[5-9]|[3-9]\d)\./.test(versions.mkosi)) throw await fail(`mkosi version check (got ${versions.mkosi ?? "none"})`, inst.tail);
       const manifest = { release: "trixie" as const, versions, mirror: opts.mirror, createdAt: new Date().toISOString() };
       await fs.rename(tmp, toolsTreeDir(opts.cacheDir));
-      await fs.writeFile(`${toolsTreeDir(opts.cacheDir)}.json`, JSON.stringify(manifest, null, 2) + "\n");
+      await writeManifest(opts.cacheDir, manifest);
       return { ...manifest, root: toolsTreeDir(opts.cacheDir) };
     } catch (e) {
       await fs.rm(tmp, { recursive: true, force: true });

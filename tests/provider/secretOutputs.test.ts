@@ -1,11 +1,11 @@
 /**
- * Which resource properties the Pulumi engine is told to keep secret: a VM's `secrets` input (even
- * when the program passed a plain value) and its `secrets`/`secretsDigest` outputs. Recorded from the
+ * Which resource properties the Pulumi engine is told to keep secret: a VmAttestation's `secrets`
+ * input (even when the program passed a plain value) and its `secrets`/`secretsDigest` outputs. Recorded from the
  * register-resource requests the SDK sends (an in-process monitor, no engine): what the engine
  * encrypts in state is exactly what these requests mark.
  */
 import * as pulumi from "@pulumi/pulumi";
-import { qemuVm } from "../../components/qemu";
+import { VmAttestation } from "../../components/deployment";
 
 interface Registration { type: string; name: string; additionalSecretOutputs: string[]; inputs: Record<string, unknown> }
 
@@ -33,17 +33,16 @@ beforeAll(() => {
 
 const registered = (vm: pulumi.Resource) => new Promise<void>((r) => vm.urn.apply(() => r()));
 
-describe("QemuVm secrets", () => {
+describe("VmAttestation secrets", () => {
   it("marks the secrets input secret, and the secrets and secretsDigest outputs", async () => {
-    const vm = qemuVm("app-0", {
-      image: { bakeKey: "k", artifacts: {} },
-      qemu: {},
+    const vm = new VmAttestation("app-0", {
+      target: "vm-id", endpoint: "127.0.0.1:8443", expected: { backend: "azure", registers: {} },
       secrets: { API_TOKEN: "plain-value-from-the-program" },
       secretDecls: [],
-    }, {});
+    });
     await registered(vm);
     const r = registrations.find((x) => x.name === "app-0")!;
-    expect(r.type).toBe("pulumi-nodejs:dynamic/tdxvm:QemuVm");
+    expect(r.type).toBe("pulumi-nodejs:dynamic/tdxvm:VmAttestation");
     expect([...r.additionalSecretOutputs].sort()).toEqual(["secrets", "secretsDigest"]);
     expect(r.inputs.secrets).toEqual({ [SIG_KEY]: SECRET_SIG, value: { API_TOKEN: "plain-value-from-the-program" } });
     // Nothing else carries the value in clear.
@@ -53,7 +52,7 @@ describe("QemuVm secrets", () => {
   });
 
   it("without secrets nothing is marked but the outputs that could hold them", async () => {
-    const vm = qemuVm("app-1", { image: { bakeKey: "k", artifacts: {} }, qemu: {}, secretDecls: [] }, {});
+    const vm = new VmAttestation("app-1", { target: "vm-id", endpoint: "127.0.0.1:8443", expected: { backend: "azure", registers: {} }, secretDecls: [] });
     await registered(vm);
     const r = registrations.find((x) => x.name === "app-1")!;
     expect([...r.additionalSecretOutputs].sort()).toEqual(["secrets", "secretsDigest"]);
