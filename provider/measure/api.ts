@@ -9,7 +9,6 @@ import type { BakeResult } from "../bake";
 import { measureBoot, MeasureOptions, assertBackend } from "./backends";
 import { Backend, Measurements } from "./ledger";
 import { PageOrder } from "./tdvf";
-import { readFileShared } from "./parallel";
 import { parsePe } from "./pe";
 import { grownPrimaryHeader, gceDiskSize } from "../bake/convert";
 
@@ -96,7 +95,7 @@ export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdS
     diskHead = Buffer.concat([diskHead.subarray(0, 512), grownPrimaryHeader(diskHead.subarray(512, 1024), gceDiskSize(disk!.size)), diskHead.subarray(1024)]);
   }
   return measureBoot(
-    { uki: readFileShared(uki!.path), diskHead },
+    { ukiPath: uki!.path, diskHead },
     {
       backend: opts.backend,
       firmware: await loadFirmware(opts, cacheDir),

@@ -1,0 +1,19 @@
+/** Types of ./hashjobs.js (plain JavaScript: it also runs as the worker thread). */
+import type { HashAlg } from "./bytes";
+
+/** A byte range [start, end) of the source, a run of zeros, or literal bytes. */
+export type HashPiece = { file: [number, number] } | { zeros: number } | { bytes: Uint8Array };
+
+export interface HashJob {
+  alg: HashAlg;
+  pieces: HashPiece[];
+  /** Start from a copy of this (earlier) job's state after all its pieces. */
+  from?: number;
+}
+
+/** Run the jobs on this thread: a file is read once, front to back, in 1 MiB chunks. */
+export function runJobs(source: string | Uint8Array, jobs: ReadonlyArray<HashJob>): Buffer[];
+/** The same on two threads: the jobs split by bytes, one half on a worker (file paths and SharedArrayBuffer bytes only). */
+export function runJobsParallel(source: string | Uint8Array, jobs: ReadonlyArray<HashJob>): Promise<Buffer[]>;
+/** Bytes a job hashes itself (without its `from` prefix). */
+export function jobBytes(job: HashJob): number;
