@@ -21,7 +21,7 @@ import { TdxError } from "../errors";
 /** Headers are read in this much, then (only if the section table lies further) up to HEAD_MAX. */
 const HEAD_FIRST = 64 * 1024;
 const HEAD_MAX = 4 * 1024 * 1024;
-/** Largest .cmdline read (Linux itself takes 2 KiB on x86). */
+/** Largest .cmdline read from the file (Linux itself takes 2 KiB on x86). */
 export const MAX_CMDLINE = 1024 * 1024;
 /** Below this many bytes to hash, a second thread costs more than it saves. */
 const PARALLEL_MIN_BYTES = 16 * 1024 * 1024;
@@ -123,9 +123,10 @@ export async function ukiDigests(uki: string | Buffer, alg: HashAlg, opts: { par
     const measured = measuredSections(selected);
     jobs = [{ alg, pieces: ranges.map((r) => ({ file: r })) }];
 
+    // The zero fill after .cmdline's file bytes would be trimmed with the trailing NULs: read the file bytes only.
     const cmd = selected.get(".cmdline");
-    if (cmd && cmd.virtualSize > MAX_CMDLINE) measurementError(`UKI: implausible .cmdline section of ${cmd.virtualSize} bytes (limit ${MAX_CMDLINE})`);
-    cmdline = cmd ? (await sectionHead(src, cmd, cmd.virtualSize)).toString("utf8").replace(/[\0\s]+$/, "") : "";
+    if (cmd && cmd.fromFile > MAX_CMDLINE) measurementError(`UKI: implausible .cmdline section of ${cmd.fromFile} bytes (limit ${MAX_CMDLINE})`);
+    cmdline = cmd ? (await src.read(cmd.pointerToRawData, cmd.fromFile)).toString("utf8").replace(/[\0\s]+$/, "") : "";
 
     const linux = selected.get(".linux");
     if (linux) {
