@@ -7,7 +7,6 @@
 import { Encoder } from "cbor-x";
 import { HashAlg } from "./bytes";
 import { canonicalize } from "../recipe/digest";
-import { stableJson } from "../lock";
 
 export type Backend = "rtmr" | "azure" | "gcp";
 
@@ -45,7 +44,7 @@ export interface Measurements {
 }
 
 export function measurementsToJson(m: Measurements): string {
-  return stableJson(m);
+  return (require("../lock") as typeof import("../lock")).stableJson(m); // required here: the lock code brings zod
 }
 
 const cbor = new Encoder({ useRecords: false, mapsAsObjects: true, variableMapSize: true });
