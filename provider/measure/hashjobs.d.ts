@@ -11,9 +11,13 @@ export interface HashJob {
   from?: number;
 }
 
-/** Run the jobs on this thread: a file is read once, front to back, in 1 MiB chunks. */
+/** Run the jobs on this thread: a file is read once, front to back, in 256 KiB chunks. */
 export function runJobs(source: string | Uint8Array, jobs: ReadonlyArray<HashJob>): Buffer[];
-/** The same on two threads: the jobs split by bytes, one half on a worker (file paths and SharedArrayBuffer bytes only). */
-export function runJobsParallel(source: string | Uint8Array, jobs: ReadonlyArray<HashJob>): Promise<Buffer[]>;
+/**
+ * The same on two threads: the jobs split by bytes, one share on a worker (file paths and
+ * SharedArrayBuffer bytes only), smaller by `workerStartBytes` (default 32 MiB: what this thread
+ * hashes while the worker starts; 0 splits evenly).
+ */
+export function runJobsParallel(source: string | Uint8Array, jobs: ReadonlyArray<HashJob>, opts?: { workerStartBytes?: number }): Promise<Buffer[]>;
 /** Bytes a job hashes itself (without its `from` prefix). */
 export function jobBytes(job: HashJob): number;

@@ -6,7 +6,7 @@
  * A job is a hash algorithm and a list of pieces hashed in order: a byte range of the source
  * ({file: [start, end]}), zeros ({zeros: n}) or literal bytes ({bytes}). `from: k` starts a job
  * from a copy of job k's state once job k has hashed all its pieces (a shared prefix is hashed
- * once). A file is read front to back, once per thread, in 1 MiB chunks, and every job takes
+ * once). A file is read front to back, once per thread, in 256 KiB chunks, and every job takes
  * what it needs from each chunk as it passes; a job whose next range has already passed (its
  * ranges are not in file order) finishes afterwards with positioned reads. Memory does not
  * depend on the file's size.
@@ -19,8 +19,10 @@ const { createHash } = require("node:crypto");
 const { openSync, readSync, closeSync } = require("node:fs");
 const { Worker, isMainThread, parentPort, workerData } = require("node:worker_threads");
 
-const CHUNK = 1024 * 1024;
+const CHUNK = 256 * 1024;
 const ZEROS = Buffer.alloc(64 * 1024);
+/** About what this thread hashes while a worker starts (tens of ms). */
+const WORKER_START_BYTES = 32 * 1024 * 1024;
 
 function pieceLength(p) {
   return p.file ? p.file[1] - p.file[0] : p.zeros !== undefined ? p.zeros : p.bytes.length;
@@ -154,10 +156,11 @@ function runJobs(source, jobs) {
 
 /**
  * Split jobs in two groups of about equal bytes (a job stays with the job it starts `from`), run
- * one on a worker thread and one here. Only for a file path, or bytes in a SharedArrayBuffer
- * (the worker reads them without a copy); otherwise everything runs here.
+ * one on a worker thread and one here; the worker's share is smaller by `workerStartBytes`
+ * (default: about what this thread hashes while a worker starts). Only for a file path, or bytes
+ * in a SharedArrayBuffer (the worker reads them without a copy); otherwise everything runs here.
  */
-async function runJobsParallel(source, jobs) {
+async function runJobsParallel(source, jobs, opts = {}) {
   check(jobs);
   const shared = typeof source !== "string" && source.buffer instanceof SharedArrayBuffer;
   if (jobs.length < 2 || (typeof source !== "string" && !shared)) return runJobs(source, jobs);
@@ -172,7 +175,8 @@ async function runJobsParallel(source, jobs) {
     groups.set(root[k], g);
   });
   const sorted = [...groups.values()].sort((a, b) => b.bytes - a.bytes);
-  const sides = [{ jobs: [], bytes: 0 }, { jobs: [], bytes: 0 }];
+  // The worker starts hashing later than this thread (its start-up): it gets that much less.
+  const sides = [{ jobs: [], bytes: 0 }, { jobs: [], bytes: opts.workerStartBytes ?? WORKER_START_BYTES }];
   for (const g of sorted) {
     const side = sides[0].bytes <= sides[1].bytes ? sides[0] : sides[1];
     side.jobs.push(...g.jobs);

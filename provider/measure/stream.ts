@@ -110,7 +110,8 @@ async function sectionHead(src: Source, s: UkiSectionPlace, len: number): Promis
 /**
  * Digests of a UKI (a file path, or bytes) for `alg`. A file is streamed (constant memory) and
  * hashed on two threads; bytes are hashed here, or on two threads when they live in a
- * SharedArrayBuffer. `parallel: false` keeps everything on this thread; `true` always uses two.
+ * SharedArrayBuffer. `parallel: false` keeps everything on this thread; `true` always uses two
+ * and splits the bytes evenly.
  */
 export async function ukiDigests(uki: string | Buffer, alg: HashAlg, opts: { parallel?: boolean } = {}): Promise<UkiDigests> {
   const src = await openSource(uki);
@@ -155,7 +156,7 @@ export async function ukiDigests(uki: string | Buffer, alg: HashAlg, opts: { par
   const parallel = opts.parallel ?? total >= PARALLEL_MIN_BYTES;
   let digests: Buffer[];
   try {
-    digests = parallel ? await runJobsParallel(src.jobSource, jobs) : runJobs(src.jobSource, jobs);
+    digests = parallel ? await runJobsParallel(src.jobSource, jobs, opts.parallel ? { workerStartBytes: 0 } : {}) : runJobs(src.jobSource, jobs);
   } catch (e) {
     throw new TdxError("E_MEASUREMENT", `cannot hash the UKI${typeof uki === "string" ? ` ${uki}` : ""}: ${(e as Error).message}`, { hint: "The UKI changed or vanished while it was measured: bake again." });
   }
