@@ -11,13 +11,16 @@ export interface HashJob {
   from?: number;
 }
 
-/** Run the jobs on this thread: a file is read once, front to back, in 256 KiB chunks. */
-export function runJobs(source: string | Uint8Array, jobs: ReadonlyArray<HashJob>): Buffer[];
 /**
- * The same on two threads: the jobs split by bytes, one share on a worker (file paths and
- * SharedArrayBuffer bytes only), smaller by `workerStartBytes` (default 32 MiB: what this thread
+ * Run the jobs on this thread: a file is read once, front to back, in 256 KiB chunks. `source`: a
+ * path, an open file descriptor (positional reads; not closed), or bytes.
+ */
+export function runJobs(source: string | number | Uint8Array, jobs: ReadonlyArray<HashJob>): Buffer[];
+/**
+ * The same on two threads: the jobs split by bytes, one share on a worker (files, and bytes in a
+ * SharedArrayBuffer), smaller by `workerStartBytes` (default 32 MiB: what this thread
  * hashes while the worker starts; 0 splits evenly).
  */
-export function runJobsParallel(source: string | Uint8Array, jobs: ReadonlyArray<HashJob>, opts?: { workerStartBytes?: number }): Promise<Buffer[]>;
+export function runJobsParallel(source: string | number | Uint8Array, jobs: ReadonlyArray<HashJob>, opts?: { workerStartBytes?: number }): Promise<Buffer[]>;
 /** Bytes a job hashes itself (without its `from` prefix). */
 export function jobBytes(job: HashJob): number;

@@ -44,14 +44,16 @@ function check(jobs) {
 }
 
 /**
- * Run `jobs` against `source` (a file path, or bytes) on this thread; returns each job's digest.
- * A file shorter than a range fails (never hashes less).
+ * Run `jobs` against `source` on this thread; returns each job's digest. `source`: a file path, an
+ * open file descriptor (positional reads only: threads can share it, and it stays one file even
+ * if the path is replaced meanwhile; not closed here), or bytes. A file shorter than a range
+ * fails (never hashes less).
  */
 function runJobs(source, jobs) {
   check(jobs);
-  const inMemory = typeof source !== "string";
+  const inMemory = typeof source !== "string" && typeof source !== "number";
   const bytes = inMemory ? Buffer.from(source.buffer, source.byteOffset, source.byteLength) : undefined;
-  const fd = inMemory ? undefined : openSync(source, "r");
+  const fd = typeof source === "string" ? openSync(source, "r") : typeof source === "number" ? source : undefined;
   const chunk = inMemory ? undefined : Buffer.allocUnsafe(CHUNK);
   const state = jobs.map((job) => ({ job, hash: job.from === undefined ? createHash(job.alg) : undefined, i: 0, done: 0, complete: false, behind: false, dependents: [] }));
   state.forEach((s) => s.job.from !== undefined && state[s.job.from].dependents.push(s));
@@ -60,7 +62,7 @@ function runJobs(source, jobs) {
     let off = 0;
     while (off < len) {
       const n = readSync(fd, buf, off, len - off, pos + off);
-      if (n === 0) throw new Error(`${source} ended at byte ${pos + off}, before byte ${pos + len} that a measurement covers (was it truncated?)`);
+      if (n === 0) throw new Error(`the file ended at byte ${pos + off}, before byte ${pos + len} that a measurement covers (was it truncated?)`);
       off += n;
     }
   };
@@ -149,7 +151,7 @@ function runJobs(source, jobs) {
     }
     for (const s of state) finish(s);
   } finally {
-    if (fd !== undefined) closeSync(fd);
+    if (typeof source === "string") closeSync(fd);
   }
   return state.map((s) => s.hash.digest());
 }
@@ -157,13 +159,14 @@ function runJobs(source, jobs) {
 /**
  * Split jobs in two groups of about equal bytes (a job stays with the job it starts `from`), run
  * one on a worker thread and one here; the worker's share is smaller by `workerStartBytes`
- * (default: about what this thread hashes while a worker starts). Only for a file path, or bytes
- * in a SharedArrayBuffer (the worker reads them without a copy); otherwise everything runs here.
+ * (default: about what this thread hashes while a worker starts). Only for a file (path or
+ * descriptor), or bytes in a SharedArrayBuffer (the worker reads them without a copy); otherwise
+ * everything runs here.
  */
 async function runJobsParallel(source, jobs, opts = {}) {
   check(jobs);
-  const shared = typeof source !== "string" && source.buffer instanceof SharedArrayBuffer;
-  if (jobs.length < 2 || (typeof source !== "string" && !shared)) return runJobs(source, jobs);
+  const file = typeof source === "string" || typeof source === "number";
+  if (jobs.length < 2 || (!file && !(source.buffer instanceof SharedArrayBuffer))) return runJobs(source, jobs);
   // Groups: a job and everything that starts from it, transitively.
   const root = jobs.map((j, k) => k);
   jobs.forEach((j, k) => j.from !== undefined && (root[k] = root[j.from]));

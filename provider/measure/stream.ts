@@ -45,8 +45,8 @@ interface Source {
   /** How much the first look at headers reads: all of a Buffer, the start of a file. */
   headFirst: number;
   read(pos: number, len: number): Promise<Buffer>;
-  /** What the hash jobs read: the path, or the bytes. */
-  jobSource: string | Buffer;
+  /** What the hash jobs read: the open file (one file throughout, even if its path is replaced meanwhile), or the bytes. */
+  jobSource: number | Buffer;
   close(): Promise<void>;
 }
 
@@ -62,7 +62,7 @@ async function openSource(uki: string | Buffer): Promise<Source> {
   return {
     size,
     headFirst: HEAD_FIRST,
-    jobSource: uki,
+    jobSource: fh.fd,
     read: async (pos, len) => {
       const buf = Buffer.alloc(len);
       const { bytesRead } = await fh.read(buf, 0, len, pos);
@@ -117,6 +117,7 @@ export async function ukiDigests(uki: string | Buffer, alg: HashAlg, opts: { par
   const src = await openSource(uki);
   let jobs: HashJob[];
   let cmdline: string;
+  let digests: Buffer[];
   const slots: { uki: number; kernel?: number; sections: Array<{ section: string; kind: "name" | "content"; job: number }>; initrd: number } = { uki: 0, sections: [], initrd: 0 };
   try {
     const { ranges, places } = await parseHead((len) => src.read(0, len), src.size, src.headFirst, (head) => ({ ranges: authenticodeRanges(head, src.size), places: ukiSectionPlaces(head, src.size) }));
@@ -148,17 +149,16 @@ export async function ukiDigests(uki: string | Buffer, alg: HashAlg, opts: { par
     const parts = stubCombinedInitrdParts(selected, { skipBase: continues });
     const pieces = parts.flatMap((p): HashPiece[] => (Buffer.isBuffer(p) ? [{ bytes: p }] : sectionPieces(p)));
     slots.initrd = jobs.push(continues ? { alg, pieces, from: initrdJob } : { alg, pieces }) - 1;
+
+    const total = jobs.reduce((n, j) => n + jobBytes(j), 0);
+    const parallel = opts.parallel ?? total >= PARALLEL_MIN_BYTES;
+    try {
+      digests = parallel ? await runJobsParallel(src.jobSource, jobs, opts.parallel ? { workerStartBytes: 0 } : {}) : runJobs(src.jobSource, jobs);
+    } catch (e) {
+      throw new TdxError("E_MEASUREMENT", `cannot hash the UKI${typeof uki === "string" ? ` ${uki}` : ""}: ${(e as Error).message}`, { hint: "The UKI changed while it was measured: bake again." });
+    }
   } finally {
     await src.close();
-  }
-
-  const total = jobs.reduce((n, j) => n + jobBytes(j), 0);
-  const parallel = opts.parallel ?? total >= PARALLEL_MIN_BYTES;
-  let digests: Buffer[];
-  try {
-    digests = parallel ? await runJobsParallel(src.jobSource, jobs, opts.parallel ? { workerStartBytes: 0 } : {}) : runJobs(src.jobSource, jobs);
-  } catch (e) {
-    throw new TdxError("E_MEASUREMENT", `cannot hash the UKI${typeof uki === "string" ? ` ${uki}` : ""}: ${(e as Error).message}`, { hint: "The UKI changed or vanished while it was measured: bake again." });
   }
   const hex = (k: number) => digests[k]!.toString("hex");
   return {

@@ -44,10 +44,11 @@ function runMeasured(argv: string[]): { wall: number; rssKiB: number; stdout: st
   return { wall: r.wall, rssKiB, stdout: r.stdout };
 }
 
-/** Median wall and peak RSS over `runs` runs. */
-function measured(runs: number, argv: string[]): { wall: number; rssKiB: number; stdout: string } {
-  const rs = Array.from({ length: runs }, () => runMeasured(argv));
-  return { wall: median(rs.map((r) => r.wall)), rssKiB: median(rs.map((r) => r.rssKiB)), stdout: rs[0]!.stdout };
+/** Median wall and peak RSS of each command over `runs` rounds; the commands alternate within a round (a load change hits all). */
+function measured(runs: number, ...argvs: string[][]): Array<{ wall: number; rssKiB: number; stdout: string }> {
+  const rs = argvs.map(() => [] as Array<ReturnType<typeof runMeasured>>);
+  for (let i = 0; i < runs; i++) argvs.forEach((argv, k) => rs[k]!.push(runMeasured(argv)));
+  return rs.map((r) => ({ wall: median(r.map((x) => x.wall)), rssKiB: median(r.map((x) => x.rssKiB)), stdout: r[0]!.stdout }));
 }
 
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
@@ -99,12 +100,13 @@ export async function measureBench(table: (t: string, h: string[], r: string[][]
   readFileSync(uki); // warm the page cache for everyone
 
   // Whole process: load tdxvm, cache-hit bake, measure — vs sha384sum of the same UKI.
-  const base = measured(runs, ["sha384sum", uki]);
-  const rows: string[][] = [["sha384sum of the UKI (baseline)", secs(base.wall), "1.00×", mib(base.rssKiB), "—", "—"]];
-  for (const backend of ["azure", "rtmr"] as const) {
-    const r = measured(runs, [process.execPath, PROGRAM, backend]);
+  const backends = ["azure", "rtmr"] as const;
+  const [base, ...whole] = measured(runs, ["sha384sum", uki], ...backends.map((b) => [process.execPath, PROGRAM, b]));
+  const rows: string[][] = [["sha384sum of the UKI (baseline)", secs(base!.wall), "1.00×", mib(base!.rssKiB), "—", "—"]];
+  for (const [k, backend] of backends.entries()) {
+    const r = whole[k]!;
     if (r.stdout.trim() !== (await registersOf(bake, backend))) throw new Error(`the ${backend} process measured other values than measureBake here:\n${r.stdout}`);
-    const ratio = r.wall / base.wall;
+    const ratio = r.wall / base!.wall;
     const ok = ratio <= 1.3 && r.rssKiB <= 64 * 1024;
     rows.push([`node: load tdxvm, bake (cache hit), measure ${backend}`, secs(r.wall), `${ratio.toFixed(2)}×`, mib(r.rssKiB), "≤ 1.3×, ≤ 64 MiB", ok ? "yes" : `NO (${[ratio > 1.3 ? "wall" : "", r.rssKiB > 64 * 1024 ? "memory" : ""].filter(Boolean).join(", ")})`]);
   }
@@ -117,8 +119,7 @@ export async function measureBench(table: (t: string, h: string[], r: string[][]
     syntheticUki(uki, 1024 * MiB, big);
     const mem: string[][] = [];
     for (const [name, file, n] of [["example UKI", uki, runs], ["synthetic: example's sections, 1 GiB .initrd", big, 3]] as const) {
-      const sum = measured(n, ["sha384sum", file]);
-      const m = measured(n, [process.execPath, PROGRAM, "azure", file, disk]);
+      const [sum, m] = measured(n, ["sha384sum", file], [process.execPath, PROGRAM, "azure", file, disk]) as [ReturnType<typeof runMeasured>, ReturnType<typeof runMeasured>];
       if (m.stdout.trim() !== (await registersOf({ profile: "default", systemdStub: null, artifacts: [{ target: "uki", kind: "efi", path: file, sha256: "", size: 0 }, { target: "disk", kind: "raw", path: disk, sha256: "", size: 0 }] }, "azure"))) throw new Error(`the process measured other values than measureBake here for ${file}`);
       mem.push([name, `${(statSync(file).size / MiB).toFixed(0)} MiB`, mib(m.rssKiB), mib(sum.rssKiB), secs(m.wall), secs(sum.wall), `${(m.wall / sum.wall).toFixed(2)}×`, m.rssKiB <= 64 * 1024 ? "yes (≤ 64 MiB)" : "NO (> 64 MiB)"]);
     }
@@ -128,10 +129,10 @@ export async function measureBench(table: (t: string, h: string[], r: string[][]
   }
 
   // In process: measure() alone, and systemd-measure.
-  const inproc: string[][] = [["sha384sum of the UKI (baseline)", secs(base.wall), "1.00×"]];
+  const inproc: string[][] = [["sha384sum of the UKI (baseline)", secs(base!.wall), "1.00×"]];
   for (const backend of ["azure", "rtmr", "gcp"] as const) {
     const t = await timeAsync(runs, () => measureBake(bake, { backend }));
-    inproc.push([`measure({backend: "${backend}"}) in process`, secs(t), `${(t / base.wall).toFixed(2)}×`]);
+    inproc.push([`measure({backend: "${backend}"}) in process`, secs(t), `${(t / base!.wall).toFixed(2)}×`]);
   }
   const tree = toolsTreeDir(defaultCacheDir());
   if (existsSync(path.join(tree, "usr/lib/systemd/systemd-measure"))) {
@@ -141,7 +142,7 @@ export async function measureBench(table: (t: string, h: string[], r: string[][]
       execFileSync("sh", ["-c", `cd '${ext}' && for s in ${sections.join(" ")}; do objcopy -O binary --only-section=.$s '${uki}' $s 2>/dev/null || true; done`]);
       const cmd = sandboxArgv(realpathSync(tree), ["/usr/lib/systemd/systemd-measure", "calculate", ...sections.map((s) => `--${s}=/w/${s}`), "--bank=sha256", "--phase=enter-initrd"], [{ host: ext, inside: "/w" }]);
       const t = time(runs, () => execFileSync(cmd[0]!, cmd.slice(1), { stdio: "ignore" }));
-      inproc.push(["systemd-measure calculate (PCR 11 only, sections pre-extracted; includes sandbox start)", secs(t), `${(t / base.wall).toFixed(2)}×`]);
+      inproc.push(["systemd-measure calculate (PCR 11 only, sections pre-extracted; includes sandbox start)", secs(t), `${(t / base!.wall).toFixed(2)}×`]);
     } finally {
       rmSync(ext, { recursive: true, force: true });
     }

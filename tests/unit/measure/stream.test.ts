@@ -256,6 +256,24 @@ describe("hash jobs", () => {
     );
   }, 120_000);
 
+  it("an open file stays the file that was planned, on both threads, when its path is replaced", async () => {
+    const dir = await tempDir("tdxvm-stream-fd-");
+    const p = path.join(dir, "tdxvm.efi");
+    await fs.writeFile(p, source);
+    const fh = await fs.open(p, "r");
+    try {
+      await fs.writeFile(path.join(dir, "new.efi"), bytes(source.length, "another bake"));
+      await fs.rename(path.join(dir, "new.efi"), p);
+      const jobs: HashJob[] = [{ alg: "sha256", pieces: [{ file: [0, 2 * MiB] }] }, { alg: "sha384", pieces: [{ file: [MiB, source.length] }] }];
+      const expected = [createHash("sha256").update(source.subarray(0, 2 * MiB)).digest("hex"), createHash("sha384").update(source.subarray(MiB)).digest("hex")];
+      expect(runJobs(fh.fd, jobs).map((d) => d.toString("hex"))).toEqual(expected);
+      expect((await runJobsParallel(fh.fd, jobs, { workerStartBytes: 0 })).map((d) => d.toString("hex"))).toEqual(expected);
+      expect(runJobs(p, jobs).map((d) => d.toString("hex"))).not.toEqual(expected); // the path now names the other file
+    } finally {
+      await fh.close();
+    }
+  });
+
   it("rejects malformed jobs", () => {
     expect(() => runJobs(source, [{ alg: "sha256", pieces: [], from: 0 }])).toThrow(/from must name an earlier job/);
     expect(() => runJobs(source, [{ alg: "sha256", pieces: [{ file: [10, 5] }] }])).toThrow(/bad file range/);
