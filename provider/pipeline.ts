@@ -2,7 +2,6 @@
  * The library entry points behind Image.lock() / Image.emit(): lock a recipe, check it in
  * frozen mode, and emit the mkosi tree. Bake (mkosi run) builds on emit.
  */
-import * as os from "node:os";
 import * as path from "node:path";
 import { readFileSync } from "node:fs";
 import { TdxError } from "./errors";
@@ -13,8 +12,9 @@ import { PolicyWarning } from "./lock/policy";
 import { compile, MkosiTree } from "./compile";
 import { writeTree } from "./compile/write";
 
+/** tdxvm's cache directory: $TDXVM_CACHE_DIR, else $XDG_CACHE_HOME/tdxvm, else ~/.cache/tdxvm (register.js keeps compiled JavaScript there too). */
 export function defaultCacheDir(): string {
-  return process.env.TDXVM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "tdxvm");
+  return (require("./register") as { defaultCacheDir(): string }).defaultCacheDir();
 }
 
 export interface ProjectContext { recipe: Recipe; projectDir: string }

@@ -4,31 +4,75 @@
 // only — wherever the package is installed, node_modules included — always emitting CommonJS.
 // Used by the package entry points (tdxvm, tdxvm/components, tdxvm/dynamic) and the CLI.
 // Idempotent; `registerTdxvm({also})` widens the hook (the CLI adds the user's recipe files).
+//
+// The JavaScript is cached per source file in <cache dir>/js (one entry per file and swc version,
+// replaced when the source changes; checked by the source's SHA-256), so a process whose files
+// are all cached never loads @swc/core: a fresh `require("tdxvm")` then costs a fraction of the
+// time and memory. An unwritable cache only means compiling on every load.
 const path = require("node:path");
+const os = require("node:os");
+const fs = require("node:fs");
+const { createHash } = require("node:crypto");
 
 const root = path.join(__dirname, "..");
 const ours = (file) => file.startsWith(root + path.sep) && !file.slice(root.length).includes(`${path.sep}node_modules${path.sep}`);
 const extra = [];
 let registered = false;
 
-function transform(code, filename) {
-  return require("@swc/core").transformSync(code, {
+/** tdxvm's cache directory: $TDXVM_CACHE_DIR, else $XDG_CACHE_HOME/tdxvm, else ~/.cache/tdxvm. */
+function defaultCacheDir() {
+  return process.env.TDXVM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "tdxvm");
+}
+
+const sha256 = (s) => createHash("sha256").update(s).digest("hex");
+let swcVersion;
+
+/**
+ * TypeScript → CommonJS JavaScript with @swc/core, through the cache. `filename` names the source
+ * in the output (source maps); `sourceMaps`: "inline" or false.
+ */
+function transform(code, filename, opts = {}) {
+  const options = {
     filename,
     jsc: { parser: { syntax: "typescript" }, target: "es2022", keepClassNames: true },
     module: { type: "commonjs" },
-    sourceMaps: "inline",
+    sourceMaps: opts.sourceMaps ?? "inline",
     swcrc: false,
     configFile: false,
-  }).code;
+  };
+  swcVersion ??= JSON.parse(fs.readFileSync(require.resolve("@swc/core/package.json"), "utf8")).version;
+  const dir = path.join(defaultCacheDir(), "js");
+  const entry = path.join(dir, `${sha256(JSON.stringify([swcVersion, options]))}.js`);
+  const stamp = `// tdxvm ${sha256(code)}\n`;
+  try {
+    const cached = fs.readFileSync(entry, "utf8");
+    if (cached.startsWith(stamp)) return cached.slice(stamp.length);
+  } catch {
+    // not cached yet
+  }
+  const out = require("@swc/core").transformSync(code, options).code;
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const tmp = `${entry}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, stamp + out, { mode: 0o600 });
+    fs.renameSync(tmp, entry);
+  } catch {
+    // a read-only cache: compile again next time
+  }
+  return out;
 }
 
-module.exports = function registerTdxvm(opts = {}) {
+function registerTdxvm(opts = {}) {
   if (opts.also) extra.push(opts.also);
   if (registered) return;
   registered = true;
-  require("pirates").addHook(transform, {
+  require("pirates").addHook((code, filename) => transform(code, filename), {
     exts: [".ts"],
     ignoreNodeModules: false,
     matcher: (file) => ours(file) || extra.some((f) => f(file)),
   });
-};
+}
+
+module.exports = registerTdxvm;
+module.exports.transform = transform;
+module.exports.defaultCacheDir = defaultCacheDir;

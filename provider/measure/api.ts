@@ -1,15 +1,15 @@
-/** measure(): from a bake's artifacts to Measurements (file IO here; the formulas are pure). */
+/**
+ * measure(): from a bake's artifacts to Measurements (file IO here; the formulas are pure).
+ * The recipe, lock, fetch and bake code (and zod with them) is required only where a call needs
+ * it, so that measuring alone (`require("tdxvm/measure")`) loads the measurement code only.
+ */
 import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
 import { TdxError } from "../errors";
-import { defaultCacheDir } from "../pipeline";
-import { ContentStore, fetchInput } from "../fetch";
-import { toolsTreeDir } from "../bake/toolsTree";
 import type { BakeResult } from "../bake";
 import { measureBoot, MeasureOptions, assertBackend } from "./backends";
 import { Backend, Measurements } from "./ledger";
 import { PageOrder } from "./tdvf";
-import { readFileShared } from "./parallel";
 import { parsePe } from "./pe";
 
 export interface MeasureCallOptions {
@@ -64,12 +64,14 @@ export async function readUkiCmdline(file: string): Promise<string> {
  */
 export function firmwarePath(opts: Pick<MeasureCallOptions, "firmware" | "backend">, cacheDir: string): string | undefined {
   if (typeof opts.firmware === "object") return undefined;
-  const candidates = typeof opts.firmware === "string" ? [opts.firmware] : opts.backend === "rtmr" ? [path.join(toolsTreeDir(cacheDir), "usr/share/ovmf/OVMF.fd"), "/usr/share/ovmf/OVMF.fd"] : [];
+  const toolsTree = () => (require("../bake/toolsTree") as typeof import("../bake/toolsTree")).toolsTreeDir(cacheDir);
+  const candidates = typeof opts.firmware === "string" ? [opts.firmware] : opts.backend === "rtmr" ? [path.join(toolsTree(), "usr/share/ovmf/OVMF.fd"), "/usr/share/ovmf/OVMF.fd"] : [];
   return candidates.find((c) => existsSync(c));
 }
 
 async function loadFirmware(opts: MeasureCallOptions, cacheDir: string): Promise<MeasureOptions["firmware"]> {
   if (typeof opts.firmware === "object") {
+    const { ContentStore, fetchInput } = require("../fetch") as typeof import("../fetch");
     const f = await fetchInput(new ContentStore(path.join(cacheDir, "content")), opts.firmware.src, { integrity: opts.firmware.integrity });
     return { bytes: await fs.readFile(f.path), name: `${opts.firmware.src} (${f.integrity.sha256})` };
   }
@@ -86,11 +88,11 @@ export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdS
   for (const a of [uki, disk]) {
     if (!a || !existsSync(a.path)) throw new TdxError("E_MEASUREMENT", `the bake has no ${a ? path.basename(a.path) : "UKI/disk"} to measure`, { hint: "Bake first: img.bake() (artifacts are cached; a missing file means the cache was cleaned)." });
   }
-  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  const cacheDir = opts.cacheDir ?? (require("../register") as { defaultCacheDir(): string }).defaultCacheDir();
   const ccel = typeof opts.capturedCcel === "string" ? await fs.readFile(opts.capturedCcel) : opts.capturedCcel;
   const diskHead = await readDiskHead(disk!.path);
   return measureBoot(
-    { uki: readFileShared(uki!.path), diskHead },
+    { ukiPath: uki!.path, diskHead },
     {
       backend: opts.backend,
       firmware: await loadFirmware(opts, cacheDir),

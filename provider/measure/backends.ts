@@ -16,7 +16,8 @@
 import { createHash } from "node:crypto";
 import { TdxError } from "../errors";
 import { HashAlg } from "./bytes";
-import { bootEventsAsync, BootImage, phaseEvents, rootHashOf, ukiCmdline } from "./boot";
+import { bootEventsFrom, BootImage, BootImageFile, phaseEvents, rootHashOf } from "./boot";
+import { ukiDigests } from "./stream";
 import type { RootFs } from "../recipe/schema";
 import { Backend, LedgerEvent, Measurements, RegisterValue } from "./ledger";
 import { computeMrtd, PageOrder } from "./tdvf";
@@ -85,15 +86,20 @@ function rtmr0FromCcel(ccel: Buffer): LedgerEvent[] {
     }));
 }
 
-export async function measureBoot(image: BootImage, opts: MeasureOptions): Promise<Measurements> {
+/**
+ * What `opts.backend` reports for this image. The UKI is a Buffer (`uki`), or a file (`ukiPath`)
+ * that is streamed in constant memory; either way the digests are shared out over two threads.
+ */
+export async function measureBoot(image: BootImage | BootImageFile, opts: MeasureOptions): Promise<Measurements> {
   const registers: Record<string, RegisterValue> = {};
-  const rootHash = rootHashOf(ukiCmdline(image.uki));
+  const alg: HashAlg = opts.backend === "azure" ? "sha256" : "sha384";
+  const digests = await ukiDigests("ukiPath" in image ? image.ukiPath : image.uki, alg);
+  const rootHash = rootHashOf(digests.cmdline);
   const rootfs: RootFs = opts.rootfs ?? image.rootfs ?? (rootHash ? "verity" : "none");
   if (rootfs === "verity" && !rootHash) throw new TdxError("E_MEASUREMENT", "the image is declared rootfs \"verity\" but its UKI's command line has no roothash=", { hint: "Bake again: the verity root hash is written by mkosi when it builds the UKI." });
-  const img: BootImage = { ...image, rootfs };
+  const ev = bootEventsFrom({ diskHead: image.diskHead, rootfs }, alg, digests);
   const inputs: Record<string, string | number | null> = { ...opts.inputs, rootfs: rootfsAssumption(rootfs, rootHash), rootHash };
   if (opts.backend === "azure") {
-    const ev = await bootEventsAsync(img, "sha256");
     const on = (pcr: number) => ev.filter((e) => e.pcr === pcr);
     registers.PCR4 = exact("sha256", on(4));
     registers.PCR9 = exact("sha256", on(9));
@@ -115,7 +121,6 @@ export async function measureBoot(image: BootImage, opts: MeasureOptions): Promi
     for (const [pcr, w] of Object.entries(why)) registers[`PCR${pcr}`] = platform("sha256", w);
     inputs.pcrBank = "sha256";
   } else {
-    const ev = await bootEventsAsync(img, "sha384");
     const { rtmr1, rtmr2 } = rtmrEvents(ev);
     if (opts.firmware) {
       const order = opts.pageOrder ?? "single-pass";

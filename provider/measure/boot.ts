@@ -15,11 +15,12 @@
  */
 import { createHash } from "node:crypto";
 import { HashAlg } from "./bytes";
-import { authenticodeDigest, authenticodeDigestAsync } from "./pe";
+import { authenticodeDigest } from "./pe";
 import { ukiPcr11Events, ukiSelectedSections } from "./uki";
 import { uefiGptEventData } from "./gpt";
 import { LedgerEvent } from "./ledger";
 import { stubCombinedInitrd } from "./initrd";
+import { ukiDigests, UkiDigests } from "./stream";
 import type { RootFs } from "../recipe/schema";
 
 export const CALLING_EFI_APP = "Calling EFI Application from Boot Option";
@@ -34,6 +35,11 @@ export interface BootImage {
   diskHead?: Buffer;
   /** How the root file system is measured (names it in the ledger; default: inferred from roothash=). */
   rootfs?: RootFs;
+}
+
+/** The same, with the UKI as a file: it is streamed (constant memory) instead of held in memory. */
+export interface BootImageFile extends Omit<BootImage, "uki"> {
+  ukiPath: string;
 }
 
 const h = (alg: HashAlg, data: Buffer) => createHash(alg).update(data).digest("hex");
@@ -104,20 +110,13 @@ export function phaseEvents(alg: HashAlg, rootfs: RootFs = "verity"): LedgerEven
   return (rootfs === "initrd" ? BOOT_PHASES_NO_INITRD : BOOT_PHASES).map((p) => ({ pcr: 11, type: "systemd-pcrphase", description: `boot phase "${p}"`, origin: "systemd-pcrphase (userspace)", digest: h(alg, Buffer.from(p)), log: "userspace" as const }));
 }
 
-interface BootDigests {
-  uki: string;
-  kernel?: string;
-  sections: Array<{ section: string; kind: "name" | "content"; digest: string }>;
-  initrd: string;
-}
-
 /**
  * Section digests and the combined initrd's digest in one pass over the section bytes: when the
  * combined initrd starts with the .initrd section (no .ucode), its hash continues from a copy of
  * the .initrd section's hash state instead of hashing those bytes again.
  */
-function sectionDigests(uki: Buffer, alg: HashAlg): Pick<BootDigests, "sections" | "initrd"> {
-  const sections: BootDigests["sections"] = [];
+function sectionDigests(uki: Buffer, alg: HashAlg): Pick<UkiDigests, "sections" | "initrd"> {
+  const sections: UkiDigests["sections"] = [];
   let initrdState: ReturnType<typeof createHash> | undefined;
   for (const e of ukiPcr11Events(uki)) {
     const hash = createHash(alg).update(e.data);
@@ -135,9 +134,10 @@ function sectionDigests(uki: Buffer, alg: HashAlg): Pick<BootDigests, "sections"
   return { sections, initrd };
 }
 
-function assemble(img: BootImage, alg: HashAlg, d: BootDigests): LedgerEvent[] {
+/** The events, in the order they happen, from a UKI's digests (ukiDigests). */
+export function bootEventsFrom(img: Omit<BootImage, "uki">, alg: HashAlg, d: UkiDigests): LedgerEvent[] {
   const ev: LedgerEvent[] = [];
-  const rootHash = rootHashOf(ukiCmdline(img.uki));
+  const rootHash = rootHashOf(d.cmdline);
   const root = rootHash ? `; it carries roothash=${rootHash}: the root file system, verity root hash` : "";
   const push = (pcr: number, type: string, description: string, origin: string, digest: string) => ev.push({ pcr, type, description, origin, digest });
   push(4, "EV_EFI_ACTION", CALLING_EFI_APP, "constant string (edk2 ReadyToBoot)", h(alg, Buffer.from(CALLING_EFI_APP)));
@@ -150,17 +150,18 @@ function assemble(img: BootImage, alg: HashAlg, d: BootDigests): LedgerEvent[] {
     push(11, "EV_IPL", e.kind === "name" ? `UKI section name ${e.section}` : `UKI section ${e.section}`, e.kind === "name" ? `constant "${e.section}\\0"` : content, e.digest);
   }
   if (d.kernel) push(4, "EV_EFI_BOOT_SERVICES_APPLICATION", "kernel (.linux, loaded by systemd-stub)", "uki .linux section: Authenticode digest", d.kernel);
-  push(9, "EV_EVENT_TAG", "kernel command line (LOADED_IMAGE::LoadOptions)", `uki .cmdline as UCS-2 + NUL${root}`, h(alg, loadOptionsBytes(ukiCmdline(img.uki))));
+  push(9, "EV_EVENT_TAG", "kernel command line (LOADED_IMAGE::LoadOptions)", `uki .cmdline as UCS-2 + NUL${root}`, h(alg, loadOptionsBytes(d.cmdline)));
   push(9, "EV_EVENT_TAG", "Linux initrd", `uki .initrd${img.rootfs === "initrd" ? " (the whole OS)" : ""} + stub cpio of .osrel (and .pcrsig/.pcrpkey/.profile if present)`, d.initrd);
   push(5, "EV_EFI_ACTION", EXIT_BS_INVOKED, "constant string (edk2 ExitBootServices)", h(alg, Buffer.from(EXIT_BS_INVOKED)));
   push(5, "EV_EFI_ACTION", EXIT_BS_RETURNED, "constant string (edk2 ExitBootServices)", h(alg, Buffer.from(EXIT_BS_RETURNED)));
   return ev;
 }
 
-/** The OS-phase events in the order they happen, for one hash algorithm. */
+/** The OS-phase events in the order they happen, for one hash algorithm (from the UKI in memory, on this thread). */
 export function bootEvents(img: BootImage, alg: HashAlg): LedgerEvent[] {
   const linux = ukiSelectedSections(img.uki).get(".linux");
-  return assemble(img, alg, {
+  return bootEventsFrom(img, alg, {
+    cmdline: ukiCmdline(img.uki),
     uki: authenticodeDigest(img.uki, alg).toString("hex"),
     kernel: linux ? authenticodeDigest(linux.data, alg).toString("hex") : undefined,
     ...sectionDigests(img.uki, alg),
@@ -168,13 +169,9 @@ export function bootEvents(img: BootImage, alg: HashAlg): LedgerEvent[] {
 }
 
 /**
- * The same events, faster: the two Authenticode digests run on the thread pool while the main
- * thread hashes the sections, so each byte is read once per digest and the cores share the work.
+ * The same events, faster and for a UKI file too: a file is streamed in constant memory, and the
+ * digests are shared out over two threads (see stream.ts).
  */
-export async function bootEventsAsync(img: BootImage, alg: HashAlg): Promise<LedgerEvent[]> {
-  const linux = ukiSelectedSections(img.uki).get(".linux");
-  const uki = authenticodeDigestAsync(img.uki, alg);
-  const kernel = linux ? authenticodeDigestAsync(linux.data, alg) : undefined;
-  const rest = sectionDigests(img.uki, alg);
-  return assemble(img, alg, { uki: (await uki).toString("hex"), kernel: kernel ? (await kernel).toString("hex") : undefined, ...rest });
+export async function bootEventsAsync(img: BootImage | BootImageFile, alg: HashAlg): Promise<LedgerEvent[]> {
+  return bootEventsFrom(img, alg, await ukiDigests("ukiPath" in img ? img.ukiPath : img.uki, alg));
 }

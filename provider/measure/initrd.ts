@@ -16,19 +16,27 @@ import { ukiSelectedSections } from "./uki";
 const hex8 = (v: number) => v.toString(16).padStart(8, "0");
 const pad4 = (n: number) => (4 - (n % 4)) % 4;
 
-function cpioRecord(inode: number, mode: number, name: string, data: Buffer): Buffer {
+/** A cpio "newc" header and name (padded to 4) for a file of `size` bytes: its data and padding follow. */
+function cpioHead(inode: number, mode: number, name: string, size: number): Buffer {
   const nameBytes = Buffer.from(`${name}\0`, "latin1");
-  const fields = [inode, mode, 0, 0, 1, 0, data.length, 0, 0, 0, 0, nameBytes.length, 0];
-  const header = Buffer.from(`070701${fields.map(hex8).join("")}`, "latin1");
-  const head = Buffer.concat([header, nameBytes]);
-  return Buffer.concat([head, Buffer.alloc(pad4(head.length)), data, Buffer.alloc(pad4(data.length))]);
+  const fields = [inode, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, nameBytes.length, 0];
+  const head = Buffer.concat([Buffer.from(`070701${fields.map(hex8).join("")}`, "latin1"), nameBytes]);
+  return Buffer.concat([head, Buffer.alloc(pad4(head.length))]);
 }
 
 const TRAILER = Buffer.concat([Buffer.from(`070701${[0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 11, 0].map(hex8).join("").toUpperCase()}TRAILER!!!\0\0\0\0`, "latin1")]);
 
+/** One part of a combined initrd: literal bytes, or a section's loaded bytes (VirtualSize of them). */
+export type InitrdPart<T> = Buffer | T;
+
+/** systemd-stub's literal cpio /<dir>/<file> as parts: the file's data is `data` (`size` bytes). */
+function literalCpioParts<T>(dir: string, file: string, data: T, size: number): Array<InitrdPart<T>> {
+  return [cpioHead(1, 0o40555, dir, 0), cpioHead(2, 0o100444, `${dir}/${file}`, size), data, Buffer.alloc(pad4(size)), TRAILER];
+}
+
 /** systemd-stub's literal cpio: /<dir>/<file> holding `data`. */
 export function stubLiteralCpio(dir: string, file: string, data: Buffer): Buffer {
-  return Buffer.concat([cpioRecord(1, 0o40555, dir, Buffer.alloc(0)), cpioRecord(2, 0o100444, `${dir}/${file}`, data), TRAILER]);
+  return Buffer.concat(literalCpioParts(dir, file, data, data.length));
 }
 
 const LITERAL_SECTIONS: Array<[string, string]> = [
@@ -39,24 +47,33 @@ const LITERAL_SECTIONS: Array<[string, string]> = [
 ];
 
 /**
+ * The combined initrd for the selected sections (ukiSelectedSections, or any selection of
+ * sections with a VirtualSize), as literal bytes and sections in order. `skipBase`: leave out
+ * .ucode/.initrd but keep the padding after them (for callers that already hashed those bytes).
+ */
+export function stubCombinedInitrdParts<T extends { readonly virtualSize: number }>(selected: ReadonlyMap<string, T>, opts: { skipBase?: boolean } = {}): Array<InitrdPart<T>> {
+  const out: Array<InitrdPart<T>> = [];
+  for (const name of [".ucode", ".initrd"]) {
+    const sec = selected.get(name);
+    if (!sec) continue;
+    if (!opts.skipBase) out.push(sec);
+    out.push(Buffer.alloc(pad4(sec.virtualSize)));
+  }
+  for (const [name, file] of LITERAL_SECTIONS) {
+    const sec = selected.get(name);
+    if (!sec) continue;
+    const cpio = literalCpioParts(".extra", file, sec, sec.virtualSize);
+    const length = cpio.reduce((n, p) => n + (Buffer.isBuffer(p) ? p.length : sec.virtualSize), 0);
+    out.push(...cpio, Buffer.alloc(pad4(length)));
+  }
+  return out;
+}
+
+/**
  * The combined initrd systemd-stub passes to the kernel for this UKI (no ESP extras).
  * `skipBase`: leave out .ucode/.initrd but keep the padding after .initrd (for callers that
  * already hashed those bytes).
  */
 export function stubCombinedInitrd(uki: Buffer, opts: { skipBase?: boolean } = {}): Buffer {
-  const s = ukiSelectedSections(uki);
-  const out: Buffer[] = [];
-  for (const name of [".ucode", ".initrd"]) {
-    const sec = s.get(name);
-    if (!sec) continue;
-    if (!opts.skipBase) out.push(sec.data);
-    out.push(Buffer.alloc(pad4(sec.data.length)));
-  }
-  for (const [name, file] of LITERAL_SECTIONS) {
-    const sec = s.get(name);
-    if (!sec) continue;
-    const cpio = stubLiteralCpio(".extra", file, sec.data);
-    out.push(cpio, Buffer.alloc(pad4(cpio.length)));
-  }
-  return Buffer.concat(out);
+  return Buffer.concat(stubCombinedInitrdParts(ukiSelectedSections(uki), opts).map((p) => (Buffer.isBuffer(p) ? p : p.data)));
 }

@@ -4,10 +4,8 @@
  * `platform-defined` (set by firmware or the cloud, not by the image: we report why instead of
  * guessing), or `zero` (expected never extended).
  */
-import { Encoder } from "cbor-x";
+import type { Encoder } from "cbor-x";
 import { HashAlg } from "./bytes";
-import { canonicalize } from "../recipe/digest";
-import { stableJson } from "../lock";
 
 export type Backend = "rtmr" | "azure" | "gcp";
 
@@ -45,11 +43,14 @@ export interface Measurements {
 }
 
 export function measurementsToJson(m: Measurements): string {
-  return stableJson(m);
+  return (require("../lock") as typeof import("../lock")).stableJson(m); // required here: the lock code brings zod along
 }
 
-const cbor = new Encoder({ useRecords: false, mapsAsObjects: true, variableMapSize: true });
+let cbor: Encoder | undefined;
 export function measurementsToCbor(m: Measurements): Buffer {
+  // Required here, like the lock code above: measuring alone needs neither.
+  const { canonicalize } = require("../recipe/digest") as typeof import("../recipe/digest");
+  cbor ??= new (require("cbor-x") as typeof import("cbor-x")).Encoder({ useRecords: false, mapsAsObjects: true, variableMapSize: true });
   return Buffer.from(cbor.encode(canonicalize(JSON.parse(JSON.stringify(m)))));
 }
 

@@ -10,7 +10,6 @@
  *   and SecurityPkg/Tcg/Tcg2Dxe/MeasureBootPeCoff.c (MeasurePeImageAndExtend), steps 1-17.
  */
 import { createHash } from "node:crypto";
-import { hashRangesInWorker, isShared } from "./parallel";
 import { ByteView, HashAlg, measurementError } from "./bytes";
 
 export const PE32_MAGIC = 0x10b;
@@ -152,12 +151,16 @@ export function parsePe(buf: Buffer): PeImage {
  * between sections) firmware — and pesign, go-uefi — hash what this function hashes, while a
  * linear hasher like osslsigncode differs. Measurements follow the firmware.
  */
-/** The byte ranges [start, end) of `buf` that the Authenticode digest covers, in hashing order. */
-export function authenticodeRanges(buf: Buffer): Array<[number, number]> {
+/**
+ * The byte ranges [start, end) of a PE file that the Authenticode digest covers, in hashing order.
+ * `buf` holds the file, or at least its headers and section table when `fileSize` gives the length
+ * of the whole file (for callers that stream the rest).
+ */
+export function authenticodeRanges(buf: Buffer, fileSize = buf.length): Array<[number, number]> {
   const pe = parsePe(buf);
   const ranges: Array<[number, number]> = [];
   const soh = pe.sizeOfHeaders;
-  if (soh > buf.length) measurementError(`PE image: SizeOfHeaders ${soh} exceeds the ${buf.length}-byte file`);
+  if (soh > fileSize) measurementError(`PE image: SizeOfHeaders ${soh} exceeds the ${fileSize}-byte file`);
   const afterCheckSum = pe.checkSumOffset + 4;
 
   ranges.push([0, pe.checkSumOffset]);
@@ -176,17 +179,17 @@ export function authenticodeRanges(buf: Buffer): Array<[number, number]> {
   let sumOfBytesHashed = soh;
   for (const { s } of sorted) {
     if (s.sizeOfRawData === 0) continue;
-    if (s.pointerToRawData + s.sizeOfRawData > buf.length) {
-      measurementError(`PE image: section ${JSON.stringify(s.name)} raw data (${s.pointerToRawData}+${s.sizeOfRawData}) lies outside the ${buf.length}-byte file`);
+    if (s.pointerToRawData + s.sizeOfRawData > fileSize) {
+      measurementError(`PE image: section ${JSON.stringify(s.name)} raw data (${s.pointerToRawData}+${s.sizeOfRawData}) lies outside the ${fileSize}-byte file`);
     }
     ranges.push([s.pointerToRawData, s.pointerToRawData + s.sizeOfRawData]);
     sumOfBytesHashed += s.sizeOfRawData;
   }
 
-  if (buf.length > sumOfBytesHashed) {
+  if (fileSize > sumOfBytesHashed) {
     const certSize = hasSecurityDir ? pe.dataDirectories[SECURITY_DIRECTORY_INDEX]!.size : 0;
-    if (buf.length > sumOfBytesHashed + certSize) ranges.push([sumOfBytesHashed, buf.length - certSize]);
-    else if (buf.length < sumOfBytesHashed + certSize) {
+    if (fileSize > sumOfBytesHashed + certSize) ranges.push([sumOfBytesHashed, fileSize - certSize]);
+    else if (fileSize < sumOfBytesHashed + certSize) {
       measurementError(`PE image: certificate table (${certSize} bytes) overlaps the hashed image data`);
     }
   }
@@ -207,7 +210,6 @@ const SUBTLE_NAME: Partial<Record<HashAlg, string>> = { sha1: "SHA-1", sha256: "
  */
 export async function authenticodeDigestAsync(buf: Buffer, alg: HashAlg): Promise<Buffer> {
   const ranges = authenticodeRanges(buf);
-  if (isShared(buf)) return hashRangesInWorker(buf, ranges, alg); // no copy: the worker reads the shared bytes
   const joined = Buffer.concat(ranges.map(([a, b]) => buf.subarray(a, b)));
   return Buffer.from(await globalThis.crypto.subtle.digest(SUBTLE_NAME[alg]!, joined));
 }

@@ -69,31 +69,55 @@ export interface UkiEvent {
   readonly data: Buffer;
 }
 
-/** All sections in section-table order, each with its VirtualSize bytes as systemd-stub sees them in memory. */
-export function ukiSections(buf: Buffer): UkiSection[] {
+/** Where a section's loaded bytes come from: `fromFile` bytes at `pointerToRawData`, then zeros up to VirtualSize. */
+export interface UkiSectionPlace {
+  readonly index: number;
+  readonly name: string;
+  readonly virtualSize: number;
+  readonly sizeOfRawData: number;
+  readonly pointerToRawData: number;
+  readonly fromFile: number;
+}
+
+/**
+ * All sections in section-table order, with where their bytes come from, checked against the
+ * file's size. `buf` may hold just the headers and section table when `fileSize` is given.
+ */
+export function ukiSectionPlaces(buf: Buffer, fileSize = buf.length): UkiSectionPlace[] {
   const pe = parsePe(buf);
   return pe.sections.map((s, index) => {
     const fromFile = Math.min(s.virtualSize, s.sizeOfRawData);
-    if (s.pointerToRawData + fromFile > buf.length) {
-      measurementError(`UKI: section ${JSON.stringify(s.name)} (${s.pointerToRawData}+${fromFile}) lies outside the ${buf.length}-byte file`);
+    if (s.pointerToRawData + fromFile > fileSize) {
+      measurementError(`UKI: section ${JSON.stringify(s.name)} (${s.pointerToRawData}+${fromFile}) lies outside the ${fileSize}-byte file`);
     }
     const fill = s.virtualSize - fromFile;
     if (fill > MAX_SECTION_ZERO_FILL) measurementError(`UKI: section ${JSON.stringify(s.name)} asks for ${fill} bytes of zero fill (implausible)`);
-    const fileBytes = buf.subarray(s.pointerToRawData, s.pointerToRawData + fromFile);
-    const data = fill === 0 ? fileBytes : Buffer.concat([fileBytes, Buffer.alloc(fill)]);
-    return { index, name: s.name, virtualSize: s.virtualSize, sizeOfRawData: s.sizeOfRawData, data };
+    return { index, name: s.name, virtualSize: s.virtualSize, sizeOfRawData: s.sizeOfRawData, pointerToRawData: s.pointerToRawData, fromFile };
+  });
+}
+
+/** All sections in section-table order, each with its VirtualSize bytes as systemd-stub sees them in memory. */
+export function ukiSections(buf: Buffer): UkiSection[] {
+  return ukiSectionPlaces(buf).map(({ pointerToRawData, fromFile, ...s }) => {
+    const fileBytes = buf.subarray(pointerToRawData, pointerToRawData + fromFile);
+    const fill = s.virtualSize - fromFile;
+    return { ...s, data: fill === 0 ? fileBytes : Buffer.concat([fileBytes, Buffer.alloc(fill)]) };
   });
 }
 
 /** The sections systemd-stub uses for `profile` (default 0), keyed by name, as stub.c/pe.c select them. */
 export function ukiSelectedSections(buf: Buffer, opts: { profile?: number } = {}): Map<string, UkiSection> {
+  return selectSections(ukiSections(buf), opts);
+}
+
+/** The same selection over any section list in section-table order (e.g. ukiSectionPlaces). */
+export function selectSections<T extends { readonly index: number; readonly name: string; readonly virtualSize: number }>(all: ReadonlyArray<T>, opts: { profile?: number } = {}): Map<string, T> {
   const profile = opts.profile ?? 0;
   if (!Number.isSafeInteger(profile) || profile < 0) measurementError(`UKI: profile must be a non-negative integer, got ${profile}`);
-  const all = ukiSections(buf);
   const profileStarts = all.filter((s) => s.name === ".profile").map((s) => s.index);
   const baseEnd = profileStarts[0] ?? all.length;
 
-  const pick = (from: number, to: number, into: Map<string, UkiSection>) => {
+  const pick = (from: number, to: number, into: Map<string, T>) => {
     const seen = new Set<string>();
     for (const s of all.slice(from, to)) {
       // First matching section wins; VirtualSize 0 means "not set".
@@ -103,12 +127,12 @@ export function ukiSelectedSections(buf: Buffer, opts: { profile?: number } = {}
     }
   };
 
-  const selected = new Map<string, UkiSection>();
+  const selected = new Map<string, T>();
   pick(0, baseEnd, selected);
   const start = profileStarts[profile];
   if (start !== undefined) {
     const end = profileStarts[profile + 1] ?? all.length;
-    const overrides = new Map<string, UkiSection>();
+    const overrides = new Map<string, T>();
     pick(start, end, overrides);
     for (const [name, s] of overrides) selected.set(name, s);
   } else if (profile !== 0) {
@@ -122,9 +146,18 @@ export function ukiSelectedSections(buf: Buffer, opts: { profile?: number } = {}
  * (except .pcrsig), an event over `name\0`, then one over the section's VirtualSize bytes.
  */
 export function ukiPcr11Events(buf: Buffer, opts: { profile?: number } = {}): UkiEvent[] {
-  const selected = ukiSelectedSections(buf, opts);
-  if (!selected.has(".linux")) measurementError("UKI: no .linux section; systemd-stub refuses to boot such an image");
   const events: UkiEvent[] = [];
+  for (const [name, s] of measuredSections(ukiSelectedSections(buf, opts))) {
+    events.push({ pcr: 11, eventType: EV_IPL, section: name, kind: "name", data: Buffer.from(`${name}\0`, "latin1") });
+    events.push({ pcr: 11, eventType: EV_IPL, section: name, kind: "content", data: s.data });
+  }
+  return events;
+}
+
+/** The selected sections systemd-stub measures, in its order; refuses what it cannot predict. */
+export function measuredSections<T>(selected: ReadonlyMap<string, T>): Array<[string, T]> {
+  if (!selected.has(".linux")) measurementError("UKI: no .linux section; systemd-stub refuses to boot such an image");
+  const out: Array<[string, T]> = [];
   for (const name of UKI_SECTION_ORDER) {
     if (name === ".pcrsig") continue;
     const s = selected.get(name);
@@ -132,10 +165,9 @@ export function ukiPcr11Events(buf: Buffer, opts: { profile?: number } = {}): Uk
     if (HARDWARE_SELECTED.has(name)) {
       measurementError(`UKI: section ${name} is chosen by the stub from the machine's hardware IDs; its PCR 11 measurement cannot be predicted offline`);
     }
-    events.push({ pcr: 11, eventType: EV_IPL, section: name, kind: "name", data: Buffer.from(`${name}\0`, "latin1") });
-    events.push({ pcr: 11, eventType: EV_IPL, section: name, kind: "content", data: s.data });
+    out.push([name, s]);
   }
-  return events;
+  return out;
 }
 
 /** Something that can be extended into a register: either the measured bytes or a precomputed digest. */

@@ -24,14 +24,8 @@ function keyOf(file: string): string {
 
 function transform(code: string, file: string): string {
   if (!file.endsWith(".ts")) return code;
-  return require("@swc/core").transformSync(code, {
-    filename: keyOf(file),
-    jsc: { parser: { syntax: "typescript" }, target: "es2022", keepClassNames: true },
-    module: { type: "commonjs" },
-    sourceMaps: false,
-    swcrc: false,
-    configFile: false,
-  }).code;
+  // The transform tdxvm loads itself with (and its cache), without source maps: keyed names only.
+  return (require("../register") as { transform(code: string, filename: string, opts: { sourceMaps: false }): string }).transform(code, keyOf(file), { sourceMaps: false });
 }
 
 /** `require("...")` calls with a literal specifier (after the TypeScript→CommonJS transform). */

@@ -1,22 +1,58 @@
 /**
- * measure() wall time per backend, next to `sha384sum` of the same UKI (one read, one hash)
- * and to systemd's own `systemd-measure calculate` (PCR 11 only) from the tools tree.
- * Needs a baked image: uses the newest artifact in the default cache.
+ * Measurement benchmarks, each row next to a baseline measured in the same run:
+ * - whole process (the target): a fresh `node` that loads tdxvm, bakes the example image
+ *   (examples/local-qemu/recipe.ts, a cache hit) and measures it, vs `sha384sum` of the same UKI
+ *   — wall time and peak RSS (GNU time's, see runMeasured);
+ * - memory: peak RSS of a fresh `node` that loads tdxvm and measures given artifacts, on the
+ *   example UKI and on a synthetic 1 GiB UKI (the example's sections with a 1 GiB .initrd);
+ * - in process: measure() alone per backend, and systemd's `systemd-measure calculate` (PCR 11
+ *   only) from the tools tree.
+ * Needs the example image baked (a cache hit; a first run bakes it, as root).
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, statSync, realpathSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, realpathSync, writeFileSync } from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { defaultCacheDir, measureBake, BakeResult } from "../../provider";
+import { ukiSections } from "../../provider/measure";
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
 import { sandboxArgv } from "../../provider/bake/sandbox";
+import { buildPe } from "../unit/measure/pe-builder";
 
-function newestBake(cache: string): BakeResult | undefined {
-  const dir = path.join(cache, "artifacts");
-  if (!existsSync(dir)) return undefined;
-  const entries = readdirSync(dir).filter((n) => !n.startsWith(".") && existsSync(path.join(dir, n, "result.json")));
-  entries.sort((a, b) => statSync(path.join(dir, b)).mtimeMs - statSync(path.join(dir, a)).mtimeMs);
-  return entries.length ? (JSON.parse(readFileSync(path.join(dir, entries[0], "result.json"), "utf8")) as BakeResult) : undefined;
+const PROGRAM = path.join(__dirname, "programs", "measure.js");
+const MiB = 1024 * 1024;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/**
+ * Run argv as a child process: its wall time, its peak RSS (KiB) and its stdout. The peak RSS is
+ * GNU time's (%M, from wait4) when /usr/bin/time exists: a child forked from python would carry
+ * python's own ~13 MiB into its maximum. Without it, python's RUSAGE_CHILDREN (an upper bound).
+ */
+function runMeasured(argv: string[]): { wall: number; rssKiB: number; stdout: string } {
+  const gnuTime = existsSync("/usr/bin/time");
+  const rssFile = path.join(os.tmpdir(), `tdxvm-bench-rss-${process.pid}`);
+  const py = [
+    "import json, resource, subprocess, sys, time",
+    "t = time.perf_counter(); p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE); w = time.perf_counter() - t",
+    "if p.returncode: sys.exit(p.returncode)",
+    "print(json.dumps({'wall': w, 'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'stdout': p.stdout.decode()}))",
+  ].join("\n");
+  const run = gnuTime ? ["/usr/bin/time", "-f", "%M", "-o", rssFile, ...argv] : argv;
+  const r = JSON.parse(execFileSync("python3", ["-c", py, ...run], { encoding: "utf8", maxBuffer: 16 * MiB })) as { wall: number; rss: number; stdout: string };
+  const rssKiB = gnuTime ? Number(readFileSync(rssFile, "utf8").trim().split("\n").pop()) : r.rss;
+  if (gnuTime) rmSync(rssFile, { force: true });
+  return { wall: r.wall, rssKiB, stdout: r.stdout };
 }
+
+/** Median wall and peak RSS of each command over `runs` rounds; the commands alternate within a round (a load change hits all). */
+function measured(runs: number, ...argvs: string[][]): Array<{ wall: number; rssKiB: number; stdout: string }> {
+  const rs = argvs.map(() => [] as Array<ReturnType<typeof runMeasured>>);
+  for (let i = 0; i < runs; i++) argvs.forEach((argv, k) => rs[k]!.push(runMeasured(argv)));
+  return rs.map((r) => ({ wall: median(r.map((x) => x.wall)), rssKiB: median(r.map((x) => x.rssKiB)), stdout: r[0]!.stdout }));
+}
+
+const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
+const secs = (s: number) => `${s.toFixed(3)} s`;
 
 function time(runs: number, fn: () => unknown): number {
   const t: number[] = [];
@@ -25,7 +61,7 @@ function time(runs: number, fn: () => unknown): number {
     fn();
     t.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
-  return t.sort((a, b) => a - b)[Math.floor(t.length / 2)];
+  return median(t);
 }
 
 async function timeAsync(runs: number, fn: () => Promise<unknown>): Promise<number> {
@@ -35,34 +71,81 @@ async function timeAsync(runs: number, fn: () => Promise<unknown>): Promise<numb
     await fn();
     t.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
-  return t.sort((a, b) => a - b)[Math.floor(t.length / 2)];
+  return median(t);
+}
+
+const registersOf = async (bake: Parameters<typeof measureBake>[0], backend: "azure" | "rtmr") =>
+  JSON.stringify(Object.fromEntries(Object.entries((await measureBake(bake, { backend })).registers).map(([k, v]) => [k, v.value])));
+
+/** The example's UKI with its .initrd replaced by `size` bytes: a big UKI with real sections. */
+function syntheticUki(uki: string, size: number, out: string): void {
+  const sections = ukiSections(readFileSync(uki))
+    .filter((s) => [".osrel", ".cmdline", ".uname", ".sbat", ".linux", ".initrd"].includes(s.name))
+    .map((s) => ({ name: s.name, data: s.name === ".initrd" ? Buffer.alloc(size) : Buffer.from(s.data) }));
+  writeFileSync(out, buildPe({ plus: true, sections }));
 }
 
 export async function measureBench(table: (t: string, h: string[], r: string[][]) => string): Promise<void> {
-  const cache = defaultCacheDir();
-  const bake = newestBake(cache);
-  if (!bake) {
-    console.log("\nmeasure benchmark skipped: no baked image in the cache (run a bake first).");
+  const { recipe } = await import("../../examples/local-qemu/recipe");
+  let bake: BakeResult;
+  try {
+    bake = await recipe().bake({ quiet: true });
+  } catch (e) {
+    console.log(`\nmeasure benchmark skipped: the example image is not baked and cannot be baked here (${(e as Error).message.split("\n")[0]}).`);
     return;
   }
   const uki = bake.artifacts.find((a) => a.target === "uki")!.path;
+  const disk = bake.artifacts.find((a) => a.target === "disk")!.path;
   const runs = 5;
   readFileSync(uki); // warm the page cache for everyone
-  const base = time(runs, () => execFileSync("sha384sum", [uki]));
-  const rows: string[][] = [["sha384sum of the UKI (baseline)", `${base.toFixed(3)} s`, "1.00×", "—"]];
+
+  // Whole process: load tdxvm, cache-hit bake, measure — vs sha384sum of the same UKI.
+  const backends = ["azure", "rtmr"] as const;
+  const [base, ...whole] = measured(runs, ["sha384sum", uki], ...backends.map((b) => [process.execPath, PROGRAM, b]));
+  const rows: string[][] = [["sha384sum of the UKI (baseline)", secs(base!.wall), "1.00×", mib(base!.rssKiB), "—", "—"]];
+  for (const [k, backend] of backends.entries()) {
+    const r = whole[k]!;
+    if (r.stdout.trim() !== (await registersOf(bake, backend))) throw new Error(`the ${backend} process measured other values than measureBake here:\n${r.stdout}`);
+    const ratio = r.wall / base!.wall;
+    const ok = ratio <= 1.3 && r.rssKiB <= 64 * 1024;
+    rows.push([`node: load tdxvm, bake (cache hit), measure ${backend}`, secs(r.wall), `${ratio.toFixed(2)}×`, mib(r.rssKiB), "≤ 1.3×, ≤ 64 MiB", ok ? "yes" : `NO (${[ratio > 1.3 ? "wall" : "", r.rssKiB > 64 * 1024 ? "memory" : ""].filter(Boolean).join(", ")})`]);
+  }
+  console.log(table(`Whole-process measure of the example image, ${(statSync(uki).size / MiB).toFixed(0)} MiB UKI (fresh processes, median of ${runs})`, ["process", "wall", "vs sha384sum", "peak RSS", "target", "meets target"], rows));
+
+  // Memory: a fresh process measuring given artifacts, on the example UKI and on a 1 GiB one.
+  const dir = mkdtempSync(path.join(os.tmpdir(), "tdxvm-bench-measure-"));
+  try {
+    const big = path.join(dir, "big.efi");
+    syntheticUki(uki, 1024 * MiB, big);
+    const mem: string[][] = [];
+    for (const [name, file, n] of [["example UKI", uki, runs], ["synthetic: example's sections, 1 GiB .initrd", big, 3]] as const) {
+      const [sum, m] = measured(n, ["sha384sum", file], [process.execPath, PROGRAM, "azure", file, disk]) as [ReturnType<typeof runMeasured>, ReturnType<typeof runMeasured>];
+      if (m.stdout.trim() !== (await registersOf({ profile: "default", systemdStub: null, artifacts: [{ target: "uki", kind: "efi", path: file, sha256: "", size: 0 }, { target: "disk", kind: "raw", path: disk, sha256: "", size: 0 }] }, "azure"))) throw new Error(`the process measured other values than measureBake here for ${file}`);
+      mem.push([name, `${(statSync(file).size / MiB).toFixed(0)} MiB`, mib(m.rssKiB), mib(sum.rssKiB), secs(m.wall), secs(sum.wall), `${(m.wall / sum.wall).toFixed(2)}×`, m.rssKiB <= 64 * 1024 ? "yes (≤ 64 MiB)" : "NO (> 64 MiB)"]);
+    }
+    console.log(table("Peak RSS of measure (fresh `node`: load tdxvm, measure UKI + disk, azure; sha384sum of the same file for context)", ["UKI", "size", "measure peak RSS", "sha384sum peak RSS", "measure wall", "sha384sum wall", "wall ratio", "meets target"], mem));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  // In process: measure() alone, and systemd-measure.
+  const inproc: string[][] = [["sha384sum of the UKI (baseline)", secs(base!.wall), "1.00×"]];
   for (const backend of ["azure", "rtmr", "gcp"] as const) {
-    const t = await timeAsync(runs, () => measureBake(bake, { backend, cacheDir: cache }));
-    rows.push([`measure({backend: "${backend}"})`, `${t.toFixed(3)} s`, `${(t / base).toFixed(2)}×`, "≤ 1.5×"]);
+    const t = await timeAsync(runs, () => measureBake(bake, { backend }));
+    inproc.push([`measure({backend: "${backend}"}) in process`, secs(t), `${(t / base!.wall).toFixed(2)}×`]);
   }
-  const tree = toolsTreeDir(cache);
+  const tree = toolsTreeDir(defaultCacheDir());
   if (existsSync(path.join(tree, "usr/lib/systemd/systemd-measure"))) {
-    const dir = path.dirname(uki);
     const sections = ["linux", "osrel", "cmdline", "initrd", "uname", "sbat"];
-    const ext = path.join(dir, ".sections");
-    execFileSync("sh", ["-c", `mkdir -p '${ext}' && cd '${ext}' && for s in ${sections.join(" ")}; do objcopy -O binary --only-section=.$s '${uki}' $s 2>/dev/null || true; done`]);
-    const cmd = sandboxArgv(realpathSync(tree), ["/usr/lib/systemd/systemd-measure", "calculate", ...sections.map((s) => `--${s}=/w/${s}`), "--bank=sha256", "--phase=enter-initrd"], [{ host: ext, inside: "/w" }]);
-    const t = time(runs, () => execFileSync(cmd[0], cmd.slice(1), { stdio: "ignore" }));
-    rows.push(["systemd-measure calculate (PCR 11 only, sections pre-extracted; includes sandbox start)", `${t.toFixed(3)} s`, `${(t / base).toFixed(2)}×`, "—"]);
+    const ext = mkdtempSync(path.join(os.tmpdir(), "tdxvm-bench-sections-"));
+    try {
+      execFileSync("sh", ["-c", `cd '${ext}' && for s in ${sections.join(" ")}; do objcopy -O binary --only-section=.$s '${uki}' $s 2>/dev/null || true; done`]);
+      const cmd = sandboxArgv(realpathSync(tree), ["/usr/lib/systemd/systemd-measure", "calculate", ...sections.map((s) => `--${s}=/w/${s}`), "--bank=sha256", "--phase=enter-initrd"], [{ host: ext, inside: "/w" }]);
+      const t = time(runs, () => execFileSync(cmd[0]!, cmd.slice(1), { stdio: "ignore" }));
+      inproc.push(["systemd-measure calculate (PCR 11 only, sections pre-extracted; includes sandbox start)", secs(t), `${(t / base!.wall).toFixed(2)}×`]);
+    } finally {
+      rmSync(ext, { recursive: true, force: true });
+    }
   }
-  console.log(table(`measure() on a ${(statSync(uki).size / 1048576).toFixed(0)} MiB UKI (median of ${runs})`, ["operation", "wall", "vs sha384sum", "target"], rows));
+  console.log(table(`measure() in process (median of ${runs})`, ["operation", "wall", "vs sha384sum"], inproc));
 }
