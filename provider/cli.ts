@@ -141,7 +141,7 @@ function registersTable(m: Measurements): string {
 
 function registersMarkdown(m: Measurements): string {
   const rows = Object.entries(m.registers).map(([n, r]) => `| ${n} | ${r.status} | ${r.value === null ? "—" : `\`${r.value}\``} | ${r.value === null ? (r.why ?? "").replace(/\|/g, "\\|") : `${r.events.length} event(s)`} |`);
-  return [`### Measurements (${m.backend})`, "", "| register | status | value | events |", "|---|---|---|---|", ...rows, ""].join("\n");
+  return [`### Measurements (${m.backend})`, "", "| register | status | value | events |", "|---|---|---|---|", ...rows].join("\n");
 }
 
 interface MeasureOpts {
@@ -181,7 +181,7 @@ function measureCommand(program: Command, act: Act): void {
       const committed = exists ? await readMeasurements(o.check) : undefined;
       if (committed && committed.backend !== o.backend) throw new TdxError("E_VALIDATION", `${o.check} holds ${committed.backend} measurements, not ${o.backend}`, { hint: "Check each backend against its own file." });
       const diffs = committed ? diffMeasurements(committed, m) : [];
-      if (diffs.length) console.log(diffToMarkdown(diffs, `Measurement changes (${o.backend}): ${o.check} → this image`));
+      if (diffs.length) console.log(diffToMarkdown(diffs, `Measurement changes (${o.backend}): ${o.check} → this image`).trimEnd());
       if (o.update) {
         const text = formatMeasurements(m, "tdxvm");
         if (!exists || (await fs.readFile(o.check, "utf8")) !== text) {
@@ -215,7 +215,7 @@ function diffCommand(program: Command, act: Act): void {
       const [a, b] = [await readMeasurements(oldFile), await readMeasurements(newFile)];
       if (a.backend !== b.backend) throw new TdxError("E_VALIDATION", `${oldFile} holds ${a.backend} and ${newFile} ${b.backend} measurements`, { hint: "Compare files of the same backend." });
       const diffs = diffMeasurements(a, b);
-      console.log(o.json ? JSON.stringify(diffs, null, 2) : o.markdown ? diffToMarkdown(diffs, `Measurement changes (${a.backend})`) : diffText(diffs));
+      console.log(o.json ? JSON.stringify(diffs, null, 2) : o.markdown ? diffToMarkdown(diffs, `Measurement changes (${a.backend})`).trimEnd() : diffText(diffs));
     }));
 }
 
