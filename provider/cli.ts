@@ -181,7 +181,8 @@ function measureCommand(program: Command, act: Act): void {
       const committed = exists ? await readMeasurements(o.check) : undefined;
       if (committed && committed.backend !== o.backend) throw new TdxError("E_VALIDATION", `${o.check} holds ${committed.backend} measurements, not ${o.backend}`, { hint: "Check each backend against its own file." });
       const diffs = committed ? diffMeasurements(committed, m) : [];
-      if (diffs.length) console.log(diffToMarkdown(diffs, `Measurement changes (${o.backend}): ${o.check} → this image`).trimEnd());
+      // With --json, stdout stays one JSON document: the diff goes to stderr.
+      if (diffs.length) (o.json ? console.error : console.log)(diffToMarkdown(diffs, `Measurement changes (${o.backend}): ${o.check} → this image`).trimEnd());
       if (o.update) {
         const text = formatMeasurements(m, "tdxvm");
         if (!exists || (await fs.readFile(o.check, "utf8")) !== text) {
@@ -281,7 +282,7 @@ function cacheCommand(program: Command, act: Act): void {
       const l = await listCache(ctx.cacheDir);
       if (o.json) return void console.log(JSON.stringify(l, null, 2));
       const now = Date.now();
-      console.log(table([["key", "profile", "last used", "size", "recipe"], ...l.entries.map((e) => [e.key.slice(0, 12), e.profile, `${fmtAge(now - e.usedMs)} ago`, fmtBytes(e.bytes), `${e.recipe}${e.heldBy ? ` [held by pid ${e.heldBy}]` : ""}`])]));
+      console.log(table([["key", "profile", "last used", "size", "recipe digest", "recipe"], ...l.entries.map((e) => [e.key.slice(0, 12), e.profile, `${fmtAge(now - e.usedMs)} ago`, fmtBytes(e.bytes), e.recipeDigest.replace(/^sha256:/, "").slice(0, 12), `${e.recipe}${e.heldBy ? ` [held by pid ${e.heldBy}]` : ""}`])]));
       for (const x of l.leftovers) console.log(`leftover of a dead bake: ${x.name} (${fmtBytes(x.bytes)})`);
       console.log(`${l.entries.length} entries, ${fmtBytes(l.entries.reduce((s, e) => s + e.bytes, 0))} in ${path.join(ctx.cacheDir, "artifacts")}`);
     }));

@@ -213,7 +213,7 @@ describe("cache ls, cache prune", () => {
 
     const ls = await runTdxvm(["--cache-dir", cache, "cache", "ls"]);
     expect(ls.code).toBe(0);
-    expect(ls.stdout.split("\n")[1]).toMatch(new RegExp(`^${bake.key.slice(0, 12)}\\s+default\\s+\\d+ min ago`));
+    expect(ls.stdout.split("\n")[1]).toMatch(new RegExp(`^${bake.key.slice(0, 12)}\\s+default\\s+\\d+ min ago\\s+\\d+\\.\\d GiB\\s+${bake.recipeDigest.slice(7, 19)}\\s+${path.dirname(result.mkosiLog)} \\(default\\)$`));
     expect(ls.stdout).toContain(`[held by pid ${live.pid}]`);
     expect(ls.stdout).toMatch(/^4 entries, /m);
 
