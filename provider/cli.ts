@@ -3,7 +3,7 @@
  * each command. Results go to stdout, progress to stderr (`--quiet` silences it).
  *
  * Exit codes: 0 ok · 1 unexpected error · 2 usage error or a TdxError (code and hint printed) ·
- * 3 measurements do not match (measure --check, verify, run).
+ * 3 measurements do not match (measure --check, verify, attest, run).
  *
  * A command is one function that registers itself on the program (COMMANDS at the end); its
  * action returns the exit code. A recipe module exports an Image, or a function returning one,
@@ -272,6 +272,37 @@ function verifyCommand(program: Command, act: Act): void {
     }));
 }
 
+interface AttestOpts { expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; allowSimulator?: boolean }
+
+function attestCommand(program: Command, act: Act): void {
+  program.command("attest").description("challenge a running VM's agent and verify its signed evidence against expected measurements (exit 3 unless everything matches)")
+    .argument("<endpoint>", "the agent's host:port")
+    .requiredOption("--expected <file>", "tdxvm measurements file (tdxvm measure --out)")
+    .option("--json", "the verdict as JSON")
+    .option("--ca <pem>", "the local EK CA of dev VMs (default: the one in the cache)")
+    .option("--collateral <file>", "DCAP collateral for offline TDX verification")
+    .option("--pccs-url <url>", "PCCS to fetch DCAP collateral from")
+    .option("--tcb-status <list>", "accepted TCB statuses, comma-separated (default UpToDate)")
+    .option("--allow-simulator", "accept the agent's simulator issuer (labelled SIMULATOR in every row)")
+    .action(act(async (ctx, endpoint: string, o: AttestOpts) => {
+      const { attest } = await import("./attest/client");
+      const { readExpected, formatVerdict } = await import("./attest/cli");
+      const expected = await readExpected(o.expected);
+      const v = await attest(endpoint, expected, {
+        allowSimulator: o.allowSimulator === true,
+        cacheDir: ctx.cacheDir,
+        ...(o.ca ? { localCaPem: (await readInput(o.ca, "--ca", 1024 * 1024)).toString("utf8") } : {}),
+        dcap: {
+          ...(o.collateral ? { collateralFile: o.collateral } : {}),
+          ...(o.pccsUrl ? { pccsUrl: o.pccsUrl } : {}),
+          ...(o.tcbStatus ? { acceptedTcbStatuses: o.tcbStatus.split(",").map((x) => x.trim()).filter(Boolean) } : {}),
+        },
+      });
+      console.log(o.json ? JSON.stringify({ ...v, evidence: undefined }, null, 2) : formatVerdict(v));
+      return v.ok ? EXIT.OK : EXIT.MISMATCH;
+    }));
+}
+
 // ── cache ────────────────────────────────────────────────────────────────────────────────────
 
 function cacheCommand(program: Command, act: Act): void {
@@ -307,7 +338,7 @@ function cacheCommand(program: Command, act: Act): void {
 }
 
 /** Every command; adding one is one function here. */
-export const COMMANDS: Array<(program: Command, act: Act) => void> = [lockCommand, emitCommand, bakeCommand, runCommand, measureCommand, diffCommand, verifyCommand, cacheCommand];
+export const COMMANDS: Array<(program: Command, act: Act) => void> = [lockCommand, emitCommand, bakeCommand, runCommand, measureCommand, diffCommand, verifyCommand, attestCommand, cacheCommand];
 
 export async function main(argv: string[]): Promise<number> {
   let code: number = EXIT.OK;
@@ -317,6 +348,8 @@ export async function main(argv: string[]): Promise<number> {
     .option("--cache-dir <dir>", "tools tree, packages and artifacts (default $TDXVM_CACHE_DIR or ~/.cache/tdxvm)")
     .option("-q, --quiet", "no progress on stderr")
     .exitOverride()
+    // Through console (not process.stdout/stderr directly), like every other line the CLI prints.
+    .configureOutput({ writeOut: (t) => console.log(t.trimEnd()), writeErr: (t) => console.error(t.trimEnd()) })
     .showHelpAfterError("(add --help for usage)");
   const act: Act = (fn) => async (...args) => {
     const g = program.opts<{ cacheDir?: string; quiet?: boolean }>();

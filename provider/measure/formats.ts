@@ -60,14 +60,12 @@ export function parseMeasurements(text: string, where: string): Measurements {
   return r.data as Measurements;
 }
 
-export async function readMeasurements(file: string): Promise<Measurements> {
-  let text: string;
-  try {
-    text = await fs.readFile(file, "utf8");
-  } catch (e) {
-    throw new TdxError("E_VALIDATION", `cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { hint: "Pass the path of a measurements file written by `tdxvm measure --out`." });
-  }
-  return parseMeasurements(text, file);
+/** A tdxvm measurements file from disk (at most 16 MiB); `label` names the option it came from. */
+export async function readMeasurements(file: string, label?: string): Promise<Measurements> {
+  const where = label ? `${label} ${file}` : file;
+  const st = await fs.stat(file).catch(() => undefined);
+  if (!st?.isFile() || st.size > 16 * 1024 * 1024) throw new TdxError("E_VALIDATION", `${where} is not a readable measurements file (at most 16 MiB)`, { hint: "Pass the path of a measurements file written by `tdxvm measure --out`." });
+  return parseMeasurements(await fs.readFile(file, "utf8"), where);
 }
 
 // flashbots attested-tls: attestation types and register keys (crates/attestation/src/measurements.rs).
