@@ -7,6 +7,7 @@
 import { promises as fs, existsSync, statSync } from "node:fs";
 import * as path from "node:path";
 import { spawn, ChildProcess } from "node:child_process";
+import * as net from "node:net";
 import { runTdxvm, tempDir } from "../helpers";
 import { FlashbotsFileSchema, ConstellationSchema, parseMeasurements } from "../../provider/measure/formats";
 import type { BakeResult } from "../../provider/bake";
@@ -170,6 +171,23 @@ describe("measure, diff", () => {
     expect(none.stderr).toContain("verify needs evidence");
     const both = await runTdxvm(["verify", "--expected", file("rtmr.json"), "--event-log", "package.json", "--quote", "package.json"]);
     expect(both.code).toBe(2);
+  });
+});
+
+describe("attest", () => {
+  it("an agent nobody serves: a failed verdict naming the connection, exit 3", async () => {
+    const free = await new Promise<number>((resolve) => {
+      const srv = net.createServer().listen(0, "127.0.0.1", () => {
+        const port = (srv.address() as net.AddressInfo).port;
+        srv.close(() => resolve(port));
+      });
+    });
+    const r = await runTdxvm(["attest", `127.0.0.1:${free}`, "--expected", path.join(dir, "rtmr.json")]);
+    expect(r.code).toBe(3);
+    expect(r.stdout).toMatch(/^connect\s+FAIL\s+GET https:\/\/127\.0\.0\.1:\d+\/v1\/health/m);
+    const noExpected = await runTdxvm(["attest", `127.0.0.1:${free}`]);
+    expect(noExpected.code).toBe(2);
+    expect(noExpected.stderr).toContain("required option '--expected <file>' not specified");
   });
 });
 
