@@ -1,84 +1,372 @@
 /**
- * tdxvm CLI (for CI and machines without Pulumi):
- *   tdxvm lock  <recipe.ts>                       write build/tdx.lock
- *   tdxvm emit  <recipe.ts> [--frozen]            write the mkosi tree to build/mkosi
- *   tdxvm bake  <recipe.ts> [--frozen] [--profile P] [--no-cache] [--quiet]
- *   tdxvm run   <recipe.ts> [--frozen] [--profile P] [--keep]   bake, measure, boot a local VM, compare registers
- *   tdxvm attest <host:port> --expected <measurements.json> [--json] [--ca PEM] [--collateral FILE] [--pccs-url URL]
- *                                                  verify a running VM's agent (provider/attest/cli.ts)
- * A recipe module exports an Image, or a function returning one, as default or `recipe`.
- * Common flags: --cache-dir DIR (default $TDXVM_CACHE_DIR or ~/.cache/tdxvm).
+ * The tdxvm CLI (CI and machines without Pulumi), on commander: `tdxvm <command> --help` for
+ * each command. Results go to stdout, progress to stderr (`--quiet` silences it).
+ *
+ * Exit codes: 0 ok · 1 unexpected error · 2 usage error or a TdxError (code and hint printed) ·
+ * 3 measurements do not match (measure --check, verify, attest, run).
+ *
+ * A command is one function that registers itself on the program (COMMANDS at the end); its
+ * action returns the exit code. A recipe module exports an Image, or a function returning one,
+ * as default, as `recipe` or as module.exports.
  */
 import * as path from "node:path";
+import { promises as fs } from "node:fs";
+import { Command, CommanderError, Option } from "commander";
 import { TdxError } from "./errors";
 import { Image } from "./recipe/image";
+import { defaultCacheDir } from "./pipeline";
+import { writeFileAtomic } from "./lock";
+import type { BakeOptions } from "./bake";
+import type { Backend, Measurements, RegisterDiff } from "./measure/ledger";
+import type { Format } from "./measure/formats";
 
-interface Args { cmd: string; recipe: string; flags: Record<string, string | boolean> }
+export const EXIT = { OK: 0, UNEXPECTED: 1, USAGE: 2, MISMATCH: 3 } as const;
 
-const USAGE = `usage: tdxvm attest <host:port> --expected <measurements.json> …, or tdxvm <lock|emit|bake|run> <recipe.ts> [--frozen] [--profile NAME] [--cache-dir DIR] [--no-cache] [--quiet] [--json] [--keep]`;
-
-export function parseArgs(argv: string[]): Args {
-  const [cmd, recipe, ...rest] = argv;
-  if (!cmd || !["lock", "emit", "bake", "run"].includes(cmd) || !recipe) throw new TdxError("E_VALIDATION", `bad command line`, { hint: USAGE });
-  const flags: Record<string, string | boolean> = {};
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i];
-    if (["--frozen", "--no-cache", "--quiet", "--json", "--keep"].includes(a)) flags[a.slice(2)] = true;
-    else if (["--profile", "--cache-dir"].includes(a) && rest[i + 1] !== undefined) flags[a.slice(2)] = rest[++i];
-    else throw new TdxError("E_VALIDATION", `unknown argument ${JSON.stringify(a)}`, { hint: USAGE });
-  }
-  return { cmd, recipe, flags };
+export interface Ctx {
+  cacheDir: string;
+  quiet: boolean;
+  /** Progress on stderr (silent with --quiet). */
+  log(msg: string): void;
 }
+
+/** Wraps a command's handler: it gets the global context and returns its exit code. */
+type Act = <A extends unknown[]>(fn: (ctx: Ctx, ...args: A) => Promise<number | void>) => (...args: A) => Promise<void>;
 
 export function loadRecipe(file: string): Image {
   const abs = path.resolve(file);
-  let mod: Record<string, unknown>;
+  let mod: Record<string, unknown> | (() => unknown);
   try {
     mod = require(abs);
   } catch (e) {
-    throw new TdxError("E_VALIDATION", `cannot load recipe ${file}: ${(e as Error).message.split("\n")[0]}`, { hint: "Pass a .ts/.js module that exports an Image (default or `recipe`)." });
+    throw new TdxError("E_VALIDATION", `cannot load recipe ${file}: ${(e as Error).message.split("\n")[0]}`, { hint: "Pass a .ts/.js module that exports an Image (default, `recipe` or module.exports)." });
   }
-  const candidate = mod.default ?? mod.recipe;
+  const candidate = typeof mod === "function" ? mod : mod.default ?? mod.recipe;
   const value = typeof candidate === "function" ? (candidate as () => unknown)() : candidate;
   if (!(value instanceof Image)) throw new TdxError("E_VALIDATION", `${file} exports no Image`, { hint: "export default function recipe() { return new Image({...}) }" });
   return value;
 }
 
-export async function main(argv: string[]): Promise<number> {
-  if (argv[0] === "attest") return (await import("./attest/cli")).attestCommand(argv.slice(1));
-  try {
-    const a = parseArgs(argv);
-    const img = loadRecipe(a.recipe);
-    const cacheDir = a.flags["cache-dir"] as string | undefined;
-    if (a.cmd === "lock") {
-      const lock = await img.lock({ cacheDir });
+/** A file from the command line, bounded (evidence and measurement files are small). */
+async function readInput(file: string, what: string, maxBytes = 64 * 1024 * 1024): Promise<Buffer> {
+  const st = await fs.stat(file).catch(() => undefined);
+  if (!st?.isFile()) throw new TdxError("E_VALIDATION", `${what} ${file} is not a readable file`, { hint: "Check the path." });
+  if (st.size > maxBytes) throw new TdxError("E_VALIDATION", `${what} ${file} is ${st.size} bytes (limit ${maxBytes})`, { hint: "Pass the captured file itself." });
+  return fs.readFile(file);
+}
+
+function fmtBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function fmtAge(ms: number): string {
+  const s = Math.max(0, ms / 1000);
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
+}
+
+const short = (v: string | null) => (v === null ? "—" : `${v.slice(0, 16)}…`);
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
+  return rows.map((r) => r.map((c, i) => (i < r.length - 1 ? c.padEnd(w[i]) : c)).join("  ")).join("\n");
+}
+
+const recipeOptions = (c: Command) => c
+  .option("--frozen", "bake only against the committed build/tdx.lock")
+  .option("--profile <name>", "recipe profile (default: default)");
+
+function bakeOpts(ctx: Ctx, o: { frozen?: boolean; profile?: string }): BakeOptions {
+  return { cacheDir: ctx.cacheDir, frozen: o.frozen === true, profile: o.profile, quiet: ctx.quiet };
+}
+
+// ── lock, emit, bake, run ────────────────────────────────────────────────────────────────────
+
+function lockCommand(program: Command, act: Act): void {
+  program.command("lock").description("write build/tdx.lock for a recipe").argument("<recipe>", "recipe module (.ts/.js)")
+    .action(act(async (ctx, recipe: string) => {
+      const img = loadRecipe(recipe);
+      const lock = await img.lock({ cacheDir: ctx.cacheDir });
       console.log(`wrote ${path.join(img.projectDir, "build", "tdx.lock")} (${Object.keys(lock.recipe.profiles).length} profile(s))`);
-    } else if (a.cmd === "emit") {
-      const r = await img.emit({ cacheDir, frozen: a.flags.frozen === true });
+    }));
+}
+
+function emitCommand(program: Command, act: Act): void {
+  program.command("emit").description("write the recipe's mkosi tree to build/mkosi").argument("<recipe>", "recipe module (.ts/.js)")
+    .option("--frozen", "use the committed build/tdx.lock as is")
+    .action(act(async (ctx, recipe: string, o: { frozen?: boolean }) => {
+      const r = await loadRecipe(recipe).emit({ cacheDir: ctx.cacheDir, frozen: o.frozen === true });
       console.log(`wrote mkosi tree to ${r.dir} (${r.tree.size} files)`);
-    } else if (a.cmd === "run") {
+    }));
+}
+
+function bakeCommand(program: Command, act: Act): void {
+  recipeOptions(program.command("bake").description("bake the image with mkosi (cached) and list its artifacts").argument("<recipe>", "recipe module (.ts/.js)"))
+    .option("--no-cache", "build again even when the artifact cache has this image")
+    .option("--json", "print the bake result as JSON")
+    .action(act(async (ctx, recipe: string, o: { frozen?: boolean; profile?: string; cache: boolean; json?: boolean }) => {
+      const img = loadRecipe(recipe);
+      const r = await img.bake({ ...bakeOpts(ctx, o), useCache: o.cache });
+      if (o.json) return void console.log(JSON.stringify(r, null, 2));
+      console.log(`baked profile ${r.profile}${r.cacheHit ? " (cache hit)" : ""}; systemd-stub ${r.systemdStub ?? "unknown"}; report: ${path.join(img.projectDir, "build", "report.json")}`);
+      for (const x of r.artifacts) console.log(`  ${x.target.padEnd(5)} ${x.kind.padEnd(7)} ${(x.size / 1048576).toFixed(1).padStart(8)} MiB  sha256:${x.sha256}  ${x.path}`);
+    }));
+}
+
+function runCommand(program: Command, act: Act): void {
+  recipeOptions(program.command("run").description("bake, measure, boot a local VM and compare every register with the guest (exit 3 on a mismatch)").argument("<recipe>", "recipe module (.ts/.js)"))
+    .option("--keep", "keep the VM's state directory (serial log)")
+    .option("--json", "print the report as JSON")
+    .action(act(async (ctx, recipe: string, o: { frozen?: boolean; profile?: string; keep?: boolean; json?: boolean }) => {
       const { bootAndCompare, formatRunReport } = await import("./deploy/run");
-      const { defaultCacheDir } = await import("./pipeline");
-      const r = await img.bake({ cacheDir, frozen: a.flags.frozen === true, profile: a.flags.profile as string | undefined, quiet: a.flags.quiet === true });
-      console.error(`tdxvm: baked profile ${r.profile}${r.cacheHit ? " (cache hit)" : ""}`);
-      const report = await bootAndCompare(r, { cacheDir: cacheDir ?? defaultCacheDir(), keep: a.flags.keep === true, onProgress: (m) => console.error(`tdxvm: ${m}`) });
-      console.log(a.flags.json ? JSON.stringify(report, null, 2) : formatRunReport(report));
-      return report.ok ? 0 : 4;
-    } else {
-      const r = await img.bake({ cacheDir, frozen: a.flags.frozen === true, profile: a.flags.profile as string | undefined, useCache: a.flags["no-cache"] !== true, quiet: a.flags.quiet === true });
-      if (a.flags.json) console.log(JSON.stringify(r, null, 2));
-      else {
-        console.log(`baked profile ${r.profile}${r.cacheHit ? " (cache hit)" : ""}; systemd-stub ${r.systemdStub ?? "unknown"}; report: ${path.join(img.projectDir, "build", "report.json")}`);
-        for (const x of r.artifacts) console.log(`  ${x.target.padEnd(5)} ${x.kind.padEnd(7)} ${(x.size / 1048576).toFixed(1).padStart(8)} MiB  sha256:${x.sha256}  ${x.path}`);
+      const r = await loadRecipe(recipe).bake(bakeOpts(ctx, o));
+      ctx.log(`baked profile ${r.profile}${r.cacheHit ? " (cache hit)" : ""}`);
+      const report = await bootAndCompare(r, { cacheDir: ctx.cacheDir, keep: o.keep === true, onProgress: ctx.log });
+      console.log(o.json ? JSON.stringify(report, null, 2) : formatRunReport(report));
+      return report.ok ? EXIT.OK : EXIT.MISMATCH;
+    }));
+}
+
+// ── measure, diff, verify ────────────────────────────────────────────────────────────────────
+
+function registersTable(m: Measurements): string {
+  return table([["register", "status", "value"], ...Object.entries(m.registers).map(([n, r]) => [n, r.status, r.value ?? `— ${r.why ?? ""}`])]);
+}
+
+function registersMarkdown(m: Measurements): string {
+  const rows = Object.entries(m.registers).map(([n, r]) => `| ${n} | ${r.status} | ${r.value === null ? "—" : `\`${r.value}\``} | ${r.value === null ? (r.why ?? "").replace(/\|/g, "\\|") : `${r.events.length} event(s)`} |`);
+  return [`### Measurements (${m.backend})`, "", "| register | status | value | events |", "|---|---|---|---|", ...rows].join("\n");
+}
+
+interface MeasureOpts {
+  backend: Backend; frozen?: boolean; profile?: string; firmware?: string; pageOrder?: "single-pass" | "two-pass"; capturedCcel?: string;
+  json?: boolean; markdown?: boolean; format: Format; out?: string; check?: string; update?: boolean;
+}
+
+function measureCommand(program: Command, act: Act): void {
+  recipeOptions(program.command("measure")
+    .description("bake (cached) and compute the registers a platform will report; --check guards a committed file (exit 3 on drift)")
+    .argument("<recipe>", "recipe module (.ts/.js)"))
+    .addOption(new Option("--backend <backend>", "rtmr (TD on QEMU/KVM), azure (vTPM PCRs) or gcp").choices(["rtmr", "azure", "gcp"]).makeOptionMandatory())
+    .option("--firmware <file>", "TDVF firmware for MRTD (rtmr default: Debian trixie's OVMF.fd; gcp: Google's)")
+    .addOption(new Option("--page-order <order>", "MRTD page order of the host stack").choices(["single-pass", "two-pass"]))
+    .option("--captured-ccel <file>", "a CCEL captured on the target host and VM shape: makes RTMR0 exact")
+    .addOption(new Option("--json", "print the measurements file (in --format) instead of a table").conflicts("markdown"))
+    .option("--markdown", "print a markdown table")
+    .addOption(new Option("--format <format>", "file format of --out and --json").choices(["tdxvm", "flashbots", "constellation"]).default("tdxvm"))
+    .option("--out <file>", "write the measurements file (atomically)")
+    .option("--check <file>", "compare with a committed tdxvm measurements file: exit 3 and a markdown diff when registers drifted")
+    .option("--update", "with --check: rewrite the file with the new measurements instead of failing")
+    .action(act(async (ctx, recipe: string, o: MeasureOpts) => {
+      if (o.update && !o.check) throw new TdxError("E_VALIDATION", "--update needs --check <file>", { hint: "tdxvm measure <recipe> --backend … --check measurements.json --update" });
+      const { formatMeasurements, readMeasurements } = await import("./measure/formats");
+      const { diffMeasurements, diffToMarkdown } = await import("./measure/ledger");
+      const m = await loadRecipe(recipe).measure({ backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, cacheDir: ctx.cacheDir, bake: bakeOpts(ctx, o) });
+      if (o.out) {
+        await writeFileAtomic(o.out, formatMeasurements(m, o.format));
+        ctx.log(`wrote ${o.out} (${o.format})`);
       }
-    }
-    return 0;
+      if (o.json) console.log(formatMeasurements(m, o.format).trimEnd());
+      else if (o.markdown) console.log(registersMarkdown(m));
+      else if (!o.check) console.log(registersTable(m));
+      if (!o.check) return;
+      const exists = await fs.stat(o.check).then(() => true, () => false);
+      if (!exists && !o.update) throw new TdxError("E_VALIDATION", `${o.check} does not exist`, { hint: `Create it: tdxvm measure ${recipe} --backend ${o.backend} --check ${o.check} --update (then review and commit it).` });
+      const committed = exists ? await readMeasurements(o.check) : undefined;
+      if (committed && committed.backend !== o.backend) throw new TdxError("E_VALIDATION", `${o.check} holds ${committed.backend} measurements, not ${o.backend}`, { hint: "Check each backend against its own file." });
+      const diffs = committed ? diffMeasurements(committed, m) : [];
+      // With --json, stdout stays one JSON document: the diff goes to stderr.
+      if (diffs.length) (o.json ? console.error : console.log)(diffToMarkdown(diffs, `Measurement changes (${o.backend}): ${o.check} → this image`).trimEnd());
+      if (o.update) {
+        const text = formatMeasurements(m, "tdxvm");
+        if (!exists || (await fs.readFile(o.check, "utf8")) !== text) {
+          await writeFileAtomic(o.check, text);
+          ctx.log(`updated ${o.check} (${exists ? `${diffs.length} register(s) changed` : "new file"})`);
+        } else ctx.log(`${o.check} is up to date`);
+        return EXIT.OK;
+      }
+      if (!diffs.length) {
+        ctx.log(`${o.check}: all ${Object.keys(m.registers).length} registers match`);
+        return EXIT.OK;
+      }
+      console.error(`tdxvm: ${o.check}: ${diffs.length} register(s) drifted from the committed file. If the change is intended: tdxvm measure ${recipe} --backend ${o.backend} --check ${o.check} --update`);
+      return EXIT.MISMATCH;
+    }));
+}
+
+function diffText(diffs: RegisterDiff[]): string {
+  if (!diffs.length) return "No register changes.";
+  return diffs.map((d) => [`${d.register}: ${short(d.old)} → ${short(d.new)}`, ...d.changes.map((c) => `  - ${c}`)].join("\n")).join("\n");
+}
+
+function diffCommand(program: Command, act: Act): void {
+  program.command("diff").description("which registers changed between two measurements files, and why (from their ledgers)")
+    .argument("<old>", "tdxvm measurements file").argument("<new>", "tdxvm measurements file")
+    .addOption(new Option("--markdown", "a markdown table (for a pull-request comment)").conflicts("json"))
+    .option("--json", "the changes as JSON")
+    .action(act(async (_ctx, oldFile: string, newFile: string, o: { markdown?: boolean; json?: boolean }) => {
+      const { readMeasurements } = await import("./measure/formats");
+      const { diffMeasurements, diffToMarkdown } = await import("./measure/ledger");
+      const [a, b] = [await readMeasurements(oldFile), await readMeasurements(newFile)];
+      if (a.backend !== b.backend) throw new TdxError("E_VALIDATION", `${oldFile} holds ${a.backend} and ${newFile} ${b.backend} measurements`, { hint: "Compare files of the same backend." });
+      const diffs = diffMeasurements(a, b);
+      console.log(o.json ? JSON.stringify(diffs, null, 2) : o.markdown ? diffToMarkdown(diffs, `Measurement changes (${a.backend})`).trimEnd() : diffText(diffs));
+    }));
+}
+
+/** PCR values: JSON {"sha256": {"4": "<hex>"}} or tpm2_pcrread's output. */
+async function readPcrs(file: string): Promise<Record<string, Record<number, string>>> {
+  const text = (await readInput(file, "--pcrs", 1024 * 1024)).toString("utf8");
+  const { z } = await import("zod");
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    const { parsePcrRead } = await import("./deploy/devboot");
+    const pcrs = parsePcrRead(text.split(/\r?\n/));
+    if (!Object.keys(pcrs).length) throw new TdxError("E_VALIDATION", `--pcrs ${file} is neither JSON nor tpm2_pcrread output`, { hint: 'Pass {"sha256": {"4": "<hex>", …}} or the output of `tpm2_pcrread sha256:0-23`.' });
+    return pcrs;
+  }
+  const r = z.record(z.enum(["sha1", "sha256", "sha384", "sha512"]), z.record(z.string().regex(/^\d{1,2}$/), z.string().regex(/^(0x)?[0-9a-fA-F]{40,128}$/))).safeParse(json);
+  if (!r.success) throw new TdxError("E_VALIDATION", `--pcrs ${file}: expected {"<bank>": {"<index>": "<hex>"}}`, { hint: 'e.g. {"sha256": {"4": "…", "9": "…", "11": "…"}}' });
+  return Object.fromEntries(Object.entries(r.data).map(([bank, v]) => [bank, Object.fromEntries(Object.entries(v).map(([i, h]) => [Number(i), h.replace(/^0x/, "").toLowerCase()]))]));
+}
+
+interface VerifyOpts { expected: string; eventLog?: string; pcrs?: string; userspaceLog?: string; quote?: string; ccel?: string; json?: boolean }
+
+function verifyCommand(program: Command, act: Act): void {
+  program.command("verify")
+    .description("check captured evidence offline against expected measurements: replay the logs, compare events and values (exit 3 on a mismatch; signatures are not checked)")
+    .requiredOption("--expected <file>", "tdxvm measurements file (tdxvm measure --out)")
+    .addOption(new Option("--event-log <file>", "TCG2 event log (binary_bios_measurements)").conflicts(["quote", "ccel"]))
+    .option("--pcrs <file>", "PCR values read from the guest (JSON or tpm2_pcrread output)")
+    .option("--userspace-log <file>", "systemd's /run/log/systemd/tpm2-measure.log")
+    .addOption(new Option("--quote <file>", "TDX quote (its MRTD and RTMRs)").conflicts(["pcrs", "userspaceLog"]))
+    .option("--ccel <file>", "TDX CCEL event log")
+    .option("--json", "the verdicts as JSON")
+    .action(act(async (_ctx, o: VerifyOpts) => {
+      if (!o.eventLog && !o.quote && !o.ccel) throw new TdxError("E_VALIDATION", "verify needs evidence: --event-log F [--pcrs F] [--userspace-log F], or --quote F [--ccel F]", { hint: "Capture them from the guest (/sys/kernel/security/tpm0/binary_bios_measurements, tpm2_pcrread, the TD quote or CCEL)." });
+      const { readMeasurements } = await import("./measure/formats");
+      const { verify } = await import("./measure/verify");
+      const expected = await readMeasurements(o.expected);
+      const r = verify(expected, {
+        eventLog: o.eventLog ? await readInput(o.eventLog, "--event-log") : undefined,
+        pcrs: o.pcrs ? await readPcrs(o.pcrs) : undefined,
+        userspaceLog: o.userspaceLog ? (await readInput(o.userspaceLog, "--userspace-log")).toString("utf8") : undefined,
+        quote: o.quote ? await readInput(o.quote, "--quote", 1024 * 1024) : undefined,
+        ccel: o.ccel ? await readInput(o.ccel, "--ccel") : undefined,
+      });
+      if (o.json) console.log(JSON.stringify(r, null, 2));
+      else {
+        console.log(table([["register", "verdict", "expected", "replayed", "reported"], ...r.registers.map((v) => [v.register, v.ok ? "ok" : "MISMATCH", short(v.expected), short(v.replayed), short(v.reported)])]));
+        for (const v of r.registers) for (const p of v.problems) console.log(`  ${v.register}: ${p}`);
+        console.log(`${r.ok ? "OK" : "MISMATCH"}: ${r.registers.length} register(s) of ${expected.backend} judged (platform-defined ones are not); offline, the evidence's signature is not checked.`);
+      }
+      return r.ok ? EXIT.OK : EXIT.MISMATCH;
+    }));
+}
+
+interface AttestOpts { expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; allowSimulator?: boolean }
+
+function attestCommand(program: Command, act: Act): void {
+  program.command("attest").description("challenge a running VM's agent and verify its signed evidence against expected measurements (exit 3 unless everything matches)")
+    .argument("<endpoint>", "the agent's host:port")
+    .requiredOption("--expected <file>", "tdxvm measurements file (tdxvm measure --out)")
+    .option("--json", "the verdict as JSON")
+    .option("--ca <pem>", "the local EK CA of dev VMs (default: the one in the cache)")
+    .option("--collateral <file>", "DCAP collateral for offline TDX verification")
+    .option("--pccs-url <url>", "PCCS to fetch DCAP collateral from")
+    .option("--tcb-status <list>", "accepted TCB statuses, comma-separated (default UpToDate)")
+    .option("--allow-simulator", "accept the agent's simulator issuer (labelled SIMULATOR in every row)")
+    .action(act(async (ctx, endpoint: string, o: AttestOpts) => {
+      const { attest } = await import("./attest/client");
+      const { readExpected, formatVerdict } = await import("./attest/cli");
+      const expected = await readExpected(o.expected);
+      const v = await attest(endpoint, expected, {
+        allowSimulator: o.allowSimulator === true,
+        cacheDir: ctx.cacheDir,
+        ...(o.ca ? { localCaPem: (await readInput(o.ca, "--ca", 1024 * 1024)).toString("utf8") } : {}),
+        dcap: {
+          ...(o.collateral ? { collateralFile: o.collateral } : {}),
+          ...(o.pccsUrl ? { pccsUrl: o.pccsUrl } : {}),
+          ...(o.tcbStatus ? { acceptedTcbStatuses: o.tcbStatus.split(",").map((x) => x.trim()).filter(Boolean) } : {}),
+        },
+      });
+      console.log(o.json ? JSON.stringify({ ...v, evidence: undefined }, null, 2) : formatVerdict(v));
+      return v.ok ? EXIT.OK : EXIT.MISMATCH;
+    }));
+}
+
+// ── cache ────────────────────────────────────────────────────────────────────────────────────
+
+function cacheCommand(program: Command, act: Act): void {
+  const cache = program.command("cache").description("list and prune the artifact cache (<cache-dir>/artifacts)");
+  cache.command("ls").description("list cache entries: size, last use, profile, recipe").option("--json", "as JSON")
+    .action(act(async (ctx, o: { json?: boolean }) => {
+      const { listCache } = await import("./bake/cache");
+      const l = await listCache(ctx.cacheDir);
+      if (o.json) return void console.log(JSON.stringify(l, null, 2));
+      const now = Date.now();
+      console.log(table([["key", "profile", "last used", "size", "recipe digest", "recipe"], ...l.entries.map((e) => [e.key.slice(0, 12), e.profile, `${fmtAge(now - e.usedMs)} ago`, fmtBytes(e.bytes), e.recipeDigest.replace(/^sha256:/, "").slice(0, 12), `${e.recipe}${e.heldBy ? ` [held by pid ${e.heldBy}]` : ""}`])]));
+      for (const x of l.leftovers) console.log(`leftover of a dead bake: ${x.name} (${fmtBytes(x.bytes)})`);
+      console.log(`${l.entries.length} entries, ${fmtBytes(l.entries.reduce((s, e) => s + e.bytes, 0))} in ${path.join(ctx.cacheDir, "artifacts")}`);
+    }));
+  cache.command("prune").description("remove cache entries; never one a running bake holds, nor the newest entry of each recipe")
+    .option("--keep <n>", "keep the N most recently used entries", (v) => {
+      if (!/^\d+$/.test(v)) throw new TdxError("E_VALIDATION", `--keep takes a whole number, not ${JSON.stringify(v)}`);
+      return Number(v);
+    })
+    .option("--older-than <duration>", "remove only entries last used longer ago (45s, 90m, 12h, 30d, 2w)")
+    .option("--dry-run", "print what would be removed; remove nothing")
+    .option("--json", "as JSON")
+    .action(act(async (ctx, o: { keep?: number; olderThan?: string; dryRun?: boolean; json?: boolean }) => {
+      const { pruneCache, parseDuration } = await import("./bake/cache");
+      const r = await pruneCache(ctx.cacheDir, { keep: o.keep, olderThanMs: o.olderThan ? parseDuration(o.olderThan) : undefined, dryRun: o.dryRun === true });
+      if (o.json) return void console.log(JSON.stringify(r, null, 2));
+      const verb = r.dryRun ? "would remove" : "removed";
+      for (const e of r.removed) console.log(`${verb} ${e.key.slice(0, 12)}  ${fmtBytes(e.exclusiveBytes).padStart(10)}  ${e.recipe}`);
+      for (const l of r.leftovers) console.log(`${verb} ${l.name}  ${fmtBytes(l.bytes)} (left by a dead bake)`);
+      for (const { entry, why } of [...r.plan.keep, ...r.skipped]) console.log(`kept ${entry.key.slice(0, 12)}  ${entry.recipe}: ${why}`);
+      console.log(`${r.dryRun ? "would free" : "freed"} ${fmtBytes(r.freedBytes)}`);
+    }));
+}
+
+/** Every command; adding one is one function here. */
+export const COMMANDS: Array<(program: Command, act: Act) => void> = [lockCommand, emitCommand, bakeCommand, runCommand, measureCommand, diffCommand, verifyCommand, attestCommand, cacheCommand];
+
+export async function main(argv: string[]): Promise<number> {
+  let code: number = EXIT.OK;
+  const program = new Command("tdxvm")
+    .description("Declarative Intel TDX confidential-VM images: lock, bake, measure, verify.\nExit codes: 0 ok, 1 unexpected error, 2 usage error or a tdxvm error (code and hint printed), 3 measurements do not match.")
+    .version(require("../package.json").version as string, "-V, --version")
+    .option("--cache-dir <dir>", "tools tree, packages and artifacts (default $TDXVM_CACHE_DIR or ~/.cache/tdxvm)")
+    .option("-q, --quiet", "no progress on stderr")
+    .exitOverride()
+    // Through console (not process.stdout/stderr directly), like every other line the CLI prints.
+    .configureOutput({ writeOut: (t) => console.log(t.trimEnd()), writeErr: (t) => console.error(t.trimEnd()) })
+    .showHelpAfterError("(add --help for usage)");
+  const act: Act = (fn) => async (...args) => {
+    const g = program.opts<{ cacheDir?: string; quiet?: boolean }>();
+    const quiet = g.quiet === true;
+    code = (await fn({ cacheDir: g.cacheDir ? path.resolve(g.cacheDir) : defaultCacheDir(), quiet, log: (m) => void (quiet || console.error(`tdxvm: ${m}`)) }, ...args)) ?? EXIT.OK;
+  };
+  for (const add of COMMANDS) add(program, act);
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return code;
   } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     if (e instanceof TdxError) {
       console.error(String(e));
-      return 2;
+      return EXIT.USAGE;
     }
     console.error(e);
-    return 1;
+    return EXIT.UNEXPECTED;
   }
 }

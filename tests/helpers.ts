@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -32,4 +33,18 @@ export async function walk(dir: string): Promise<string[]> {
     if (e.code !== "ENOENT") throw e;
   });
   return out.sort();
+}
+
+/** Run the real CLI (`node bin/tdxvm.js …`) as a child process, as a user or CI does. */
+export function runTdxvm(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const repo = path.resolve(__dirname, "..");
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(repo, "bin/tdxvm.js"), ...args], { cwd: opts.cwd ?? repo, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("error", reject);
+    child.on("exit", (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
+  });
 }

@@ -4,7 +4,8 @@
  */
 import { promises as fs } from "node:fs";
 
-function alive(pid: number): boolean {
+/** Whether a process with this pid exists (EPERM: it does, owned by someone else). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -20,36 +21,47 @@ export interface LockOptions {
   onStale?: (deadPid: number) => void | Promise<void>;
 }
 
-export async function acquire(file: string, opts: LockOptions = {}): Promise<() => Promise<void>> {
-  const deadline = Date.now() + (opts.timeoutMs ?? 6 * 3600_000);
-  let told = false;
+/**
+ * One attempt to take the lock (a stale lock is taken over): the release function, or the pid
+ * of the running process that holds it (0 while its owner has not written its pid yet).
+ */
+export async function tryAcquire(file: string, opts: Pick<LockOptions, "onStale"> = {}): Promise<{ release: () => Promise<void> } | { owner: number }> {
   for (;;) {
     try {
       const fh = await fs.open(file, "wx");
       await fh.writeFile(`${process.pid}\n`);
       await fh.close();
-      return async () => {
-        await fs.rm(file, { force: true });
+      return {
+        release: async () => {
+          await fs.rm(file, { force: true });
+        },
       };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
     }
     const owner = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
-    if (Number.isInteger(owner) && owner > 0 && !alive(owner)) {
-      // Stale: remove only if it still names the dead owner (another waiter may have won).
-      const again = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
-      if (again === owner) {
-        await opts.onStale?.(owner);
-        await fs.rm(file, { force: true });
-      }
-      continue;
+    if (!(Number.isInteger(owner) && owner > 0 && !alive(owner))) return { owner: Number.isInteger(owner) && owner > 0 ? owner : 0 };
+    // Stale: remove only if it still names the dead owner (another waiter may have won).
+    const again = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
+    if (again === owner) {
+      await opts.onStale?.(owner);
+      await fs.rm(file, { force: true });
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${file} (held by pid ${owner})`);
+  }
+}
+
+export async function acquire(file: string, opts: LockOptions = {}): Promise<() => Promise<void>> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 6 * 3600_000);
+  let told = false;
+  for (;;) {
+    const r = await tryAcquire(file, opts);
+    if ("release" in r) return r.release;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${file} (held by pid ${r.owner})`);
     if (!told) {
       opts.onWait?.();
       told = true;
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((res) => setTimeout(res, 200));
   }
 }
 

@@ -21,6 +21,7 @@ import { emitRecipe, compileRecipe, defaultCacheDir, ProjectContext } from "../p
 import { ensureToolsTree, ToolsTree, preflight, readToolsManifest } from "./toolsTree";
 import { sandboxArgv, runStreaming, Bind } from "./sandbox";
 import { withFileLock } from "./filelock";
+import { markUsed } from "./cache";
 import { Progress } from "./progress";
 import { rawToVhd, rawToGceTarball, rawToQcow2, growGptDisk, diskSize } from "./convert";
 import { limaArgv } from "./lima";
@@ -203,6 +204,7 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
     await fs.mkdir(entries, { recursive: true });
 
     const finish = async (result: BakeResult, cacheHit: boolean): Promise<BakeResult> => {
+      if (cacheHit) await markUsed(entry);
       // Package pinning: a non-frozen bake records what the archive resolved to; a frozen bake
       // must resolve to exactly that (or the lock pins a snapshot of the archive).
       const pins = packagePins(result.packages);

@@ -47,17 +47,11 @@ export async function devBoot(o: DevBootOptions): Promise<DevBootResult> {
 /** What the ground-truth guest printed: PCR values per bank, the firmware's TCG2 event log, systemd's userspace log. */
 export interface GuestReport { pcrs: Record<string, Record<number, string>>; eventLog: Buffer; userspaceLog: string; cmdline: string }
 
-export function parseGuestReport(serial: string): GuestReport {
-  const lines = serial.split(/\r?\n/);
-  const between = (a: string, b: string) => {
-    const i = lines.findIndex((l) => l.includes(a));
-    const j = lines.findIndex((l, k) => k > i && l.includes(b));
-    if (i < 0 || j < 0) throw new TdxError("E_MEASUREMENT", `guest report lacks ${a}…${b} on the serial console`, { hint: "The guest did not reach the report service; read serial.log." });
-    return lines.slice(i + 1, j);
-  };
+/** PCR values per bank from `tpm2_pcrread` output ("sha256:" then "  4 : 0x…" lines). */
+export function parsePcrRead(lines: string[]): Record<string, Record<number, string>> {
   const pcrs: Record<string, Record<number, string>> = {};
   let bank = "";
-  for (const l of between("TDXVM-PCRS-BEGIN", "TDXVM-PCRS-END")) {
+  for (const l of lines) {
     const b = /^\s*(sha1|sha256|sha384|sha512):\s*$/.exec(l);
     if (b) {
       bank = b[1];
@@ -67,6 +61,18 @@ export function parseGuestReport(serial: string): GuestReport {
     const m = /^\s*(\d+)\s*:\s*0x([0-9A-Fa-f]+)\s*$/.exec(l);
     if (m && bank) pcrs[bank][Number(m[1])] = m[2].toLowerCase();
   }
+  return pcrs;
+}
+
+export function parseGuestReport(serial: string): GuestReport {
+  const lines = serial.split(/\r?\n/);
+  const between = (a: string, b: string) => {
+    const i = lines.findIndex((l) => l.includes(a));
+    const j = lines.findIndex((l, k) => k > i && l.includes(b));
+    if (i < 0 || j < 0) throw new TdxError("E_MEASUREMENT", `guest report lacks ${a}…${b} on the serial console`, { hint: "The guest did not reach the report service; read serial.log." });
+    return lines.slice(i + 1, j);
+  };
+  const pcrs = parsePcrRead(between("TDXVM-PCRS-BEGIN", "TDXVM-PCRS-END"));
   const b64 = (a: string, b: string) => between(a, b).filter((l) => /^[A-Za-z0-9+/=]+$/.test(l.trim())).join("");
   const cmd = lines.find((l) => l.startsWith("TDXVM-CMDLINE "));
   const ulog = lines.some((l) => l.includes("TDXVM-ULOG-BEGIN")) ? Buffer.from(b64("TDXVM-ULOG-BEGIN", "TDXVM-ULOG-END"), "base64").toString("utf8") : "";

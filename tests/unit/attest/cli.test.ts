@@ -60,8 +60,8 @@ beforeEach(() => {
 afterEach(() => jest.restoreAllMocks());
 
 describe("tdxvm attest", () => {
-  it("refuses the simulator (exit 4) and says why in the table", async () => {
-    expect(await attestCommand([`127.0.0.1:${port}`, "--expected", path.join(dir, "m.json")])).toBe(4);
+  it("refuses the simulator (exit 3) and says why in the table", async () => {
+    expect(await attestCommand([`127.0.0.1:${port}`, "--expected", path.join(dir, "m.json")])).toBe(3);
     const table = out.join("\n");
     expect(table).toMatch(/^issuer\s+FAIL\s+the agent offers simulator evidence, which no platform signed; refused/m);
     expect(table).toMatch(/FAILED: 127\.0\.0\.1:\d+ \(TLS key SPKI SHA-256 [0-9a-f]{64}\), issuer simulator, 0\/1 checks/);
@@ -84,7 +84,7 @@ describe("tdxvm attest", () => {
   it("bad arguments exit 2 with the usage", async () => {
     expect(await attestCommand([])).toBe(2);
     expect(await attestCommand([`127.0.0.1:${port}`])).toBe(2);
-    expect(err.join("\n")).toMatch(/needs --expected/);
+    expect(err.join("\n")).toMatch(/required option '--expected <file>' not specified/);
     expect(await attestCommand([`127.0.0.1:${port}`, "--expected", path.join(dir, "m.json"), "--frobnicate"])).toBe(2);
     expect(await attestCommand(["not an endpoint", "--expected", path.join(dir, "m.json")])).toBe(2);
   });

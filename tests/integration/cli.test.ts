@@ -1,0 +1,257 @@
+/**
+ * Every `tdxvm` command as a user or CI runs it: the real binary (`node bin/tdxvm.js`) as a child
+ * process, on real bakes of the example image (examples/local-qemu/recipe.ts) and of the same image
+ * with one more kernel command-line word — cache hits once baked (the provider tests bake both).
+ * `run` and `verify` on a booted guest's evidence are in run.test.ts (one boot for both).
+ */
+import { promises as fs, existsSync, statSync } from "node:fs";
+import * as path from "node:path";
+import { spawn, ChildProcess } from "node:child_process";
+import * as net from "node:net";
+import { runTdxvm, tempDir } from "../helpers";
+import { FlashbotsFileSchema, ConstellationSchema, parseMeasurements } from "../../provider/measure/formats";
+import type { BakeResult } from "../../provider/bake";
+import type { RegisterDiff } from "../../provider/measure/ledger";
+import type { CacheListing, PruneResult } from "../../provider/bake/cache";
+
+jest.setTimeout(40 * 60_000);
+
+const repo = path.resolve(__dirname, "../..");
+const EXAMPLE = "examples/local-qemu/recipe.ts";
+let dir: string;
+let blue: string;
+
+beforeAll(async () => {
+  dir = await tempDir("tdxvm-cli-");
+  // The example with one more kernel command-line word (the change a pull request makes).
+  blue = path.join(dir, "blue", "recipe.js");
+  await fs.mkdir(path.dirname(blue), { recursive: true });
+  await fs.writeFile(blue, `module.exports = () => require(${JSON.stringify(path.join(repo, "examples/local-qemu/recipe"))}).recipe(__dirname, { cmdline: ["tdxvm.role=blue"] });\n`);
+});
+afterAll(() => fs.rm(dir, { recursive: true, force: true }));
+
+describe("usage", () => {
+  it("--version, help per command, typo suggestions; usage errors exit 2", async () => {
+    const v = await runTdxvm(["--version"]);
+    expect([v.code, v.stdout.trim()]).toEqual([0, JSON.parse(await fs.readFile(path.join(repo, "package.json"), "utf8")).version]);
+    const h = await runTdxvm(["cache", "prune", "--help"]);
+    expect(h.code).toBe(0);
+    for (const o of ["--keep <n>", "--older-than <duration>", "--dry-run"]) expect(h.stdout).toContain(o);
+    const typo = await runTdxvm(["mesure", EXAMPLE]);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toContain("Did you mean measure?");
+    const noBackend = await runTdxvm(["measure", EXAMPLE]);
+    expect(noBackend.code).toBe(2);
+    expect(noBackend.stderr).toContain("required option '--backend <backend>' not specified");
+    const badBackend = await runTdxvm(["measure", EXAMPLE, "--backend", "sev"]);
+    expect(badBackend.code).toBe(2);
+    expect(badBackend.stderr).toContain("Allowed choices are rtmr, azure, gcp");
+  });
+
+  it("a TdxError exits 2 with its code and hint", async () => {
+    const r = await runTdxvm(["diff", "package.json", "package.json"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^E_VALIDATION: package\.json is not a tdxvm measurements file/m);
+    expect(r.stderr).toContain("hint:");
+  });
+});
+
+describe("lock, emit, bake", () => {
+  it("lock writes build/tdx.lock, emit the mkosi tree, bake lists the artifacts (a cache hit)", async () => {
+    const lock = await runTdxvm(["lock", EXAMPLE]);
+    expect(lock.code).toBe(0);
+    expect(lock.stdout).toContain(path.join(repo, "examples/local-qemu/build/tdx.lock"));
+    const emit = await runTdxvm(["emit", EXAMPLE, "--frozen"]);
+    expect(emit.code).toBe(0);
+    expect(existsSync(path.join(repo, "examples/local-qemu/build/mkosi/mkosi.conf"))).toBe(true);
+    const bake = await runTdxvm(["--quiet", "bake", EXAMPLE, "--json"]);
+    expect(bake.code).toBe(0);
+    const r = JSON.parse(bake.stdout) as BakeResult;
+    expect(r.artifacts.map((a) => `${a.target}.${a.kind}`)).toEqual(expect.arrayContaining(["uki.efi", "disk.raw", "azure.vhd", "gcp.tar.gz"]));
+    for (const a of r.artifacts) expect(statSync(a.path).size).toBe(a.size);
+  });
+});
+
+describe("measure, diff", () => {
+  const file = (n: string) => path.join(dir, n);
+
+  it("writes the tdxvm file and the flashbots and Constellation exports of the same registers", async () => {
+    for (const backend of ["rtmr", "azure"]) {
+      const r = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", backend, "--out", file(`${backend}.json`)]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(backend === "rtmr" ? /^RTMR1\s+exact\s+[0-9a-f]{96}$/m : /^PCR11\s+exact\s+[0-9a-f]{64}$/m);
+    }
+    const td = parseMeasurements(await fs.readFile(file("rtmr.json"), "utf8"), "rtmr.json");
+    const fb = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--format", "flashbots", "--json"]);
+    expect(fb.code).toBe(0);
+    const flashbots = FlashbotsFileSchema.parse(JSON.parse(fb.stdout));
+    expect(flashbots[0].attestation_type).toBe("qemu-tdx");
+    expect(flashbots[0].measurements).toEqual({
+      0: { expected_any: [td.registers.MRTD.value] }, 2: { expected_any: [td.registers.RTMR1.value] },
+      3: { expected_any: [td.registers.RTMR2.value] }, 4: { expected_any: ["0".repeat(96)] },
+    });
+    const md = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--markdown"]);
+    expect(md.stdout).toContain("### Measurements (rtmr)\n\n| register | status | value | events |\n|---|---|---|---|\n");
+    expect(md.stdout).toMatch(/^\| RTMR0 \| platform-defined \| — \| TD HOB, CFV, ACPI tables/m);
+    expect(md.stdout).toContain(`| RTMR2 | exact | \`${td.registers.RTMR2.value}\` | ${td.registers.RTMR2.events.length} event(s) |`);
+    const co = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "azure", "--format", "constellation", "--out", file("constellation.json")]);
+    expect(co.code).toBe(0);
+    const vtpm = parseMeasurements(await fs.readFile(file("azure.json"), "utf8"), "azure.json");
+    const constellation = ConstellationSchema.parse(JSON.parse(await fs.readFile(file("constellation.json"), "utf8")));
+    expect(Object.keys(constellation)).toEqual(["4", "8", "9", "11", "12", "13"]);
+    expect(constellation["11"]).toEqual({ expected: vtpm.registers.PCR11.value, warnOnly: false });
+  });
+
+  it("--check passes on the committed file and fails with exit 3 and the markdown diff after a cmdline change; --update accepts it", async () => {
+    const ok = await runTdxvm(["measure", EXAMPLE, "--backend", "azure", "--check", file("azure.json")]);
+    expect(ok.code).toBe(0);
+    expect(ok.stderr).toContain("all 15 registers match");
+    const committed = await fs.readFile(file("azure.json"), "utf8");
+    const drift = await runTdxvm(["--quiet", "measure", blue, "--backend", "azure", "--check", file("azure.json")]);
+    expect(drift.code).toBe(3);
+    expect(drift.stdout).toContain(`### Measurement changes (azure): ${file("azure.json")} → this image`);
+    for (const pcr of ["PCR4", "PCR9", "PCR11"]) expect(drift.stdout).toContain(`| ${pcr} |`);
+    expect(drift.stdout).toContain("PCR11: UKI section .cmdline changed");
+    expect(drift.stderr).toContain("--update");
+    expect(await fs.readFile(file("azure.json"), "utf8")).toBe(committed);
+
+    await fs.copyFile(file("azure.json"), file("azure-committed.json"));
+    const upd = await runTdxvm(["measure", blue, "--backend", "azure", "--check", file("azure-committed.json"), "--update"]);
+    expect(upd.code).toBe(0);
+    expect(upd.stderr).toContain("3 register(s) changed");
+    const again = await runTdxvm(["measure", blue, "--backend", "azure", "--check", file("azure-committed.json")]);
+    expect(again.code).toBe(0);
+    // Another backend's file is refused, not compared.
+    const wrong = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--check", file("azure.json")]);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toContain("holds azure measurements, not rtmr");
+  });
+
+  it("diff names the registers a cmdline change moves and why, as text, markdown (the PR comment) and JSON", async () => {
+    const r = await runTdxvm(["--quiet", "measure", blue, "--backend", "rtmr", "--out", file("rtmr-blue.json")]);
+    expect(r.code).toBe(0);
+    const json = await runTdxvm(["diff", file("rtmr.json"), file("rtmr-blue.json"), "--json"]);
+    expect(json.code).toBe(0);
+    const diffs = JSON.parse(json.stdout) as RegisterDiff[];
+    expect(diffs.map((d) => d.register)).toEqual(["RTMR1", "RTMR2"]);
+    expect(diffs.find((d) => d.register === "RTMR2")!.changes).toEqual(expect.arrayContaining(["RTMR2: UKI section .cmdline changed", "RTMR2: kernel command line (LOADED_IMAGE::LoadOptions) changed"]));
+    const md = await runTdxvm(["diff", "--markdown", file("rtmr.json"), file("rtmr-blue.json")]);
+    expect(md.stdout).toMatch(/^### Measurement changes \(rtmr\)\n\n\| register \| old \| new \| why \|\n\|---\|---\|---\|---\|\n\| RTMR1 \| `[0-9a-f]{16}…` \| `[0-9a-f]{16}…` \| .*UKI \(EFI\/BOOT\/BOOTX64\.EFI\) changed.* \|\n\| RTMR2 \| .*RTMR2: UKI section \.cmdline changed.* \|\n$/);
+    const text = await runTdxvm(["diff", file("rtmr.json"), file("rtmr.json")]);
+    expect([text.code, text.stdout.trim()]).toEqual([0, "No register changes."]);
+  });
+
+  it("the pull-request comment of examples/ci: one marker line, then each backend's changes and why", async () => {
+    const [base, pr] = [file("base"), file("pr")];
+    for (const d of [base, pr]) await fs.mkdir(d, { recursive: true });
+    await fs.copyFile(file("rtmr.json"), path.join(base, "measurements.rtmr.json"));
+    await fs.copyFile(file("azure.json"), path.join(base, "measurements.azure.json"));
+    await fs.copyFile(file("rtmr-blue.json"), path.join(pr, "measurements.rtmr.json"));
+    await fs.copyFile(file("azure-committed.json"), path.join(pr, "measurements.azure.json")); // --update wrote the blue image's
+    const out = file("comment.md");
+    const r = await new Promise<number | null>((resolve) => spawn("bash", ["examples/ci/measurements-comment.sh", out, base, pr, "rtmr", "azure", "gcp"], { cwd: repo, stdio: "inherit" }).on("exit", resolve));
+    expect(r).toBe(0);
+    const md = await fs.readFile(out, "utf8");
+    expect(md.split("\n").slice(0, 2)).toEqual(["<!-- tdxvm-measurements -->", "## Image measurements"]);
+    expect(md).toMatch(/### Measurement changes \(rtmr\)\n\n\| register \| old \| new \| why \|\n\|---\|---\|---\|---\|\n\| RTMR1 \|.*\n\| RTMR2 \|.*UKI section \.cmdline changed/);
+    expect(md).toMatch(/### Measurement changes \(azure\)\n\n\| register \| old \| new \| why \|\n\|---\|---\|---\|---\|\n\| PCR4 \|.*\n\| PCR9 \|.*\n\| PCR11 \|.*PCR11: UKI section \.cmdline changed/);
+    expect(md).toContain("### Measurement changes (gcp)\n\nThe base branch has no measurements.gcp.json: nothing to compare with.");
+  });
+
+  it("verify on another image's captured TD quote reports a mismatch with exit 3", async () => {
+    // A real quote of a different image (COS 113 on GCP; tests/unit/measure/fixtures/README.md).
+    const r = await runTdxvm(["verify", "--expected", file("rtmr.json"), "--quote", "tests/unit/measure/fixtures/tdx-quote-cos113.dat", "--json"]);
+    expect(r.code).toBe(3);
+    const v = JSON.parse(r.stdout) as { ok: boolean; registers: Array<{ register: string; ok: boolean; reported: string }> };
+    expect(v.ok).toBe(false);
+    expect(v.registers.map((x) => [x.register, x.ok])).toEqual([["MRTD", false], ["RTMR1", false], ["RTMR2", false], ["RTMR3", true]]);
+    expect(v.registers[0].reported).toBe("dae67181d3d65e073ad8f95b7907d5e927bfe9761c9ff3e9b89734a45d8954dba41394c7717cb2735396c1d04231f94a");
+    const none = await runTdxvm(["verify", "--expected", file("rtmr.json")]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain("verify needs evidence");
+    const both = await runTdxvm(["verify", "--expected", file("rtmr.json"), "--event-log", "package.json", "--quote", "package.json"]);
+    expect(both.code).toBe(2);
+  });
+});
+
+describe("attest", () => {
+  it("an agent nobody serves: a failed verdict naming the connection, exit 3", async () => {
+    const free = await new Promise<number>((resolve) => {
+      const srv = net.createServer().listen(0, "127.0.0.1", () => {
+        const port = (srv.address() as net.AddressInfo).port;
+        srv.close(() => resolve(port));
+      });
+    });
+    const r = await runTdxvm(["attest", `127.0.0.1:${free}`, "--expected", path.join(dir, "rtmr.json")]);
+    expect(r.code).toBe(3);
+    expect(r.stdout).toMatch(/^connect\s+FAIL\s+GET https:\/\/127\.0\.0\.1:\d+\/v1\/health/m);
+    const noExpected = await runTdxvm(["attest", `127.0.0.1:${free}`]);
+    expect(noExpected.code).toBe(2);
+    expect(noExpected.stderr).toContain("required option '--expected <file>' not specified");
+  });
+});
+
+describe("cache ls, cache prune", () => {
+  let live: ChildProcess | undefined;
+  afterAll(() => live?.kill());
+
+  it("list the real cache; prune a copy of it: old entries go, the held one and the newest of each recipe stay", async () => {
+    const bake = JSON.parse((await runTdxvm(["--quiet", "bake", EXAMPLE, "--json"])).stdout) as BakeResult;
+    const real = await runTdxvm(["cache", "ls", "--json"]);
+    expect(real.code).toBe(0);
+    expect((JSON.parse(real.stdout) as CacheListing).entries.map((e) => e.key)).toContain(bake.key);
+
+    // A cache of our own: the real entry (hard links: no copy, and removing them frees nothing of
+    // the shared cache) as the newest, plus three older entries of the same recipe.
+    const cache = path.join(dir, "cache");
+    const artifacts = path.join(cache, "artifacts");
+    const realEntry = path.dirname(path.dirname(bake.artifacts[0].cachePath!)); // <entry>/out/<file>
+    const link = async (src: string, dst: string) => {
+      for (const e of await fs.readdir(src, { withFileTypes: true })) {
+        if (e.isDirectory()) {
+          await fs.mkdir(path.join(dst, e.name), { recursive: true });
+          await link(path.join(src, e.name), path.join(dst, e.name));
+        } else await fs.link(path.join(src, e.name), path.join(dst, e.name));
+      }
+    };
+    await fs.mkdir(path.join(artifacts, bake.key), { recursive: true });
+    await link(realEntry, path.join(artifacts, bake.key));
+    const result = JSON.parse(await fs.readFile(path.join(realEntry, "result.json"), "utf8")) as BakeResult;
+    const old = ["1", "2", "3"].map((c) => c.repeat(64));
+    for (const [i, k] of old.entries()) {
+      await fs.mkdir(path.join(artifacts, k, "out"), { recursive: true });
+      await fs.writeFile(path.join(artifacts, k, "out", "tdxvm.efi"), Buffer.alloc(1 << 20, 7));
+      await fs.writeFile(path.join(artifacts, k, "result.json"), JSON.stringify({ ...result, key: k }));
+      const t = new Date(Date.now() - (i + 2) * 86400_000);
+      await fs.utimes(path.join(artifacts, k, "result.json"), t, t);
+    }
+    // A running bake holds the oldest entry's key.
+    live = spawn("sleep", ["600"], { stdio: "ignore" });
+    await fs.writeFile(path.join(artifacts, `${old[2]}.lock`), `${live.pid}\n`);
+
+    const ls = await runTdxvm(["--cache-dir", cache, "cache", "ls"]);
+    expect(ls.code).toBe(0);
+    expect(ls.stdout.split("\n")[1]).toMatch(new RegExp(`^${bake.key.slice(0, 12)}\\s+default\\s+\\d+ min ago\\s+\\d+\\.\\d GiB\\s+${bake.recipeDigest.slice(7, 19)}\\s+${path.dirname(result.mkosiLog)} \\(default\\)$`));
+    expect(ls.stdout).toContain(`[held by pid ${live.pid}]`);
+    expect(ls.stdout).toMatch(/^4 entries, /m);
+
+    const dry = await runTdxvm(["--cache-dir", cache, "cache", "prune", "--older-than", "1d", "--dry-run"]);
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toContain(`would remove ${old[0].slice(0, 12)}`);
+    expect(dry.stdout).toContain(`would remove ${old[1].slice(0, 12)}`);
+    expect(dry.stdout).toContain(`kept ${old[2].slice(0, 12)}  ${path.dirname(result.mkosiLog)} (default): held by a running bake (pid ${live.pid})`);
+    expect(dry.stdout).toContain(`kept ${bake.key.slice(0, 12)}  ${path.dirname(result.mkosiLog)} (default): newest entry of its recipe`);
+    expect(dry.stdout).toMatch(/^would free 2\.\d MiB$/m);
+    for (const k of old) expect(existsSync(path.join(artifacts, k))).toBe(true);
+
+    const prune = await runTdxvm(["--cache-dir", cache, "cache", "prune", "--older-than", "1d", "--json"]);
+    expect(prune.code).toBe(0);
+    const r = JSON.parse(prune.stdout) as PruneResult;
+    expect(r.removed.map((e) => e.key).sort()).toEqual([old[0], old[1]]);
+    expect(r.freedBytes).toBe(r.removed.reduce((n, e) => n + e.exclusiveBytes, 0));
+    expect(r.freedBytes).toBeGreaterThan(2 << 20);
+    expect((await fs.readdir(artifacts)).sort()).toEqual([old[2], `${old[2]}.lock`, bake.key].sort());
+    // The real entry is untouched: its files are still the shared cache's.
+    expect(statSync(bake.artifacts[0].cachePath!).nlink).toBeGreaterThanOrEqual(2);
+  });
+});
