@@ -21,6 +21,8 @@ import { uefiGptEventData } from "./gpt";
 import { LedgerEvent } from "./ledger";
 import { stubCombinedInitrd } from "./initrd";
 import { ukiDigests, UkiDigests } from "./stream";
+import { stubCmdline } from "./cmdline";
+export { stubCmdline };
 import type { RootFs } from "../recipe/schema";
 
 export const CALLING_EFI_APP = "Calling EFI Application from Boot Option";
@@ -59,29 +61,7 @@ export function loadOptionsBytes(cmdline: string): Buffer {
  */
 export function ukiCmdline(uki: Buffer): string {
   const s = ukiSelectedSections(uki).get(".cmdline");
-  if (!s) return "";
-  const b = s.data;
-  let text = "";
-  for (let i = 0; i < b.length && b[i] !== 0; ) {
-    const lead = b[i]!;
-    const n = lead < 0x80 ? 1 : (lead & 0xe0) === 0xc0 ? 2 : (lead & 0xf0) === 0xe0 ? 3 : (lead & 0xf8) === 0xf0 ? 4 : (lead & 0xfc) === 0xf8 ? 5 : (lead & 0xfe) === 0xfc ? 6 : 0;
-    if (n === 0) {
-      i++;
-      continue;
-    }
-    let cp = n === 1 ? lead : lead & (0x7f >> n);
-    let ok = i + n <= b.length;
-    for (let k = 1; ok && k < n; k++) {
-      ok = (b[i + k]! & 0xc0) === 0x80;
-      cp = cp * 64 + (b[i + k]! & 0x3f);
-    }
-    i += n;
-    if (ok && (cp <= 0xd7ff || (cp >= 0xe000 && cp <= 0xffff))) text += String.fromCharCode(cp);
-  }
-  const blank = (c: string) => c <= " " || c === "\x7f";
-  let start = 0;
-  while (start < text.length && blank(text[start]!)) start++;
-  return [...text.slice(start)].map((c) => (blank(c) ? " " : c)).join("").replace(/ +$/, "");
+  return s ? stubCmdline(s.data) : "";
 }
 
 /** The dm-verity root hash a kernel command line names (`roothash=<hex>`), or null. */

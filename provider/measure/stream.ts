@@ -15,6 +15,7 @@ import { HashAlg, measurementError } from "./bytes";
 import { authenticodeRanges } from "./pe";
 import { measuredSections, selectSections, ukiSectionPlaces, UkiSectionPlace } from "./uki";
 import { stubCombinedInitrdParts } from "./initrd";
+import { stubCmdline } from "./cmdline";
 import { HashJob, HashPiece, jobBytes, runJobs, runJobsParallel } from "./hashjobs";
 import { TdxError } from "../errors";
 
@@ -27,7 +28,7 @@ export const MAX_CMDLINE = 1024 * 1024;
 const PARALLEL_MIN_BYTES = 16 * 1024 * 1024;
 
 export interface UkiDigests {
-  /** The command line systemd-stub passes on (.cmdline, trailing whitespace and NULs trimmed). */
+  /** The command line systemd-stub passes on (what it makes of .cmdline: boot.ts stubCmdline). */
   cmdline: string;
   /** Authenticode digest of the UKI (hex). */
   uki: string;
@@ -128,7 +129,7 @@ export async function ukiDigests(uki: string | Buffer, alg: HashAlg, opts: { par
     // The zero fill after .cmdline's file bytes would be trimmed with the trailing NULs: read the file bytes only.
     const cmd = selected.get(".cmdline");
     if (cmd && cmd.fromFile > MAX_CMDLINE) measurementError(`UKI: implausible .cmdline section of ${cmd.fromFile} bytes (limit ${MAX_CMDLINE})`);
-    cmdline = cmd ? (await src.read(cmd.pointerToRawData, cmd.fromFile)).toString("utf8").replace(/[\0\s]+$/, "") : "";
+    cmdline = cmd ? stubCmdline(await src.read(cmd.pointerToRawData, cmd.fromFile)) : "";
 
     const linux = selected.get(".linux");
     if (linux) {
