@@ -18,6 +18,7 @@ import { findOnPath } from "../recipe/image";
 import { treeDigest, BASE_PACKAGES } from "../compile";
 import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, LOCK_FILE } from "../lock";
 import { emitRecipe, compileRecipe, defaultCacheDir, ProjectContext } from "../pipeline";
+import { writeTree } from "../compile/write";
 import { ensureToolsTree, ToolsTree, preflight, readToolsManifest } from "./toolsTree";
 import { sandboxArgv, runStreaming, Bind } from "./sandbox";
 import { withFileLock } from "./filelock";
@@ -247,13 +248,19 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
       await fs.mkdir(path.join(tmp, "ws"), { recursive: true });
       const logFile = path.join(buildDir, `bake-${profile}.log`);
       try {
-        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: emitted.dir });
+        // mkosi builds a private copy of the tree: build/mkosi is shared by every image of the
+        // project (two TdxImages of one program bake concurrently), so a tree read from there
+        // could be another image's by the time mkosi starts — built under this image's key.
+        const tree = path.join(tmp, "tree");
+        await writeTree(emitted.tree, tree);
+        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree });
         const final: BakeResult = {
           ...result, key, cacheHit: false, recipeDigest: emitted.lock.recipe.profiles[profile], lockIntegrity: emitted.lock.integrity, treeDigest: tDigest,
           artifacts: result.artifacts.map((a) => ({ ...a, path: path.join(entry, path.relative(tmp, a.path)) })),
         };
         await fs.writeFile(path.join(tmp, "result.json"), stableJson(final));
         await fs.rm(path.join(tmp, "ws"), { recursive: true, force: true });
+        await fs.rm(tree, { recursive: true, force: true });
         await fs.rm(entry, { recursive: true, force: true });
         await fs.rename(tmp, entry);
         return finish(final, false);

@@ -45,14 +45,19 @@ async function relay(to: number) {
   const id = newTlsIdentity("relay");
   let appBytes = 0;
   const server = tls.createServer({ key: id.keyPem, cert: id.certPem }, (client) => {
+    // Error handlers first: a client that hangs up on the relay's certificate (the pinned channel
+    // does) resets both sides, and an unhandled 'error' would fail the test process.
     const upstream = tls.connect({ host: "127.0.0.1", port: to, rejectUnauthorized: false });
-    client.on("data", (d: Buffer) => (appBytes += d.length));
-    client.pipe(upstream).pipe(client);
     const end = () => { client.destroy(); upstream.destroy(); };
     client.on("error", end);
     upstream.on("error", end);
+    client.on("close", end);
+    upstream.on("close", end);
+    client.on("data", (d: Buffer) => (appBytes += d.length));
+    client.pipe(upstream).pipe(client);
   });
   server.on("tlsClientError", () => undefined);
+  server.on("error", () => undefined);
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   return { port: (server.address() as net.AddressInfo).port, appBytes: () => appBytes, close: () => new Promise((r) => server.close(r)) };
 }

@@ -10,7 +10,7 @@ import { crc32, gunzipSync } from "node:zlib";
 import { Image, BakeResult, artifact, defaultCacheDir } from "../../provider";
 import { parseVhdFooter, MiB, GiB } from "../../provider/bake/convert";
 import { createHash } from "node:crypto";
-import { measureBake, readDiskHead, uefiGptEventData } from "../../provider/measure";
+import { measureBake, readDiskHead, uefiGptEventData, ukiCmdline } from "../../provider/measure";
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
 import { readLock, pinPackages } from "../../provider/lock";
 import { tempDir, tdxErrorOf } from "../helpers";
@@ -97,6 +97,21 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
     first = a.cacheHit ? b : a;
     expect(first.tools.source === "tools-tree" || first.tools.source === "host").toBe(true);
     expect(toolsTreeMounts()).toEqual([]);
+  });
+
+  it("two different images of one project baked concurrently each get their own image (build/mkosi is shared)", async () => {
+    const mk = (m: string) => small(project, `${run}-${m}`).outputTargets("qemu");
+    const [a, b] = await Promise.all([mk("a").bake({ cacheDir, quiet: true }), mk("b").bake({ cacheDir, quiet: true })]);
+    try {
+      expect(a.key).not.toBe(b.key);
+      const uki = (r: BakeResult) => r.artifacts.find((x) => x.kind === "uki")!;
+      // Each UKI names its own root (the marker file is in the verity root): built from its own tree.
+      expect(uki(a).sha256).not.toBe(uki(b).sha256);
+      expect(ukiCmdline(readFileSync(uki(a).cachePath ?? uki(a).path))).toContain(`roothash=${a.rootHash}`);
+      expect(a.rootHash).not.toBe(b.rootHash);
+    } finally {
+      for (const r of [a, b]) await fs.rm(path.join(cacheDir, "artifacts", r.key), { recursive: true, force: true });
+    }
   });
 
   it("produces a real UKI, a GPT disk with an ESP holding the UKI as BOOTX64.EFI, and reports versions", async () => {
