@@ -104,7 +104,7 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
     const [a, b] = await Promise.all([mk("a").bake({ cacheDir, quiet: true }), mk("b").bake({ cacheDir, quiet: true })]);
     try {
       expect(a.key).not.toBe(b.key);
-      const uki = (r: BakeResult) => r.artifacts.find((x) => x.kind === "uki")!;
+      const uki = (r: BakeResult) => artifact(r, "uki")!;
       // Each UKI names its own root (the marker file is in the verity root): built from its own tree.
       expect(uki(a).sha256).not.toBe(uki(b).sha256);
       expect(ukiCmdline(readFileSync(uki(a).cachePath ?? uki(a).path))).toContain(`roothash=${a.rootHash}`);
