@@ -26,5 +26,17 @@ export type { BakeOptions, BakeResult, Artifact } from "./bake";
 export { devBoot, bootBakedDisk, parseGuestReport } from "./deploy/devboot";
 export { measureBake, measureBoot, verify, diffMeasurements, diffToMarkdown, measurementsToJson, measurementsToCbor } from "./measure";
 export type { Measurements, RegisterValue, LedgerEvent, RegisterDiff, VerifyResult } from "./measure";
-export { attest, assertAttested, pinnedRequest, verifyEvidence, attestBinding, makeCredential, ensureLocalCa, localCaCertificate, verifyDcap } from "./attest";
+// The verifier loads on first use (its TLS client and evidence schemas cost ~0.1 s at start-up,
+// which every recipe/bake/measure process would otherwise pay).
+type Attest = typeof import("./attest");
+const lazyAttest = (): Attest => require("./attest") as Attest;
+export const attest: Attest["attest"] = (...a) => lazyAttest().attest(...a);
+export const assertAttested: Attest["assertAttested"] = (...a) => lazyAttest().assertAttested(...a);
+export const pinnedRequest: Attest["pinnedRequest"] = (...a) => lazyAttest().pinnedRequest(...a);
+export const verifyEvidence: Attest["verifyEvidence"] = (...a) => lazyAttest().verifyEvidence(...a);
+export const attestBinding: Attest["attestBinding"] = (...a) => lazyAttest().attestBinding(...a);
+export const makeCredential: Attest["makeCredential"] = (...a) => lazyAttest().makeCredential(...a);
+export const ensureLocalCa: Attest["ensureLocalCa"] = (...a) => lazyAttest().ensureLocalCa(...a);
+export const localCaCertificate: Attest["localCaCertificate"] = (...a) => lazyAttest().localCaCertificate(...a);
+export const verifyDcap: Attest["verifyDcap"] = (...a) => lazyAttest().verifyDcap(...a);
 export type { Verdict, Channel, AttestOptions, Check, Evidence, VerifyOptions } from "./attest";
