@@ -36,6 +36,18 @@ export function parseSri(s: string): Sri {
 
 export const sriToHex = (s: Sri) => Buffer.from(s.b64, "base64").toString("hex");
 
+/**
+ * Do two SRI strings pin the same digest? Compared by algorithm and digest bytes, never as text:
+ * parseSri accepts base64 without '=' padding or with non-zero trailing bits, all spellings of
+ * one digest. A malformed string pins nothing.
+ */
+export function sameDigest(a: string, b: string): boolean {
+  const parse = (s: string) => { try { return parseSri(s); } catch { return undefined; } };
+  const x = parse(a);
+  const y = parse(b);
+  return !!x && !!y && x.alg === y.alg && Buffer.from(x.b64, "base64").equals(Buffer.from(y.b64, "base64"));
+}
+
 export interface Fetched {
   /** Path of the stored bytes (read-only by convention). */
   path: string;

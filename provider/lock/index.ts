@@ -12,7 +12,7 @@ import { TdxError, formatIssues } from "../errors";
 import { Recipe } from "../recipe/schema";
 import { allProfileDigests, sourceRefs } from "../recipe/resolve";
 import { digestOf } from "../recipe/digest";
-import { ContentStore, fetchInput } from "../fetch";
+import { ContentStore, fetchInput, sameDigest } from "../fetch";
 import { checkSources, PolicyWarning, policyError } from "./policy";
 import { Lock, LockBodyT, LockSchema, LOCK_VERSION } from "./schema";
 
@@ -151,11 +151,11 @@ export async function checkFrozen(recipe: Recipe, lock: Lock, opts: { projectDir
       stale.push(`source ${r.ref} is not in the lock`);
       continue;
     }
-    if (r.integrity && ![l.sha256, l.sha384, l.sha512].includes(r.integrity)) stale.push(`source ${r.ref}: recipe integrity ${r.integrity} differs from the lock`);
+    if (r.integrity && ![l.sha256, l.sha384, l.sha512].some((x) => sameDigest(x, r.integrity!))) stale.push(`source ${r.ref}: recipe integrity ${r.integrity} differs from the lock`);
     if (!/^https?:/i.test(r.ref)) {
       try {
         const f = await fetchInput(store, r.ref, { baseDir: opts.projectDir });
-        if (f.integrity.sha256 !== l.sha256) stale.push(`source ${r.ref} changed on disk since it was locked`);
+        if (!sameDigest(f.integrity.sha256, l.sha256)) stale.push(`source ${r.ref} changed on disk since it was locked`);
       } catch (e) {
         if (e instanceof TdxError) stale.push(`source ${r.ref}: ${e.message}`);
         else throw e;

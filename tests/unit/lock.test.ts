@@ -73,6 +73,45 @@ describe("tdx.lock", () => {
     expect(e.message).toContain("app.conf changed on disk");
   });
 
+  it("compares integrity by digest bytes: an unpadded or non-canonical SRI pin is the same pin (frozen check, lock entries)", async () => {
+    const p = await project();
+    const bytes = Buffer.from("listen 80\n");
+    for (const alg of ["sha256", "sha384", "sha512"] as const) {
+      const b64 = createHash(alg).update(bytes).digest("base64");
+      // The same digest spelled three ways: canonical, without '=' padding, and (sha256: one pad)
+      // with non-zero trailing bits in the last character, which base64 decoders ignore.
+      const spellings = [b64, b64.replace(/=+$/, "")];
+      if (alg === "sha256") {
+        const A = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const last = A[A.indexOf(b64[42]!) | 1]!;
+        spellings.push(`${b64.slice(0, 42)}${last}=`);
+      }
+      for (const b of spellings) {
+        const integrity = `${alg}-${b}`;
+        const img = () => new Image({ base: "debian/trixie", projectDir: p.dir }).file("/etc/app.conf", { src: "app.conf", integrity });
+        await img().lock({ cacheDir: p.cacheDir });
+        const r = await img().emit({ frozen: true, cacheDir: p.cacheDir });
+        expect({ alg, integrity, data: r.tree.get("mkosi.extra/etc/app.conf")!.data.toString() }).toEqual({ alg, integrity, data: "listen 80\n" });
+      }
+    }
+    // A lock whose entry is spelled unpadded (sealed, so not tampered) still matches the recipe and the file.
+    const canonical = `sha256-${createHash("sha256").update(bytes).digest("base64")}`;
+    const img = () => new Image({ base: "debian/trixie", projectDir: p.dir }).file("/etc/app.conf", { src: "app.conf", integrity: canonical });
+    const lock = await img().lock({ cacheDir: p.cacheDir });
+    const { integrity: _i, ...body } = lock;
+    void _i;
+    const { sealLock, writeLock } = await import("../../provider/lock");
+    await writeLock(p.lockFile, sealLock({ ...body, inputs: body.inputs.map((x) => ({ ...x, sha256: x.sha256.replace(/=+$/, "") })) }));
+    await expect(img().emit({ frozen: true, cacheDir: p.cacheDir })).resolves.toBeDefined();
+    // An entry that is not a whole digest is a malformed lock, whatever its seal says.
+    const short = sealLock({ ...body, inputs: body.inputs.map((x) => ({ ...x, sha256: "sha256-AAAA" })) });
+    expect((await tdxErrorOf(() => parseLock(stableJson(short)))).message).toMatch(/malformed: inputs\.0\.sha256: must hold a 32-byte sha256 digest/);
+    // A different digest is still stale.
+    const other = `sha256-${createHash("sha256").update("listen 81\n").digest("base64").replace(/=+$/, "")}`;
+    const e = await tdxErrorOf(() => new Image({ base: "debian/trixie", projectDir: p.dir }).file("/etc/app.conf", { src: "app.conf", integrity: other }).emit({ frozen: true, cacheDir: p.cacheDir }));
+    expect(e.code).toBe("E_LOCKFILE");
+  });
+
   it("detects a hand-edited lock (tampered digest)", async () => {
     const p = await project();
     await p.img().lock({ cacheDir: p.cacheDir });
