@@ -56,7 +56,11 @@ export interface VerifyResult { ok: boolean; registers: RegisterVerdict[] }
 
 function observedEvents(input: VerifyInput): Map<string, ObservedEvent[]> {
   const byRegister = new Map<string, ObservedEvent[]>();
-  const add = (name: string, e: ObservedEvent) => byRegister.set(name, [...(byRegister.get(name) ?? []), e]);
+  const add = (name: string, e: ObservedEvent) => {
+    const list = byRegister.get(name);
+    if (list) list.push(e);
+    else byRegister.set(name, [e]);
+  };
   const fromTcg = (e: TcgEvent): ObservedEvent => ({ type: e.typeName, log: "firmware", digests: new Map(e.digests.filter((d) => d.alg).map((d) => [d.alg!, d.digest.toString("hex")])) });
   if (input.eventLog) for (const e of parseEventLog(input.eventLog).events) if (e.typeName !== "EV_NO_ACTION") add(`PCR${e.index}`, fromTcg(e));
   if (input.ccel) for (const e of parseCcel(input.ccel).events) if (e.typeName !== "EV_NO_ACTION") add(CC_MR_NAMES[e.index] ?? `MR${e.index}`, fromTcg(e));
