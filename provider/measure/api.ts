@@ -3,7 +3,7 @@ import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
 import { TdxError } from "../errors";
 import { defaultCacheDir } from "../pipeline";
-import { ContentStore, fetchInput } from "../fetch";
+import { ContentStore, fetchInput, redactRef } from "../fetch";
 import { toolsTreeDir } from "../bake/toolsTree";
 import type { BakeResult } from "../bake";
 import { measureBoot, MeasureOptions, assertBackend } from "./backends";
@@ -71,7 +71,7 @@ export function firmwarePath(opts: Pick<MeasureCallOptions, "firmware" | "backen
 async function loadFirmware(opts: MeasureCallOptions, cacheDir: string): Promise<MeasureOptions["firmware"]> {
   if (typeof opts.firmware === "object") {
     const f = await fetchInput(new ContentStore(path.join(cacheDir, "content")), opts.firmware.src, { integrity: opts.firmware.integrity });
-    return { bytes: await fs.readFile(f.path), name: `${opts.firmware.src} (${f.integrity.sha256})` };
+    return { bytes: await fs.readFile(f.path), name: `${redactRef(opts.firmware.src)} (${f.integrity.sha256})` };
   }
   const file = firmwarePath(opts, cacheDir);
   if (file) return { bytes: await fs.readFile(file), name: file };

@@ -112,6 +112,56 @@ describe("tdx.lock", () => {
     expect(e.code).toBe("E_LOCKFILE");
   });
 
+  it("keeps URL credentials out of the lock, its warnings and its errors; sources that differ only in credentials must agree", async () => {
+    const http = await import("node:http");
+    const bodies: Record<string, Buffer> = { "/a": Buffer.from("agent 1.2.3\n"), "/b": Buffer.from("other bytes\n") };
+    const server = http.createServer((req, res) => {
+      const b = bodies[(req.url ?? "").split("?")[0]!];
+      res.writeHead(b ? 200 : 404);
+      res.end(b);
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as import("node:net").AddressInfo).port;
+    const url = (p: string, user: string, sig: string) => `http://${user}:pw-${user}@127.0.0.1:${port}${p}?X-Amz-Signature=${sig}&v=1`;
+    try {
+      const p = await project();
+      const warnings: string[] = [];
+      const img = () => new Image({ base: "debian/trixie", projectDir: p.dir }).file("/opt/agent", { src: url("/a", "ci", "SIGci") });
+      const lock = await img().lock({ cacheDir: p.cacheDir, onWarning: (w) => warnings.push(w.message) });
+      const text = readFileSync(p.lockFile, "utf8");
+      for (const leaked of ["pw-ci", "SIGci"]) expect([text, ...warnings].filter((t) => t.includes(leaked))).toEqual([]);
+      expect(lock.inputs.map((i) => i.ref)).toEqual([`http://***@127.0.0.1:${port}/a?X-Amz-Signature=***&v=1`]);
+      expect(warnings).toEqual([`http://***@127.0.0.1:${port}/a?X-Amz-Signature=***&v=1 has no integrity, so its content can change under the same URL`]);
+      // The frozen check and compile find the source under its lock name and serve the locked bytes.
+      const r = await img().emit({ frozen: true, cacheDir: p.cacheDir });
+      expect(r.tree.get("mkosi.extra/opt/agent")!.data.toString()).toBe("agent 1.2.3\n");
+      // Two sources that differ only in credentials but serve different bytes cannot share a lock entry.
+      const both = new Image({ base: "debian/trixie", projectDir: p.dir })
+        .file("/opt/one", { src: url("/b", "ci", "SIGci") })
+        .file("/opt/two", { src: url("/b", "dev", "SIGdev") });
+      await expect(both.lock({ cacheDir: p.cacheDir })).resolves.toBeDefined(); // same bytes: one entry
+      expect((await readLock(p.lockFile)).inputs).toHaveLength(1);
+      let n = 0;
+      bodies["/c"] = Buffer.from("first\n");
+      server.removeAllListeners("request");
+      server.on("request", (req, res) => {
+        const b = (req.url ?? "").startsWith("/c") ? Buffer.from(`answer ${n++}\n`) : bodies[(req.url ?? "").split("?")[0]!];
+        res.writeHead(b ? 200 : 404);
+        res.end(b);
+      });
+      const clash = new Image({ base: "debian/trixie", projectDir: p.dir })
+        .file("/opt/one", { src: url("/c", "ci", "SIGci") })
+        .file("/opt/two", { src: url("/c", "dev", "SIGdev") });
+      const e = await tdxErrorOf(() => clash.lock({ cacheDir: p.cacheDir }));
+      expect(e.code).toBe("E_LOCKFILE");
+      expect(e.message).toContain(`http://***@127.0.0.1:${port}/c?X-Amz-Signature=***&v=1`);
+      expect(`${e.message} ${e.hint}`).not.toMatch(/pw-|SIG(ci|dev)/);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   it("detects a hand-edited lock (tampered digest)", async () => {
     const p = await project();
     await p.img().lock({ cacheDir: p.cacheDir });
