@@ -170,6 +170,40 @@ export function parseWith<T>(schema: z.ZodType<T>, value: unknown, what: string)
   return r.data;
 }
 
+/** Where env targets land at run time (the Init module's EnvironmentFile= drop-ins read them). */
+export const SECRETS_ENV_FILE = "/run/tdxvm/secrets.env";
+export const unitEnvFile = (unit: string) => `/run/tdxvm/env/${unit}.env`;
+
+/**
+ * The first run-time target two secret targets share, described for a message (names, never
+ * values): the same file path, a file target on an env file, or one variable name twice in one
+ * env file. A second write would silently replace the first.
+ */
+export function secretTargetClash(decls: ReadonlyArray<SecretDeclData>): string | undefined {
+  const files = new Map<string, string>(); // path → secret writing it (file targets and env files)
+  const vars = new Map<string, string>(); // env file + variable → secret
+  const claim = (map: Map<string, string>, key: string, what: string, name: string, shared: boolean) => {
+    const other = map.get(key);
+    if (other !== undefined && !(shared && other.startsWith("\0"))) return `${what} is a target of secret ${other.replace(/^\0/, "")} and of secret ${name}`;
+    if (other === undefined) map.set(key, shared ? `\0${name}` : name);
+    return undefined;
+  };
+  for (const d of decls) {
+    for (const t of d.targets) {
+      // Env files are shared by every env target (one line each); a file target may not be one.
+      const clash = t.kind === "file"
+        ? claim(files, t.path, t.path, d.name, false)
+        : claim(files, envFileOf(t), envFileOf(t), d.name, true) ?? claim(vars, `${envFileOf(t)}\0${t.name}`, `variable ${t.name} in ${envFileOf(t)}`, d.name, false);
+      if (clash) return clash;
+    }
+  }
+  return undefined;
+}
+
+function envFileOf(t: { scope: "global" | "unit"; unit?: string }): string {
+  return t.scope === "global" ? SECRETS_ENV_FILE : unitEnvFile(t.unit!);
+}
+
 export function parseRecipe(value: unknown): Recipe {
   const r = parseWith(RecipeSchema, value, "recipe");
   // Cross-field rules zod cannot express per field.
@@ -185,6 +219,8 @@ export function parseRecipe(value: unknown): Recipe {
     if (names.has(s.name)) throw new TdxError("E_VALIDATION", `secret ${s.name} is declared twice`, { hint: "Declare each secret once; give it several targets instead." });
     names.add(s.name);
   }
+  const clash = secretTargetClash(r.secrets);
+  if (clash) throw new TdxError("E_VALIDATION", `two secret targets collide: ${clash}`, { hint: "Give each secret target its own file path or variable name." });
   if ("default" in r.profiles) throw new TdxError("E_VALIDATION", `profile name "default" is reserved for the base recipe`, { hint: "Pick another profile name." });
   return r;
 }
