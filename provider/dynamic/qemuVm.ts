@@ -144,8 +144,11 @@ export const qemuVmProvider = {
   async delete(_id: string, props: Record<string, unknown>): Promise<void> {
     await guarded(async () => {
       const stateDir = typeof props.stateDir === "string" ? loadPath(props.stateDir) : undefined;
-      const r = await stopVm({ pid: typeof props.pid === "number" ? props.pid : undefined, startTime: typeof props.startTime === "number" ? props.startTime : undefined, bootId: typeof props.bootId === "string" ? props.bootId : undefined, stateDir });
-      log("TdxDeployment", `VM ${String(props.vmId ?? _id)} stopped${r.killed ? " (SIGKILL after the grace period)" : ""}; state removed`);
+      // State is untrusted: stopVm touches only a directory tdxvm marked below the VM state root, and only that VM's QEMU.
+      const root = typeof props.stateRoot === "string" ? loadPath(props.stateRoot) : path.join(typeof props.cacheDir === "string" ? loadPath(props.cacheDir) : defaultCacheDir(), "vms");
+      const r = await stopVm({ pid: typeof props.pid === "number" ? props.pid : undefined, startTime: typeof props.startTime === "number" ? props.startTime : undefined, bootId: typeof props.bootId === "string" ? props.bootId : undefined, stateDir }, { root });
+      if (!r.owned) log("TdxDeployment", `VM ${_id}: ${stateDir ?? "(no state directory)"} is not a VM state directory tdxvm made below ${root}; left it and any process alone`);
+      else log("TdxDeployment", `VM ${_id} stopped${r.killed ? " (SIGKILL after the grace period)" : ""}; state removed`);
     });
   },
 };
