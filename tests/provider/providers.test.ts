@@ -19,6 +19,7 @@ import { Image, SecretSchema, SecretTarget, defaultCacheDir } from "../../provid
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
 import { buildPe } from "../unit/measure/pe-builder";
 import { tempDir } from "../helpers";
+import { markVmDir } from "../../provider/deploy/qemu";
 
 const repoRoot = path.resolve(__dirname, "../..");
 
@@ -248,13 +249,20 @@ describe.each(via)("qemu VM provider (%s)", (_how, get) => {
     expect((await p.diff("vm", { ...olds, running: false }, news)).replaces).toEqual(["running"]);
   });
 
-  it("read shows a VM whose QEMU is gone as not running; delete of a gone VM removes its state directory", async () => {
+  it("read shows a VM whose QEMU is gone as not running; delete of a gone VM removes its (marked) state directory and nothing else", async () => {
     const p = await get("qemuVm");
-    const dir = await tempDir("tdxvm-vm-");
-    const r = await p.read("vm", { pid: 999_999_999, startTime: 1, stateDir: dir });
+    const root = await tempDir("tdxvm-vms-");
+    const dir = path.join(root, "vm-0123456789ab");
+    await fs.mkdir(dir);
+    await markVmDir(dir);
+    const r = await p.read("vm", { pid: 999_999_999, startTime: 1, stateDir: dir, stateRoot: root });
     expect(r.props.running).toBe(false);
-    await p.delete("vm", { pid: 999_999_999, startTime: 1, stateDir: dir });
+    const foreign = await tempDir("tdxvm-not-a-vm-");
+    await p.delete("vm", { pid: 999_999_999, startTime: 1, stateDir: foreign, stateRoot: root });
+    expect(existsSync(foreign)).toBe(true);
+    await p.delete("vm", { pid: 999_999_999, startTime: 1, stateDir: dir, stateRoot: root });
     expect(existsSync(dir)).toBe(false);
+    await fs.rm(foreign, { recursive: true, force: true });
   });
 });
 
