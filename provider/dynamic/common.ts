@@ -50,6 +50,19 @@ export function parseInputs<T>(schema: z.ZodType<T>, inputs: unknown): { ok: tru
   };
 }
 
+/**
+ * What the engine hands back from state (`olds`, `props`), validated: state can be edited, come
+ * from another version or be hostile, so a provider reads it only through a schema. Fails with
+ * E_VALIDATION naming the fields (never their values).
+ */
+export function parseState<T>(schema: z.ZodType<T>, value: unknown, resource: string): T {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  throw new TdxError("E_VALIDATION", `the ${resource} state is malformed: ${formatIssues(r.error.issues)}`, {
+    hint: "The state was edited or written by an incompatible version: `pulumi refresh`, or remove the resource from the state (`pulumi state delete <urn>`) and deploy again.",
+  });
+}
+
 /** Validated inputs for create/update (check already reported failures; this is the backstop). */
 export function requireInputs<T>(schema: z.ZodType<T>, inputs: unknown): T {
   const p = parseInputs(schema, inputs);
@@ -81,6 +94,14 @@ export function userError(e: unknown): Error {
     return err;
   }
   return e instanceof Error ? e : new Error(String(e));
+}
+
+export function guardedSync<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw userError(e);
+  }
 }
 
 export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
