@@ -262,7 +262,7 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
     { host: stateDir, inside: D },
     { host: path.dirname(path.resolve(spec.disk)), inside: "/disk", readOnly: true },
     ...(ca ? [{ host: ca.dir, inside: "/localca", readOnly: true }] : []),
-  ]);
+  ], {}, { outliveParent: true }); // the VM outlives the provider process that starts it
   const logFd = openSync(path.join(stateDir, "qemu.log"), "a");
   let child;
   try {
