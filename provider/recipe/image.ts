@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { TdxError, label } from "../errors";
 import {
   Recipe, LayerData, Phase, Target, PHASES, TARGETS, parseRecipe, parseWith, FileEntry, RunStep, PackageName,
-  ProfileName, Debloat, DebloatData, Arg, ROOTFS_MODES, RootFs, BUILTIN_FILES, BuiltinFile, secretTargetClash,
+  ProfileName, Debloat, DebloatData, CmdlineWord, ROOTFS_MODES, RootFs, BUILTIN_FILES, BuiltinFile, secretTargetClash,
 } from "./schema";
 import { builtinBytes, sha256Hex } from "../modules/builtin";
 import { z } from "zod";
@@ -148,7 +148,7 @@ export class Image {
   /** Extra kernel command-line words (measured: they land in the UKI's .cmdline). */
   cmdline(...words: string[]): this {
     const layer = this.layer();
-    layer.cmdline.push(...words.map((w, i) => parseWith(Arg.pipe(z.string().regex(/^[^\s"']+$/, "no spaces or quotes")), w, `cmdline() word ${i + 1}`)));
+    layer.cmdline.push(...words.map((w, i) => parseWith(CmdlineWord, w, `cmdline() word ${i + 1}`)));
     return this;
   }
 

@@ -23,6 +23,16 @@ export const ARCHES = ["x86-64"] as const;
 
 const noNul = (s: string) => !s.includes("\0");
 const noNewline = (s: string) => !/[\r\n]/.test(s);
+/**
+ * Values written into mkosi's config files must survive mkosi 25's reader (mkosi/config.py
+ * parse_ini): it splits lines with Python's str.splitlines() (also \v \f \x1c–\x1e \x85 \u2028
+ * \u2029), cuts each line at the first `#` (a comment anywhere on the line), strips values with
+ * str.strip() (any Unicode whitespace) and splits list settings on their delimiter. So such values
+ * hold no whitespace, no C0/C1 control character and no `#`; `%` is escaped by the compiler (`%%`).
+ */
+// eslint-disable-next-line no-control-regex -- the control characters are what is matched
+export const MKOSI_UNSAFE = /[\s\x00-\x1f\x7f-\x9f#]/u;
+const mkosiSafe = (s: string) => !MKOSI_UNSAFE.test(s);
 
 /** Absolute, normalised path inside the image: no `..`, no `.` segments, no NUL, no empty segment. */
 export const ImagePath = z
@@ -70,13 +80,19 @@ export const FileEntry = z.object({ path: ImagePath, source: FileSource, mode: M
 export const Arg = z.string().max(65536).refine(noNul, "argument contains a NUL byte (cannot be passed to a process)");
 export const RunStep = z.object({ phase: z.enum(PHASES), cmd: Arg.pipe(z.string().min(1)), args: z.array(Arg).max(4096) }).strict();
 
+/** A kernel command-line word: it goes into mkosi.conf's KernelCommandLine= (see MKOSI_UNSAFE). */
+export const CmdlineWord = Arg.pipe(z.string().regex(/^[^\s"']+$/, "kernel command-line words have no spaces or quotes").refine(mkosiSafe, "kernel command-line words go into mkosi.conf: no control characters, line breaks or '#'"));
+
+/** A path for mkosi's RemoveFiles= (a comma-separated list in mkosi.conf): see MKOSI_UNSAFE. */
+const DebloatPath = ImagePath.refine((p) => mkosiSafe(p) && !p.includes(","), "debloat paths go into mkosi's RemoveFiles= list: no whitespace, control characters, ',' or '#'");
+
 const UnitName = z.string().regex(/^[A-Za-z0-9:_.@\\-]+\.(service|socket|timer|target|path|mount|automount|swap|slice|scope|device)$/, "not a systemd unit name");
 
 export const Debloat = z
   .object({
     enabled: z.boolean(),
-    pathsRemoveExtra: z.array(ImagePath),
-    pathsSkip: z.array(ImagePath),
+    pathsRemoveExtra: z.array(DebloatPath),
+    pathsSkip: z.array(DebloatPath),
     systemdMinimize: z.boolean(),
     unitsKeepExtra: z.array(UnitName),
   })
@@ -125,7 +141,7 @@ export const Layer = z
     packages: z.array(PackageName),
     files: z.array(FileEntry),
     runs: z.array(RunStep),
-    cmdline: z.array(Arg.pipe(z.string().regex(/^[^\s"']+$/, "kernel command-line words have no spaces or quotes"))),
+    cmdline: z.array(CmdlineWord),
   })
   .strict();
 
