@@ -101,6 +101,22 @@ describe("fuzz: only TdxError comes out", () => {
       }),
       { numRuns: 300 },
     );
+    // A tampered lock is always rejected: any change of a sealed lock's content fails with E_LOCKFILE.
+    let tampered = 0;
+    fc.assert(
+      fc.property(fc.array(fc.nat(), { minLength: 1, maxLength: 4 }), fc.oneof(weird, fc.string(), fc.integer()), (p, v) => {
+        const changed = mutate(valid, p, v);
+        let text: string;
+        try { text = stableJson(changed); } catch { return; }
+        if (text === stableJson(valid)) return;
+        tampered++;
+        let code: string | undefined;
+        try { parseLock(text); } catch (e) { code = e instanceof TdxError ? e.code : String(e); }
+        expect(code).toBe("E_LOCKFILE");
+      }),
+      { numRuns: 300, seed: 909 },
+    );
+    expect(tampered).toBeGreaterThan(200);
   });
 
   it("secret payloads: validatePayload never throws; materializeRuntime only TdxError", async () => {
