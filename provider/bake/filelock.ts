@@ -11,7 +11,7 @@
  * the lock is held — only the holder ever cleans up after a dead one.
  */
 import { spawn } from "node:child_process";
-import { promises as fs } from "node:fs";
+import { promises as fs, readFileSync } from "node:fs";
 import { TdxError } from "../errors";
 
 export interface LockOptions {
@@ -30,7 +30,12 @@ export async function acquire(file: string, opts: LockOptions = {}): Promise<() 
   const exited = new Promise<number | null>((resolve) => holder.once("close", (code) => resolve(code)));
   let stderr = "";
   holder.stderr.on("data", (d: Buffer) => { if (stderr.length < 4096) stderr += d.toString(); });
-  const waiting = setTimeout(() => opts.onWait?.(), 300);
+  // Tell the caller it waits only when someone holds the lock (a holder's pid is in the file).
+  const waiting = setTimeout(() => {
+    let held = "";
+    try { held = readFileSync(file, "utf8").trim(); } catch { /* unreadable: say nothing */ }
+    if (held) opts.onWait?.();
+  }, 500);
   try {
     const got = await new Promise<boolean>((resolve, reject) => {
       holder.stdout.once("data", () => resolve(true));
