@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { readFileSync } from "node:fs";
 import { TdxError } from "./errors";
 import { Recipe } from "./recipe/schema";
-import { ContentStore } from "./fetch";
+import { ContentStore, redactRef } from "./fetch";
 import { createLock, readLock, writeLock, checkFrozen, checkBakePolicy, LOCK_FILE, Lock, LockOptions } from "./lock";
 import { PolicyWarning } from "./lock/policy";
 import { compile, MkosiTree } from "./compile";
@@ -83,7 +83,8 @@ export function compileFromStore(recipe: Recipe, lock: Lock, cacheDir: string): 
   return compile({
     recipe,
     lock,
-    source: (ref) => {
+    source: (src) => {
+      const ref = redactRef(src); // the lock names sources without URL credentials
       const input = byRef.get(ref);
       if (!input) throw new TdxError("E_LOCKFILE", `source ${ref} is not in the lock`, { hint: "Run img.lock() again." });
       const hex = Buffer.from(input.sha256.slice("sha256-".length), "base64").toString("hex");

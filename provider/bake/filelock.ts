@@ -1,8 +1,18 @@
 /**
- * A cross-process lock on a file: created with O_EXCL and holding the owner's pid. A lock whose
- * owner no longer runs is stale and taken over. Waiters poll (bakes take minutes; 200 ms is fine).
+ * A cross-process lock on a file with flock(2) semantics: a child process (util-linux `flock`)
+ * takes an exclusive flock on the file and holds it while it lives. The kernel grants it to one
+ * holder at a time and drops it when that holder dies, so a dead holder's lock is free at once
+ * and two waiters can never both take it over. The child dies with us: its stdin is our pipe
+ * (EOF when we exit, however we exit) and `setpriv --pdeathsig SIGKILL` is set on it.
+ *
+ * The file itself is never removed (removing a flock file lets a late waiter lock an unlinked
+ * inode). While held it names the holder's pid; a clean release empties it. A holder that finds
+ * a pid in it therefore knows the previous holder died while holding: `onStale` runs then, while
+ * the lock is held — only the holder ever cleans up after a dead one.
  */
-import { promises as fs } from "node:fs";
+import { spawn } from "node:child_process";
+import { promises as fs, readFileSync } from "node:fs";
+import { TdxError } from "../errors";
 
 /** Whether a process with this pid exists (EPERM: it does, owned by someone else). */
 export function alive(pid: number): boolean {
@@ -17,52 +27,75 @@ export function alive(pid: number): boolean {
 export interface LockOptions {
   timeoutMs?: number;
   onWait?: () => void;
-  /** Called (before we own the lock) when the previous holder died without releasing it. */
+  /** Called, holding the lock, when the previous holder died without releasing it. */
   onStale?: (deadPid: number) => void | Promise<void>;
 }
 
 /**
- * One attempt to take the lock (a stale lock is taken over): the release function, or the pid
- * of the running process that holds it (0 while its owner has not written its pid yet).
+ * Take the lock: wait up to opts.timeoutMs (`wait`), or only try once. The release function, or
+ * null when `wait` is false and another process holds it.
  */
-export async function tryAcquire(file: string, opts: Pick<LockOptions, "onStale"> = {}): Promise<{ release: () => Promise<void> } | { owner: number }> {
-  for (;;) {
-    try {
-      const fh = await fs.open(file, "wx");
-      await fh.writeFile(`${process.pid}\n`);
-      await fh.close();
-      return {
-        release: async () => {
-          await fs.rm(file, { force: true });
-        },
-      };
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+async function lock(file: string, opts: LockOptions, wait: boolean): Promise<(() => Promise<void>) | null> {
+  const timeoutS = Math.max(1, Math.ceil((opts.timeoutMs ?? 6 * 3600_000) / 1000));
+  await (await fs.open(file, "a", 0o644)).close();
+  // flock -F execs the shell, which keeps the lock fd: one process holds the lock. It says
+  // "locked" once it has it and exits when its stdin ends (our release, or our death).
+  const how = wait ? ["--timeout", String(timeoutS)] : ["--nonblock"];
+  const holder = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", "flock", "--exclusive", "--no-fork", ...how, "--conflict-exit-code", "75", file, "/bin/sh", "-c", "echo locked; read _ || true"], { stdio: ["pipe", "pipe", "pipe"] });
+  const exited = new Promise<number | null>((resolve) => holder.once("close", (code) => resolve(code)));
+  let stderr = "";
+  holder.stderr.on("data", (d: Buffer) => { if (stderr.length < 4096) stderr += d.toString(); });
+  // Tell the caller it waits only when someone holds the lock (a holder's pid is in the file).
+  const waiting = wait ? setTimeout(() => {
+    let held = "";
+    try { held = readFileSync(file, "utf8").trim(); } catch { /* unreadable: say nothing */ }
+    if (held) opts.onWait?.();
+  }, 500) : undefined;
+  try {
+    const got = await new Promise<boolean>((resolve, reject) => {
+      holder.stdout.once("data", () => resolve(true));
+      holder.once("error", reject);
+      void exited.then(() => resolve(false));
+    });
+    if (!got) {
+      const code = await exited;
+      if (code === 75 && !wait) return null;
+      if (code === 75) throw new TdxError("E_BAKE", `timed out after ${timeoutS} s waiting for the lock ${file}`, { hint: "Another bake holds it (see `fuser` on the file); wait for it or stop it." });
+      throw new TdxError("E_BAKE", `could not lock ${file} (flock exited ${code}: ${stderr.trim()})`, { hint: "tdxvm needs util-linux's flock and setpriv on the host." });
     }
-    const owner = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
-    if (!(Number.isInteger(owner) && owner > 0 && !alive(owner))) return { owner: Number.isInteger(owner) && owner > 0 ? owner : 0 };
-    // Stale: remove only if it still names the dead owner (another waiter may have won).
-    const again = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
-    if (again === owner) {
-      await opts.onStale?.(owner);
-      await fs.rm(file, { force: true });
-    }
+  } finally {
+    clearTimeout(waiting);
   }
+  const release = async () => {
+    await fs.writeFile(file, "").catch(() => undefined);
+    holder.stdin.end();
+    await exited;
+  };
+  try {
+    const previous = (await fs.readFile(file, "utf8")).trim();
+    if (previous) await opts.onStale?.(Number(previous));
+    await fs.writeFile(file, `${process.pid}\n`);
+  } catch (e) {
+    holder.stdin.end();
+    await exited;
+    throw e;
+  }
+  return release;
 }
 
 export async function acquire(file: string, opts: LockOptions = {}): Promise<() => Promise<void>> {
-  const deadline = Date.now() + (opts.timeoutMs ?? 6 * 3600_000);
-  let told = false;
-  for (;;) {
-    const r = await tryAcquire(file, opts);
-    if ("release" in r) return r.release;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for lock ${file} (held by pid ${r.owner})`);
-    if (!told) {
-      opts.onWait?.();
-      told = true;
-    }
-    await new Promise((res) => setTimeout(res, 200));
-  }
+  return (await lock(file, opts, true))!;
+}
+
+/**
+ * One attempt to take the lock: the release function, or the pid of the process that holds it
+ * (0 while it has not written its pid yet).
+ */
+export async function tryAcquire(file: string, opts: Pick<LockOptions, "onStale"> = {}): Promise<{ release: () => Promise<void> } | { owner: number }> {
+  const release = await lock(file, opts, false);
+  if (release) return { release };
+  const owner = Number((await fs.readFile(file, "utf8").catch(() => "")).trim());
+  return { owner: Number.isInteger(owner) && owner > 0 ? owner : 0 };
 }
 
 export async function withFileLock<T>(file: string, fn: () => Promise<T>, opts: LockOptions = {}): Promise<T> {

@@ -19,8 +19,10 @@ export interface RunOptions {
   onLine?: (line: string) => void;
   /** Keep this many trailing lines for error reports (default 40). */
   tailLines?: number;
-  /** Kill after this many ms (default: none). */
+  /** Kill after this many ms (default: none): SIGTERM, then SIGKILL `killAfterMs` later. */
   timeoutMs?: number;
+  /** Grace between SIGTERM and SIGKILL, on timeout and abort (default 10 s). */
+  killAfterMs?: number;
   signal?: AbortSignal;
 }
 
@@ -48,10 +50,15 @@ export function sandboxScript(root: string, argv: string[], binds: Bind[] = [], 
   return lines.join("\n");
 }
 
-/** Argv that runs `argv` inside `root` with the mount set, in a private mount namespace. */
-export function sandboxArgv(root: string, argv: string[], binds: Bind[] = [], env: Record<string, string> = {}): string[] {
+/**
+ * Argv that runs `argv` inside `root` with the mount set, in a private mount namespace. The
+ * sandbox dies with the calling process (`setpriv --pdeathsig SIGKILL` on unshare, whose
+ * --kill-child takes the PID namespace along) unless `outliveParent` (a detached VM).
+ */
+export function sandboxArgv(root: string, argv: string[], binds: Bind[] = [], env: Record<string, string> = {}, opts: { outliveParent?: boolean } = {}): string[] {
   // --pid: every process started inside (daemons included) dies with the sandbox.
-  return ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", sandboxScript(root, argv, binds, env)];
+  const unshare = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", sandboxScript(root, argv, binds, env)];
+  return opts.outliveParent ? unshare : ["setpriv", "--pdeathsig", "SIGKILL", "--", ...unshare];
 }
 
 /** Run a process, streaming lines to onLine and keeping a tail. Never throws for exit codes. */
@@ -76,19 +83,27 @@ export function runStreaming(argv: string[], opts: RunOptions = {}): Promise<Run
     child.stdout.on("data", (c: Buffer) => feed("out", c));
     child.stderr.on("data", (c: Buffer) => feed("err", c));
     let timer: NodeJS.Timeout | undefined;
-    if (opts.timeoutMs) timer = setTimeout(() => child.kill("SIGTERM"), opts.timeoutMs);
-    const onAbort = () => child.kill("SIGTERM");
+    let killer: NodeJS.Timeout | undefined;
+    // TERM first (mkosi cleans up), KILL if it is still there after the grace period.
+    const stop = () => {
+      child.kill("SIGTERM");
+      killer ??= setTimeout(() => child.kill("SIGKILL"), opts.killAfterMs ?? 10_000);
+    };
+    if (opts.timeoutMs) timer = setTimeout(stop, opts.timeoutMs);
+    const onAbort = stop;
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     // Forward Ctrl-C to the child so it can stop cleanly; the namespace takes the mounts with it.
     const onSigint = () => child.kill("SIGINT");
     process.once("SIGINT", onSigint);
     child.on("error", (e) => {
       if (timer) clearTimeout(timer);
+      if (killer) clearTimeout(killer);
       process.removeListener("SIGINT", onSigint);
       reject(e);
     });
     child.on("close", (code, signal) => {
       if (timer) clearTimeout(timer);
+      if (killer) clearTimeout(killer);
       process.removeListener("SIGINT", onSigint);
       opts.signal?.removeEventListener("abort", onAbort);
       resolve({ code, signal, tail });

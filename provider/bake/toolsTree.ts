@@ -63,6 +63,8 @@ const apt = (pkg: string) => `apt-get install -y ${pkg}`;
 export const PROVISION_COMMANDS: HostRequirement[] = [
   { command: "debootstrap", install: apt("debootstrap") },
   { command: "unshare", install: apt("util-linux") },
+  { command: "setpriv", install: apt("util-linux") },
+  { command: "flock", install: apt("util-linux") },
   { command: "mount", install: apt("mount") },
   { command: "chroot", install: apt("coreutils") },
 ];

@@ -80,7 +80,13 @@ function ini(sections: Array<[string, Array<[string, string | undefined]>]>): st
   for (const [name, kv] of sections) {
     const lines = kv.filter(([, v]) => v !== undefined && v !== "");
     if (!lines.length) continue;
-    out.push(`[${name}]`, ...lines.map(([k, v]) => `${k}=${v}`), "");
+    // The schema keeps line breaks, whitespace and `#` out of recipe values (MKOSI_UNSAFE); this
+    // is the backstop for every value, and `%` is escaped because mkosi expands specifiers in all.
+    for (const [k, v] of lines) {
+// eslint-disable-next-line no-control-regex -- the control characters are what is matched
+      if (/[\n\r\v\f\x1c-\x1e\x85\u2028\u2029#]/u.test(v!)) throw new TdxError("E_VALIDATION", `the value of mkosi setting ${k} would break mkosi's config file (a line break or '#')`, { hint: "Remove control characters and '#' from the recipe value." });
+    }
+    out.push(`[${name}]`, ...lines.map(([k, v]) => `${k}=${v!.replace(/%/g, "%%")}`), "");
   }
   return out.join("\n");
 }

@@ -14,7 +14,7 @@
  * pflash, no SMM, no TPM), following docs/design.md §3.
  */
 import { spawn } from "node:child_process";
-import { promises as fs, existsSync, openSync, closeSync, readFileSync } from "node:fs";
+import { promises as fs, existsSync, openSync, closeSync, readFileSync, readlinkSync, realpathSync } from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
@@ -140,6 +140,47 @@ function cmdlineOf(pid: number): string {
   }
 }
 
+/** The file tdxvm puts into every VM state directory it creates; it names the directory. */
+export const VM_MARKER = ".tdxvm-vm";
+const markerText = (dir: string) => `tdxvm VM state directory ${dir}\n`;
+
+/** Put tdxvm's marker into a fresh state directory (absolute path). */
+export async function markVmDir(dir: string): Promise<void> {
+  await fs.writeFile(path.join(dir, VM_MARKER), markerText(dir), { flag: "wx", mode: 0o600 });
+}
+
+/**
+ * Is `dir` a VM state directory tdxvm made? An absolute, normalised path other than `/`, a real
+ * directory (not a symbolic link), directly below `root` when one is given, holding tdxvm's
+ * marker as a regular file that names this very path. State and vm.json are untrusted: nothing
+ * else is ever removed.
+ */
+export async function ownedVmDir(dir: unknown, root?: string): Promise<boolean> {
+  if (typeof dir !== "string" || !path.isAbsolute(dir) || path.normalize(dir) !== dir || path.dirname(dir) === dir || dir.endsWith("/")) return false;
+  if (root !== undefined && path.dirname(dir) !== path.resolve(root)) return false;
+  const st = await fs.lstat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) return false;
+  const m = await fs.lstat(path.join(dir, VM_MARKER)).catch(() => undefined);
+  if (!m?.isFile() || m.size > 4096) return false;
+  return (await fs.readFile(path.join(dir, VM_MARKER), "utf8").catch(() => "")) === markerText(dir);
+}
+
+/**
+ * Is `pid` the QEMU of the VM in `stateDir`? Same boot and start time (no reused pid), a
+ * `qemu-system-*` command line, and its stdout is that VM's qemu.log (startVm opens it on the
+ * host before QEMU starts, so no other process holds it). Only such a pid is ever signalled.
+ */
+export function isVmQemu(pid: unknown, startTime: unknown, stateDir: string, boot?: unknown): boolean {
+  if (!Number.isSafeInteger(pid) || (pid as number) <= 1 || typeof startTime !== "number") return false;
+  if (boot !== undefined && boot !== bootId()) return false;
+  if (procStartTime(pid as number) !== startTime || !cmdlineOf(pid as number).startsWith("qemu-system-")) return false;
+  try {
+    return readlinkSync(`/proc/${pid}/fd/1`) === realpathSync(path.join(stateDir, "qemu.log"));
+  } catch {
+    return false;
+  }
+}
+
 /** This boot of the host: pid + start time are unique only within one boot. */
 export function bootId(): string {
   try {
@@ -175,6 +216,8 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   const stateDir = path.resolve(spec.stateDir);
   await fs.mkdir(stateDir, { recursive: true, mode: 0o700 });
   if ((await fs.readdir(stateDir)).length) throw new TdxError("E_DEPLOYMENT", `VM state directory ${stateDir} is not empty`, { hint: "Use a fresh directory per VM (tdxvm picks one under the cache by default)." });
+  // tdxvm's mark: stopVm and sweepStale remove only directories that carry it (see ownedVmDir).
+  await markVmDir(stateDir);
   // Who is starting this VM: if that process dies before the VM is marked ready, sweepStale() removes it.
   await fs.writeFile(path.join(stateDir, "creator"), `${process.pid} ${procStartTime(process.pid) ?? 0} ${bootId()}\n`);
   if (!existsSync(spec.disk)) throw new TdxError("E_DEPLOYMENT", `disk image ${spec.disk} does not exist`, { hint: "Bake the image (it may have been removed from the cache); TdxImage re-bakes on the next `pulumi up`." });
@@ -219,7 +262,7 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
     { host: stateDir, inside: D },
     { host: path.dirname(path.resolve(spec.disk)), inside: "/disk", readOnly: true },
     ...(ca ? [{ host: ca.dir, inside: "/localca", readOnly: true }] : []),
-  ]);
+  ], {}, { outliveParent: true }); // the VM outlives the provider process that starts it
   const logFd = openSync(path.join(stateDir, "qemu.log"), "a");
   let child;
   try {
@@ -335,12 +378,13 @@ export async function sweepStale(root: string): Promise<string[]> {
         removed.push(dir);
       }
     } else if (n.startsWith("vm-")) {
-      const vm = await fs.readFile(path.join(dir, "vm.json"), "utf8").then((t) => JSON.parse(t) as VmInfo & { ready?: boolean }, () => undefined);
+      if (!(await ownedVmDir(dir, root))) continue; // not ours
+      const vm = await fs.readFile(path.join(dir, "vm.json"), "utf8").then((t) => JSON.parse(t) as Partial<VmInfo> & { ready?: boolean }, () => undefined);
       if (vm?.ready) continue;
       const creator = await fs.readFile(path.join(dir, "creator"), "utf8").catch(() => "");
       if (creator && alive(creator)) continue;
-      if (!creator && !vm) continue; // not ours
-      await stopVm(vm ?? { stateDir: dir }, { graceMs: 2000 });
+      // The directory is ours; pids come from its vm.json only (stopVm proves them again).
+      await stopVm({ pid: vm?.pid, startTime: vm?.startTime, bootId: vm?.bootId, stateDir: dir }, { graceMs: 2000, root });
       removed.push(dir);
     }
   }
@@ -413,17 +457,20 @@ export async function waitReady(vm: VmInfo, r: Readiness = {}, onProgress?: (msg
   }
 }
 
-/** Stop the VM: SIGTERM, then SIGKILL after `graceMs`; then remove its state directory. Idempotent. */
-export async function stopVm(vm: Partial<Pick<VmInfo, "pid" | "startTime" | "stateDir" | "bootId">>, opts: { graceMs?: number; keepState?: boolean } = {}): Promise<{ killed: boolean }> {
-  let info = vm;
-  if ((!info.pid || info.startTime === undefined) && info.stateDir) {
-    // An older or partial state record: the VM's own vm.json knows the pid.
-    const saved = await fs.readFile(path.join(info.stateDir, "vm.json"), "utf8").then((t) => JSON.parse(t) as VmInfo, () => undefined);
-    if (saved) info = { ...saved, ...Object.fromEntries(Object.entries(info).filter(([, v]) => v !== undefined)) };
-  }
+/**
+ * Stop the VM: SIGTERM, then SIGKILL after `graceMs`; then remove its state directory. Idempotent.
+ * `vm` may come from state, i.e. be anything: nothing happens unless `stateDir` is a directory
+ * tdxvm made (ownedVmDir, below `root` when given), and only a pid proven to be that VM's QEMU
+ * (isVmQemu: the one named by the caller, else the one in the directory's vm.json) is signalled.
+ */
+export async function stopVm(vm: Partial<Pick<VmInfo, "pid" | "startTime" | "stateDir" | "bootId">>, opts: { graceMs?: number; keepState?: boolean; root?: string } = {}): Promise<{ killed: boolean; owned: boolean }> {
+  const stateDir = vm.stateDir;
+  if (!(await ownedVmDir(stateDir, opts.root))) return { killed: false, owned: false };
+  const saved = await fs.readFile(path.join(stateDir!, "vm.json"), "utf8").then((t) => JSON.parse(t) as Partial<VmInfo>, () => undefined);
+  const info = [vm, saved ?? {}].find((c) => isVmQemu(c.pid, c.startTime, stateDir!, c.bootId));
   let killed = false;
-  if (info.pid && info.startTime !== undefined && vmRunning(info as VmInfo)) {
-    const pid = info.pid;
+  if (info) {
+    const pid = info.pid!;
     const gone = async (ms: number) => {
       const end = Date.now() + ms;
       while (Date.now() < end) {
@@ -439,6 +486,6 @@ export async function stopVm(vm: Partial<Pick<VmInfo, "pid" | "startTime" | "sta
       if (!(await gone(10_000))) throw new TdxError("E_DEPLOYMENT", `QEMU (pid ${pid}) did not exit after SIGKILL`, { hint: "Check the process by hand (ps -p PID); the state directory was kept." });
     }
   }
-  if (info.stateDir && !opts.keepState) await fs.rm(info.stateDir, { recursive: true, force: true });
-  return { killed };
+  if (!opts.keepState) await fs.rm(stateDir!, { recursive: true, force: true });
+  return { killed, owned: true };
 }

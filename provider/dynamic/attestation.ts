@@ -16,7 +16,7 @@ import { TdxError } from "../errors";
 import { SecretDecl } from "../recipe/schema";
 import { SecretsDelivery } from "../secrets";
 import { fromComputed } from "./measurement";
-import { declared, failureOf, guarded, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, isUnknown, loadPath } from "./common";
+import { declared, failureOf, guarded, guardedSync, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, isUnknown, loadPath, parseState } from "./common";
 
 export const AttestationArgs = z.object({
   /** What is attested (the VM id): a new VM gets a new attestation. */
@@ -48,6 +48,19 @@ export const AttestationArgs = z.object({
   intervalSeconds: z.number().positive().default(5),
 }).loose();
 export type AttestationArgsT = z.infer<typeof AttestationArgs>;
+
+/** The outputs as state holds them (olds, props): typed wherever present. */
+export const AttestationState = z.object({
+  attested: z.boolean().optional(),
+  issuer: z.string().optional(),
+  checks: z.array(z.string()).optional(),
+  spkiSha256: z.string().optional(),
+  attestedAt: z.string().optional(),
+  attestSeconds: z.number().optional(),
+  secretNames: z.array(z.string()).optional(),
+  secretsDigest: z.string().nullable().optional(),
+}).loose();
+const state = (o: unknown) => guardedSync(() => parseState(AttestationState, o, "VmAttestation"));
 
 const OUT = ["attested", "issuer", "checks", "spkiSha256", "attestedAt", "attestSeconds", "secretNames", "secretsDigest"];
 const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
@@ -145,10 +158,11 @@ export const attestationProvider = {
 
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
     const n = declared(news);
-    const same = (k: string) => JSON.stringify(olds[k] ?? null) === JSON.stringify(n[k] ?? null);
+    const old = state(olds);
+    const same = (k: string) => JSON.stringify(old[k] ?? null) === JSON.stringify(n[k] ?? null);
     const replaces = ["target", "endpoint", "expected", "trust"].filter((k) => isUnknown(n[k]) || !same(k));
     const secrets = n.secrets as Record<string, string> | undefined;
-    if (isUnknown(secrets) || (olds.secretsDigest ?? null) !== secretsDigest(secrets)) replaces.push("secrets");
+    if (isUnknown(secrets) || (old.secretsDigest ?? null) !== secretsDigest(secrets)) replaces.push("secrets");
     return { changes: replaces.length > 0 || !same("timeoutSeconds"), replaces, deleteBeforeReplace: false };
   },
 
@@ -161,14 +175,15 @@ export const attestationProvider = {
   },
 
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ outs: Record<string, unknown> }> {
-    return { outs: { ...publicInputs(news), ...pick(olds, OUT) } };
+    return { outs: { ...publicInputs(news), ...pick(state(olds), OUT) } };
   },
 
   async read(id: string, props: Record<string, unknown>): Promise<{ id: string; props: Record<string, unknown> }> {
-    return { id, props: declared(props) };
+    return { id, props: declared(state(props)) };
   },
 
-  async delete(): Promise<void> {
+  async delete(_id: string, props: Record<string, unknown>): Promise<void> {
+    state(props);
     // Secrets live on the VM's tmpfs and go with the VM; an attestation is a check that passed.
   },
 };

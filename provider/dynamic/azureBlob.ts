@@ -13,7 +13,7 @@ import { statSync } from "node:fs";
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { findOnPath } from "../recipe/image";
-import { declared, failureOf, guarded, log, loadPath, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs } from "./common";
+import { declared, failureOf, guarded, guardedSync, log, loadPath, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, parseState } from "./common";
 
 export const AzureBlobArgs = z.object({
   file: z.string().min(1),
@@ -96,6 +96,11 @@ async function upload(a: AzureBlobArgsT, name: string): Promise<Record<string, u
 }
 
 const OUT = ["url", "blobType", "uploadedSize", "uploadSeconds", "exists"];
+/** Inputs and outputs as state holds them (olds, props): typed wherever present (the names reach az's argv). */
+export const AzureBlobState = AzureBlobArgs.partial().extend({
+  url: z.string().optional(), blobType: z.string().optional(), uploadedSize: z.number().optional(), uploadSeconds: z.number().optional(), exists: z.boolean().optional(),
+}).loose();
+const state = (o: unknown) => guardedSync(() => parseState(AzureBlobState, o, "Azure page blob"));
 const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
 export const azureBlobProvider = {
@@ -106,7 +111,8 @@ export const azureBlobProvider = {
     if (value.size % 512 !== 0) return { inputs, failures: [failureOf(new TdxError("E_VALIDATION", `a page blob must be a multiple of 512 bytes (got ${value.size})`, { details: { property: "size" } }))] };
     return { inputs };
   },
-  async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
+  async diff(_id: string, oldState: Record<string, unknown>, news: Record<string, unknown>) {
+    const olds: Record<string, unknown> = state(oldState);
     const where = ["accountName", "containerName", "blobName"];
     const replaces = ["sha256", ...where].filter((k) => olds[k] !== news[k]);
     if (olds.exists === false) replaces.push("exists");
@@ -123,9 +129,10 @@ export const azureBlobProvider = {
     });
   },
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    return { outs: { ...inputsOnly(news), ...pick(olds, OUT) } };
+    return { outs: { ...inputsOnly(news), ...pick(state(olds), OUT) } };
   },
   async read(id: string, props: Record<string, unknown>) {
+    state(props);
     return guarded(async () => {
       const p = AzureBlobArgs.safeParse(inputsOnly(props));
       if (!p.success) return { id, props: declared(props) };
@@ -137,7 +144,8 @@ export const azureBlobProvider = {
     await guarded(async () => {
       // The id is "account/container/blob" in every state version: no schema needed to clean up.
       const [accountName, containerName, ...blob] = id.split("/");
-      const at = { accountName: String(props.accountName ?? accountName), containerName: String(props.containerName ?? containerName), blobName: String(props.blobName ?? blob.join("/")) };
+      const s = state(props);
+      const at = parseState(AzureBlobArgs.pick({ accountName: true, containerName: true, blobName: true }), { accountName: s.accountName ?? accountName, containerName: s.containerName ?? containerName, blobName: s.blobName ?? blob.join("/") }, "Azure page blob");
       const r = await az(["storage", "blob", "delete", "--auth-mode", "login", "--account-name", at.accountName, "--container-name", at.containerName, "--name", at.blobName]);
       if (r.code !== 0 && !/BlobNotFound|ContainerNotFound/i.test(r.stderr)) throw new TdxError("E_DEPLOYMENT", `az storage blob delete failed: ${r.stderr.trim().split("\n").slice(-2).join(" ")}`, { hint: "Delete the blob by hand or rerun `pulumi destroy`." });
     });

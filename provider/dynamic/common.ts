@@ -33,27 +33,47 @@ export function pick(o: Record<string, unknown>, keys: ReadonlyArray<string>): R
   return Object.fromEntries(keys.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
 }
 
-export interface CheckFailure { property: string; reason: string }
+/**
+ * A check failure. `property` is always empty: the engine prints `inputs[property]` verbatim next
+ * to a failure that names one (pulumi/pulumi pkg/resource/deploy/step_generator.go,
+ * issueCheckFailures, diagnostic 2003 "… property '%v' value %v has a problem: %v"), secret inputs
+ * included. The input concerned is named in the reason instead.
+ */
+export interface CheckFailure { property: ""; reason: string }
 
-/** A check failure for a TdxError (code and hint stay visible in `pulumi preview`). */
-export function failureOf(e: unknown, property = ""): CheckFailure {
-  if (e instanceof TdxError) return { property: String(e.details?.property ?? property), reason: `${e.code}: ${e.message} (hint: ${e.hint})` };
+/** A check failure for a TdxError (code and hint stay visible in `pulumi preview`); `input` is named in the reason. */
+export function failureOf(e: unknown, input = ""): CheckFailure {
+  if (e instanceof TdxError) {
+    const about = String(e.details?.property ?? input);
+    return { property: "", reason: `${e.code}: ${e.message}${about ? ` (input ${about})` : ""} (hint: ${e.hint})` };
+  }
   throw e;
 }
 
 export function parseInputs<T>(schema: z.ZodType<T>, inputs: unknown): { ok: true; value: T } | { ok: false; failures: CheckFailure[] } {
   const r = schema.safeParse(inputs);
   if (r.success) return { ok: true, value: r.data };
-  return {
-    ok: false,
-    failures: r.error.issues.map((i) => ({ property: i.path.map(String).join("."), reason: `E_VALIDATION: ${formatIssues([i])}` })),
-  };
+  // formatIssues names the path (never the value); no property, see CheckFailure.
+  return { ok: false, failures: r.error.issues.map((i) => ({ property: "", reason: `E_VALIDATION: ${formatIssues([i])}` })) };
+}
+
+/**
+ * What the engine hands back from state (`olds`, `props`), validated: state can be edited, come
+ * from another version or be hostile, so a provider reads it only through a schema. Fails with
+ * E_VALIDATION naming the fields (never their values).
+ */
+export function parseState<T>(schema: z.ZodType<T>, value: unknown, resource: string): T {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  throw new TdxError("E_VALIDATION", `the ${resource} state is malformed: ${formatIssues(r.error.issues)}`, {
+    hint: "The state was edited or written by an incompatible version: `pulumi refresh`, or remove the resource from the state (`pulumi state delete <urn>`) and deploy again.",
+  });
 }
 
 /** Validated inputs for create/update (check already reported failures; this is the backstop). */
 export function requireInputs<T>(schema: z.ZodType<T>, inputs: unknown): T {
   const p = parseInputs(schema, inputs);
-  if (!p.ok) throw new TdxError("E_VALIDATION", p.failures.map((f) => `${f.property}: ${f.reason}`).join("; "));
+  if (!p.ok) throw new TdxError("E_VALIDATION", p.failures.map((f) => f.reason.replace(/^E_VALIDATION: /, "")).join("; "));
   return p.value;
 }
 
@@ -81,6 +101,14 @@ export function userError(e: unknown): Error {
     return err;
   }
   return e instanceof Error ? e : new Error(String(e));
+}
+
+export function guardedSync<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw userError(e);
+  }
 }
 
 export async function guarded<T>(fn: () => Promise<T>): Promise<T> {

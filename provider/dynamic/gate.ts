@@ -10,7 +10,7 @@ import * as http from "node:http";
 import * as https from "node:https";
 import { z } from "zod";
 import { TdxError } from "../errors";
-import { declared, guarded, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs } from "./common";
+import { declared, guarded, guardedSync, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, parseState } from "./common";
 
 export const GateArgs = z.object({
   /** What is being gated (e.g. the VM id): a new target gets a new gate. */
@@ -70,6 +70,9 @@ async function pass(a: GateArgsT, name: string): Promise<Record<string, unknown>
 }
 
 const OUT = ["passed", "attempts", "seconds"];
+/** The outputs as state holds them (olds, props): typed wherever present. */
+export const GateState = z.object({ passed: z.boolean().optional(), attempts: z.number().int().optional(), seconds: z.number().optional() }).loose();
+const state = (o: unknown) => guardedSync(() => parseState(GateState, o, "rollout gate"));
 const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
 export const gateProvider = {
@@ -78,7 +81,8 @@ export const gateProvider = {
     return start.done ?? { inputs: start.inputs };
   },
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    const replaces = ["target", "url", "expectStatus"].filter((k) => JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null));
+    const old = state(olds);
+    const replaces = ["target", "url", "expectStatus"].filter((k) => JSON.stringify(old[k] ?? null) !== JSON.stringify(news[k] ?? null));
     return { changes: replaces.length > 0, replaces, deleteBeforeReplace: false };
   },
   async create(inputs: Record<string, unknown>) {
@@ -88,12 +92,13 @@ export const gateProvider = {
     });
   },
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    return { outs: { ...inputsOnly(news), ...pick(olds, OUT) } };
+    return { outs: { ...inputsOnly(news), ...pick(state(olds), OUT) } };
   },
   async read(id: string, props: Record<string, unknown>) {
-    return { id, props: declared(props) };
+    return { id, props: declared(state(props)) };
   },
-  async delete(): Promise<void> {
+  async delete(_id: string, props: Record<string, unknown>): Promise<void> {
+    state(props);
     // A gate is a check that passed; nothing exists outside the state.
   },
 };

@@ -19,7 +19,7 @@ import { TARGETS } from "../recipe/schema";
 import { bake, planBake, BakeResult, BakeOptions } from "../bake";
 import { digestOf } from "../recipe/digest";
 import { defaultCacheDir } from "../pipeline";
-import { UNKNOWN, isUnknown, declared, failureOf, guarded, log, storePath, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs } from "./common";
+import { UNKNOWN, isUnknown, declared, failureOf, guarded, guardedSync, log, storePath, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs, parseState } from "./common";
 
 export const IMAGE_STATE_VERSION = 1;
 
@@ -37,6 +37,21 @@ export const ImageArgs = z.object({
 export type ImageArgsT = z.infer<typeof ImageArgs>;
 
 export interface ArtifactOut { path: string; sha256: string; size: number }
+const ArtifactOutSchema = z.object({ path: z.string().min(1), sha256: z.string(), size: z.number().int().nonnegative() }).loose();
+
+/** The computed fields as state holds them (olds, props, checked inputs): typed wherever present. */
+export const ImageState = z.object({
+  stateVersion: z.number().optional(),
+  recipeDigest: z.string().optional(),
+  bakeKey: z.string().nullable().optional(),
+  lockDigest: z.string().optional(),
+  artifacts: z.record(z.string(), ArtifactOutSchema).optional(),
+  reportPath: z.string().optional(),
+  systemdStub: z.string().nullable().optional(),
+  rootfs: z.string().optional(),
+  rootHash: z.string().nullable().optional(),
+  missing: z.array(z.string()).optional(),
+}).loose();
 
 /** What check (bakeOnPreview) or create adds to the inputs. */
 export interface ImageComputed {
@@ -107,9 +122,9 @@ export const imageProvider = {
     if (start.done) return start.done;
     const { inputs, value: a } = start;
     try {
+      const old = parseState(ImageState, olds, "TdxImage") as Partial<ImageComputed>;
       const img = image(a);
       const plan = await planBake({ recipe: img.recipe, projectDir: img.projectDir }, bakeOptions(a));
-      const old = olds as Partial<ImageComputed>;
       // Unchanged: reuse what the last run computed (no cache lookup, no bake).
       if (plan.key && old.bakeKey === plan.key && old.artifacts && !missingArtifacts(old.artifacts).length) {
         return { inputs: { ...inputs, ...pick(old) } };
@@ -125,7 +140,7 @@ export const imageProvider = {
   },
 
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
-    const o = olds as Partial<ImageComputed> & Record<string, unknown>;
+    const o = guardedSync(() => parseState(ImageState, olds, "TdxImage")) as Partial<ImageComputed> & Record<string, unknown>;
     const n = news as Partial<ImageComputed> & Record<string, unknown>;
     let changes: boolean;
     if (isUnknown(declared(userInputs(n)))) changes = true;
@@ -149,7 +164,7 @@ export const imageProvider = {
   },
 
   async read(id: string, props: Record<string, unknown>): Promise<{ id: string; props: Record<string, unknown> }> {
-    const missing = missingArtifacts((props as Partial<ImageComputed>).artifacts);
+    const missing = missingArtifacts(guardedSync(() => parseState(ImageState, props, "TdxImage")).artifacts);
     const { missing: _m, ...rest } = declared(props);
     void _m;
     return { id, props: { ...rest, ...(missing.length ? { missing } : {}) } };
@@ -168,7 +183,7 @@ function pick(o: Partial<ImageComputed>): ImageComputed {
 /** create/update: the checked inputs already carry a bake (bakeOnPreview) unless the cache lost it. */
 async function ensureBaked(inputs: Record<string, unknown>): Promise<ImageComputed> {
   const a = requireInputs(ImageArgs, declared(userInputs(inputs)));
-  const have = inputs as Partial<ImageComputed>;
+  const have = parseState(ImageState, inputs, "TdxImage") as Partial<ImageComputed>;
   if (have.artifacts && have.bakeKey && have.bakeKey !== UNKNOWN && !missingArtifacts(have.artifacts).length) return pick(have);
   return runBake(a, "TdxImage");
 }

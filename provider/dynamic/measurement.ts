@@ -7,14 +7,13 @@
  * Measuring is pure: update recomputes in place, delete has nothing to remove.
  */
 import { createHash } from "node:crypto";
-import { promises as fs } from "node:fs";
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { digestOf } from "../recipe/digest";
-import { measureBake, firmwarePath } from "../measure/api";
+import { measureBake, firmwarePath, readMeasureInput } from "../measure/api";
 import { defaultCacheDir } from "../pipeline";
 import { diffMeasurements, diffToMarkdown, Measurements, RegisterValue } from "../measure/ledger";
-import { isUnknown, declared, failureOf, guarded, log, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs } from "./common";
+import { isUnknown, declared, failureOf, guarded, guardedSync, log, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs, parseState } from "./common";
 import type { ArtifactOut } from "./image";
 import { ROOTFS_MODES } from "../recipe/schema";
 
@@ -60,6 +59,19 @@ export interface MeasurementComputed {
   diffMarkdown: string;
 }
 
+/** The computed fields as state holds them (olds, checked inputs): typed wherever present. */
+export const MeasurementState = z.object({
+  stateVersion: z.number().optional(),
+  measurementKey: z.string().optional(),
+  registers: z.record(z.string(), z.string().nullable()).optional(),
+  status: z.record(z.string(), z.string()).optional(),
+  ledger: z.record(z.string(), z.array(z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string(), pcr: z.number().optional(), log: z.enum(["firmware", "userspace"]).optional() }).loose())).optional(),
+  assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).optional(),
+  diffMarkdown: z.string().optional(),
+  backend: z.string().optional(),
+}).loose();
+const state = (o: unknown) => parseState(MeasurementState, o, "TdxMeasurement") as Partial<MeasurementComputed> & Record<string, unknown>;
+
 const COMPUTED = ["stateVersion", "measurementKey", "registers", "status", "ledger", "assumptions", "diffMarkdown"];
 const userInputs = (n: Record<string, unknown>) => omit(n, COMPUTED);
 
@@ -69,18 +81,18 @@ function need(a: MeasurementArgsT, key: string): ArtifactOut {
   return x;
 }
 
-async function fileSha256(p: string): Promise<string> {
-  return createHash("sha256").update(await fs.readFile(p)).digest("hex");
+async function fileSha256(p: string, what: string): Promise<string> {
+  return createHash("sha256").update(await readMeasureInput(p, what)).digest("hex");
 }
 
 export async function measurementKey(a: MeasurementArgsT): Promise<string> {
   // The firmware actually used — the default one too: an OVMF update must show as a change.
   const fwFile = firmwarePath({ backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware }, a.cacheDir ? loadPath(a.cacheDir) : defaultCacheDir());
-  const fw = typeof a.firmware === "object" ? a.firmware : fwFile ? { sha256: await fileSha256(fwFile) } : a.firmware ? { missing: a.firmware } : null;
+  const fw = typeof a.firmware === "object" ? a.firmware : fwFile ? { sha256: await fileSha256(fwFile, "firmware") } : a.firmware ? { missing: a.firmware } : null;
   return digestOf({
     engine: MEASURE_ENGINE_VERSION, backend: a.backend, uki: need(a, "uki.efi").sha256, disk: need(a, "disk.raw").sha256,
     stub: a.image.systemdStub ?? null, rootfs: a.image.rootfs ?? null, firmware: fw, pageOrder: a.pageOrder ?? null,
-    ccel: a.capturedCcel ? await fileSha256(loadPath(a.capturedCcel)) : null, vm: a.vm ?? null,
+    ccel: a.capturedCcel ? await fileSha256(loadPath(a.capturedCcel), "captured CCEL") : null, vm: a.vm ?? null,
   });
 }
 
@@ -145,9 +157,10 @@ export const measurementProvider = {
     if (start.done) return start.done;
     const { inputs, value } = start;
     try {
+      const old = state(olds);
       const key = await measurementKey(value);
-      if (olds.measurementKey === key && olds.registers) return { inputs: { ...inputs, ...pick(olds) } };
-      return { inputs: { ...inputs, ...(await compute(value, olds)) } };
+      if (old.measurementKey === key && old.registers) return { inputs: { ...inputs, ...pick(old) } };
+      return { inputs: { ...inputs, ...(await compute(value, old)) } };
     } catch (e) {
       return { inputs, failures: [failureOf(e, "image")] };
     }
@@ -155,8 +168,9 @@ export const measurementProvider = {
 
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
     const n = declared(news);
+    const o = guardedSync(() => state(olds));
     if (isUnknown(userInputs(n)) || !n.measurementKey) return { changes: true, replaces: [], deleteBeforeReplace: false };
-    const changes = olds.measurementKey !== n.measurementKey || JSON.stringify(olds.registers) !== JSON.stringify(n.registers);
+    const changes = o.measurementKey !== n.measurementKey || JSON.stringify(o.registers) !== JSON.stringify(n.registers);
     return { changes, replaces: [], deleteBeforeReplace: false };
   },
 
@@ -181,6 +195,7 @@ export const measurementProvider = {
 };
 
 async function ensure(inputs: Record<string, unknown>, olds: Record<string, unknown>): Promise<MeasurementComputed> {
-  if (inputs.measurementKey && inputs.registers) return pick(inputs);
-  return compute(requireInputs(MeasurementArgs, declared(userInputs(inputs))), olds);
+  const have = state(inputs);
+  if (have.measurementKey && have.registers) return pick(have);
+  return compute(requireInputs(MeasurementArgs, declared(userInputs(inputs))), state(olds));
 }

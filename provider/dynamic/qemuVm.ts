@@ -22,7 +22,7 @@ import { ensureToolsTree } from "../bake/toolsTree";
 import { DEFAULT_DEBIAN } from "../lock";
 import { startVm, waitReady, stopVm, vmRunning, newStateDir, sweepStale, markReady, VmInfo, VM_STATE_VERSION } from "../deploy/qemu";
 import { probeKvm, tdxSupport, parseQemuVersion } from "../deploy/host";
-import { isUnknown, declared, failureOf, guarded, log, loadPath, storePath, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs } from "./common";
+import { isUnknown, declared, failureOf, guarded, guardedSync, log, loadPath, storePath, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, parseState } from "./common";
 
 const Port = z.object({ guest: z.number().int().min(1).max(65535), host: z.number().int().min(1).max(65535).optional(), bind: z.string().optional() }).strict();
 
@@ -47,6 +47,22 @@ export const QemuVmArgs = z.object({
   cacheDir: z.string().optional(),
 }).loose();
 export type QemuVmArgsT = z.infer<typeof QemuVmArgs>;
+
+/** The VM's outputs as state holds them (olds, props): typed wherever present. */
+export const QemuVmState = z.object({
+  stateVersion: z.number().optional(),
+  vmId: z.string().optional(),
+  pid: z.number().int().optional(),
+  startTime: z.number().optional(),
+  bootId: z.string().optional(),
+  stateDir: z.string().optional(),
+  stateRoot: z.string().optional(),
+  cacheDir: z.string().optional(),
+  forwards: z.array(z.object({ guest: z.number().int(), host: z.number().int(), bind: z.string() }).loose()).optional(),
+  diskSha256: z.string().optional(),
+  running: z.boolean().optional(),
+}).loose();
+const state = (o: unknown) => parseState(QemuVmState, o, "TdxDeployment (qemu)");
 
 const OUT_KEYS = ["stateVersion", "vmId", "pid", "startTime", "bootId", "stateDir", "serialLog", "forwards", "accelUsed", "isTd", "warning", "running", "readySeconds", "qemuArgs", "diskSha256"];
 
@@ -83,12 +99,13 @@ export const qemuVmProvider = {
     }
     if (!parsed.success) return { changes: true, replaces: ["image"], deleteBeforeReplace: false };
     const a = parsed.data;
-    if (olds.running === false) replaces.push("running");
-    if (olds.diskSha256 !== disk(a).sha256) replaces.push("image");
+    const old = guardedSync(() => state(olds));
+    if (old.running === false) replaces.push("running");
+    if (old.diskSha256 !== guardedSync(() => disk(a)).sha256) replaces.push("image");
     const before = QemuVmArgs.safeParse(declared(olds)); // defaults applied, like the new side
     const o = before.success ? before.data : undefined;
     for (const k of ["memoryMiB", "cpus", "accel", "tdx"] as const) if (!same(o?.[k], a[k])) replaces.push(k);
-    const oldPorts = (olds.forwards as Array<{ guest: number; host: number; bind: string }> | undefined) ?? [];
+    const oldPorts = old.forwards ?? [];
     const portsDiffer = a.ports.length !== oldPorts.length || a.ports.some((p, i) => p.guest !== oldPorts[i]?.guest || (p.host !== undefined && p.host !== oldPorts[i]?.host) || (p.bind ?? "127.0.0.1") !== oldPorts[i]?.bind);
     if (portsDiffer) replaces.push("ports");
     const changes = replaces.length > 0 || !same(o?.readiness, a.readiness) || !same(o?.expected, a.expected);
@@ -132,20 +149,25 @@ export const qemuVmProvider = {
 
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ outs: Record<string, unknown> }> {
     // Only readiness/expected changed (everything else replaces): the running VM stays.
-    const kept = pick(olds, OUT_KEYS);
+    const kept = pick(guardedSync(() => state(olds)), OUT_KEYS);
     return { outs: { ...publicInputs(news), ...kept } };
   },
 
   async read(id: string, props: Record<string, unknown>): Promise<{ id: string; props: Record<string, unknown> }> {
-    const running = typeof props.pid === "number" && typeof props.startTime === "number" && vmRunning({ pid: props.pid, startTime: props.startTime, bootId: typeof props.bootId === "string" ? props.bootId : undefined });
+    const s = guardedSync(() => state(props));
+    const running = s.pid !== undefined && s.startTime !== undefined && vmRunning({ pid: s.pid, startTime: s.startTime, bootId: s.bootId });
     return { id, props: { ...declared(props), running } };
   },
 
   async delete(_id: string, props: Record<string, unknown>): Promise<void> {
     await guarded(async () => {
-      const stateDir = typeof props.stateDir === "string" ? loadPath(props.stateDir) : undefined;
-      const r = await stopVm({ pid: typeof props.pid === "number" ? props.pid : undefined, startTime: typeof props.startTime === "number" ? props.startTime : undefined, bootId: typeof props.bootId === "string" ? props.bootId : undefined, stateDir });
-      log("TdxDeployment", `VM ${String(props.vmId ?? _id)} stopped${r.killed ? " (SIGKILL after the grace period)" : ""}; state removed`);
+      const s = state(props);
+      const stateDir = s.stateDir ? loadPath(s.stateDir) : undefined;
+      // State is untrusted: stopVm touches only a directory tdxvm marked below the VM state root, and only that VM's QEMU.
+      const root = s.stateRoot ? loadPath(s.stateRoot) : path.join(s.cacheDir ? loadPath(s.cacheDir) : defaultCacheDir(), "vms");
+      const r = await stopVm({ pid: s.pid, startTime: s.startTime, bootId: s.bootId, stateDir }, { root });
+      if (!r.owned) log("TdxDeployment", `VM ${_id}: ${stateDir ?? "(no state directory)"} is not a VM state directory tdxvm made below ${root}; left it and any process alone`);
+      else log("TdxDeployment", `VM ${_id} stopped${r.killed ? " (SIGKILL after the grace period)" : ""}; state removed`);
     });
   },
 };

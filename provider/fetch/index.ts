@@ -16,7 +16,7 @@ import { createReadStream, promises as fs } from "node:fs";
 import * as http from "node:http";
 import * as https from "node:https";
 import * as path from "node:path";
-import { Readable } from "node:stream";
+import { Readable, addAbortSignal } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { TdxError } from "../errors";
 
@@ -35,6 +35,18 @@ export function parseSri(s: string): Sri {
 }
 
 export const sriToHex = (s: Sri) => Buffer.from(s.b64, "base64").toString("hex");
+
+/**
+ * Do two SRI strings pin the same digest? Compared by algorithm and digest bytes, never as text:
+ * parseSri accepts base64 without '=' padding or with non-zero trailing bits, all spellings of
+ * one digest. A malformed string pins nothing.
+ */
+export function sameDigest(a: string, b: string): boolean {
+  const parse = (s: string) => { try { return parseSri(s); } catch { return undefined; } };
+  const x = parse(a);
+  const y = parse(b);
+  return !!x && !!y && x.alg === y.alg && Buffer.from(x.b64, "base64").equals(Buffer.from(y.b64, "base64"));
+}
 
 export interface Fetched {
   /** Path of the stored bytes (read-only by convention). */
@@ -55,6 +67,36 @@ export interface FetchOptions {
   baseDir?: string;
   /** Per-request timeout for http(s), ms (default 60 s of inactivity). */
   timeoutMs?: number;
+  /** Deadline for the whole fetch — connecting, redirects and the body — in ms (default 30 min). */
+  deadlineMs?: number;
+}
+
+/** Query (and fragment) parameters that carry credentials: S3/GCS presigned URLs, Azure SAS, OAuth, API keys. */
+const CREDENTIAL_PARAM = /^(x-amz-(credential|signature|security-token)|x-goog-(credential|signature)|sig|signature|token|access_token|id_token|refresh_token|auth|authorization|api[-_]?key|apikey|key|secret|client_secret|password|passwd|pwd|credentials?|session(id)?)$/i;
+
+/** A parameter value that looks like a bearer token: a JWT, or a long random-looking string (not a hex digest). */
+function looksLikeToken(v: string): boolean {
+  if (/^eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+/.test(v)) return true;
+  return v.length >= 32 && /^[A-Za-z0-9+/=_%-]+$/.test(v) && !/^[0-9a-f]+$/i.test(v) && /[0-9]/.test(v) && /[A-Z]/.test(v) && /[a-z]/.test(v);
+}
+
+/**
+ * `ref` as it may appear in a message or the lock: URL userinfo (`user:password@`) and the values
+ * of credential-like query/fragment parameters become `***`. Everything else is kept byte for byte
+ * (a ref without credentials comes back unchanged), so the result still says which source it was.
+ */
+export function redactRef(ref: string): string {
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*@)?([^?#]*)(\?[^#]*)?(#.*)?$/is.exec(ref);
+  if (!m) return ref;
+  const params = (part: string | undefined, lead: string) => part === undefined ? "" : lead + part.slice(1).split("&").map((kv) => {
+    const eq = kv.indexOf("=");
+    if (eq < 0) return kv;
+    let name: string;
+    let value: string;
+    try { name = decodeURIComponent(kv.slice(0, eq)); value = decodeURIComponent(kv.slice(eq + 1)); } catch { name = kv.slice(0, eq); value = kv.slice(eq + 1); }
+    return CREDENTIAL_PARAM.test(name) || looksLikeToken(value) ? `${kv.slice(0, eq)}=***` : kv;
+  }).join("&");
+  return `${m[1]}${m[2] ? "***@" : ""}${m[3]}${params(m[4], "?")}${params(m[5], "#")}`;
 }
 
 export class ContentStore {
@@ -77,6 +119,7 @@ export class ContentStore {
   /** Stream `source` into the store, checking size and integrity on the way. */
   async put(source: Readable, ref: string, opts: { integrity?: Sri; maxBytes: number }): Promise<Fetched> {
     await Promise.all(ALGORITHMS.map((a) => fs.mkdir(path.join(this.dir, a), { recursive: true })));
+    await this.removeDeadTemporaries();
     const tmp = this.tmpPath(path.join(this.dir, "sha256"));
     let hashed: Hashed;
     const fh = await fs.open(tmp, "wx", 0o644);
@@ -126,6 +169,17 @@ export class ContentStore {
     return path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString("hex")}`);
   }
 
+  /** Temporaries of fetches whose process died (killed mid-download): named `.tmp-<pid>-<hex>` by tmpPath. */
+  private async removeDeadTemporaries(): Promise<void> {
+    for (const a of ALGORITHMS) {
+      const dir = path.join(this.dir, a);
+      for (const n of await fs.readdir(dir).catch(() => [] as string[])) {
+        const m = /^\.tmp-(\d+)-[0-9a-f]{12}$/.exec(n);
+        if (m && !processAlive(Number(m[1]))) await fs.rm(path.join(dir, n), { force: true });
+      }
+    }
+  }
+
   /**
    * Make `entry` a hard link to `file`, atomically replacing whatever it was (link to a temporary,
    * rename over). rename() between two links of one inode does nothing and keeps the source name,
@@ -139,6 +193,15 @@ export class ContentStore {
     } finally {
       await fs.rm(tmp, { force: true });
     }
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 
@@ -190,45 +253,46 @@ function isRemote(ref: string): boolean {
   return /^https?:\/\//i.test(ref);
 }
 
-/** Open a source as a stream; http(s) with redirects (max 5) and an inactivity timeout. */
-function open(ref: string, opts: FetchOptions, redirects = 0): Promise<Readable> {
+/** Open a source as a stream; http(s) with redirects (max 5), an inactivity timeout and the caller's deadline. */
+function open(ref: string, opts: FetchOptions, signal: AbortSignal, redirects = 0): Promise<Readable> {
+  const shown = redactRef(ref);
   if (!isRemote(ref)) {
     let file: string;
     if (/^file:/i.test(ref)) {
-      try { file = fileURLToPath(ref); } catch { return Promise.reject(new TdxError("E_FETCH", `not a valid file URL: ${ref}`)); }
+      try { file = fileURLToPath(ref); } catch { return Promise.reject(new TdxError("E_FETCH", `not a valid file URL: ${shown}`)); }
     } else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(ref)) {
-      return Promise.reject(new TdxError("E_FETCH", `unsupported URL scheme in ${ref}`, { hint: "Use http(s)://, file:// or a path." }));
+      return Promise.reject(new TdxError("E_FETCH", `unsupported URL scheme in ${shown}`, { hint: "Use http(s)://, file:// or a path." }));
     } else {
       file = path.resolve(opts.baseDir ?? process.cwd(), ref);
     }
     return fs.stat(file).then(
       (st) => {
-        if (!st.isFile()) throw new TdxError("E_FETCH", `${ref} is not a regular file`, { hint: "Point src at a file." });
+        if (!st.isFile()) throw new TdxError("E_FETCH", `${shown} is not a regular file`, { hint: "Point src at a file." });
         return createReadStream(file);
       },
       (e: NodeJS.ErrnoException) => {
-        throw new TdxError("E_FETCH", `cannot read ${ref}: ${e.code}`, { hint: `Check that ${file} exists.` });
+        throw new TdxError("E_FETCH", `cannot read ${shown}: ${e.code}`, { hint: `Check that ${redactRef(file)} exists.` });
       },
     );
   }
   return new Promise((resolve, reject) => {
     const lib = ref.toLowerCase().startsWith("https:") ? https : http;
-    const req = lib.get(ref, { timeout: opts.timeoutMs ?? 60_000, headers: { "user-agent": "tdxvm" } }, (res) => {
+    const req = lib.get(ref, { timeout: opts.timeoutMs ?? 60_000, headers: { "user-agent": "tdxvm" }, signal }, (res) => {
       const status = res.statusCode ?? 0;
       if (status >= 300 && status < 400 && res.headers.location) {
         res.resume();
-        if (redirects >= 5) return reject(new TdxError("E_FETCH", `too many redirects for ${ref}`));
+        if (redirects >= 5) return reject(new TdxError("E_FETCH", `too many redirects for ${shown}`));
         const next = redirectTarget(ref, res.headers.location);
-        return next instanceof TdxError ? reject(next) : resolve(open(next, opts, redirects + 1));
+        return next instanceof TdxError ? reject(next) : resolve(open(next, opts, signal, redirects + 1));
       }
       if (status !== 200) {
         res.resume();
-        return reject(new TdxError("E_FETCH", `GET ${ref} answered HTTP ${status}`, { hint: "Check the URL; nothing was stored." }));
+        return reject(new TdxError("E_FETCH", `GET ${shown} answered HTTP ${status}`, { hint: "Check the URL; nothing was stored." }));
       }
       resolve(res);
     });
     req.on("timeout", () => req.destroy(new Error(`no data for ${opts.timeoutMs ?? 60_000} ms`)));
-    req.on("error", (e) => reject(new TdxError("E_FETCH", `GET ${ref} failed: ${e.message}`, { hint: "Check the network and the URL; nothing was stored." })));
+    req.on("error", (e) => reject(new TdxError("E_FETCH", `GET ${shown} failed: ${e.message}`, { hint: "Check the network and the URL; nothing was stored." })));
   });
 }
 
@@ -238,15 +302,22 @@ function open(ref: string, opts: FetchOptions, redirects = 0): Promise<Readable>
  * machine into the store (and reported back with its digests) as if it were the download.
  */
 function redirectTarget(ref: string, location: string): string | TdxError {
+  const shown = redactRef(ref);
   let next: URL;
   try {
     next = new URL(location, ref);
   } catch {
-    return new TdxError("E_FETCH", `${ref} redirected to an invalid URL: ${JSON.stringify(location.slice(0, 200))}`, { hint: "Check the URL; nothing was stored." });
+    return new TdxError("E_FETCH", `${shown} redirected to an invalid URL: ${JSON.stringify(redactRef(location).slice(0, 200))}`, { hint: "Check the URL; nothing was stored." });
   }
   if (next.protocol !== "http:" && next.protocol !== "https:") {
-    return new TdxError("E_FETCH", `${ref} redirected to a ${next.protocol} URL; only http(s) redirects are followed`, {
+    return new TdxError("E_FETCH", `${shown} redirected to a ${next.protocol} URL; only http(s) redirects are followed`, {
       hint: "A server may only redirect to another http(s) URL. Point src at the final location if it is really meant.",
+    });
+  }
+  // A downgrade would hand the rest of the transfer (and any credentials in the URL) to anyone on the path.
+  if (/^https:/i.test(ref) && next.protocol === "http:") {
+    return new TdxError("E_FETCH", `${shown} redirected from https to http (${redactRef(next.toString())}); downgrades are refused`, {
+      hint: "Point src at an https URL that does not redirect to plain http.",
     });
   }
   return next.toString();
@@ -256,13 +327,26 @@ function redirectTarget(ref: string, location: string): string | TdxError {
 export async function fetchInput(store: ContentStore, ref: string, opts: FetchOptions = {}): Promise<Fetched> {
   const sri = opts.integrity !== undefined ? parseSri(opts.integrity) : undefined;
   const maxBytes = opts.maxBytes ?? 4 * 1024 ** 3;
-  const cached = sri && (await store.verified(sri, ref, maxBytes));
+  const shown = redactRef(ref);
+  const cached = sri && (await store.verified(sri, shown, maxBytes));
   if (cached) return cached;
   if (opts.offline && isRemote(ref)) {
-    throw new TdxError("E_POLICY", `policy rule networkMode blocked this: ${ref} is not in the content store and the network mode is offline`, {
+    throw new TdxError("E_POLICY", `policy rule networkMode blocked this: ${shown} is not in the content store and the network mode is offline`, {
       hint: "Lock once in online mode (it fills the cache), or copy the cache directory to this machine.",
       details: { rule: "networkMode" },
     });
   }
-  return store.put(await open(ref, opts), ref, { integrity: sri, maxBytes });
+  // One deadline for everything (connect, redirects, body): the inactivity timeout alone lets a
+  // server that sends a byte now and then hold the fetch forever.
+  const deadlineMs = opts.deadlineMs ?? 30 * 60_000;
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), deadlineMs);
+  try {
+    return await store.put(addAbortSignal(ac.signal, await open(ref, opts, ac.signal)), shown, { integrity: sri, maxBytes });
+  } catch (e) {
+    if (!ac.signal.aborted) throw e;
+    throw new TdxError("E_FETCH", `fetching ${shown} did not finish within ${deadlineMs / 1000} s`, { hint: "Check the network and the server, or raise the deadline; nothing was stored." });
+  } finally {
+    clearTimeout(timer);
+  }
 }

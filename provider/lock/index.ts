@@ -12,7 +12,7 @@ import { TdxError, formatIssues } from "../errors";
 import { Recipe } from "../recipe/schema";
 import { allProfileDigests, sourceRefs } from "../recipe/resolve";
 import { digestOf } from "../recipe/digest";
-import { ContentStore, fetchInput } from "../fetch";
+import { ContentStore, fetchInput, redactRef, sameDigest } from "../fetch";
 import { checkSources, PolicyWarning, policyError } from "./policy";
 import { Lock, LockBodyT, LockSchema, LOCK_VERSION } from "./schema";
 
@@ -50,7 +50,14 @@ export async function createLock(recipe: Recipe, opts: LockOptions): Promise<Loc
   const inputs: LockBodyT["inputs"] = [];
   for (const r of refs) {
     const f = await fetchInput(store, r.ref, { integrity: r.integrity, baseDir: opts.projectDir, offline: recipe.policy.networkMode === "offline" });
-    inputs.push({ ref: r.ref, size: f.size, sha256: f.integrity.sha256, sha384: f.integrity.sha384, sha512: f.integrity.sha512 });
+    // The lock names a source without its URL credentials (redactRef); sources that differ only
+    // in credentials share that name, so they must be the same bytes.
+    const ref = redactRef(r.ref);
+    const same = inputs.find((i) => i.ref === ref);
+    if (same && !sameDigest(same.sha256, f.integrity.sha256)) {
+      throw new TdxError("E_LOCKFILE", `two sources named ${ref} (they differ only in URL credentials) served different bytes`, { hint: "Use one URL per source, or pin each with integrity." });
+    }
+    if (!same) inputs.push({ ref, size: f.size, sha256: f.integrity.sha256, sha384: f.integrity.sha384, sha512: f.integrity.sha512 });
   }
   const body: LockBodyT = {
     lockVersion: LOCK_VERSION,
@@ -146,18 +153,19 @@ export async function checkFrozen(recipe: Recipe, lock: Lock, opts: { projectDir
   const locked = new Map(lock.inputs.map((i) => [i.ref, i]));
   const store = new ContentStore(path.join(opts.cacheDir, "content"));
   for (const r of sourceRefs(recipe)) {
-    const l = locked.get(r.ref);
+    const ref = redactRef(r.ref);
+    const l = locked.get(ref);
     if (!l) {
-      stale.push(`source ${r.ref} is not in the lock`);
+      stale.push(`source ${ref} is not in the lock`);
       continue;
     }
-    if (r.integrity && ![l.sha256, l.sha384, l.sha512].includes(r.integrity)) stale.push(`source ${r.ref}: recipe integrity ${r.integrity} differs from the lock`);
+    if (r.integrity && ![l.sha256, l.sha384, l.sha512].some((x) => sameDigest(x, r.integrity!))) stale.push(`source ${ref}: recipe integrity ${r.integrity} differs from the lock`);
     if (!/^https?:/i.test(r.ref)) {
       try {
         const f = await fetchInput(store, r.ref, { baseDir: opts.projectDir });
-        if (f.integrity.sha256 !== l.sha256) stale.push(`source ${r.ref} changed on disk since it was locked`);
+        if (!sameDigest(f.integrity.sha256, l.sha256)) stale.push(`source ${ref} changed on disk since it was locked`);
       } catch (e) {
-        if (e instanceof TdxError) stale.push(`source ${r.ref}: ${e.message}`);
+        if (e instanceof TdxError) stale.push(`source ${ref}: ${e.message}`);
         else throw e;
       }
     }

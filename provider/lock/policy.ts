@@ -4,6 +4,7 @@
  */
 import { PolicyData, PolicyDataT, parseWith } from "../recipe/schema";
 import { TdxError } from "../errors";
+import { redactRef } from "../fetch";
 
 export type PolicyRule = keyof PolicyDataT;
 
@@ -32,8 +33,8 @@ export function policyError(rule: PolicyRule, message: string, hint: string): Td
 export function mutableReason(ref: string, integrity: string | undefined): string | undefined {
   if (!/^https?:\/\//i.test(ref)) return undefined; // local files are pinned by the lock's integrity
   const branchy = /\/(refs\/heads|refs\/tags|branch|branches|tags?)\/|[?&](ref|branch|tag)=(?![0-9a-f]{40}\b)|\/(latest|main|master|HEAD)(\/|$)/i;
-  if (branchy.test(ref)) return `${ref} names a branch, tag or "latest" rather than a fixed version`;
-  if (integrity === undefined) return `${ref} has no integrity, so its content can change under the same URL`;
+  if (branchy.test(ref)) return `${redactRef(ref)} names a branch, tag or "latest" rather than a fixed version`;
+  if (integrity === undefined) return `${redactRef(ref)} has no integrity, so its content can change under the same URL`;
   return undefined;
 }
 
@@ -45,10 +46,10 @@ export function checkSources(policy: PolicyDataT, sources: ReadonlyArray<{ ref: 
   for (const s of sources) {
     const remote = /^https?:\/\//i.test(s.ref);
     if (policy.requireIntegrity && s.integrity === undefined) {
-      throw policyError("requireIntegrity", `source ${s.ref} has no integrity`, `Add {integrity: "sha256-…"} to the file() call (the lock prints the value it saw).`);
+      throw policyError("requireIntegrity", `source ${redactRef(s.ref)} has no integrity`, `Add {integrity: "sha256-…"} to the file() call (the lock prints the value it saw).`);
     }
     if (remote && policy.networkMode === "offline" && s.integrity === undefined) {
-      throw policyError("networkMode", `source ${s.ref} has no integrity, and offline mode can only serve content-addressed inputs from the cache`, "Pin the source with integrity and lock once online, or switch networkMode to online.");
+      throw policyError("networkMode", `source ${redactRef(s.ref)} has no integrity, and offline mode can only serve content-addressed inputs from the cache`, "Pin the source with integrity and lock once online, or switch networkMode to online.");
     }
     const why = mutableReason(s.ref, s.integrity);
     if (why === undefined) continue;

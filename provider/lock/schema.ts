@@ -3,7 +3,10 @@ import { z } from "zod";
 
 const Digest = z.string().regex(/^sha256:[0-9a-f]{64}$/, "digest must be sha256:<64 hex>");
 const Url = z.string().regex(/^https?:\/\/[^\s]+[^/\s]$/, "must be an http(s) URL without a trailing /");
-const Sri = (alg: string) => z.string().regex(new RegExp(`^${alg}-[A-Za-z0-9+/]+={0,2}$`), `must be ${alg}-<base64>`);
+const DIGEST_BYTES = { sha256: 32, sha384: 48, sha512: 64 } as const;
+const Sri = (alg: keyof typeof DIGEST_BYTES) => z.string()
+  .regex(new RegExp(`^${alg}-[A-Za-z0-9+/]+={0,2}$`), `must be ${alg}-<base64>`)
+  .refine((s) => Buffer.from(s.slice(alg.length + 1), "base64").length === DIGEST_BYTES[alg], `must hold a ${DIGEST_BYTES[alg]}-byte ${alg} digest`);
 
 export const LOCK_VERSION = 1 as const;
 

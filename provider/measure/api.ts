@@ -69,14 +69,26 @@ export function firmwarePath(opts: Pick<MeasureCallOptions, "firmware" | "backen
   return candidates.find((c) => existsSync(c));
 }
 
+/** Read a file a measurement depends on (firmware, captured CCEL); a missing or unreadable one is E_MEASUREMENT. */
+export async function readMeasureInput(file: string, what: string): Promise<Buffer> {
+  try {
+    return await fs.readFile(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? "error";
+    throw new TdxError("E_MEASUREMENT", `cannot read the ${what} ${file} (${code === "ENOENT" ? "it does not exist" : code === "EISDIR" ? "it is a directory" : code})`, {
+      hint: `Pass the path of an existing ${what} file (relative paths resolve against the Pulumi project root).`,
+    });
+  }
+}
+
 async function loadFirmware(opts: MeasureCallOptions, cacheDir: string): Promise<MeasureOptions["firmware"]> {
   if (typeof opts.firmware === "object") {
-    const { ContentStore, fetchInput } = require("../fetch") as typeof import("../fetch");
+    const { ContentStore, fetchInput, redactRef } = require("../fetch") as typeof import("../fetch");
     const f = await fetchInput(new ContentStore(path.join(cacheDir, "content")), opts.firmware.src, { integrity: opts.firmware.integrity });
-    return { bytes: await fs.readFile(f.path), name: `${opts.firmware.src} (${f.integrity.sha256})` };
+    return { bytes: await fs.readFile(f.path), name: `${redactRef(opts.firmware.src)} (${f.integrity.sha256})` };
   }
   const file = firmwarePath(opts, cacheDir);
-  if (file) return { bytes: await fs.readFile(file), name: file };
+  if (file) return { bytes: await readMeasureInput(file, "firmware"), name: file };
   if (typeof opts.firmware === "string") throw new TdxError("E_MEASUREMENT", `firmware ${opts.firmware} does not exist`, { hint: "Pass the path of the TDVF firmware (OVMF.fd) the VM boots." });
   return undefined;
 }
@@ -89,7 +101,7 @@ export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdS
     if (!a || !existsSync(a.path)) throw new TdxError("E_MEASUREMENT", `the bake has no ${a ? path.basename(a.path) : "UKI/disk"} to measure`, { hint: "Bake first: img.bake() (artifacts are cached; a missing file means the cache was cleaned)." });
   }
   const cacheDir = opts.cacheDir ?? (require("../register") as { defaultCacheDir(): string }).defaultCacheDir();
-  const ccel = typeof opts.capturedCcel === "string" ? await fs.readFile(opts.capturedCcel) : opts.capturedCcel;
+  const ccel = typeof opts.capturedCcel === "string" ? await readMeasureInput(opts.capturedCcel, "captured CCEL") : opts.capturedCcel;
   const diskHead = await readDiskHead(disk!.path);
   return measureBoot(
     { ukiPath: uki!.path, diskHead },

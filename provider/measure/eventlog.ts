@@ -115,6 +115,12 @@ export interface EventLog {
   readonly length: number;
 }
 
+/**
+ * Most events a log may hold. A firmware log (TPM or CCEL) has a few hundred; a log is guest-supplied
+ * input, so its size bounds the work of everything that replays or compares it.
+ */
+export const MAX_LOG_EVENTS = 65_536;
+
 const SPEC_ID_SIGNATURE = Buffer.from("Spec ID Event03\0", "latin1");
 const STARTUP_LOCALITY_SIGNATURE = Buffer.from("StartupLocality\0", "latin1");
 
@@ -146,6 +152,7 @@ export function parseEventLog(buf: Buffer): EventLog {
   const events: TcgEvent[] = [];
   let o = 32 + headerSize;
   while (o < padding) {
+    if (events.length === MAX_LOG_EVENTS) measurementError(`event log: more than ${MAX_LOG_EVENTS} events (implausible for a boot)`);
     const start = o;
     const index = v.u32(o, "PCRIndex");
     const type = v.u32(o + 4, "EventType");

@@ -20,6 +20,12 @@ export const SECURITY_DIRECTORY_INDEX = 4;
 const COFF_HEADER_SIZE = 20;
 const SECTION_HEADER_SIZE = 40;
 const DATA_DIRECTORY_ENTRY_SIZE = 8;
+/**
+ * Most sections a PE image may have: the Microsoft PE format's section table notes that the
+ * Windows loader limits the number of sections to 96, and systemd-boot/stub (src/boot/pe.c
+ * MAX_SECTIONS) refuse images with more. It bounds the per-section work of every parser here.
+ */
+export const MAX_PE_SECTIONS = 96;
 
 export interface DataDirectory {
   readonly virtualAddress: number;
@@ -96,6 +102,7 @@ export function parsePe(buf: Buffer): PeImage {
     dataDirectories.push({ virtualAddress: v.u32(at, `data directory ${i}`), size: v.u32(at + 4, `data directory ${i}`) });
   }
 
+  if (numberOfSections > MAX_PE_SECTIONS) measurementError(`PE image: ${numberOfSections} sections (a PE loader accepts at most ${MAX_PE_SECTIONS})`);
   const sectionTableOffset = opt + sizeOfOptionalHeader;
   v.need(sectionTableOffset, numberOfSections * SECTION_HEADER_SIZE, "section table");
   const sections: PeSection[] = [];
@@ -185,6 +192,9 @@ export function authenticodeRanges(buf: Buffer, fileSize = buf.length): Array<[n
     ranges.push([s.pointerToRawData, s.pointerToRawData + s.sizeOfRawData]);
     sumOfBytesHashed += s.sizeOfRawData;
   }
+  // Sections of a real image do not share file bytes, so headers plus section data fit in the
+  // file; overlapping ones could make us hash (and, in the async path, copy) the file up to 96 times.
+  if (sumOfBytesHashed > buf.length) measurementError(`PE image: section raw data overlap (${sumOfBytesHashed} bytes to hash from a ${buf.length}-byte file)`);
 
   if (fileSize > sumOfBytesHashed) {
     const certSize = hasSecurityDir ? pe.dataDirectories[SECURITY_DIRECTORY_INDEX]!.size : 0;

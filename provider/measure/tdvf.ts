@@ -45,6 +45,8 @@ const CHUNK_SIZE = 256;
 const RECORD_SIZE = 128;
 /** Upper bound on pages added without content (TempMem etc.), so a corrupt size cannot stall us: 1 GiB. */
 export const MAX_PAGE_ADD_BYTES = 1n << 30n;
+/** Most section entries a TDVF descriptor may list (TDVF builds have 6–9: BFV, CFV, TD_HOB, TempMem, …). */
+export const MAX_TDVF_SECTIONS = 64;
 
 export interface OvmfTableEntry {
   readonly guid: string;
@@ -117,6 +119,7 @@ export function parseTdvf(firmware: Buffer): TdvfMetadata {
   const count = v.u32(offset + 12, "NumberOfSectionEntries");
   if (version !== 1) measurementError(`TDVF: metadata version ${version} is not supported (1)`);
   if (count < 1 || length !== 16 + 32 * count) measurementError(`TDVF: Length ${length} does not match ${count} section entries`);
+  if (count > MAX_TDVF_SECTIONS) measurementError(`TDVF: ${count} sections (implausible; limit ${MAX_TDVF_SECTIONS})`);
   v.need(offset, length, "descriptor and section entries");
 
   const sections: TdvfSection[] = [];
@@ -164,17 +167,22 @@ export function computeMrtd(firmware: Buffer, opts: { pageOrder: PageOrder }): B
   const meta = parseTdvf(firmware);
 
   let addedWithoutContent = 0n;
+  let extended = 0n;
   for (const s of meta.sections) {
     if (s.mrExtend) {
       // The extended content comes from the image (QEMU maps BFV/CFV at DataOffset for MemoryDataSize bytes).
       if (BigInt(s.dataOffset) + s.memoryDataSize > BigInt(firmware.length)) {
         measurementError(`TDVF section ${s.index} (${s.typeName}): MR.EXTEND content (${s.dataOffset}+${s.memoryDataSize}) lies outside the image`);
       }
+      extended += s.memoryDataSize;
     } else if (!s.pageAug) {
       addedWithoutContent += s.memoryDataSize;
     }
   }
   if (addedWithoutContent > MAX_PAGE_ADD_BYTES) measurementError(`TDVF: sections add ${addedWithoutContent} bytes of pages without content (implausible; limit ${MAX_PAGE_ADD_BYTES})`);
+  // Firmware volumes occupy distinct parts of the image: more MR.EXTEND content than the image
+  // holds means sections extend the same bytes again and again.
+  if (extended > BigInt(firmware.length)) measurementError(`TDVF: sections MR.EXTEND ${extended} bytes in all, more than the ${firmware.length}-byte image holds`);
 
   const h = createHash("sha384");
   const record = Buffer.alloc(RECORD_SIZE);

@@ -46,6 +46,8 @@ const HARDWARE_SELECTED = new Set([".dtbauto", ".efifw"]);
 
 /** Largest zero fill (VirtualSize beyond SizeOfRawData) accepted for one section. */
 export const MAX_SECTION_ZERO_FILL = 16 * 1024 * 1024;
+/** Largest zero fill accepted summed over all sections (a UKI's sections are laid out in full in the file). */
+export const MAX_TOTAL_ZERO_FILL = 64 * 1024 * 1024;
 
 /** TCG event type systemd-stub logs section measurements with. */
 export const EV_IPL = 0x0000000d;
@@ -85,13 +87,20 @@ export interface UkiSectionPlace {
  */
 export function ukiSectionPlaces(buf: Buffer, fileSize = buf.length): UkiSectionPlace[] {
   const pe = parsePe(buf);
-  return pe.sections.map((s, index) => {
+  let totalFill = 0;
+  for (const s of pe.sections) {
     const fromFile = Math.min(s.virtualSize, s.sizeOfRawData);
     if (s.pointerToRawData + fromFile > fileSize) {
       measurementError(`UKI: section ${JSON.stringify(s.name)} (${s.pointerToRawData}+${fromFile}) lies outside the ${fileSize}-byte file`);
     }
     const fill = s.virtualSize - fromFile;
     if (fill > MAX_SECTION_ZERO_FILL) measurementError(`UKI: section ${JSON.stringify(s.name)} asks for ${fill} bytes of zero fill (implausible)`);
+    totalFill += fill;
+  }
+  // Checked before any section is built: the fill is allocated, so the sum bounds the memory.
+  if (totalFill > MAX_TOTAL_ZERO_FILL) measurementError(`UKI: the sections ask for ${totalFill} bytes of zero fill in all (implausible; limit ${MAX_TOTAL_ZERO_FILL})`);
+  return pe.sections.map((s, index) => {
+    const fromFile = Math.min(s.virtualSize, s.sizeOfRawData);
     return { index, name: s.name, virtualSize: s.virtualSize, sizeOfRawData: s.sizeOfRawData, pointerToRawData: s.pointerToRawData, fromFile };
   });
 }

@@ -7,6 +7,7 @@ import { HashAlg, DIGEST_SIZES, digest } from "./bytes";
 import { parseEventLog, parseCcel, TcgEvent, CC_MR_NAMES } from "./eventlog";
 import { parseTdxQuote } from "./quote";
 import { Measurements } from "./ledger";
+import { TdxError } from "../errors";
 
 export interface VerifyInput {
   /** TCG2 TPM event log (binary_bios_measurements): for the azure backend and dev boots. */
@@ -29,14 +30,20 @@ export function parseUserspaceLog(text: string): Array<{ pcr: number; event: Obs
   const RS = String.fromCharCode(0x1e); // JSON-SEQ record separator (RFC 7464)
   for (const rec of text.split(RS).flatMap((r) => r.split("\n"))) {
     if (!rec.trim()) continue;
-    let j: { pcr?: number; digests?: Array<{ hashAlg?: string; digest?: string }> };
+    let j: unknown;
     try {
       j = JSON.parse(rec);
     } catch {
       continue;
     }
-    if (typeof j.pcr !== "number" || !Array.isArray(j.digests)) continue;
-    out.push({ pcr: j.pcr, event: { type: "systemd", log: "userspace", digests: new Map(j.digests.filter((d) => d.hashAlg && d.digest).map((d) => [d.hashAlg!, d.digest!.toLowerCase()])) } });
+    // Guest-written: every field is checked for its type before use.
+    const { pcr, digests } = (j !== null && typeof j === "object" ? j : {}) as { pcr?: unknown; digests?: unknown };
+    if (!Number.isInteger(pcr) || !Array.isArray(digests)) continue;
+    const pairs = digests.flatMap((d: unknown) => {
+      const { hashAlg, digest: value } = (d !== null && typeof d === "object" ? d : {}) as { hashAlg?: unknown; digest?: unknown };
+      return typeof hashAlg === "string" && hashAlg && typeof value === "string" && value ? [[hashAlg, value.toLowerCase()] as [string, string]] : [];
+    });
+    out.push({ pcr: pcr as number, event: { type: "systemd", log: "userspace", digests: new Map(pairs) } });
   }
   return out;
 }
@@ -56,7 +63,11 @@ export interface VerifyResult { ok: boolean; registers: RegisterVerdict[] }
 
 function observedEvents(input: VerifyInput): Map<string, ObservedEvent[]> {
   const byRegister = new Map<string, ObservedEvent[]>();
-  const add = (name: string, e: ObservedEvent) => byRegister.set(name, [...(byRegister.get(name) ?? []), e]);
+  const add = (name: string, e: ObservedEvent) => {
+    const list = byRegister.get(name);
+    if (list) list.push(e);
+    else byRegister.set(name, [e]);
+  };
   const fromTcg = (e: TcgEvent): ObservedEvent => ({ type: e.typeName, log: "firmware", digests: new Map(e.digests.filter((d) => d.alg).map((d) => [d.alg!, d.digest.toString("hex")])) });
   if (input.eventLog) for (const e of parseEventLog(input.eventLog).events) if (e.typeName !== "EV_NO_ACTION") add(`PCR${e.index}`, fromTcg(e));
   if (input.ccel) for (const e of parseCcel(input.ccel).events) if (e.typeName !== "EV_NO_ACTION") add(CC_MR_NAMES[e.index] ?? `MR${e.index}`, fromTcg(e));
@@ -72,7 +83,9 @@ function replay(alg: HashAlg, digests: string[]): string {
 
 function reportedValue(input: VerifyInput, register: string, alg: HashAlg): string | null {
   const pcr = /^PCR(\d+)$/.exec(register);
-  if (pcr && input.pcrs?.[alg]?.[Number(pcr[1])]) return input.pcrs[alg][Number(pcr[1])].toLowerCase();
+  const bank: unknown = input.pcrs && typeof input.pcrs === "object" ? input.pcrs[alg] : undefined;
+  const v: unknown = pcr && bank && typeof bank === "object" ? (bank as Record<number, unknown>)[Number(pcr[1])] : undefined;
+  if (typeof v === "string" && v) return v.toLowerCase();
   if (input.quote && /^(MRTD|RTMR[0-3])$/.test(register)) {
     const b = parseTdxQuote(input.quote).body;
     return (register === "MRTD" ? b.mrTd : b.rtmr[Number(register.slice(4))]).toString("hex");
@@ -80,7 +93,25 @@ function reportedValue(input: VerifyInput, register: string, alg: HashAlg): stri
   return null;
 }
 
+/**
+ * Everything in `input` comes from the guest (or a host that relays it): malformed data of any
+ * shape fails with E_MEASUREMENT, never with another exception.
+ */
 export function verify(expected: Measurements, input: VerifyInput): VerifyResult {
+  const bad = (what: string) => new TdxError("E_MEASUREMENT", `cannot verify: ${what}`, { hint: "The guest supplied malformed evidence; collect it again from the VM (and trust it only once it verifies)." });
+  if (input === null || typeof input !== "object") throw bad("no evidence given");
+  for (const k of ["eventLog", "ccel", "quote"] as const) if (input[k] !== undefined && !Buffer.isBuffer(input[k])) throw bad(`${k} is not binary data`);
+  if (input.userspaceLog !== undefined && typeof input.userspaceLog !== "string") throw bad("the userspace log is not text");
+  try {
+    return verifyChecked(expected, input);
+  } catch (e) {
+    if (e instanceof TdxError) throw e;
+    // A backstop: a guest must not be able to crash the verifier with a shape nobody foresaw.
+    throw bad(`malformed evidence (${(e as Error)?.name ?? "error"})`);
+  }
+}
+
+function verifyChecked(expected: Measurements, input: VerifyInput): VerifyResult {
   const byRegister = observedEvents(input);
   const haveUserspace = input.userspaceLog !== undefined;
   // Events are compared when a firmware log is given; a quote or PCR read alone is compared by value.

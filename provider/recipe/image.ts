@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { TdxError, label } from "../errors";
 import {
   Recipe, LayerData, Phase, Target, PHASES, TARGETS, parseRecipe, parseWith, FileEntry, RunStep, PackageName,
-  ProfileName, Debloat, DebloatData, Arg, ROOTFS_MODES, RootFs, BUILTIN_FILES, BuiltinFile,
+  ProfileName, Debloat, DebloatData, CmdlineWord, ROOTFS_MODES, RootFs, BUILTIN_FILES, BuiltinFile, secretTargetClash,
 } from "./schema";
 import { builtinBytes, sha256Hex } from "../modules/builtin";
 import { z } from "zod";
@@ -148,7 +148,7 @@ export class Image {
   /** Extra kernel command-line words (measured: they land in the UKI's .cmdline). */
   cmdline(...words: string[]): this {
     const layer = this.layer();
-    layer.cmdline.push(...words.map((w, i) => parseWith(Arg.pipe(z.string().regex(/^[^\s"']+$/, "no spaces or quotes")), w, `cmdline() word ${i + 1}`)));
+    layer.cmdline.push(...words.map((w, i) => parseWith(CmdlineWord, w, `cmdline() word ${i + 1}`)));
     return this;
   }
 
@@ -200,6 +200,8 @@ export class Image {
     this.assertBase("secret");
     const decl = declareSecret(name, opts);
     if (this.state.secrets.some((s) => s.name === decl.name)) throw new TdxError("E_VALIDATION", `secret ${decl.name} is declared twice`, { hint: "Declare each secret once; give it several targets instead." });
+    const clash = secretTargetClash([...this.state.secrets, decl]);
+    if (clash) throw new TdxError("E_VALIDATION", `two secret targets collide: ${clash}`, { hint: "Give each secret target its own file path or variable name." });
     this.state.secrets.push(decl);
     return this;
   }

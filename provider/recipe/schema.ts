@@ -23,6 +23,16 @@ export const ARCHES = ["x86-64"] as const;
 
 const noNul = (s: string) => !s.includes("\0");
 const noNewline = (s: string) => !/[\r\n]/.test(s);
+/**
+ * Values written into mkosi's config files must survive mkosi 25's reader (mkosi/config.py
+ * parse_ini): it splits lines with Python's str.splitlines() (also \v \f \x1c–\x1e \x85 \u2028
+ * \u2029), cuts each line at the first `#` (a comment anywhere on the line), strips values with
+ * str.strip() (any Unicode whitespace) and splits list settings on their delimiter. So such values
+ * hold no whitespace, no C0/C1 control character and no `#`; `%` is escaped by the compiler (`%%`).
+ */
+// eslint-disable-next-line no-control-regex -- the control characters are what is matched
+export const MKOSI_UNSAFE = /[\s\x00-\x1f\x7f-\x9f#]/u;
+const mkosiSafe = (s: string) => !MKOSI_UNSAFE.test(s);
 
 /** Absolute, normalised path inside the image: no `..`, no `.` segments, no NUL, no empty segment. */
 export const ImagePath = z
@@ -70,13 +80,19 @@ export const FileEntry = z.object({ path: ImagePath, source: FileSource, mode: M
 export const Arg = z.string().max(65536).refine(noNul, "argument contains a NUL byte (cannot be passed to a process)");
 export const RunStep = z.object({ phase: z.enum(PHASES), cmd: Arg.pipe(z.string().min(1)), args: z.array(Arg).max(4096) }).strict();
 
+/** A kernel command-line word: it goes into mkosi.conf's KernelCommandLine= (see MKOSI_UNSAFE). */
+export const CmdlineWord = Arg.pipe(z.string().regex(/^[^\s"']+$/, "kernel command-line words have no spaces or quotes").refine(mkosiSafe, "kernel command-line words go into mkosi.conf: no control characters, line breaks or '#'"));
+
+/** A path for mkosi's RemoveFiles= (a comma-separated list in mkosi.conf): see MKOSI_UNSAFE. */
+const DebloatPath = ImagePath.refine((p) => mkosiSafe(p) && !p.includes(","), "debloat paths go into mkosi's RemoveFiles= list: no whitespace, control characters, ',' or '#'");
+
 const UnitName = z.string().regex(/^[A-Za-z0-9:_.@\\-]+\.(service|socket|timer|target|path|mount|automount|swap|slice|scope|device)$/, "not a systemd unit name");
 
 export const Debloat = z
   .object({
     enabled: z.boolean(),
-    pathsRemoveExtra: z.array(ImagePath),
-    pathsSkip: z.array(ImagePath),
+    pathsRemoveExtra: z.array(DebloatPath),
+    pathsSkip: z.array(DebloatPath),
     systemdMinimize: z.boolean(),
     unitsKeepExtra: z.array(UnitName),
   })
@@ -125,7 +141,7 @@ export const Layer = z
     packages: z.array(PackageName),
     files: z.array(FileEntry),
     runs: z.array(RunStep),
-    cmdline: z.array(Arg.pipe(z.string().regex(/^[^\s"']+$/, "kernel command-line words have no spaces or quotes"))),
+    cmdline: z.array(CmdlineWord),
   })
   .strict();
 
@@ -170,6 +186,40 @@ export function parseWith<T>(schema: z.ZodType<T>, value: unknown, what: string)
   return r.data;
 }
 
+/** Where env targets land at run time (the Init module's EnvironmentFile= drop-ins read them). */
+export const SECRETS_ENV_FILE = "/run/tdxvm/secrets.env";
+export const unitEnvFile = (unit: string) => `/run/tdxvm/env/${unit}.env`;
+
+/**
+ * The first run-time target two secret targets share, described for a message (names, never
+ * values): the same file path, a file target on an env file, or one variable name twice in one
+ * env file. A second write would silently replace the first.
+ */
+export function secretTargetClash(decls: ReadonlyArray<SecretDeclData>): string | undefined {
+  const files = new Map<string, string>(); // path → secret writing it (file targets and env files)
+  const vars = new Map<string, string>(); // env file + variable → secret
+  const claim = (map: Map<string, string>, key: string, what: string, name: string, shared: boolean) => {
+    const other = map.get(key);
+    if (other !== undefined && !(shared && other.startsWith("\0"))) return `${what} is a target of secret ${other.replace(/^\0/, "")} and of secret ${name}`;
+    if (other === undefined) map.set(key, shared ? `\0${name}` : name);
+    return undefined;
+  };
+  for (const d of decls) {
+    for (const t of d.targets) {
+      // Env files are shared by every env target (one line each); a file target may not be one.
+      const clash = t.kind === "file"
+        ? claim(files, t.path, t.path, d.name, false)
+        : claim(files, envFileOf(t), envFileOf(t), d.name, true) ?? claim(vars, `${envFileOf(t)}\0${t.name}`, `variable ${t.name} in ${envFileOf(t)}`, d.name, false);
+      if (clash) return clash;
+    }
+  }
+  return undefined;
+}
+
+function envFileOf(t: { scope: "global" | "unit"; unit?: string }): string {
+  return t.scope === "global" ? SECRETS_ENV_FILE : unitEnvFile(t.unit!);
+}
+
 export function parseRecipe(value: unknown): Recipe {
   const r = parseWith(RecipeSchema, value, "recipe");
   // Cross-field rules zod cannot express per field.
@@ -185,6 +235,8 @@ export function parseRecipe(value: unknown): Recipe {
     if (names.has(s.name)) throw new TdxError("E_VALIDATION", `secret ${s.name} is declared twice`, { hint: "Declare each secret once; give it several targets instead." });
     names.add(s.name);
   }
+  const clash = secretTargetClash(r.secrets);
+  if (clash) throw new TdxError("E_VALIDATION", `two secret targets collide: ${clash}`, { hint: "Give each secret target its own file path or variable name." });
   if ("default" in r.profiles) throw new TdxError("E_VALIDATION", `profile name "default" is reserved for the base recipe`, { hint: "Pick another profile name." });
   return r;
 }

@@ -5,17 +5,46 @@
  * contract: validating a delivered payload and materialising it atomically.
  */
 import { isUtf8 } from "node:buffer";
-import { promises as fs } from "node:fs";
+import { promises as fs, constants as C } from "node:fs";
 import * as path from "node:path";
+import * as vm from "node:vm";
 import { randomBytes } from "node:crypto";
 import { TdxError, label } from "../errors";
 import {
   SecretDeclData, SecretSchemaData, SecretSchemaDataT, SecretTargetData, SecretTargetDataT, SecretDecl, parseWith,
+  SECRETS_ENV_FILE, unitEnvFile, secretTargetClash,
 } from "../recipe/schema";
 
 /** Where env targets land: read through EnvironmentFile= drop-ins the Init module bakes. */
-export const SECRETS_ENV_FILE = "/run/tdxvm/secrets.env";
-export const unitEnvFile = (unit: string) => `/run/tdxvm/env/${unit}.env`;
+export { SECRETS_ENV_FILE, unitEnvFile };
+
+/** Largest value one secret may have (characters of a string or of base64, or of serialised JSON). */
+export const MAX_SECRET_SIZE = 8 * 1024 * 1024;
+/** Time a declared pattern may take over one value before the value is refused. */
+const PATTERN_BUDGET_MS = 1000;
+
+let patternRunner: { ctx: vm.Context; script: vm.Script } | undefined;
+
+/**
+ * Test `value` against the recipe's pattern with a time budget: a pattern with catastrophic
+ * backtracking must not stall validation (the guest's receiver runs this on delivered values).
+ * V8 interrupts a running regular expression when a vm script's timeout expires.
+ */
+function patternMatches(pattern: string, value: string): boolean | "timeout" {
+  patternRunner ??= { ctx: vm.createContext({}), script: new vm.Script("re.test(v)") };
+  const { ctx, script } = patternRunner;
+  ctx.re = new RegExp(pattern, "u");
+  ctx.v = value;
+  try {
+    return script.runInContext(ctx, { timeout: PATTERN_BUDGET_MS }) === true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ERR_SCRIPT_EXECUTION_TIMEOUT") return "timeout";
+    throw e;
+  } finally {
+    ctx.re = undefined;
+    ctx.v = undefined;
+  }
+}
 
 export class SecretSchema {
   readonly data: SecretSchemaDataT;
@@ -26,28 +55,39 @@ export class SecretSchema {
   static bytes(opts: Omit<SecretSchemaDataT, "kind" | "pattern"> = {}) { return new SecretSchema({ kind: "bytes", ...opts }); }
   static json(opts: Omit<SecretSchemaDataT, "kind" | "pattern"> = {}) { return new SecretSchema({ kind: "json", ...opts }); }
 
-  /** Problems with `value`, described without ever quoting the value. */
+  /**
+   * Problems with `value`, described without ever quoting the value. The size is bounded before
+   * any regular expression runs, and the declared length limits are checked before the pattern.
+   */
   check(value: unknown): string[] {
     const s = this.data;
+    const tooLarge = [`larger than the ${MAX_SECRET_SIZE / 1024 / 1024} MiB limit for one secret`];
     let length: number;
     if (s.kind === "string") {
       if (typeof value !== "string") return [`expected a string, got ${describe(value)}`];
+      if (value.length > MAX_SECRET_SIZE) return tooLarge;
       // A lone UTF-16 surrogate (JSON "\ud800" parses to one) has no UTF-8 form: writing it would
       // silently turn it into U+FFFD, i.e. deliver a different secret than the one sent.
       if (/\p{Cs}/u.test(value)) return ["not well-formed Unicode (contains a lone surrogate)"];
-      length = [...value].length;
-      if (s.pattern !== undefined && !new RegExp(s.pattern, "u").test(value)) return [`does not match the declared pattern`];
+      length = 0;
+      for (const _ of value) length++;
     } else if (s.kind === "bytes") {
-      if (typeof value !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(value) || value.length % 4 !== 0) return [`expected base64-encoded bytes`];
+      if (typeof value !== "string") return [`expected base64-encoded bytes`];
+      if (value.length > MAX_SECRET_SIZE) return tooLarge;
+      if (!/^[A-Za-z0-9+/]*={0,2}$/.test(value) || value.length % 4 !== 0) return [`expected base64-encoded bytes`];
       length = Buffer.from(value, "base64").length;
     } else {
       if (value === undefined) return ["expected a JSON value"];
       try { length = JSON.stringify(value).length; } catch { return ["not serialisable as JSON"]; }
+      if (length > MAX_SECRET_SIZE) return tooLarge;
     }
     const errs: string[] = [];
     if (s.minLength !== undefined && length < s.minLength) errs.push(`shorter than minLength ${s.minLength}`);
     if (s.maxLength !== undefined && length > s.maxLength) errs.push(`longer than maxLength ${s.maxLength}`);
-    return errs;
+    if (errs.length || s.kind !== "string" || s.pattern === undefined) return errs;
+    const m = patternMatches(s.pattern, value as string);
+    if (m === "timeout") return ["the declared pattern took too long to evaluate"];
+    return m ? [] : ["does not match the declared pattern"];
   }
 }
 
@@ -147,6 +187,8 @@ export class SecretsDelivery {
       ].filter(Boolean);
       throw new TdxError("E_SECRET", `secret payload is not ready (${parts.join("; ")})`);
     }
+    const clash = secretTargetClash(this.decls);
+    if (clash) throw new TdxError("E_SECRET", `two secret targets collide: ${clash}; nothing was written`, { hint: "Fix the image's secret declarations: each target needs its own path or variable name." });
     const obj = payload as Record<string, unknown>;
     const writes = new Map<string, { data: Buffer; mode: number; owner: string }>();
     const envs = new Map<string, string[]>();
@@ -169,27 +211,31 @@ export class SecretsDelivery {
     }
     for (const [file, lines] of envs) writes.set(file, { data: Buffer.from(lines.sort().join("\n") + "\n"), mode: 0o400, owner: "root" });
 
-    const staged: Array<{ tmp: string; final: string }> = [];
+    const staged: Staged[] = [];
     try {
       for (const [p, w] of [...writes].sort(([a], [b]) => (a < b ? -1 : 1))) {
-        const final = path.join(root, p);
-        await fs.mkdir(path.dirname(final), { recursive: true, mode: 0o755 });
+        // Every directory on the way is checked to be a real directory inside the root, never a
+        // symbolic link (which could lead out of it), and created when missing.
+        const parts = p.split("/").filter(Boolean);
+        const dirs = await directoriesInRoot(root, parts.slice(0, -1), true);
+        const final = path.join(dirs.at(-1)?.path ?? root, parts.at(-1)!);
         // rename() cannot replace a directory; find out now, while nothing has been replaced yet.
         if ((await fs.lstat(final).catch(() => undefined))?.isDirectory()) {
           throw new TdxError("E_SECRET", `cannot write secrets below ${root}: the target ${p} is a directory`, { hint: "Remove the directory or point the secret's file target at another path." });
         }
+        const { uid, gid } = await resolveOwner(root, w.owner);
         const tmp = `${final}.tdxvm-${randomBytes(6).toString("hex")}.tmp`;
-        const fh = await fs.open(tmp, "wx", 0o600);
-        staged.push({ tmp, final });
+        const fh = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+        staged.push({ tmp, final, dirs });
         try {
           await fh.writeFile(w.data);
+          // On the open file, not by name: the name could be swapped for a link in between.
+          await fh.chown(uid, gid);
+          await fh.chmod(w.mode);
           await fh.sync();
         } finally {
           await fh.close();
         }
-        const { uid, gid } = await resolveOwner(root, w.owner);
-        await fs.chown(tmp, uid, gid);
-        await fs.chmod(tmp, w.mode);
       }
     } catch (e) {
       await Promise.all(staged.map((s) => fs.rm(s.tmp, { force: true })));
@@ -206,9 +252,14 @@ export class SecretsDelivery {
  * rename still fails (the target changed meanwhile), the remaining temporaries are removed so no
  * secret bytes linger, and the error says that the set is now partly replaced.
  */
-async function commit(root: string, staged: ReadonlyArray<{ tmp: string; final: string }>): Promise<void> {
+async function commit(root: string, staged: ReadonlyArray<Staged>): Promise<void> {
   for (const [i, s] of staged.entries()) {
     try {
+      // The directories must still be the ones checked while staging (no link swapped in since).
+      for (const d of s.dirs) {
+        const st = await fs.lstat(d.path);
+        if (st.isSymbolicLink() || st.dev !== d.dev || st.ino !== d.ino) throw Object.assign(new Error("changed"), { code: "ECHANGED" });
+      }
       await fs.rename(s.tmp, s.final);
     } catch (e) {
       await Promise.all(staged.slice(i).map((r) => fs.rm(r.tmp, { force: true })));
@@ -250,13 +301,61 @@ function systemdEnvQuote(v: string): string {
   return `"${v.replace(/[\\"$`]/g, (c) => `\\${c}`)}"`;
 }
 
+interface Staged { tmp: string; final: string; dirs: Array<{ path: string; dev: number; ino: number }> }
+
+/**
+ * The directories `root/parts[0]`, `root/parts[0]/parts[1]`, … each checked with lstat to be a
+ * directory and not a symbolic link (a link could lead out of the root), created (0755) when
+ * missing if `create`; undefined when one is missing and not `create`.
+ */
+async function directoriesInRoot(root: string, parts: ReadonlyArray<string>, create: true): Promise<Staged["dirs"]>;
+async function directoriesInRoot(root: string, parts: ReadonlyArray<string>, create: boolean): Promise<Staged["dirs"] | undefined>;
+async function directoriesInRoot(root: string, parts: ReadonlyArray<string>, create: boolean): Promise<Staged["dirs"] | undefined> {
+  const out: Staged["dirs"] = [];
+  let dir = root;
+  for (const part of parts) {
+    dir = path.join(dir, part);
+    let st = await fs.lstat(dir).catch((e: NodeJS.ErrnoException) => (e.code === "ENOENT" ? undefined : Promise.reject(e)));
+    if (!st) {
+      if (!create) return undefined;
+      await fs.mkdir(dir, { mode: 0o755 }).catch((e: NodeJS.ErrnoException) => (e.code === "EEXIST" ? undefined : Promise.reject(e)));
+      st = await fs.lstat(dir);
+    }
+    if (st.isSymbolicLink()) throw new TdxError("E_SECRET", `cannot write secrets below ${root}: ${path.relative(root, dir)} is a symbolic link, which could lead out of the root`, { hint: "Secrets are only written through real directories; replace the link with a directory." });
+    if (!st.isDirectory()) throw new TdxError("E_SECRET", `cannot write secrets below ${root}: ${path.relative(root, dir)} is not a directory`, { hint: "Remove the file or point the secret's target elsewhere." });
+    out.push({ path: dir, dev: st.dev, ino: st.ino });
+  }
+  return out;
+}
+
+/** A file of the image's own (e.g. etc/passwd), read without following any link out of `root`; undefined when absent. */
+async function readInRoot(root: string, rel: string): Promise<string | undefined> {
+  const parts = rel.split("/");
+  const dirs = await directoriesInRoot(root, parts.slice(0, -1), false);
+  if (!dirs) return undefined;
+  let fh;
+  try {
+    fh = await fs.open(path.join(dirs.at(-1)?.path ?? root, parts.at(-1)!), C.O_RDONLY | C.O_NOFOLLOW);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return undefined;
+    if (code === "ELOOP") throw new TdxError("E_SECRET", `cannot read ${rel} below ${root}: it is a symbolic link, which could lead out of the root`, { hint: "The image's user database must be a regular file." });
+    throw e;
+  }
+  try {
+    if (!(await fh.stat()).isFile()) return undefined;
+    return await fh.readFile("utf8");
+  } finally {
+    await fh.close();
+  }
+}
+
 async function resolveOwner(root: string, owner: string): Promise<{ uid: number; gid: number }> {
   const [user, group] = owner.split(":");
   const lookup = async (file: string, name: string): Promise<number> => {
     if (/^[0-9]+$/.test(name)) return Number(name);
     if (name === "root") return 0;
-    let text = "";
-    try { text = await fs.readFile(path.join(root, file), "utf8"); } catch { /* no database: fall through */ }
+    const text = (await readInRoot(root, file)) ?? "";
     const line = text.split("\n").find((l) => l.split(":")[0] === name);
     if (!line) throw new TdxError("E_SECRET", `owner ${name} is not in ${path.join(root, file)}`, { hint: "Create the user in the image (e.g. a sysusers.d file) or use a numeric uid:gid." });
     return Number(line.split(":")[2]);

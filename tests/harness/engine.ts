@@ -108,6 +108,24 @@ export function hasSecret(v: unknown): boolean {
 
 const secret = (value: unknown) => ({ [SECRET_SIG]: SECRET_VAL, value });
 
+/**
+ * A check failure as the engine prints it: pulumi/pulumi pkg/resource/deploy/step_generator.go
+ * (issueCheckFailures) uses diagnostic 2003 "%v resource '%v's property '%v' value %v has a
+ * problem: %v" with `inputs[failure.Property]` — the goal's input, formatted with Go's %v, which
+ * shows a secret's plaintext — and 2002 "%v resource '%v' has a problem: %v" without a property
+ * (sdk/go/common/diag/errors.go). So a provider that names a property leaks its value here too.
+ */
+export function checkFailureMessage(type: string, name: string, inputs: Record<string, unknown>, f: { property: string; reason: string }): string {
+  if (!f.property) return `${type} resource '${name}' has a problem: ${f.reason}`;
+  return `${type} resource '${name}'s property '${f.property}' value ${goValue(inputs[f.property])} has a problem: ${f.reason}`;
+}
+
+/** Roughly Go's %v of a resource.PropertyValue ("{…}"; a secret as "{&{{…}}}"): the plaintext is what matters. */
+function goValue(v: unknown): string {
+  const inner = (x: unknown): string => (isSecret(x) ? `&{${goValue(x.value)}}` : x === undefined ? "<nil>" : typeof x === "string" ? x : Array.isArray(x) ? `[${x.map(goValue).join(" ")}]` : x && typeof x === "object" ? `map[${Object.entries(x).map(([k, y]) => `${k}:${goValue(y)}`).join(" ")}]` : String(x));
+  return `{${inner(v)}}`;
+}
+
 /** Mark top-level keys secret: those whose input was secret (engine annotateSecrets) and the additional ones. */
 function markSecrets(outs: Record<string, unknown>, inputs: Record<string, unknown>, additional: string[]): Record<string, unknown> {
   return Object.fromEntries(Object.entries(outs).map(([k, v]) => [k, (hasSecret(inputs[k]) || additional.includes(k)) && v !== undefined && v !== null && !isSecret(v) ? secret(v) : v]));
@@ -357,7 +375,7 @@ export class Engine {
   private async registerDynamic(r: Parameters<Engine["register"]>[0], old: ResourceState | undefined, t0: number, record: (id: string, i: Record<string, unknown>, o: Record<string, unknown>) => { id: string; outputs: Record<string, unknown> }) {
     const news = unwrap(r.inputs) as Record<string, unknown>;
     const check = await this.host.check(r.urn, old ? (unwrap(old.inputs) as Record<string, unknown>) : {}, news);
-    if (check.failures.length) throw new Error(`${r.urn}: check failed: ${check.failures.map((f) => `${f.property}: ${f.reason}`).join("; ")}`);
+    if (check.failures.length) throw new Error(check.failures.map((f) => checkFailureMessage(r.type, r.name, r.inputs, f)).join("\n"));
     const checked = markSecrets(check.inputs, r.inputs, []);
     const mark = (outs: Record<string, unknown>) => markSecrets(outs, r.inputs, r.additionalSecretOutputs);
     if (!old) {

@@ -19,6 +19,7 @@ import { Image, SecretSchema, SecretTarget, defaultCacheDir } from "../../provid
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
 import { buildPe } from "../unit/measure/pe-builder";
 import { tempDir } from "../helpers";
+import { markVmDir } from "../../provider/deploy/qemu";
 
 const repoRoot = path.resolve(__dirname, "../..");
 
@@ -62,7 +63,7 @@ describe("serialized provider shim", () => {
     const r = spawnSync(process.execPath, ["-e", script], { cwd: repoRoot, encoding: "utf8", timeout: 60_000 });
     expect(r.stderr).toBe("");
     const out = JSON.parse(r.stdout);
-    expect(out.failures[0].property).toBe("backend");
+    expect(out.failures[0].property).toBe(""); // the engine would print the named input's value
     expect(out.failures[0].reason).toMatch(/^E_VALIDATION: backend: /);
     // Outside a project that has tdxvm installed, the shim says what to do.
     const elsewhere = spawnSync(process.execPath, ["-e", script], { cwd: os.tmpdir(), encoding: "utf8", timeout: 60_000 });
@@ -174,11 +175,11 @@ describe.each(via)("image provider (%s)", (_how, get) => {
   });
   afterAll(() => fs.rm(dir, { recursive: true, force: true }));
 
-  it("check validates the recipe and the options (E_VALIDATION, property named)", async () => {
+  it("check validates the recipe and the options (E_VALIDATION, the input named in the reason, no property)", async () => {
     const p = await get("image");
     const bad = await p.check({}, { recipe: { base: "debian/bookworm" }, projectDir: dir });
-    expect(bad.failures[0].property).toBe("recipe");
-    expect(bad.failures[0].reason).toMatch(/^E_VALIDATION: /);
+    expect(bad.failures[0].property).toBe("");
+    expect(bad.failures[0].reason).toMatch(/^E_VALIDATION: .*\(input recipe\)/);
     const badProfile = await p.check({}, { recipe: recipe("x").recipe, projectDir: dir, profile: "nope", bakeOnPreview: false });
     expect(badProfile.failures[0].reason).toMatch(/^E_VALIDATION: unknown profile "nope"/);
   });
@@ -248,13 +249,20 @@ describe.each(via)("qemu VM provider (%s)", (_how, get) => {
     expect((await p.diff("vm", { ...olds, running: false }, news)).replaces).toEqual(["running"]);
   });
 
-  it("read shows a VM whose QEMU is gone as not running; delete of a gone VM removes its state directory", async () => {
+  it("read shows a VM whose QEMU is gone as not running; delete of a gone VM removes its (marked) state directory and nothing else", async () => {
     const p = await get("qemuVm");
-    const dir = await tempDir("tdxvm-vm-");
-    const r = await p.read("vm", { pid: 999_999_999, startTime: 1, stateDir: dir });
+    const root = await tempDir("tdxvm-vms-");
+    const dir = path.join(root, "vm-0123456789ab");
+    await fs.mkdir(dir);
+    await markVmDir(dir);
+    const r = await p.read("vm", { pid: 999_999_999, startTime: 1, stateDir: dir, stateRoot: root });
     expect(r.props.running).toBe(false);
-    await p.delete("vm", { pid: 999_999_999, startTime: 1, stateDir: dir });
+    const foreign = await tempDir("tdxvm-not-a-vm-");
+    await p.delete("vm", { pid: 999_999_999, startTime: 1, stateDir: foreign, stateRoot: root });
+    expect(existsSync(foreign)).toBe(true);
+    await p.delete("vm", { pid: 999_999_999, startTime: 1, stateDir: dir, stateRoot: root });
     expect(existsSync(dir)).toBe(false);
+    await fs.rm(foreign, { recursive: true, force: true });
   });
 });
 
@@ -273,7 +281,7 @@ describe.each(via)("VM attestation provider (%s)", (_how, get) => {
     expect(JSON.stringify(r.failures)).not.toContain("tooshort");
     expect(JSON.stringify(r.failures)).not.toContain(short);
     expect((await p.check({}, { ...base, secrets: {} })).failures[0].reason).toContain("missing: API_TOKEN");
-    expect((await p.check({}, { ...base, endpoint: "no port" })).failures[0].property).toBe("endpoint");
+    expect((await p.check({}, { ...base, endpoint: "no port" })).failures[0]).toEqual({ property: "", reason: expect.stringMatching(/^E_VALIDATION: endpoint: /) });
     expect((await p.check({}, { ...base, secrets: { API_TOKEN: "0123456789abcdef" } })).failures).toBeUndefined();
   });
 
@@ -287,4 +295,23 @@ describe.each(via)("VM attestation provider (%s)", (_how, get) => {
     expect((await p.diff("a", olds, { ...news, secrets: { API_TOKEN: "fedcba9876543210" } })).replaces).toEqual(["secrets"]);
     expect(await p.diff("a", olds, { ...news, timeoutSeconds: 600 })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
   });
+});
+
+describe("check failures through the engine-like harness", () => {
+  it("are printed the way the engine prints them, and a secret input never appears next to one", async () => {
+    const { pulumiOp } = await import("../harness");
+    const { checkFailureMessage } = await import("../harness/engine");
+    // The harness prints like the engine: a named property shows that input's value, secret or not.
+    const marked = { url: { "4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270", value: "s3cr3t" } };
+    expect(checkFailureMessage("tdxvm:index:RolloutGate", "gate", marked, { property: "url", reason: "bad" })).toBe("tdxvm:index:RolloutGate resource 'gate's property 'url' value {&{{s3cr3t}}} has a problem: bad");
+    expect(checkFailureMessage("tdxvm:index:RolloutGate", "gate", marked, { property: "", reason: "bad" })).toBe("tdxvm:index:RolloutGate resource 'gate' has a problem: bad");
+    const dir = await tempDir("tdxvm-checkfail-");
+    const token = `not-a-url-${Date.now().toString(36)}-tok`;
+    const r = await pulumiOp("preview", { program: "tests/provider/programs/checkFailure.ts", project: "tdxvm-checkfail", dir, secretConfig: { url: token } });
+    const printed = JSON.stringify(r) + r.stdout + (await fs.readFile(path.join(dir, "host.log"), "utf8").catch(() => ""));
+    expect(r.ok).toBe(false);
+    expect(printed).toMatch(/resource 'gate' has a problem: E_VALIDATION: url: /);
+    expect(printed).not.toContain(token);
+    await fs.rm(dir, { recursive: true, force: true });
+  }, 120_000);
 });

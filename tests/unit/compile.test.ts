@@ -175,3 +175,107 @@ describe("mkosi emission", () => {
     });
   });
 });
+
+describe("recipe values in mkosi.conf, read back with mkosi's own parser", () => {
+  // mkosi 25's reader (mkosi/config.py in the tools tree): parse_ini, specifier expansion and
+  // each setting's own list parser, exactly as `mkosi build` applies them to tdxvm's files.
+  const READER = [
+    "import json, sys",
+    "from pathlib import Path",
+    "from mkosi.config import parse_ini, ParseContext, SETTINGS_LOOKUP_BY_NAME",
+    "out = []",
+    "for f in sys.argv[1:]:",
+    "    ctx = ParseContext()",
+    "    got = []",
+    "    for section, k, v in parse_ini(Path(f)):",
+    "        if not k:",
+    "            continue",
+    "        v = ctx.expand_specifiers(v, Path(f))",
+    "        if k in ('KernelCommandLine', 'RemoveFiles', 'Packages'):",
+    "            v = SETTINGS_LOOKUP_BY_NAME[k].parse(v, None)",
+    "        got.append([section, k, v])",
+    "    out.append(got)",
+    "print('TDXVM-PARSED ' + json.dumps(out))",
+  ].join("\n");
+  let cache: string;
+  beforeAll(async () => { cache = await tempDir(); });
+  afterAll(() => fs.rm(cache, { recursive: true, force: true }));
+
+  async function mkosiRead(confs: string[]): Promise<Array<Array<[string, string, unknown]>>> {
+    const { runStreaming, sandboxArgv } = await import("../../provider/bake/sandbox");
+    const { toolsTreeDir } = await import("../../provider/bake/toolsTree");
+    const { defaultCacheDir } = await import("../../provider/pipeline");
+    const tools = toolsTreeDir(defaultCacheDir());
+    expect(existsSync(path.join(tools, "usr/lib/python3/dist-packages/mkosi/config.py"))).toBe(true);
+    const dir = await tempDir();
+    try {
+      confs.forEach((c, i) => writeFileSync(path.join(dir, `${i}.conf`), c));
+      let parsed: string | undefined;
+      const r = await runStreaming(sandboxArgv(tools, ["python3", "-c", READER, ...confs.map((_, i) => `/work/conf/${i}.conf`)], [{ host: dir, inside: "/work/conf", readOnly: true }]), {
+        onLine: (l) => { if (l.startsWith("TDXVM-PARSED ")) parsed = l.slice("TDXVM-PARSED ".length); },
+      });
+      if (r.code !== 0 || !parsed) throw new Error(`mkosi's reader failed (${r.code}): ${r.tail.join("\n")}`);
+      return JSON.parse(parsed);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  it("refuses values mkosi's reader would split, cut or re-read (E_VALIDATION naming the field)", () => {
+    for (const w of ["a\x1cDistribution=fedora", "a\x85b", "a\u2028b", "a\x0bb", "x#y", "a\x1eb"]) {
+      const e = (() => { try { new Image({ base: "debian/trixie" }).cmdline(w); } catch (x) { return x as { code?: string; message: string }; } })();
+      expect({ w, code: e?.code, field: /cmdline/.test(e?.message ?? "") }).toEqual({ w, code: "E_VALIDATION", field: true });
+    }
+    for (const p of ["/usr/share/a,/etc", "/usr/share/a b", "/x#y", "/a\x1cb", "/a\u2029b"]) {
+      const e = (() => { try { new Image({ base: "debian/trixie" }).debloat({ enabled: true, pathsRemoveExtra: [p] }); } catch (x) { return x as { code?: string; message: string }; } })();
+      expect({ p, code: e?.code, field: /pathsRemoveExtra/.test(e?.message ?? "") }).toEqual({ p, code: "E_VALIDATION", field: true });
+    }
+  });
+
+  it("property: whatever hostile values a recipe carries, mkosi parses exactly the recipe's settings (fixed seed)", async () => {
+    const { BASE_CMDLINE, ROOTFS_CMDLINE, BASE_PACKAGES } = await import("../../provider/compile");
+    const { debloatRemovePaths } = await import("../../provider/compile/debloat");
+    // Characters mkosi's reader acts on (line breaks of str.splitlines(), str.strip() whitespace,
+    // comments, specifiers, list delimiters), mixed into otherwise ordinary values.
+    const hostile = ["#", ",", " ", "\t", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\u00a0", "\u3000"];
+    const harmless = ["a", "b", "=", "%", "%%", "%d", "%C", "[", "]", "/", "\\", "|", "!", "é", "-", "."];
+    const char = fc.oneof({ arbitrary: fc.constantFrom(...harmless), weight: 12 }, { arbitrary: fc.constantFrom(...hostile), weight: 1 });
+    const word = fc.array(char, { minLength: 1, maxLength: 6 }).map((a) => a.join(""));
+    const cases = fc.sample(fc.record({ words: fc.array(word, { maxLength: 3 }), paths: fc.array(word.map((w) => `/opt/${w}`), { maxLength: 2 }) }), { numRuns: 80, seed: 20261128 });
+    const emitted: Array<{ conf: string; words: string[]; remove: string[]; packages: string[] }> = [];
+    let refused = 0;
+    for (const c of cases) {
+      let img: Image;
+      try {
+        img = new Image({ base: "debian/trixie" }).cmdline(...c.words).debloat({ enabled: true, pathsRemoveExtra: c.paths });
+      } catch (e) {
+        expect((e as { code?: string }).code).toBe("E_VALIDATION");
+        refused++;
+        continue;
+      }
+      const tree = await compileImage(img, cache);
+      emitted.push({
+        conf: tree.get("mkosi.conf")!.data.toString("utf8"),
+        words: [...BASE_CMDLINE, ...ROOTFS_CMDLINE[img.recipe.rootfs], ...c.words],
+        remove: (await import("../../provider/compile")).NONDETERMINISTIC_FILES.concat(debloatRemovePaths(img.recipe.debloat)),
+        packages: [...new Set([...BASE_PACKAGES, ...img.recipe.base_layer.packages])].sort(),
+      });
+    }
+    // Some values are refused, many pass (e.g. % and = and brackets, which are escaped or harmless).
+    expect(refused).toBeGreaterThan(0);
+    expect(emitted.length).toBeGreaterThan(10);
+    const parsed = await mkosiRead(emitted.map((e) => e.conf));
+    parsed.forEach((settings, i) => {
+      const e = emitted[i]!;
+      const get = (k: string) => settings.filter(([, key]) => key === k).map(([, , v]) => v);
+      expect(settings.map(([s, k]) => `${s}.${k}`)).toEqual([
+        "Config.MinimumVersion", "Distribution.Distribution", "Distribution.Release", "Distribution.Architecture",
+        "Output.Format", "Output.ImageId", "Output.Output", "Output.ManifestFormat", "Output.SplitArtifacts", "Output.Seed",
+        "Content.Bootable", "Content.Bootloader", "Content.Packages", "Content.KernelCommandLine", "Content.Hostname", "Content.Locale", "Content.Keymap", "Content.Timezone", "Content.SourceDateEpoch", "Content.RemoveFiles",
+      ]);
+      expect(get("KernelCommandLine")).toEqual([e.words]);
+      expect(get("RemoveFiles")).toEqual([e.remove]);
+      expect(get("Packages")).toEqual([e.packages]);
+    });
+  }, 300_000);
+});

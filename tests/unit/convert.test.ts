@@ -173,7 +173,8 @@ describe("backends and sandbox command construction", () => {
 
   it("sandbox: mounts only inside a private namespace and quotes every path", () => {
     const argv = sandboxArgv("/cache/tools/trixie", ["mkosi", "build"], [{ host: "/home/u/my proj", inside: "/work/tree", readOnly: true }]);
-    expect(argv.slice(0, 7)).toEqual(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child"]);
+    expect(argv.slice(0, 11)).toEqual(["setpriv", "--pdeathsig", "SIGKILL", "--", "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child"]);
+    expect(sandboxArgv("/r", ["x"], [], {}, { outliveParent: true })[0]).toBe("unshare");
     const script = sandboxScript("/cache/tools/trixie", ["mkosi", "build"], [{ host: "/home/u/my proj", inside: "/work/tree", readOnly: true }]);
     expect(script).toContain("mount --bind '/cache/tools/trixie' '/cache/tools/trixie'");
     expect(script).toContain("mount --bind '/home/u/my proj' '/cache/tools/trixie/work/tree'");

@@ -783,3 +783,122 @@ describe("parseSri and malformed integrity strings", () => {
     expect(r.size).toBe(body.length);
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: downgrades, a total deadline, credentials kept out of messages, killed fetches
+
+/**
+ * A self-signed certificate for 127.0.0.1, made once for these tests with
+ * `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500
+ * -subj "/CN=tdxvm test" -addext subjectAltName=IP:127.0.0.1`. It protects nothing: only this
+ * test process trusts it (https.globalAgent's CA list, restored afterwards).
+ */
+const TEST_TLS = {
+  key: `-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgJqLhPsmVuJu136NJ
++/W46ybgUrvVapaqRI6v3rSA/wChRANCAASGh/p+8VJQzHL9QtuqLDsiGlDdzAPv
+qyvEKr8qb+OK9XgG64/Zn99jR+83atKqPTh5t6MXuI/vX5WRGMqMfq44
+-----END PRIVATE KEY-----
+`,
+  cert: `-----BEGIN CERTIFICATE-----
+MIIBkjCCATigAwIBAgIUM/vMACdRCTk/gx7wXCgN2iHrd3IwCgYIKoZIzj0EAwIw
+FTETMBEGA1UEAwwKdGR4dm0gdGVzdDAgFw0yNjExMjgwODU4MzVaGA8yMTI2MTEw
+NDA4NTgzNVowFTETMBEGA1UEAwwKdGR4dm0gdGVzdDBZMBMGByqGSM49AgEGCCqG
+SM49AwEHA0IABIaH+n7xUlDMcv1C26osOyIaUN3MA++rK8Qqvypv44r1eAbrj9mf
+32NH7zdq0qo9OHm3oxe4j+9flZEYyox+rjijZDBiMB0GA1UdDgQWBBQLh+OqMbzm
+shESIj2a+VZnEHpyajAfBgNVHSMEGDAWgBQLh+OqMbzmshESIj2a+VZnEHpyajAP
+BgNVHRMBAf8EBTADAQH/MA8GA1UdEQQIMAaHBH8AAAEwCgYIKoZIzj0EAwIDSAAw
+RQIgck3WBfQefvAyw5QYiwh6jWwoLvUC8KuY1sM6/8LhVzYCIQDTE/T/os/coAMW
+GLVnh/IqisflRVwMf3ZQnRiKhpZXIw==
+-----END CERTIFICATE-----
+`,
+};
+
+describe("fetch hardening", () => {
+  it("refuses an https → http redirect (a downgrade), nothing stored; http → https is followed", async () => {
+    const plain = await startServer();
+    const body = Buffer.from("served over plain http\n");
+    plain.route("/x", serveBytes(body));
+    const https = await import("node:https");
+    const tls = https.createServer(TEST_TLS, (req, res) => {
+      if (req.url === "/down") {
+        res.writeHead(302, { location: `${plain.base}/x` });
+        return res.end();
+      }
+      res.writeHead(200, { "content-length": body.length });
+      res.end(body);
+    });
+    await new Promise<void>((r) => tls.listen(0, "127.0.0.1", r));
+    const tlsBase = `https://127.0.0.1:${(tls.address() as AddressInfo).port}`;
+    const ca = https.globalAgent.options.ca;
+    https.globalAgent.options.ca = TEST_TLS.cert;
+    try {
+      const e = await tdxErrorOf(() => fetchInput(store, `${tlsBase}/down`));
+      expect(e.code).toBe("E_FETCH");
+      expect(e.message).toMatch(/https to http/);
+      expect(plain.requests).toEqual([]);
+      expect(await walkFiles(storeDir)).toEqual([]);
+      // The other direction is fine.
+      plain.route("/up", (_q, res) => {
+        res.writeHead(302, { location: `${tlsBase}/y` });
+        res.end();
+      });
+      expect((await fetchInput(store, `${plain.base}/up`, { integrity: sri("sha256", body) })).size).toBe(body.length);
+    } finally {
+      https.globalAgent.options.ca = ca;
+      tls.closeAllConnections();
+      await new Promise((r) => tls.close(r));
+    }
+  });
+
+  it("enforces a total deadline: a body that never stalls but never ends → E_FETCH, no file", async () => {
+    const s = await startServer();
+    s.route("/trickle", (_q, res) => {
+      res.writeHead(200);
+      const t = setInterval(() => res.write(Buffer.alloc(16, 1)), 20);
+      res.on("close", () => clearInterval(t));
+      setTimeout(() => { clearInterval(t); res.end(); }, 5000);
+    });
+    const e = await tdxErrorOf(() => fetchInput(store, `${s.base}/trickle`, { timeoutMs: 1000, deadlineMs: 400 }));
+    expect(e.code).toBe("E_FETCH");
+    expect(e.message).toMatch(/did not finish within 0\.4 s/);
+    expect(await walkFiles(storeDir)).toEqual([]);
+  });
+
+  it("never puts URL credentials (userinfo, token and signature parameters) into an error message", async () => {
+    const s = await startServer();
+    s.route("/gone", (_q, res) => { res.statusCode = 404; res.end(); });
+    s.route("/moved", (_q, res) => { res.writeHead(302, { location: "ftp://mirror-user:mirror-pass@127.0.0.1/x?token=t0k3nVALUE" }); res.end(); });
+    const body = Buffer.from("pinned\n");
+    s.route("/wrong", serveBytes(Buffer.from("not what was pinned\n")));
+    const secrets = ["hunter2pass", "AKIAEXAMPLEKEY", "sigSECRETvalue", "t0k3nVALUE", "mirror-pass", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"];
+    const withCreds = (p: string) => `${s.base.replace("http://", "http://deploy:hunter2pass@")}${p}?X-Amz-Credential=AKIAEXAMPLEKEY&X-Amz-Signature=sigSECRETvalue&v=2&auth=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl`;
+    const errors = [
+      await tdxErrorOf(() => fetchInput(store, withCreds("/gone"))),
+      await tdxErrorOf(() => fetchInput(store, withCreds("/moved"))),
+      await tdxErrorOf(() => fetchInput(store, withCreds("/wrong"), { integrity: sri("sha256", body) })),
+      await tdxErrorOf(() => fetchInput(store, withCreds("/gone"), { offline: true })),
+    ];
+    for (const e of errors) {
+      const text = JSON.stringify({ message: e.message, hint: e.hint, details: e.details });
+      for (const x of secrets) expect({ text, leaked: text.includes(x) }).toEqual({ text, leaked: false });
+    }
+    // What is left says which URL it was.
+    expect(errors[0]!.message).toContain(`http://***@127.0.0.1:${s.base.split(":")[2]}/gone?X-Amz-Credential=***&X-Amz-Signature=***&v=2&auth=***`);
+  });
+
+  it("a killed fetch's temporary is removed by the next put; a live process's is kept", async () => {
+    const { spawnSync } = await import("node:child_process");
+    const dead = spawnSync(process.execPath, ["-e", "0"]).pid!; // has exited: its pid is free
+    const body = Buffer.from("after a crash\n");
+    const s = await startServer();
+    s.route("/b", serveBytes(body));
+    await fetchInput(store, `${s.base}/b`); // creates the store directories
+    const stale = ALGS.map((a) => path.join(storeDir, a, `.tmp-${dead}-0123456789ab`));
+    const live = path.join(storeDir, "sha256", `.tmp-${process.pid}-ba9876543210`);
+    for (const f of [...stale, live]) await fs.writeFile(f, "half-written secret-free bytes");
+    await fetchInput(store, `${s.base}/b`);
+    for (const f of stale) expect({ f, exists: await fs.access(f).then(() => true, () => false) }).toEqual({ f, exists: false });
+    expect(await fs.readFile(live, "utf8")).toBe("half-written secret-free bytes");
+  });
+});

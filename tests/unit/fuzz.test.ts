@@ -5,12 +5,15 @@
  * materialised as exactly the declared files, modes and bytes below the root.
  */
 import { promises as fsp } from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import fc from "fast-check";
 import { Image, Init, SecretSchema, SecretTarget, TdxError, parseLock, parseRecipe, stableJson } from "../../provider";
+import { SecretsDelivery, declareSecret } from "../../provider/secrets";
 import { sealLock } from "../../provider/lock";
 import { fullApiShape } from "../fixtures/full-api-shape";
 import { tempDir, walk } from "../helpers";
+const fs = fsp;
 
 const counts = { recipes: 0, locks: 0, payloads: 0 };
 
@@ -180,5 +183,61 @@ describe("fuzz: only TdxError comes out", () => {
       { numRuns: 60 },
     );
     await fsp.rm(root, { recursive: true, force: true });
+  });
+
+  it("materialised secrets: every file lands inside the root with its declared mode, or nothing is written", async () => {
+    const base = await fs.mkdtemp(path.join(os.tmpdir(), "tdxvm-fuzz-secrets-"));
+    const seg = fc.constantFrom("run", "app", "etc", "x", "..", ".", "tdxvm");
+    const target = fc.record({ segs: fc.array(seg, { minLength: 1, maxLength: 4 }), mode: fc.constantFrom(0o400, 0o440, 0o600, 0o640, 0o444) });
+    try {
+      await fc.assert(
+        fc.asyncProperty(fc.array(target, { minLength: 1, maxLength: 4 }), fc.array(fc.array(seg, { minLength: 1, maxLength: 3 }), { maxLength: 2 }), fc.array(fc.string({ minLength: 1, maxLength: 8 }), { minLength: 4, maxLength: 4 }), async (targets, links, values) => {
+          counts.payloads++;
+          await fs.rm(base, { recursive: true, force: true });
+          const root = path.join(base, "root");
+          const outside = path.join(base, "outside");
+          await fs.mkdir(root, { recursive: true });
+          await fs.mkdir(outside, { recursive: true });
+          // Hostile image trees: directories on the way replaced by links out of the root.
+          for (const l of links) {
+            const at = path.join(root, ...l);
+            if (!at.startsWith(root + "/")) continue;
+            await fs.mkdir(path.dirname(at), { recursive: true }).catch(() => undefined);
+            await fs.symlink(outside, at).catch(() => undefined);
+          }
+          let decls;
+          try {
+            decls = targets.map((t, i) => declareSecret(`S${i}`, { targets: [SecretTarget.file("/" + t.segs.join("/"), { mode: t.mode })] }));
+            new SecretsDelivery(decls, {}).validatePayload({}); // the declarations themselves are accepted
+          } catch (e) {
+            if (!(e instanceof TdxError)) throw e;
+            return;
+          }
+          const payload = Object.fromEntries(decls.map((d, i) => [d.name, values[i]]));
+          const before = await walk(outside);
+          let written = true;
+          try {
+            await new SecretsDelivery(decls, {}).materializeRuntime(root, payload);
+          } catch (e) {
+            if (!(e instanceof TdxError)) throw e;
+            written = false;
+          }
+          expect(await walk(outside)).toEqual(before);
+          if (!written) return;
+          for (const [i, d] of decls.entries()) {
+            const t = d.targets[0]!;
+            if (t.kind !== "file") throw new Error("unreachable");
+            const p = path.join(root, t.path);
+            const real = await fs.realpath(p);
+            expect(real.startsWith((await fs.realpath(root)) + "/")).toBe(true);
+            expect((await fs.lstat(p)).mode & 0o7777).toBe(t.mode);
+            expect(await fs.readFile(p, "utf8")).toBe(values[i]);
+          }
+        }),
+        { numRuns: 150, seed: 1010 },
+      );
+    } finally {
+      await fs.rm(base, { recursive: true, force: true });
+    }
   });
 });

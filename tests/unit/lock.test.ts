@@ -82,6 +82,95 @@ describe("tdx.lock", () => {
     expect(e.message).toContain("app.conf changed on disk");
   });
 
+  it("compares integrity by digest bytes: an unpadded or non-canonical SRI pin is the same pin (frozen check, lock entries)", async () => {
+    const p = await project();
+    const bytes = Buffer.from("listen 80\n");
+    for (const alg of ["sha256", "sha384", "sha512"] as const) {
+      const b64 = createHash(alg).update(bytes).digest("base64");
+      // The same digest spelled three ways: canonical, without '=' padding, and (sha256: one pad)
+      // with non-zero trailing bits in the last character, which base64 decoders ignore.
+      const spellings = [b64, b64.replace(/=+$/, "")];
+      if (alg === "sha256") {
+        const A = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const last = A[A.indexOf(b64[42]!) | 1]!;
+        spellings.push(`${b64.slice(0, 42)}${last}=`);
+      }
+      for (const b of spellings) {
+        const integrity = `${alg}-${b}`;
+        const img = () => new Image({ base: "debian/trixie", projectDir: p.dir }).file("/etc/app.conf", { src: "app.conf", integrity });
+        await img().lock({ cacheDir: p.cacheDir });
+        const r = await img().emit({ frozen: true, cacheDir: p.cacheDir });
+        expect({ alg, integrity, data: r.tree.get("mkosi.extra/etc/app.conf")!.data.toString() }).toEqual({ alg, integrity, data: "listen 80\n" });
+      }
+    }
+    // A lock whose entry is spelled unpadded (sealed, so not tampered) still matches the recipe and the file.
+    const canonical = `sha256-${createHash("sha256").update(bytes).digest("base64")}`;
+    const img = () => new Image({ base: "debian/trixie", projectDir: p.dir }).file("/etc/app.conf", { src: "app.conf", integrity: canonical });
+    const lock = await img().lock({ cacheDir: p.cacheDir });
+    const { integrity: _i, ...body } = lock;
+    void _i;
+    const { sealLock, writeLock } = await import("../../provider/lock");
+    await writeLock(p.lockFile, sealLock({ ...body, inputs: body.inputs.map((x) => ({ ...x, sha256: x.sha256.replace(/=+$/, "") })) }));
+    await expect(img().emit({ frozen: true, cacheDir: p.cacheDir })).resolves.toBeDefined();
+    // An entry that is not a whole digest is a malformed lock, whatever its seal says.
+    const short = sealLock({ ...body, inputs: body.inputs.map((x) => ({ ...x, sha256: "sha256-AAAA" })) });
+    expect((await tdxErrorOf(() => parseLock(stableJson(short)))).message).toMatch(/malformed: inputs\.0\.sha256: must hold a 32-byte sha256 digest/);
+    // A different digest is still stale.
+    const other = `sha256-${createHash("sha256").update("listen 81\n").digest("base64").replace(/=+$/, "")}`;
+    const e = await tdxErrorOf(() => new Image({ base: "debian/trixie", projectDir: p.dir }).file("/etc/app.conf", { src: "app.conf", integrity: other }).emit({ frozen: true, cacheDir: p.cacheDir }));
+    expect(e.code).toBe("E_LOCKFILE");
+  });
+
+  it("keeps URL credentials out of the lock, its warnings and its errors; sources that differ only in credentials must agree", async () => {
+    const http = await import("node:http");
+    const bodies: Record<string, Buffer> = { "/a": Buffer.from("agent 1.2.3\n"), "/b": Buffer.from("other bytes\n") };
+    const server = http.createServer((req, res) => {
+      const b = bodies[(req.url ?? "").split("?")[0]!];
+      res.writeHead(b ? 200 : 404);
+      res.end(b);
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as import("node:net").AddressInfo).port;
+    const url = (p: string, user: string, sig: string) => `http://${user}:pw-${user}@127.0.0.1:${port}${p}?X-Amz-Signature=${sig}&v=1`;
+    try {
+      const p = await project();
+      const warnings: string[] = [];
+      const img = () => new Image({ base: "debian/trixie", projectDir: p.dir }).file("/opt/agent", { src: url("/a", "ci", "SIGci") });
+      const lock = await img().lock({ cacheDir: p.cacheDir, onWarning: (w) => warnings.push(w.message) });
+      const text = readFileSync(p.lockFile, "utf8");
+      for (const leaked of ["pw-ci", "SIGci"]) expect([text, ...warnings].filter((t) => t.includes(leaked))).toEqual([]);
+      expect(lock.inputs.map((i) => i.ref)).toEqual([`http://***@127.0.0.1:${port}/a?X-Amz-Signature=***&v=1`]);
+      expect(warnings).toEqual([`http://***@127.0.0.1:${port}/a?X-Amz-Signature=***&v=1 has no integrity, so its content can change under the same URL`]);
+      // The frozen check and compile find the source under its lock name and serve the locked bytes.
+      const r = await img().emit({ frozen: true, cacheDir: p.cacheDir });
+      expect(r.tree.get("mkosi.extra/opt/agent")!.data.toString()).toBe("agent 1.2.3\n");
+      // Two sources that differ only in credentials but serve different bytes cannot share a lock entry.
+      const both = new Image({ base: "debian/trixie", projectDir: p.dir })
+        .file("/opt/one", { src: url("/b", "ci", "SIGci") })
+        .file("/opt/two", { src: url("/b", "dev", "SIGdev") });
+      await expect(both.lock({ cacheDir: p.cacheDir })).resolves.toBeDefined(); // same bytes: one entry
+      expect((await readLock(p.lockFile)).inputs).toHaveLength(1);
+      let n = 0;
+      bodies["/c"] = Buffer.from("first\n");
+      server.removeAllListeners("request");
+      server.on("request", (req, res) => {
+        const b = (req.url ?? "").startsWith("/c") ? Buffer.from(`answer ${n++}\n`) : bodies[(req.url ?? "").split("?")[0]!];
+        res.writeHead(b ? 200 : 404);
+        res.end(b);
+      });
+      const clash = new Image({ base: "debian/trixie", projectDir: p.dir })
+        .file("/opt/one", { src: url("/c", "ci", "SIGci") })
+        .file("/opt/two", { src: url("/c", "dev", "SIGdev") });
+      const e = await tdxErrorOf(() => clash.lock({ cacheDir: p.cacheDir }));
+      expect(e.code).toBe("E_LOCKFILE");
+      expect(e.message).toContain(`http://***@127.0.0.1:${port}/c?X-Amz-Signature=***&v=1`);
+      expect(`${e.message} ${e.hint}`).not.toMatch(/pw-|SIG(ci|dev)/);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   it("detects a hand-edited lock (tampered digest)", async () => {
     const p = await project();
     await p.img().lock({ cacheDir: p.cacheDir });

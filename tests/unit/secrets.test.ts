@@ -1032,3 +1032,87 @@ describe("Init module and Image.secret(): the recipe carries the contract, never
     expect(syncTdxErrorOf(() => new Image({ base: "debian/trixie" }).profile("dev", (i) => i.secret("P", { targets: [SecretTarget.env("P")] }))).code).toBe("E_VALIDATION");
   });
 });
+
+describe("materialisation stays inside its root", () => {
+  let root: string;
+  let outside: string;
+  beforeEach(async () => {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), "tdxvm-secrets-root-"));
+    outside = await fs.mkdtemp(path.join(os.tmpdir(), "tdxvm-secrets-outside-"));
+  });
+  afterEach(async () => {
+    await fs.rm(root, { recursive: true, force: true });
+    await fs.rm(outside, { recursive: true, force: true });
+  });
+  const fileSecret = (p: string, owner?: string) => new SecretsDelivery([declareSecret("S", { targets: [SecretTarget.file(p, { mode: 0o400, ...(owner ? { owner } : {}) })] })], {});
+
+  it("never follows a symlinked directory out of the root (any component), and writes nothing", async () => {
+    for (const [link, target] of [["run", "/run/app/token"], ["run/app", "/run/app/token"], ["var/lib/app", "/var/lib/app/x/token"]] as const) {
+      await fs.rm(root, { recursive: true, force: true });
+      await fs.mkdir(path.join(root, path.dirname(link)), { recursive: true });
+      await fs.symlink(outside, path.join(root, link));
+      const e = await tdxErrorOf(() => fileSecret(target).materializeRuntime(root, { S: "the-secret-value" }));
+      expect({ link, code: e.code }).toEqual({ link, code: "E_SECRET" });
+      expect(e.message).toMatch(/symbolic link/);
+      expect(await walkFiles(outside)).toEqual([]);
+    }
+  });
+
+  it("a symlink as the target file itself is replaced, never written through", async () => {
+    await fs.mkdir(path.join(root, "run"), { recursive: true });
+    const victim = path.join(outside, "victim");
+    await fs.writeFile(victim, "unchanged\n");
+    await fs.symlink(victim, path.join(root, "run/token"));
+    await fileSecret("/run/token").materializeRuntime(root, { S: "the-secret-value" });
+    expect(await fs.readFile(victim, "utf8")).toBe("unchanged\n");
+    const st = await fs.lstat(path.join(root, "run/token"));
+    expect(st.isFile()).toBe(true);
+    expect(await fs.readFile(path.join(root, "run/token"), "utf8")).toBe("the-secret-value");
+  });
+
+  it("looks owners up in the image's own passwd/group, never through a link out of the root", async () => {
+    await fs.mkdir(path.join(root, "etc"), { recursive: true });
+    await fs.writeFile(path.join(outside, "passwd"), "app:x:4242:4242::/:/bin/false\n");
+    await fs.symlink(path.join(outside, "passwd"), path.join(root, "etc/passwd"));
+    const e = await tdxErrorOf(() => fileSecret("/run/token", "app").materializeRuntime(root, { S: "the-secret-value" }));
+    expect(e.code).toBe("E_SECRET");
+    expect(e.message).toMatch(/symbolic link/);
+    // A symlinked /etc is refused the same way.
+    await fs.rm(path.join(root, "etc"), { recursive: true });
+    await fs.mkdir(path.join(outside, "etc"));
+    await fs.writeFile(path.join(outside, "etc/passwd"), "app:x:4242:4242::/:/bin/false\n");
+    await fs.symlink(path.join(outside, "etc"), path.join(root, "etc"));
+    expect((await tdxErrorOf(() => fileSecret("/run/token", "app").materializeRuntime(root, { S: "the-secret-value" }))).code).toBe("E_SECRET");
+    expect(await walkFiles(path.join(root, "run")).catch(() => [])).toEqual([]);
+  });
+
+  it("two secrets may not target the same path: refused at declaration and at materialisation", () => {
+    const twice = (a: ReturnType<typeof SecretTarget.file>, b: ReturnType<typeof SecretTarget.file>) => () =>
+      new Image({ base: "debian/trixie" }).secret("A", { targets: [a] }).secret("B", { targets: [b] });
+    expect(syncTdxErrorOf(twice(SecretTarget.file("/run/app/key"), SecretTarget.file("/run/app/key"))).message).toMatch(/\/run\/app\/key.*A.*B/);
+    // Two env targets with one variable name in one file, and a file target on the env file itself.
+    expect(syncTdxErrorOf(() => new Image({ base: "debian/trixie" }).secret("A", { targets: [SecretTarget.env("TOKEN")] }).secret("B", { targets: [SecretTarget.env("TOKEN")] })).code).toBe("E_VALIDATION");
+    expect(syncTdxErrorOf(() => new Image({ base: "debian/trixie" }).secret("A", { targets: [SecretTarget.env("TOKEN")] }).secret("B", { targets: [SecretTarget.file("/run/tdxvm/secrets.env")] })).code).toBe("E_VALIDATION");
+    // One secret with the same target twice.
+    expect(syncTdxErrorOf(() => new Image({ base: "debian/trixie" }).secret("A", { targets: [SecretTarget.file("/run/a"), SecretTarget.file("/run/a")] })).code).toBe("E_VALIDATION");
+    // A recipe (or contract) that arrives as data is checked too.
+    const recipe = new Image({ base: "debian/trixie" }).secret("A", { targets: [SecretTarget.file("/run/k")] }).secret("B", { targets: [SecretTarget.file("/run/j")] }).recipe;
+    const clashing = { ...recipe, secrets: recipe.secrets.map((s) => ({ ...s, targets: [{ ...s.targets[0]!, path: "/run/k" }] })) };
+    expect(syncTdxErrorOf(() => Image.fromRecipe(clashing, "/tmp")).code).toBe("E_VALIDATION");
+    const d = new SecretsDelivery(clashing.secrets, {});
+    return expect(d.materializeRuntime(root, { A: "value-of-a", B: "value-of-b" })).rejects.toMatchObject({ code: "E_SECRET", message: expect.stringMatching(/\/run\/k/) });
+  });
+
+  it("length limits are checked before the pattern, and no regular expression sees an unbounded value", () => {
+    // A pattern with catastrophic backtracking on a non-matching input.
+    const s = SecretSchema.string({ maxLength: 16, pattern: "^(a+)+$" });
+    const hostile = "a".repeat(40) + "!";
+    expect(s.check(hostile)).toEqual(["longer than maxLength 16"]);
+    // Within the length limit the same pattern cannot stall validation either: it is given a time budget.
+    const unbounded = SecretSchema.string({ pattern: "^(a+)+$" });
+    expect(unbounded.check(hostile)).toEqual(["the declared pattern took too long to evaluate"]);
+    // A value far beyond any sane secret is refused by size before any expression runs.
+    expect(SecretSchema.bytes().check("A".repeat(9 * 1024 * 1024))).toEqual(["larger than the 8 MiB limit for one secret"]);
+    expect(SecretSchema.string({ pattern: "^x" }).check("x".repeat(9 * 1024 * 1024))).toEqual(["larger than the 8 MiB limit for one secret"]);
+  });
+});

@@ -38,6 +38,9 @@ import { testUki } from "../../fixtures/testUki";
 import { peOffsets } from "./pe-builder";
 import { encodeEvent2 } from "./tcg-log-writer";
 import { fixture, hex, independent, ovmfPath, tempDir } from "./fixtures";
+import fc from "fast-check";
+import { verify, VerifyInput } from "../../../provider/measure/verify";
+import type { Measurements } from "../../../provider/measure/ledger";
 
 const SEED = Number(process.env.TDXVM_FUZZ_SEED ?? 20261124);
 const ROUNDS = Number(process.env.TDXVM_FUZZ_ROUNDS ?? 300);
@@ -314,4 +317,73 @@ describe("fuzz: parsers fail only with E_MEASUREMENT, and what they accept means
     }
     fs.rmSync(dir, { recursive: true, force: true });
   }, 120_000);
+});
+
+describe("verify() on guest-supplied evidence", () => {
+  const hex = (n: number, c: string) => c.repeat(n);
+  const expected: Measurements = {
+    measurementsVersion: 1, backend: "azure", inputs: {},
+    registers: {
+      PCR4: { alg: "sha256", value: hex(64, "a"), status: "exact", events: [{ type: "EV_EFI_BOOT_SERVICES_APPLICATION", description: "uki", origin: "uki", digest: hex(64, "1") }] },
+      PCR11: { alg: "sha256", value: hex(64, "b"), status: "exact", events: [{ type: "systemd", description: "phase", origin: "stub", digest: hex(64, "2"), log: "userspace" }] },
+      MRTD: { alg: "sha384", value: hex(96, "c"), status: "exact", events: [] },
+    },
+  };
+
+  it("malformed records, PCR values and buffers fail with E_MEASUREMENT or are ignored, never with a TypeError", () => {
+    const RS = String.fromCharCode(0x1e);
+    // Each of these crashed verify() with a TypeError before it checked the guest's data.
+    const cases: unknown[] = [
+      { userspaceLog: `${RS}{"pcr":11,"digests":[{"hashAlg":"sha256","digest":5}]}\n` },
+      { userspaceLog: `${RS}null\n${RS}{"pcr":11,"digests":[null]}\n` },
+      { pcrs: { sha256: { 4: 1234 } } },
+      { eventLog: "not a buffer" },
+      { userspaceLog: 42 },
+    ];
+    for (const input of cases) {
+      let code: string | undefined;
+      try {
+        verify(expected, input as VerifyInput);
+      } catch (e) {
+        code = e instanceof TdxError ? e.code : `${(e as Error).name}: ${(e as Error).message}`;
+      }
+      expect({ input, code: code ?? "E_MEASUREMENT" }).toEqual({ input, code: "E_MEASUREMENT" });
+    }
+  });
+
+  it("fuzz: only TdxError comes out, and a register whose reported value differs from the expected one is never ok", () => {
+    const tpm = fixture("tpm-eventlog-arch-linux.bin");
+    const logs = variants(tpm, 60, 21, [[0, 200], [0, tpm.length]]);
+    const record = fc.oneof(
+      fc.jsonValue().map((j) => JSON.stringify(j)),
+      fc.record({ pcr: fc.oneof(fc.integer({ min: 0, max: 23 }), fc.anything()), digests: fc.oneof(fc.array(fc.record({ hashAlg: fc.oneof(fc.constant("sha256"), fc.anything()), digest: fc.oneof(fc.stringMatching(/^[0-9a-f]{64}$/), fc.anything()) }, { requiredKeys: [] })), fc.anything()) }, { requiredKeys: [] }).map((r) => { try { return JSON.stringify(r) ?? ""; } catch { return ""; } }),
+      fc.string(),
+    );
+    const input = fc.record({
+      eventLog: fc.oneof(fc.constant(undefined), fc.nat(logs.length - 1).map((i) => logs[i]!), fc.uint8Array({ maxLength: 256 }).map((a) => Buffer.from(a)), fc.anything()),
+      userspaceLog: fc.oneof(fc.constant(undefined), fc.array(record, { maxLength: 6 }).map((rs) => rs.map((r) => `${String.fromCharCode(0x1e)}${r}\n`).join("")), fc.anything()),
+      pcrs: fc.oneof(fc.constant(undefined), fc.anything(), fc.record({ sha256: fc.dictionary(fc.constantFrom("4", "11", "x"), fc.oneof(fc.stringMatching(/^[0-9a-f]{64}$/), fc.anything())) })),
+      quote: fc.oneof(fc.constant(undefined), fc.uint8Array({ maxLength: 700 }).map((a) => Buffer.from(a))),
+    }, { requiredKeys: [] });
+    let returned = 0;
+    fc.assert(
+      fc.property(input, (i) => {
+        let r;
+        try {
+          r = verify(expected, i as VerifyInput);
+        } catch (e) {
+          if (!(e instanceof TdxError) || e.code !== "E_MEASUREMENT") throw e;
+          return;
+        }
+        returned++;
+        for (const v of r.registers) {
+          if (v.reported !== null && v.reported !== v.expected) expect(v.ok).toBe(false);
+          expect(v.ok).toBe(v.problems.length === 0);
+        }
+        expect(r.ok).toBe(r.registers.every((v) => v.ok));
+      }),
+      { numRuns: 600, seed: SEED },
+    );
+    expect(returned).toBeGreaterThan(0);
+  });
 });
