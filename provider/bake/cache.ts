@@ -14,8 +14,9 @@
  * - the newest entry of each recipe (same project build directory and profile) — what that
  *   project's `build/` and its Pulumi stack use. A project whose build directory no longer exists
  *   (e.g. a deleted temporary directory) has no current entry to protect.
- * Temporary directories of bakes that died (`.<key>.<pid>.tmp`, pid gone, lock free) and stale
- * `.lock` files are removed too.
+ * Temporary directories of bakes that died (`.<key>.<pid>.tmp`, pid gone, lock free) are removed
+ * too; a stale `.lock` file (naming a dead holder) is taken and released, i.e. emptied — lock files
+ * are never deleted (bake/filelock.ts).
  */
 import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";

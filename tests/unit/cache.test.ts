@@ -115,9 +115,12 @@ describe("listCache / pruneCache on a cache directory", () => {
     expect(existsSync(old1)).toBe(false);
     for (const p of [newA, held, newB, tmpLive, path.join(cache, "artifacts", `${key(3)}.lock`)]) expect(existsSync(p)).toBe(true);
     expect(existsSync(tmpDead)).toBe(false);
-    expect(existsSync(staleLock)).toBe(false);
-    // Nothing of prune's own is left behind: no trash directory, no lock of the removed key.
-    expect((await fs.readdir(path.join(cache, "artifacts"))).filter((n) => n.includes(key(1)))).toEqual([]);
+    // Lock files stay (bake/filelock.ts: removing a flock file would let two bakes hold "it"), but
+    // no longer name the dead holder, so no one cleans up after it again.
+    expect(await fs.readFile(staleLock, "utf8")).toBe("");
+    // Nothing of prune's own is left behind: no trash directory; the removed key's lock is free.
+    expect((await fs.readdir(path.join(cache, "artifacts"))).filter((n) => n.includes(key(1)))).toEqual([`${key(1)}.lock`]);
+    expect(await fs.readFile(path.join(cache, "artifacts", `${key(1)}.lock`), "utf8")).toBe("");
   });
 
   it("an entry a bake locks between listing and removal is not removed", async () => {
