@@ -194,7 +194,7 @@ export function authenticodeRanges(buf: Buffer, fileSize = buf.length): Array<[n
   }
   // Sections of a real image do not share file bytes, so headers plus section data fit in the
   // file; overlapping ones could make us hash (and, in the async path, copy) the file up to 96 times.
-  if (sumOfBytesHashed > buf.length) measurementError(`PE image: section raw data overlap (${sumOfBytesHashed} bytes to hash from a ${buf.length}-byte file)`);
+  if (sumOfBytesHashed > fileSize) measurementError(`PE image: section raw data overlap (${sumOfBytesHashed} bytes to hash from a ${fileSize}-byte file)`);
 
   if (fileSize > sumOfBytesHashed) {
     const certSize = hasSecurityDir ? pe.dataDirectories[SECURITY_DIRECTORY_INDEX]!.size : 0;

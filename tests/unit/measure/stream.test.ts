@@ -91,6 +91,12 @@ describe("streamed UKI digests equal the in-memory formulas", () => {
     expect(d.cmdline).toBe(TYPICAL[1]!.data.toString().trim());
   });
 
+  it("a UKI larger than the largest header read (4 MiB): judged by its file size, not by the bytes read", async () => {
+    const buf = uki([...TYPICAL.filter((s) => s.name !== ".initrd"), { name: ".initrd", data: bytes(6 * MiB, "big-initrd") }]);
+    expect(buf.length).toBeGreaterThan(4 * MiB);
+    await expectSameAsInMemory(buf);
+  });
+
   it("zero fill, .ucode, and every section that becomes a literal cpio", async () => {
     const sections: BuildSection[] = [
       { name: ".linux", data: kernel(MiB + 5) },
