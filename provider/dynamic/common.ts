@@ -91,6 +91,23 @@ export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * An optional peer dependency (needed by one target only), loaded when first used: from where
+ * tdxvm is installed, so the Pulumi project's node_modules. Missing → E_DEPLOYMENT naming the
+ * `npm install` (the version range is tdxvm's peerDependencies entry).
+ */
+export function requireOptional<T>(name: string, why: string): T {
+  try {
+    return require(name) as T;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "MODULE_NOT_FOUND" || !String((e as Error).message).includes(`'${name}'`)) throw e;
+    const range = (require("../../package.json") as { peerDependencies?: Record<string, string> }).peerDependencies?.[name];
+    throw new TdxError("E_DEPLOYMENT", `${name} is not installed where Pulumi runs tdxvm's providers (${process.cwd()}); ${why}`, {
+      hint: `Install it in the Pulumi project: \`npm install ${range ? `${name}@${range}` : name}\` (an optional peer dependency of tdxvm, needed only for this target).`,
+    });
+  }
+}
+
 /** Progress for long provider work: the engine shows a plugin's stderr (pulumi.log is not wired in providers). */
 export function log(resource: string, msg: string): void {
   if (process.env.TDXVM_PROVIDER_QUIET === "1") return;

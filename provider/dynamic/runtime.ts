@@ -8,6 +8,7 @@ import { measurementProvider } from "./measurement";
 import { qemuVmProvider } from "./qemuVm";
 import { azureBlobProvider } from "./azureBlob";
 import { gateProvider } from "./gate";
+import { uniqueNameProvider } from "./uniqueName";
 
 export const providers = {
   image: imageProvider,
@@ -15,6 +16,7 @@ export const providers = {
   qemuVm: qemuVmProvider,
   azureBlob: azureBlobProvider,
   gate: gateProvider,
+  uniqueName: uniqueNameProvider,
 };
 
 export type ProviderKind = keyof typeof providers;

@@ -323,6 +323,8 @@ export interface EngineOptions {
   mockOutputs?: (type: string, name: string, inputs: Record<string, unknown>, id: string) => Record<string, unknown>;
   /** Mock for invokes (data sources) of the cloud providers: the result by token. */
   mockCall?: (token: string, args: Record<string, unknown>) => Record<string, unknown> | undefined;
+  /** Called after a mocked resource is created (or its replacement), with its outputs. */
+  mockCreated?: (type: string, outputs: Record<string, unknown>) => Promise<void>;
 }
 
 export class Engine {
@@ -367,7 +369,10 @@ export class Engine {
     const t0 = now();
     try {
       if (isDynamic(r.type)) return await this.registerDynamic(r, old, t0, record);
-      return this.registerMocked(r, old, t0, record);
+      const made = this.registerMocked(r, old, t0, record);
+      // A new physical resource: let the mock cloud back it where a test provides a real data plane.
+      if (made.id && made.id !== old?.id) await this.o.mockCreated?.(r.type, unwrap(made.outputs) as Record<string, unknown>);
+      return made;
     } catch (e) {
       this.failed ??= e as Error;
       throw e;

@@ -5,8 +5,8 @@
  * against a local HTTP server.
  *
  * Azure Storage's data plane is real when a test provides one (Azurite): every mocked storage
- * account's blob endpoint is $HARNESS_AZURE_BLOB_ENDPOINT and listStorageAccountKeys answers
- * $HARNESS_AZURE_ACCOUNT_KEY.
+ * account's blob endpoint is $HARNESS_AZURE_BLOB_ENDPOINT, listStorageAccountKeys answers
+ * $HARNESS_AZURE_ACCOUNT_KEY, and a mocked blob container is created there too.
  */
 import { createHash } from "node:crypto";
 
@@ -56,4 +56,14 @@ export function harnessMockCall(token: string, args: Record<string, unknown>): R
       return { keys: [{ keyName: "key1", permissions: "FULL", value: process.env.HARNESS_AZURE_ACCOUNT_KEY ?? "bm90LWEta2V5" }] };
   }
   return undefined;
+}
+
+/** Back mocked resources by a real data plane where a test provides one: blob containers in Azurite. */
+export async function harnessMockCreated(type: string, outputs: Record<string, unknown>): Promise<void> {
+  const endpoint = process.env.HARNESS_AZURE_BLOB_ENDPOINT;
+  const key = process.env.HARNESS_AZURE_ACCOUNT_KEY;
+  if (type !== "azure-native:storage:BlobContainer" || !endpoint || !key) return;
+  const { BlobServiceClient, StorageSharedKeyCredential } = await import("@azure/storage-blob");
+  const account = new URL(endpoint).pathname.split("/").filter(Boolean)[0];
+  await new BlobServiceClient(endpoint, new StorageSharedKeyCredential(account, key)).getContainerClient(String(outputs.name)).createIfNotExists();
 }

@@ -8,7 +8,7 @@
 import * as path from "node:path";
 import { promises as fs, statSync } from "node:fs";
 import { Engine, engineMonitor, Op } from "./engine";
-import { harnessMockOutputs, harnessMockCall } from "./mocks";
+import { harnessMockOutputs, harnessMockCall, harnessMockCreated } from "./mocks";
 
 /**
  * Where the CLI runs a program and its plugins (the dynamic-provider host included): the
@@ -31,7 +31,7 @@ async function main(): Promise<number> {
   // Like the CLI: the program and the provider host run in the directory of the program's main file.
   const program = path.resolve(one("program")!);
   const cwd = programDir(program);
-  const engine = new Engine({ op, stateFile: path.resolve(one("state")!), cwd, project, stack, hostLog: one("host-log") && path.resolve(one("host-log")!), mockOutputs: harnessMockOutputs, mockCall: harnessMockCall });
+  const engine = new Engine({ op, stateFile: path.resolve(one("state")!), cwd, project, stack, hostLog: one("host-log") && path.resolve(one("host-log")!), mockOutputs: harnessMockOutputs, mockCall: harnessMockCall, mockCreated: harnessMockCreated });
   await engine.open();
   let result;
   try {
