@@ -13,14 +13,15 @@ import { declared, isUnknown, failureOf, CheckFailure, omit, pick, checkStart, r
 export const UNIQUE_NAME_STATE_VERSION = 1;
 
 const ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789";
+const DEFAULTS = { randomLength: 10, maxLength: 24 };
 
 export const UniqueNameArgs = z.object({
   /** Lowercase letters and digits, starting with a letter. */
   prefix: z.string().regex(/^[a-z][a-z0-9]*$/, "lowercase letters and digits, starting with a letter"),
   /** Random characters after the prefix (≥ 8: 36^8 ≈ 2.8·10^12 names). */
-  randomLength: z.number().int().min(8).max(32).default(10),
+  randomLength: z.number().int().min(8).max(32).default(DEFAULTS.randomLength),
   /** The longest name allowed (24 for storage accounts). */
-  maxLength: z.number().int().min(3).max(63).default(24),
+  maxLength: z.number().int().min(3).max(63).default(DEFAULTS.maxLength),
 }).loose();
 
 const OUT = ["stateVersion", "name", "suffix"];
@@ -43,10 +44,9 @@ export const uniqueNameProvider = {
     return { inputs };
   },
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    // Compared with defaults applied: the name changes only when what it is drawn from does.
-    const parse = (o: Record<string, unknown>) => UniqueNameArgs.safeParse(omit(declared(o), OUT)).data as Record<string, unknown> | undefined;
-    const [o, n] = [parse(olds), parse(news)];
-    const replaces = ["prefix", "randomLength", "maxLength"].filter((k) => o?.[k] !== n?.[k] || isUnknown(news[k]));
+    // Key by key, defaults applied: the name changes only when what it is drawn from does.
+    const value = (o: Record<string, unknown>, k: keyof typeof DEFAULTS | "prefix") => o[k] ?? (k === "prefix" ? undefined : DEFAULTS[k]);
+    const replaces = (["prefix", "randomLength", "maxLength"] as const).filter((k) => isUnknown(news[k]) || value(olds, k) !== value(news, k));
     return { changes: replaces.length > 0, replaces, deleteBeforeReplace: false };
   },
   async create(inputs: Record<string, unknown>) {
