@@ -17,6 +17,9 @@ import { providers } from "../../provider/dynamic/runtime";
 import { nonZeroRuns, AZURE_BLOB_STATE_VERSION } from "../../provider/dynamic/azureBlob";
 import { UNKNOWN } from "../../provider/dynamic/common";
 import { startAzurite, tempDir, Azurite } from "../helpers";
+import { pulumiOp, OpResult } from "../harness";
+import { loadState, unwrap } from "../harness/engine";
+import { storageAccountPrefix } from "../../components/azure";
 
 jest.setTimeout(120_000);
 
@@ -307,5 +310,103 @@ describe("AzurePageBlob provider against Azurite (real @azure/storage-blob)", ()
     expect(r.stdout).toMatch(/^E_DEPLOYMENT: @azure\/storage-blob is not installed where Pulumi runs tdxvm's providers/);
     const range = JSON.parse(readFileSync(path.join(repoRoot, "package.json"), "utf8")).peerDependencies["@azure/storage-blob"];
     expect(r.stdout).toContain(`npm install @azure/storage-blob@${range}`);
+  });
+});
+
+describe("the azure target's upload graph through the harness (real provider host, Azurite as the storage data plane)", () => {
+  const SIG_KEY = "4dabf18193072939515e22adb298388d";
+  const BLOB = "pulumi-nodejs:dynamic/tdxvm:AzurePageBlob";
+  const NAME = "pulumi-nodejs:dynamic/tdxvm:UniqueName";
+  let dir: string;
+  let azurite: Azurite;
+  let svc: BlobServiceClient;
+  const files: Record<string, Buffer> = {};
+  const op = (o: "up" | "preview" | "refresh" | "destroy", which = "a") => pulumiOp(o, {
+    program: "tests/provider/programs/azureUpload.ts", project: "tdxvm-azure-upload", dir,
+    config: { vhd: path.join(dir, `${which}.vhd`), sha256: sha256(files[which]), size: String(files[which].length) },
+    env: { HARNESS_AZURE_BLOB_ENDPOINT: azurite.endpoint, HARNESS_AZURE_ACCOUNT_KEY: azurite.key },
+  });
+  const steps = (r: OpResult, type: string) => r.events.filter((e) => e.type === type).map((e) => e.step);
+  const state = async () => (await loadState(path.join(dir, "state.json"))).resources.filter((r) => !r.pendingDelete);
+  /** Every blob in Azurite: "container/name" → type, length, recorded sha256 and the sha256 of its content. */
+  async function blobs(): Promise<Record<string, { type?: string; length?: number; recorded?: string; sha256: string }>> {
+    const out: Record<string, { type?: string; length?: number; recorded?: string; sha256: string }> = {};
+    for await (const c of svc.listContainers()) {
+      for await (const b of svc.getContainerClient(c.name).listBlobsFlat({ includeMetadata: true })) {
+        const content = await svc.getContainerClient(c.name).getBlobClient(b.name).downloadToBuffer();
+        out[`${c.name}/${b.name}`] = { type: b.properties.blobType, length: b.properties.contentLength, recorded: b.metadata?.tdxvm_sha256, sha256: sha256(content) };
+      }
+    }
+    return out;
+  }
+
+  beforeAll(async () => {
+    dir = await tempDir("tdxvm-azure-graph-");
+    azurite = await startAzurite(path.join(dir, "azurite"));
+    svc = new BlobServiceClient(azurite.endpoint, new StorageSharedKeyCredential(azurite.account, azurite.key));
+    files.a = sparseVhd();
+    files.b = sparseVhd();
+    for (const [k, b] of Object.entries(files)) writeFileSync(path.join(dir, `${k}.vhd`), b);
+  });
+  afterAll(async () => {
+    await azurite?.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("up: a storage account name of its own, the VHD uploaded and verified with the account key, which stays a secret", async () => {
+    const r = await op("up");
+    expect(r.error).toBeUndefined();
+    const rs = await state();
+    const name = unwrap(rs.find((x) => x.type === NAME)!.outputs) as { name: string; suffix: string };
+    expect(name.name).toMatch(new RegExp(`^${storageAccountPrefix("app")}[a-z0-9]{10}$`));
+    const account = rs.find((x) => x.type === "azure-native:storage:StorageAccount")!;
+    expect(unwrap(account.inputs)).toMatchObject({ accountName: name.name, allowSharedKeyAccess: true, allowBlobPublicAccess: false });
+    expect((unwrap(rs.find((x) => x.type === "azure-native:compute:Gallery")!.inputs) as { galleryName: string }).galleryName).toBe(`app_${name.suffix}`);
+    const container = (unwrap(rs.find((x) => x.type === "azure-native:storage:BlobContainer")!.outputs) as { name: string }).name;
+    const blobName = `tdxvm-${sha256(files.a).slice(0, 16)}.vhd`;
+    expect(r.outputs.url).toBe(`${azurite.endpoint}${container}/${blobName}`);
+    expect(await blobs()).toEqual({ [`${container}/${blobName}`]: { type: "PageBlob", length: files.a.length, recorded: sha256(files.a), sha256: sha256(files.a) } });
+    const upload = rs.find((x) => x.type === BLOB)!;
+    expect(upload.inputs.accountKey).toMatchObject({ [SIG_KEY]: expect.any(String) });
+    expect(upload.outputs.accountKey).toMatchObject({ [SIG_KEY]: expect.any(String) });
+    expect(readFileSync(path.join(dir, "state.json"), "utf8")).not.toContain(azurite.key);
+    expect(readFileSync(path.join(dir, "host.log"), "utf8") + r.stdout).not.toContain(azurite.key);
+    expect(readFileSync(path.join(dir, "host.log"), "utf8")).toMatch(/upload 100 %[\s\S]*uploaded and verified/);
+  });
+
+  it("a second up changes nothing: the same name, no upload", async () => {
+    const before = (unwrap((await state()).find((x) => x.type === NAME)!.outputs) as { name: string }).name;
+    const r = await op("up");
+    expect(r.error).toBeUndefined();
+    expect({ name: steps(r, NAME), blob: steps(r, BLOB) }).toEqual({ name: ["same"], blob: ["same"] });
+    expect((unwrap((await state()).find((x) => x.type === NAME)!.outputs) as { name: string }).name).toBe(before);
+  });
+
+  it("refresh: a blob deleted behind Pulumi's back is drift, and the next up uploads it again (delete first: same blob name)", async () => {
+    const [key] = Object.keys(await blobs());
+    await svc.getContainerClient(key.split("/")[0]).deleteBlob(key.split("/")[1]);
+    const r = await op("refresh");
+    expect(r.error).toBeUndefined();
+    expect(r.events.filter((e) => e.step === "read" && e.changes).map((e) => [e.type, e.replaces])).toEqual([[BLOB, ["exists"]]]);
+    const p = await op("preview");
+    expect(p.events.filter((e) => e.type === BLOB).map((e) => [e.step, e.replaces, e.deleteBeforeReplace])).toEqual([["replace", ["exists"], true]]);
+    const u = await op("up");
+    expect(u.error).toBeUndefined();
+    expect(steps(u, BLOB)).toEqual(["delete-replaced", "create-replacement"]);
+    expect(Object.values(await blobs())).toEqual([{ type: "PageBlob", length: files.a.length, recorded: sha256(files.a), sha256: sha256(files.a) }]);
+  });
+
+  it("a new VHD: a new blob and image version (create-before-delete), the old blob removed; name and account stay", async () => {
+    const r = await op("up", "b");
+    expect(r.error).toBeUndefined();
+    expect({ name: steps(r, NAME), account: steps(r, "azure-native:storage:StorageAccount") }).toEqual({ name: ["same"], account: ["same"] });
+    expect(steps(r, BLOB)).toEqual(["create-replacement", "delete-replaced"]);
+    expect(Object.values(await blobs())).toEqual([{ type: "PageBlob", length: files.b.length, recorded: sha256(files.b), sha256: sha256(files.b) }]);
+  });
+
+  it("destroy removes the blob", async () => {
+    const r = await op("destroy", "b");
+    expect(r.ok).toBe(true);
+    expect(await blobs()).toEqual({});
   });
 });
