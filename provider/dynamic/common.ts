@@ -114,7 +114,7 @@ export function log(resource: string, msg: string): void {
   console.error(`tdxvm: [${resource}] ${msg}`);
 }
 
-/** Paths are stored relative to the Pulumi project root (the host's cwd) when they lie below it, so state moves between machines. */
+/** Paths are stored relative to the provider host's cwd (the directory of the program's main file, like the program's own) when they lie below it, so state moves between machines. */
 export function storePath(p: string): string {
   const rel = path.relative(process.cwd(), p);
   return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;
