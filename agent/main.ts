@@ -16,7 +16,7 @@ import { tdxsServer } from "./tdxs";
 import { ISSUERS, Issuer } from "./protocol";
 
 export const AGENT_CONFIG = "/etc/tdxvm/agent.json";
-export const READY_MARKER = "TDXVM-AGENT-READY";
+export const READY_MARKER = "TDXVM-AGENT-READY"; // provider/modules/agent.ts AGENT_READY
 
 export interface AgentConfig {
   agentVersion: 1;

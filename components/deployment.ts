@@ -18,17 +18,42 @@ import { azureShared, azureReplica, AzureTargetArgs } from "./azure";
 import { gcpShared, gcpReplica, GcpTargetArgs } from "./gcp";
 
 export interface GateSpec {
-  /** TCP port of the health/attestation endpoint on the VM. */
-  port: number;
+  /** TCP port of the health endpoint on the VM (attesting gates use the agent's port). */
+  port?: number;
   path?: string;
   scheme?: "http" | "https";
   expectStatus?: number;
-  /** Require the endpoint's JSON to report the deployment's expected registers (from `measurement`). */
+  /**
+   * Gate on attestation instead of health: the VM's agent must prove, with platform-signed evidence
+   * bound to a fresh nonce, that it runs the deployment's `measurement` (see TdxDeployment.attest).
+   */
   attest?: boolean;
   timeoutSeconds?: number;
   intervalSeconds?: number;
   insecureTls?: boolean;
 }
+
+export interface AttestArgs {
+  port?: number;
+  timeoutSeconds?: number;
+  trust?: { pccsUrl?: string; collateral?: string; acceptedTcbStatuses?: string[]; allowSimulator?: boolean };
+}
+
+/** Per-VM attestation (and secrets delivery): pulumi-nodejs:dynamic/tdxvm:VmAttestation. */
+export class VmAttestation extends pulumi.dynamic.Resource {
+  declare readonly attested: pulumi.Output<boolean>;
+  declare readonly issuer: pulumi.Output<string>;
+  declare readonly checks: pulumi.Output<string[]>;
+  declare readonly spkiSha256: pulumi.Output<string>;
+  declare readonly secretNames: pulumi.Output<string[]>;
+  constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
+    const computed = { attested: undefined, issuer: undefined, checks: undefined, spkiSha256: undefined, attestedAt: undefined, attestSeconds: undefined, secretNames: undefined, secretsDigest: undefined };
+    // Secret values never come back in outputs; the digest that detects their change is kept encrypted.
+    super(providerShim("attestation"), name, { ...props, ...computed }, { ...opts, additionalSecretOutputs: ["secrets", "secretsDigest"] }, "tdxvm", "VmAttestation");
+  }
+}
+
+export const AGENT_PORT = 8443;
 
 export interface RolloutArgs {
   /** "all-at-once" (default): every VM replaced in parallel. "waves": batchSize VMs at a time, each wave gated. */
@@ -45,8 +70,19 @@ export interface TdxDeploymentArgs {
   qemu?: QemuTargetArgs;
   azure?: AzureTargetArgs;
   gcp?: GcpTargetArgs;
-  /** Run-time secrets by name (use config secrets); checked against the image's declared secrets (qemu target). */
+  /**
+   * Run-time secrets by name (use config secrets), checked against the image's declared secrets.
+   * Each VM gets them only after it passed attestation against `measurement`, over the TLS key its
+   * evidence is bound to (the image needs the Init module, which runs the agent).
+   */
   secrets?: pulumi.Input<Record<string, pulumi.Input<string>>>;
+  /**
+   * Attest every VM against `measurement` (implied by `secrets` and by attesting gates): its agent
+   * (Agent/Init/Tdxs module) must answer on `port` (default 8443). `trust` sets the anchors:
+   * `pccsUrl`/`collateral` for DCAP, `allowSimulator` for the simulator issuer (never in production).
+   * Local VMs trust the per-host EK CA of their swtpm automatically.
+   */
+  attest?: boolean | AttestArgs;
   /** Number of VMs (default 1). */
   replicas?: number;
   rollout?: RolloutArgs;
@@ -61,9 +97,17 @@ export class RolloutGate extends pulumi.dynamic.Resource {
 }
 
 export interface DeployedVm {
-  name: string; wave: number; id: pulumi.Output<string>; privateIp: pulumi.Output<string>; ip: pulumi.Output<string>; resource: pulumi.CustomResource; gate?: RolloutGate;
+  name: string; wave: number; id: pulumi.Output<string>; privateIp: pulumi.Output<string>; ip: pulumi.Output<string>; resource: pulumi.CustomResource;
+  /** What later waves wait for: the attestation (attesting gates) or the health gate. */
+  gate?: pulumi.CustomResource;
+  attestation?: VmAttestation;
   /** "host:port" at which this VM's guest TCP port is reachable from where Pulumi runs. */
   endpoint: (guestPort: number) => pulumi.Output<string>;
+}
+
+/** A target's inbound ports plus the agent's. */
+function withPort<T extends { ports?: number[] }>(t: T, port: number): T {
+  return { ...t, ports: [...new Set([...(t.ports ?? []), port])] };
 }
 
 /** Wave of replica i. */
@@ -97,13 +141,20 @@ export class TdxDeployment extends pulumi.ComponentResource {
     if (args.rollout?.strategy === "waves" && !args.rollout.gate) throw new Error(`TdxDeployment ${name}: a "waves" rollout needs a gate (rollout.gate) to decide when a wave is healthy`);
     this.expected = args.measurement ? args.measurement.registers : pulumi.output(undefined);
     const vmName = (i: number) => (replicas === 1 ? name : `${name}-${i}`);
+    // Attestation: asked for, implied by secrets (they go only to attested VMs), or by attesting gates.
+    const attestOpts: AttestArgs | undefined = args.attest || args.secrets !== undefined || args.rollout?.gate?.attest
+      ? { ...(typeof args.attest === "object" ? args.attest : {}) } : undefined;
+    if (attestOpts && !args.measurement) throw new Error(`TdxDeployment ${name}: attesting VMs (secrets, attest, or an attesting gate) needs the expected measurement (measurement: a TdxMeasurement)`);
+    const agentPort = attestOpts?.port ?? AGENT_PORT;
 
     // Replica factory per target; the shared part is built once.
     let replica: (i: number, o: pulumi.CustomResourceOptions) => Omit<DeployedVm, "name" | "wave" | "endpoint"> & { endpoint?: DeployedVm["endpoint"] };
     if (args.target === "qemu") {
       const image = pulumi.all([args.image.bakeKey, args.image.artifacts]).apply(([bakeKey, artifacts]) => ({ bakeKey, artifacts }));
       replica = (i, o) => {
-        const vm = qemuVm(vmName(i), { image, qemu: args.qemu ?? {}, secrets: args.secrets, secretDecls: args.image.secretDecls, expected: args.measurement?.registers }, o);
+        // The agent's port is forwarded when VMs are attested.
+        const ports = attestOpts ? pulumi.output(args.qemu?.ports ?? []).apply((p) => (p.some((x) => x.guest === agentPort) ? p : [...p, { guest: agentPort }])) : args.qemu?.ports;
+        const vm = qemuVm(vmName(i), { image, qemu: { ...args.qemu, ports }, expected: args.measurement?.registers }, o);
         const host = vm.forwards.apply((f) => (f?.length ? f[0].bind : "127.0.0.1"));
         // A local VM's guest ports are reachable only through their host forwards.
         const endpoint = (guestPort: number) => vm.forwards.apply((f) => {
@@ -115,8 +166,7 @@ export class TdxDeployment extends pulumi.ComponentResource {
       };
     } else if (args.target === "azure") {
       if (!args.azure) throw new Error(`TdxDeployment ${name}: target "azure" needs azure: {location, ...}`);
-      if (args.secrets) throw new Error(`TdxDeployment ${name}: secrets are delivered to azure VMs after attestation by the image's own receiver, not by the deployment`);
-      const shared = azureShared(name, args.image.artifact("azure", "vhd"), args.azure, this);
+      const shared = azureShared(name, args.image.artifact("azure", "vhd"), attestOpts ? withPort(args.azure, agentPort) : args.azure, this);
       this.imageRef = shared.imageVersion.id;
       replica = (i, o) => {
         const r = azureReplica(vmName(i), shared, args.azure!, o);
@@ -124,8 +174,7 @@ export class TdxDeployment extends pulumi.ComponentResource {
       };
     } else if (args.target === "gcp") {
       if (!args.gcp) throw new Error(`TdxDeployment ${name}: target "gcp" needs gcp: {zone, ...}`);
-      if (args.secrets) throw new Error(`TdxDeployment ${name}: secrets are delivered to gcp VMs after attestation by the image's own receiver, not by the deployment`);
-      const shared = gcpShared(name, args.image.artifact("gcp", "tar.gz"), args.image.artifact("disk", "raw"), args.gcp, this);
+      const shared = gcpShared(name, args.image.artifact("gcp", "tar.gz"), args.image.artifact("disk", "raw"), attestOpts ? withPort(args.gcp, agentPort) : args.gcp, this);
       this.imageRef = shared.image.selfLink;
       replica = (i, o) => {
         const r = gcpReplica(vmName(i), shared, args.gcp!, o);
@@ -135,21 +184,32 @@ export class TdxDeployment extends pulumi.ComponentResource {
       throw new Error(`TdxDeployment ${name}: unknown target ${JSON.stringify(args.target)} (qemu, azure, gcp)`);
     }
 
-    const gates: RolloutGate[][] = [];
+    const gates: pulumi.CustomResource[][] = [];
+    const g = args.rollout?.gate;
     for (let i = 0; i < replicas; i++) {
       const wave = waveOf(i, args.rollout, replicas);
       const dependsOn = wave > 0 ? gates[wave - 1] : [];
       const r = replica(i, { parent: this, dependsOn });
       const d: DeployedVm = { name: vmName(i), wave, ...r, endpoint: r.endpoint ?? ((p) => pulumi.interpolate`${r.ip}:${p}`) };
-      const g = args.rollout?.gate;
-      if (g) {
+      if (attestOpts) {
+        const m = args.measurement!;
+        d.attestation = new VmAttestation(`${vmName(i)}-attest`, {
+          target: r.id, endpoint: d.endpoint(agentPort),
+          expected: pulumi.all([m.backend, m.registers, m.status, m.ledger, m.assumptions]).apply(([backend, registers, status, ledger, assumptions]) => ({ backend, registers, status, ledger, assumptions })),
+          trust: { cacheDir: args.qemu?.cacheDir, ...attestOpts.trust },
+          secrets: args.secrets === undefined ? undefined : pulumi.secret(args.secrets), secretDecls: args.image.secretDecls,
+          timeoutSeconds: attestOpts.timeoutSeconds ?? g?.timeoutSeconds ?? 900, intervalSeconds: g?.intervalSeconds ?? 5,
+        }, { parent: this, dependsOn: [r.resource] });
+      }
+      if (g?.attest) d.gate = d.attestation;
+      else if (g) {
+        if (g.port === undefined) throw new Error(`TdxDeployment ${name}: a health gate needs a port (or set attest: true)`);
         const url = pulumi.interpolate`${g.scheme ?? "http"}://${d.endpoint(g.port)}${g.path ?? "/"}`;
         d.gate = new RolloutGate(`${vmName(i)}-gate`, {
-          target: r.id, url, expectStatus: g.expectStatus ?? 200, timeoutSeconds: g.timeoutSeconds ?? 900, intervalSeconds: g.intervalSeconds ?? 5,
-          insecureTls: g.insecureTls ?? false, expectRegisters: g.attest ? args.measurement?.registers : undefined,
+          target: r.id, url, expectStatus: g.expectStatus ?? 200, timeoutSeconds: g.timeoutSeconds ?? 900, intervalSeconds: g.intervalSeconds ?? 5, insecureTls: g.insecureTls ?? false,
         }, { parent: this, dependsOn: [r.resource] });
-        (gates[wave] ??= []).push(d.gate);
       }
+      if (d.gate) (gates[wave] ??= []).push(d.gate);
       this.vms.push(d);
     }
     this.instances = pulumi.all(this.vms.map((v) => pulumi.all([v.id, v.privateIp, v.ip]).apply(([id, privateIp, ip]) => ({ name: v.name, wave: v.wave, id, privateIp, ip }))));

@@ -5,7 +5,6 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 import { providerShim } from "../provider/dynamic/shim";
-import type { SecretDeclData } from "../provider/recipe/schema";
 
 export interface QemuTargetArgs {
   memoryMiB?: pulumi.Input<number>;
@@ -25,8 +24,7 @@ export interface QemuTargetArgs {
 
 const COMPUTED = {
   stateVersion: undefined, vmId: undefined, pid: undefined, startTime: undefined, stateDir: undefined, serialLog: undefined, forwards: undefined,
-  accelUsed: undefined, isTd: undefined, warning: undefined, running: undefined, readySeconds: undefined, qemuArgs: undefined, secretNames: undefined,
-  secretsDigest: undefined, diskSha256: undefined,
+  accelUsed: undefined, isTd: undefined, warning: undefined, running: undefined, readySeconds: undefined, qemuArgs: undefined, diskSha256: undefined,
 };
 
 export class QemuVm extends pulumi.dynamic.Resource {
@@ -39,25 +37,20 @@ export class QemuVm extends pulumi.dynamic.Resource {
   declare readonly isTd: pulumi.Output<boolean>;
   declare readonly warning: pulumi.Output<string | null>;
   declare readonly running: pulumi.Output<boolean>;
-  declare readonly secretNames: pulumi.Output<string[]>;
 
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
-    // Secret values never come back in outputs; the digest that detects their change is kept encrypted.
-    super(providerShim("qemuVm"), name, { ...props, ...COMPUTED }, { ...opts, additionalSecretOutputs: ["secrets", "secretsDigest"] }, "tdxvm", "QemuVm");
+    super(providerShim("qemuVm"), name, { ...props, ...COMPUTED }, opts, "tdxvm", "QemuVm");
   }
 }
 
 export function qemuVm(name: string, a: {
   image: pulumi.Input<{ bakeKey?: string; artifacts: Record<string, unknown> }>;
   qemu: QemuTargetArgs;
-  secrets?: pulumi.Input<Record<string, pulumi.Input<string>>>;
-  secretDecls: SecretDeclData[];
   expected?: pulumi.Input<Record<string, string | null>>;
 }, opts: pulumi.CustomResourceOptions): QemuVm {
   const q = a.qemu;
   return new QemuVm(name, {
     image: a.image, memoryMiB: q.memoryMiB, cpus: q.cpus, ports: q.ports, readiness: q.readiness, accel: q.accel, tdx: q.tdx,
-    // Secret in the state's inputs too, even when the caller passed a plain value.
-    secrets: a.secrets === undefined ? undefined : pulumi.secret(a.secrets), secretDecls: a.secretDecls, expected: a.expected, stateRoot: q.stateRoot, cacheDir: q.cacheDir,
+    expected: a.expected, stateRoot: q.stateRoot, cacheDir: q.cacheDir,
   }, opts);
 }

@@ -4,6 +4,8 @@
  *   tdxvm emit  <recipe.ts> [--frozen]            write the mkosi tree to build/mkosi
  *   tdxvm bake  <recipe.ts> [--frozen] [--profile P] [--no-cache] [--quiet]
  *   tdxvm run   <recipe.ts> [--frozen] [--profile P] [--keep]   bake, measure, boot a local VM, compare registers
+ *   tdxvm attest <host:port> --expected <measurements.json> [--json] [--ca PEM] [--collateral FILE] [--pccs-url URL]
+ *                                                  verify a running VM's agent (provider/attest/cli.ts)
  * A recipe module exports an Image, or a function returning one, as default or `recipe`.
  * Common flags: --cache-dir DIR (default $TDXVM_CACHE_DIR or ~/.cache/tdxvm).
  */
@@ -13,7 +15,7 @@ import { Image } from "./recipe/image";
 
 interface Args { cmd: string; recipe: string; flags: Record<string, string | boolean> }
 
-const USAGE = `usage: tdxvm <lock|emit|bake|run> <recipe.ts> [--frozen] [--profile NAME] [--cache-dir DIR] [--no-cache] [--quiet] [--json] [--keep]`;
+const USAGE = `usage: tdxvm attest <host:port> --expected <measurements.json> …, or tdxvm <lock|emit|bake|run> <recipe.ts> [--frozen] [--profile NAME] [--cache-dir DIR] [--no-cache] [--quiet] [--json] [--keep]`;
 
 export function parseArgs(argv: string[]): Args {
   const [cmd, recipe, ...rest] = argv;
@@ -43,6 +45,7 @@ export function loadRecipe(file: string): Image {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "attest") return (await import("./attest/cli")).attestCommand(argv.slice(1));
   try {
     const a = parseArgs(argv);
     const img = loadRecipe(a.recipe);

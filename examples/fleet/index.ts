@@ -1,45 +1,59 @@
 /**
- * A fleet rolled out in gated waves: `replicas` confidential VMs on Azure (or GCP with
- * `target: gcp`), replaced `batchSize` at a time on every image change; wave k+1 starts only
- * when each VM of wave k answers its attestation endpoint with the expected vTPM registers.
- * See README.md here (quota, rollback, how the gate works).
+ * A fleet rolled out in gated waves: `replicas` confidential VMs on Azure, GCP — or local QEMU VMs
+ * (`target: qemu`, the default: runs anywhere tdxvm's tests run) — replaced `batchSize` at a time
+ * on every image change. With attesting gates (the default), wave k+1 starts only when every VM of
+ * wave k has *proved* with platform-signed evidence, bound to a fresh nonce and its TLS key, that
+ * it runs the expected measurement; only then does it get its secrets. See README.md here.
  *
- *   pulumi config set target azure|gcp ; pulumi config set replicas 4 ; pulumi config set batchSize 2
+ *   pulumi config set target qemu|azure|gcp ; pulumi config set replicas 2 ; pulumi config set batchSize 1
  */
 import * as pulumi from "@pulumi/pulumi";
 import { TdxImage, TdxMeasurement, TdxDeployment } from "../../components";
 import { recipe } from "../local-qemu/recipe";
 
 const config = new pulumi.Config();
-const target = (config.get("target") ?? "azure") as "azure" | "gcp";
+const target = (config.get("target") ?? "qemu") as "qemu" | "azure" | "gcp";
 const image = new TdxImage("fleet", {
   recipe: recipe(`${__dirname}/../local-qemu`, { cmdline: config.get("cmdline")?.split(/\s+/).filter(Boolean) }),
   frozen: config.getBoolean("frozen") ?? false,
 });
-const expected = new TdxMeasurement("fleet-expected", { image, backend: target === "azure" ? "azure" : "gcp" });
-const port = config.getNumber("gatePort") ?? 8443;
+// What the VMs must prove: the vTPM registers on local VMs and Azure, the RTMRs on GCP. Normally
+// the measurement of the image being deployed; `expectedCmdline` measures another image instead —
+// what a reviewer approved — so a rollout of anything else is refused at its first wave.
+const expectedCmdline = config.get("expectedCmdline");
+const approved = expectedCmdline === undefined ? image : new TdxImage("fleet-approved", {
+  recipe: recipe(`${__dirname}/../local-qemu`, { cmdline: expectedCmdline.split(/\s+/).filter(Boolean) }),
+});
+const expected = new TdxMeasurement("fleet-expected", { image: approved, backend: target === "gcp" ? "gcp" : "azure" });
+const attest = config.getBoolean("gateAttest") ?? true;
+const apiToken = config.getSecret("apiToken");
 
 const fleet = new TdxDeployment("fleet", {
   image,
   measurement: expected,
   target,
-  azure: target === "azure" ? { location: config.get("location") ?? "westeurope", ports: [port] } : undefined,
-  gcp: target === "gcp" ? { zone: config.get("zone") ?? "us-central1-a", ports: [port] } : undefined,
-  replicas: config.getNumber("replicas") ?? 4,
+  qemu: target === "qemu" ? { memoryMiB: config.getNumber("memoryMiB") ?? 2048, readiness: { serial: "TDXVM-AGENT-READY", timeoutSeconds: 900 } } : undefined,
+  azure: target === "azure" ? { location: config.get("location") ?? "westeurope", ports: attest ? [] : [config.requireNumber("gatePort")] } : undefined,
+  gcp: target === "gcp" ? { zone: config.get("zone") ?? "us-central1-a", ports: attest ? [] : [config.requireNumber("gatePort")] } : undefined,
+  // Secrets reach each VM only after it passed attestation (the image's Init module receives them).
+  secrets: apiToken?.apply((t) => ({ API_TOKEN: t })),
+  replicas: config.getNumber("replicas") ?? 2,
   rollout: {
     strategy: "waves",
-    batchSize: config.getNumber("batchSize") ?? 2,
-    gate: {
-      port,
-      path: config.get("gatePath") ?? "/attestation",
-      scheme: (config.get("gateScheme") as "http" | "https" | undefined) ?? "http",
-      attest: config.getBoolean("gateAttest") ?? true,
-      timeoutSeconds: config.getNumber("gateTimeoutSeconds") ?? 900,
-      intervalSeconds: config.getNumber("gateIntervalSeconds") ?? 5,
-    },
+    batchSize: config.getNumber("batchSize") ?? 1,
+    gate: attest
+      ? { attest: true, timeoutSeconds: config.getNumber("gateTimeoutSeconds") ?? 900, intervalSeconds: config.getNumber("gateIntervalSeconds") ?? 5 }
+      : {
+          port: config.requireNumber("gatePort"),
+          path: config.get("gatePath") ?? "/healthz",
+          scheme: (config.get("gateScheme") as "http" | "https" | undefined) ?? "http",
+          timeoutSeconds: config.getNumber("gateTimeoutSeconds") ?? 900,
+          intervalSeconds: config.getNumber("gateIntervalSeconds") ?? 5,
+        },
   },
 });
 
 export const instances = fleet.instances;
 export const imageRef = fleet.imageRef;
 export const expectedRegisters = expected.registers;
+export const attested = pulumi.all(fleet.vms.map((v) => v.attestation?.checks ?? pulumi.output(undefined)));

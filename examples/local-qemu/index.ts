@@ -10,11 +10,12 @@
  *   motd      /etc/motd (in the root file system: its verity root hash, and so PCR 9/11 and RTMR2, change)
  *   frozen    bake only against the committed build/tdx.lock
  *   memoryMiB VM memory
- *   apiToken  (secret) the image's API_TOKEN, delivered to the VM at run time, never baked
+ *   apiToken  (secret) the image's API_TOKEN: delivered to the VM only after it proved, with a swtpm quote
+ *             bound to a fresh nonce and its agent's TLS key, that it runs this image; never baked
  */
 import * as pulumi from "@pulumi/pulumi";
 import { TdxImage, TdxMeasurement, TdxDeployment } from "../../components";
-import { REPORT_DONE } from "../../provider";
+import { AGENT_READY } from "../../provider";
 import { recipe } from "./recipe";
 
 const config = new pulumi.Config();
@@ -31,13 +32,15 @@ const vtpm = new TdxMeasurement("demo-vtpm", { image, backend: "azure" });
 
 const vm = new TdxDeployment("demo", {
   image,
+  // The dev VM has a (swtpm) vTPM: it must prove PCR 4/9/11 of this image before it gets secrets.
   measurement: vtpm,
   target: "qemu",
+  attest: true,
   secrets: config.getSecret("apiToken")?.apply((t) => ({ API_TOKEN: t })),
   qemu: {
     memoryMiB: config.getNumber("memoryMiB") ?? 2048,
-    ports: [{ guest: 22 }],
-    readiness: { serial: REPORT_DONE, timeoutSeconds: 900 },
+    // Ready once the agent listens (it starts after the boot report; its port, 8443, is forwarded for attestation).
+    readiness: { serial: AGENT_READY, timeoutSeconds: 900 },
   },
 });
 
@@ -52,3 +55,5 @@ export const vmId = vm.vmId;
 export const forwards = vm.forwards;
 export const serialLog = vm.serialLog;
 export const warning = vm.warning;
+export const attestation = vm.vms[0].attestation?.checks;
+export const agentEndpoint = vm.vms[0].endpoint(8443);

@@ -66,7 +66,7 @@ s.on("data", (d) => {
   const r = JSON.parse(buf.slice(0, buf.indexOf("\\n")));
   if (r.error) { console.log("${DEMO_QUOTE_LINE} error=" + JSON.stringify(r.error)); process.exit(1); }
   const doc = Buffer.from(r.data.document, "hex");
-  console.log("${DEMO_QUOTE_LINE} bytes=" + doc.length + " sha256=" + createHash("sha256").update(doc).digest("hex") + " userData=${DEMO_USER_DATA}");
+  console.log("${DEMO_QUOTE_LINE} userData=${DEMO_USER_DATA} sha256=" + createHash("sha256").update(doc).digest("hex") + " document=" + r.data.document);
   s.end();
 });
 s.on("error", (e) => { console.log("${DEMO_QUOTE_LINE} error=" + JSON.stringify(e.message)); process.exit(1); });

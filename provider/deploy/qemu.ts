@@ -22,6 +22,8 @@ import { TdxError } from "../errors";
 import { sandboxArgv } from "../bake/sandbox";
 import { shQuote } from "../compile/shell";
 import { writeFileAtomic } from "../lock";
+import { defaultCacheDir } from "../pipeline";
+import { ensureLocalCa, swtpmEkCertSetup } from "../attest/localca";
 
 export const VM_STATE_VERSION = 1;
 
@@ -51,6 +53,8 @@ export interface VmSpec {
   pcrBanks?: Array<"sha256" | "sha384">;
   /** Extra fw_cfg blobs for the guest: name → host file. The file is deleted once QEMU has read it. */
   fwCfg?: Record<string, string>;
+  /** Where the per-host local CA for the dev VM's EK certificates lives (default: the tdxvm cache). */
+  cacheDir?: string;
 }
 
 export interface VmInfo {
@@ -185,6 +189,16 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
     await fs.mkdir(path.join(stateDir, "fwcfg"), { mode: 0o700 });
     for (const [n, f] of Object.entries(spec.fwCfg ?? {})) await fs.rename(f, path.join(stateDir, "fwcfg", n.replace(/\//g, "_")));
   }
+  // The dev VM's swtpm gets EK certificates from the per-host local CA (bound read-only below).
+  const ca = tdx ? undefined : await ensureLocalCa(spec.cacheDir ?? defaultCacheDir(), spec.toolsRoot).catch(async (e) => {
+    await fs.rm(stateDir, { recursive: true, force: true });
+    throw e;
+  });
+  const ek = swtpmEkCertSetup("/localca", `${D}/ekca`);
+  if (ca) {
+    await fs.mkdir(path.join(stateDir, "ekca"), { mode: 0o700 });
+    for (const [name, text] of Object.entries(ek.files)) await fs.writeFile(path.join(stateDir, "ekca", name), text, { mode: 0o600 });
+  }
   const args = qemuArgs({ accel: tdx ? "kvm" : spec.accel, tdx, memoryMiB: spec.memoryMiB ?? 2048, cpus: spec.cpus ?? 2, ports, fwCfg: fwNames });
   const diskInside = `/disk/${path.basename(spec.disk)}`;
   const script = [
@@ -193,7 +207,7 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
     ...(tdx ? [] : [
       `cp /usr/share/OVMF/OVMF_VARS_4M.fd ${D}/vars.fd`,
       `mkdir -p ${D}/tpm`,
-      `swtpm_setup --tpm2 --tpmstate ${D}/tpm --pcr-banks ${(spec.pcrBanks ?? ["sha256", "sha384"]).join(",")} --overwrite --logfile ${D}/swtpm_setup.log >/dev/null`,
+      `swtpm_setup --tpm2 --tpmstate ${D}/tpm --pcr-banks ${(spec.pcrBanks ?? ["sha256", "sha384"]).join(",")} ${ek.args.join(" ")} --overwrite --logfile ${D}/swtpm_setup.log >/dev/null`,
       `swtpm socket --tpm2 --tpmstate dir=${D}/tpm --ctrl type=unixio,path=${D}/swtpm.sock --log file=${D}/swtpm.log --flags startup-clear &`,
       `for i in $(seq 100); do [ -S ${D}/swtpm.sock ] && break; sleep 0.1; done`,
     ]),
@@ -204,6 +218,7 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   const argv = sandboxArgv(spec.toolsRoot, ["/bin/sh", "-c", script], [
     { host: stateDir, inside: D },
     { host: path.dirname(path.resolve(spec.disk)), inside: "/disk", readOnly: true },
+    ...(ca ? [{ host: ca.dir, inside: "/localca", readOnly: true }] : []),
   ]);
   const logFd = openSync(path.join(stateDir, "qemu.log"), "a");
   let child;

@@ -45,7 +45,7 @@ export async function bootAndCompare(baked: BakeResult, opts: RunOptions): Promi
   const tools = await ensureToolsTree({ cacheDir: opts.cacheDir, mirror: DEFAULT_DEBIAN.mirror });
   const kvm = await probeKvm(tools.root);
   opts.onProgress?.(`booting ${path.basename(disk.path)} (${kvm.usable ? "KVM" : `TCG: ${kvm.reason}`}); waiting for the boot report…`);
-  const vm = await startVm({ toolsRoot: tools.root, disk: disk.path, stateDir: newStateDir(path.join(opts.cacheDir, "vms")), accel: kvm.usable ? "kvm" : "tcg", memoryMiB: opts.memoryMiB, cpus: opts.cpus });
+  const vm = await startVm({ toolsRoot: tools.root, cacheDir: opts.cacheDir, disk: disk.path, stateDir: newStateDir(path.join(opts.cacheDir, "vms")), accel: kvm.usable ? "kvm" : "tcg", memoryMiB: opts.memoryMiB, cpus: opts.cpus });
   let guest: GuestReport;
   let bootSeconds: number;
   try {

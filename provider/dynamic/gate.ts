@@ -1,11 +1,10 @@
 /**
- * Dynamic provider: a rollout gate. Its create succeeds only once a new VM answers a health
- * (or attestation) endpoint as expected, polling until a timeout; a failing gate fails the
+ * Dynamic provider: a health gate for rollouts. Its create succeeds only once a new VM answers a
+ * health endpoint with the expected status, polling until a timeout; a failing gate fails the
  * `pulumi up`, so VMs of later waves — which depend on this wave's gates — are never touched
  * and the old VMs (whose deletion Pulumi schedules after their replacements) stay.
- *
- * Attestation check: with `expectRegisters`, the endpoint must return JSON carrying those
- * register values (at `registers` or top level), e.g. from an in-guest quote verifier.
+ * Health is not attestation: attesting gates are VmAttestation resources (./attestation.ts),
+ * which verify platform-signed evidence instead of trusting what a VM says about itself.
  */
 import * as http from "node:http";
 import * as https from "node:https";
@@ -18,7 +17,6 @@ export const GateArgs = z.object({
   target: z.string().min(1),
   url: z.string().regex(/^https?:\/\//),
   expectStatus: z.number().int().default(200),
-  expectRegisters: z.record(z.string(), z.string().nullable()).optional(),
   timeoutSeconds: z.number().positive().default(900),
   intervalSeconds: z.number().positive().default(5),
   /** Accept self-signed TLS (a fresh VM's certificate is rarely in a trust store). */
@@ -41,19 +39,8 @@ function get(url: string, insecure: boolean): Promise<{ status: number; body: st
 }
 
 /** Why a response does not pass, or undefined when it does. */
-export function judge(a: Pick<GateArgsT, "expectStatus" | "expectRegisters">, r: { status: number; body: string }): string | undefined {
-  if (r.status !== a.expectStatus) return `HTTP ${r.status}, expected ${a.expectStatus}`;
-  const want = Object.entries(a.expectRegisters ?? {}).filter(([, v]) => v !== null) as Array<[string, string]>;
-  if (!want.length) return undefined;
-  let doc: Record<string, unknown>;
-  try {
-    doc = JSON.parse(r.body);
-  } catch {
-    return "the attestation endpoint did not return JSON";
-  }
-  const regs = (doc.registers && typeof doc.registers === "object" ? doc.registers : doc) as Record<string, unknown>;
-  const bad = want.filter(([k, v]) => String(regs[k] ?? "").toLowerCase() !== v.toLowerCase());
-  return bad.length ? `registers differ from the expected measurement: ${bad.map(([k, v]) => `${k} is ${String(regs[k] ?? "missing").slice(0, 16)}…, expected ${v.slice(0, 16)}…`).join("; ")}` : undefined;
+export function judge(a: Pick<GateArgsT, "expectStatus">, r: { status: number; body: string }): string | undefined {
+  return r.status !== a.expectStatus ? `HTTP ${r.status}, expected ${a.expectStatus}` : undefined;
 }
 
 async function pass(a: GateArgsT, name: string): Promise<Record<string, unknown>> {
@@ -91,7 +78,7 @@ export const gateProvider = {
     return start.done ?? { inputs: start.inputs };
   },
   async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    const replaces = ["target", "url", "expectStatus", "expectRegisters"].filter((k) => JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null));
+    const replaces = ["target", "url", "expectStatus"].filter((k) => JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null));
     return { changes: replaces.length > 0, replaces, deleteBeforeReplace: false };
   },
   async create(inputs: Record<string, unknown>) {

@@ -20,7 +20,7 @@ import { ROOTFS_MODES } from "../recipe/schema";
 
 export const MEASUREMENT_STATE_VERSION = 1;
 /** Bump when a formula changes: every stack then recomputes (and shows the new values in preview). */
-export const MEASURE_ENGINE_VERSION = 2;
+export const MEASURE_ENGINE_VERSION = 3;
 
 const Artifact = z.object({ path: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number() });
 
@@ -43,7 +43,7 @@ export const MeasurementArgs = z.object({
 }).loose();
 export type MeasurementArgsT = z.infer<typeof MeasurementArgs>;
 
-export interface LedgerRow { type: string; description: string; origin: string; digest: string }
+export interface LedgerRow { type: string; description: string; origin: string; digest: string; pcr?: number; log?: "firmware" | "userspace" }
 
 export interface MeasurementComputed {
   stateVersion: number;
@@ -91,7 +91,7 @@ export function toComputed(m: Measurements, key: string, previous?: Measurements
   for (const [name, r] of Object.entries(m.registers)) {
     registers[name] = r.value;
     status[name] = r.status === "platform-defined" ? `platform-defined: ${r.why ?? ""}` : r.status;
-    ledger[name] = r.events.map((e) => ({ type: e.type, description: e.description, origin: e.origin, digest: e.digest }));
+    ledger[name] = r.events.map((e) => ({ type: e.type, description: e.description, origin: e.origin, digest: e.digest, ...(e.pcr !== undefined ? { pcr: e.pcr } : {}), ...(e.log ? { log: e.log } : {}) }));
   }
   return {
     stateVersion: MEASUREMENT_STATE_VERSION, measurementKey: key, registers, status, ledger, assumptions: { backend: m.backend, ...m.inputs },
@@ -99,7 +99,7 @@ export function toComputed(m: Measurements, key: string, previous?: Measurements
   };
 }
 
-/** Rebuild enough of a Measurements object from stored outputs to diff against it. */
+/** Rebuild the Measurements object from stored outputs (to diff against it, or to verify a VM with it). */
 export function fromComputed(c: Partial<MeasurementComputed>, backend: string): Measurements | undefined {
   if (!c.registers || typeof c.registers !== "object") return undefined;
   const registers: Record<string, RegisterValue> = {};
@@ -111,7 +111,9 @@ export function fromComputed(c: Partial<MeasurementComputed>, backend: string): 
       events: (c.ledger?.[name] ?? []).map((e) => ({ ...e })),
     };
   }
-  return { measurementsVersion: 1, backend: backend as Measurements["backend"], registers, inputs: {} };
+  const { backend: _b, ...inputs } = (c.assumptions ?? {}) as Record<string, string | number | null>;
+  void _b;
+  return { measurementsVersion: 1, backend: backend as Measurements["backend"], registers, inputs };
 }
 
 async function compute(a: MeasurementArgsT, previous: Partial<MeasurementComputed> & Record<string, unknown>): Promise<MeasurementComputed> {

@@ -6,15 +6,13 @@
  * - A TD when the host can run one (kvm_intel.tdx, working KVM, QEMU ≥ 10.1); otherwise an
  *   emulated dev VM, with a warning output saying it is not a TD. KVM only when the probe
  *   boots firmware under it, else TCG.
- * - Any change of what the VM is (disk, shape, ports, secrets) replaces it; Pulumi creates the
+ * - Any change of what the VM is (disk, shape, ports) replaces it; Pulumi creates the
  *   new VM before it deletes the old one, unless host ports are pinned (then delete first).
  * - read: a VM whose QEMU is gone shows as drift (running: false) and the next up replaces it.
  * - delete: TERM, then KILL; the PID namespace takes swtpm with it; the state directory goes.
- * - Secrets: values arrive as (secret) inputs, are checked against the image's declared
- *   schemas, and reach the dev VM through a fw_cfg blob whose host file is removed as soon as
- *   QEMU has read it. Outputs hold only names and a digest that is marked secret.
+ * - Secrets do not pass through here: a VM gets them from the deployment's attestation resource
+ *   (./attestation.ts) after its agent proved what it runs — never through the launcher.
  */
-import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { z } from "zod";
@@ -22,13 +20,9 @@ import { TdxError } from "../errors";
 import { defaultCacheDir } from "../pipeline";
 import { ensureToolsTree } from "../bake/toolsTree";
 import { DEFAULT_DEBIAN } from "../lock";
-import { SecretDecl } from "../recipe/schema";
-import { SecretsDelivery } from "../secrets";
-import { startVm, waitReady, stopVm, vmRunning, newStateDir, sweepStale, markReady, procStartTime, bootId, VmInfo, VM_STATE_VERSION } from "../deploy/qemu";
+import { startVm, waitReady, stopVm, vmRunning, newStateDir, sweepStale, markReady, VmInfo, VM_STATE_VERSION } from "../deploy/qemu";
 import { probeKvm, tdxSupport, parseQemuVersion } from "../deploy/host";
 import { isUnknown, declared, failureOf, guarded, log, loadPath, storePath, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs } from "./common";
-
-export const SECRETS_FW_CFG = "opt/io.tdxvm/secrets";
 
 const Port = z.object({ guest: z.number().int().min(1).max(65535), host: z.number().int().min(1).max(65535).optional(), bind: z.string().optional() }).strict();
 
@@ -47,9 +41,6 @@ export const QemuVmArgs = z.object({
   }).default({}),
   accel: z.enum(["auto", "kvm", "tcg"]).default("auto"),
   tdx: z.enum(["auto", "off", "require"]).default("auto"),
-  /** Secret values by name (Pulumi secrets); checked against `secretDecls`. */
-  secrets: z.record(z.string(), z.string()).optional(),
-  secretDecls: z.array(SecretDecl).default([]),
   /** Expected measurements, passed through to the outputs for verifiers. */
   expected: z.record(z.string(), z.string().nullable()).optional(),
   stateRoot: z.string().optional(),
@@ -57,31 +48,12 @@ export const QemuVmArgs = z.object({
 }).loose();
 export type QemuVmArgsT = z.infer<typeof QemuVmArgs>;
 
-const OUT_KEYS = ["stateVersion", "vmId", "pid", "startTime", "bootId", "stateDir", "serialLog", "forwards", "accelUsed", "isTd", "warning", "running", "readySeconds", "qemuArgs", "secretNames", "secretsDigest", "diskSha256"];
-
-export function secretsDigest(secrets: Record<string, string> | undefined): string | null {
-  if (!secrets || !Object.keys(secrets).length) return null;
-  const sorted = Object.fromEntries(Object.keys(secrets).sort().map((k) => [k, secrets[k]]));
-  return createHash("sha256").update(JSON.stringify(sorted)).digest("hex");
-}
+const OUT_KEYS = ["stateVersion", "vmId", "pid", "startTime", "bootId", "stateDir", "serialLog", "forwards", "accelUsed", "isTd", "warning", "running", "readySeconds", "qemuArgs", "diskSha256"];
 
 function disk(a: QemuVmArgsT): { path: string; sha256: string } {
   const d = a.image.artifacts["qemu.raw"] ?? a.image.artifacts["disk.raw"];
   if (!d) throw new TdxError("E_DEPLOYMENT", "the image has no raw disk for the qemu target", { hint: 'Add "qemu" to the recipe\'s outputTargets (it is the default).', details: { property: "image" } });
   return d;
-}
-
-function checkSecrets(a: QemuVmArgsT): void {
-  if (!a.secretDecls.length && !a.secrets) return;
-  const report = new SecretsDelivery(a.secretDecls, {}).validatePayload(a.secrets ?? {});
-  if (!report.ready) {
-    const parts = [
-      report.missing.length ? `missing: ${report.missing.join(", ")}` : "",
-      report.unknown.length ? `not declared by the image: ${report.unknown.join(", ")}` : "",
-      ...Object.entries(report.errors).map(([k, v]) => `${k}: ${v.join(", ")}`),
-    ].filter(Boolean);
-    throw new TdxError("E_SECRET", `secrets for the VM are not ready (${parts.join("; ")})`, { hint: "Pass every required secret (pulumi config set --secret …) in the shape the image declares; values are never shown.", details: { property: "secrets" } });
-  }
 }
 
 export const qemuVmProvider = {
@@ -91,7 +63,6 @@ export const qemuVmProvider = {
     const { inputs, value } = start;
     try {
       disk(value);
-      checkSecrets(value);
       const pinned = value.ports.filter((p) => p.host !== undefined).map((p) => p.host);
       if (new Set(pinned).size !== pinned.length) throw new TdxError("E_VALIDATION", "two port forwards use the same host port", { hint: "Give each forward its own host port, or leave host unset to pick a free one.", details: { property: "ports" } });
     } catch (e) {
@@ -107,7 +78,7 @@ export const qemuVmProvider = {
     const parsed = QemuVmArgs.safeParse(n);
     if (isUnknown(n)) {
       // Preview with values not known yet: a replacement only if something that replaces is unknown.
-      const unknown = ["image", "memoryMiB", "cpus", "ports", "accel", "tdx", "secrets"].filter((k) => isUnknown(n[k]));
+      const unknown = ["image", "memoryMiB", "cpus", "ports", "accel", "tdx"].filter((k) => isUnknown(n[k]));
       return { changes: true, replaces: unknown, deleteBeforeReplace: false };
     }
     if (!parsed.success) return { changes: true, replaces: ["image"], deleteBeforeReplace: false };
@@ -120,7 +91,6 @@ export const qemuVmProvider = {
     const oldPorts = (olds.forwards as Array<{ guest: number; host: number; bind: string }> | undefined) ?? [];
     const portsDiffer = a.ports.length !== oldPorts.length || a.ports.some((p, i) => p.guest !== oldPorts[i]?.guest || (p.host !== undefined && p.host !== oldPorts[i]?.host) || (p.bind ?? "127.0.0.1") !== oldPorts[i]?.bind);
     if (portsDiffer) replaces.push("ports");
-    if ((olds.secretsDigest ?? null) !== secretsDigest(a.secrets)) replaces.push("secrets");
     const changes = replaces.length > 0 || !same(o?.readiness, a.readiness) || !same(o?.expected, a.expected);
     // Create-before-delete needs the old VM's host ports free for the new one: pinned ports force delete-first.
     const deleteBeforeReplace = replaces.length > 0 && a.ports.some((p) => p.host !== undefined);
@@ -130,7 +100,6 @@ export const qemuVmProvider = {
   async create(inputs: Record<string, unknown>): Promise<{ id: string; outs: Record<string, unknown> }> {
     return guarded(async () => {
       const a = requireInputs(QemuVmArgs, declared(inputs));
-      checkSecrets(a);
       const cacheDir = a.cacheDir ? loadPath(a.cacheDir) : defaultCacheDir();
       const tools = await ensureToolsTree({ cacheDir, mirror: DEFAULT_DEBIAN.mirror });
       const kvm = a.accel === "tcg" ? { usable: false, reason: "accel: tcg requested" } : await probeKvm(tools.root);
@@ -138,33 +107,15 @@ export const qemuVmProvider = {
       const support = tdxSupport({ kvm, qemuVersion: parseQemuVersion(`QEMU emulator version ${(tools.versions["qemu-system-x86"] ?? "").replace(/^\d+:/, "")}`) });
       const isTd = a.tdx !== "off" && support.capable;
       if (a.tdx === "require" && !isTd) throw new TdxError("E_DEPLOYMENT", `this host cannot run a TDX guest: ${support.reasons.join("; ")}`, { hint: 'Deploy on a TDX host (Azure/GCP targets, or bare metal with TDX enabled), or set tdx: "auto" to get an emulated dev VM.' });
-      if (isTd && a.secrets && Object.keys(a.secrets).length) {
-        throw new TdxError("E_POLICY", "secrets are delivered to local VMs through fw_cfg, which the host can read: refused for a TD", { hint: "Deliver a TD's secrets after attestation (the image's Init http_post receiver), not through the VM launcher.", details: { rule: "confidentialSecrets" } });
-      }
       const warning = isTd ? null : `not a TD: an emulated dev VM (${kvm.usable ? "KVM" : "TCG"}, OVMF + swtpm) — nothing is confidential. Why no TD: ${support.reasons.join("; ")}`;
       if (warning) log("TdxDeployment", `warning: ${warning}`);
       const root = a.stateRoot ? loadPath(a.stateRoot) : path.join(cacheDir, "vms");
       await fs.mkdir(root, { recursive: true, mode: 0o700 });
       for (const d of await sweepStale(root)) log("TdxDeployment", `removed ${d}, left by an interrupted start`);
       const stateDir = newStateDir(root);
-      const fwCfg: Record<string, string> = {};
-      let staging: string | undefined;
-      if (a.secrets && Object.keys(a.secrets).length) {
-        staging = await fs.mkdtemp(path.join(root, ".secrets-"));
-        await fs.writeFile(path.join(staging, "owner"), `${process.pid} ${procStartTime(process.pid) ?? 0} ${bootId()}\n`);
-        const f = path.join(staging, "secrets.json");
-        await fs.writeFile(f, JSON.stringify(a.secrets), { mode: 0o600 });
-        fwCfg[SECRETS_FW_CFG] = f;
-      }
       const d = disk(a);
       log("TdxDeployment", `starting ${isTd ? "TD" : "dev VM"} (${kvm.usable ? "KVM" : "TCG"}, ${a.cpus} vCPU, ${a.memoryMiB} MiB) from ${path.basename(d.path)}`);
-      let vm: VmInfo;
-      try {
-        // startVm moves the secrets file into the VM's state directory and deletes it once QEMU has read it.
-        vm = await startVm({ toolsRoot: tools.root, disk: loadPath(d.path), stateDir, memoryMiB: a.memoryMiB, cpus: a.cpus, accel: kvm.usable ? "kvm" : "tcg", tdx: isTd, ports: a.ports, fwCfg });
-      } finally {
-        if (staging) await fs.rm(staging, { recursive: true, force: true });
-      }
+      const vm: VmInfo = await startVm({ toolsRoot: tools.root, cacheDir, disk: loadPath(d.path), stateDir, memoryMiB: a.memoryMiB, cpus: a.cpus, accel: kvm.usable ? "kvm" : "tcg", tdx: isTd, ports: a.ports });
       let ready: { seconds: number };
       try {
         const timeoutS = a.readiness.timeoutSeconds ?? 900;
@@ -199,18 +150,15 @@ export const qemuVmProvider = {
   },
 };
 
-/** Inputs that may appear in outputs: never the secret values. */
+/** The inputs carried into the outputs. */
 function publicInputs(inputs: Record<string, unknown>): Record<string, unknown> {
-  const { secrets: _s, __provider: _p, ...rest } = inputs;
-  void _s;
-  void _p;
-  return omit(rest, OUT_KEYS);
+  return omit(declared(inputs), OUT_KEYS);
 }
 
 function outputsOf(vm: VmInfo, a: QemuVmArgsT, x: { warning: string | null; isTd: boolean; readySeconds: number }): Record<string, unknown> {
   return {
     stateVersion: VM_STATE_VERSION, vmId: vm.vmId, pid: vm.pid, startTime: vm.startTime, bootId: vm.bootId, stateDir: storePath(vm.stateDir), serialLog: storePath(vm.serialLog),
     forwards: vm.ports, accelUsed: vm.accel, isTd: x.isTd, warning: x.warning, running: true, readySeconds: Math.round(x.readySeconds), qemuArgs: vm.qemuArgs,
-    secretNames: Object.keys(a.secrets ?? {}).sort(), secretsDigest: secretsDigest(a.secrets), diskSha256: disk(a).sha256,
+    diskSha256: disk(a).sha256,
   };
 }

@@ -14,6 +14,7 @@ import { qemuVmProvider } from "./qemuVm";
 import { VM_STATE_VERSION } from "../deploy/qemu";
 import { azureBlobProvider, AZURE_BLOB_STATE_VERSION } from "./azureBlob";
 import { gateProvider } from "./gate";
+import { attestationProvider } from "./attestation";
 import { uniqueNameProvider, UNIQUE_NAME_STATE_VERSION } from "./uniqueName";
 import { TdxError } from "../errors";
 import { failureOf, userError } from "./common";
@@ -35,6 +36,7 @@ export const STATE_VERSIONS = {
   qemuVm: VM_STATE_VERSION,
   azureBlob: AZURE_BLOB_STATE_VERSION,
   gate: 1,
+  attestation: 1,
   uniqueName: UNIQUE_NAME_STATE_VERSION,
 };
 
@@ -93,6 +95,7 @@ export const providers = {
   azureBlob: versionGuard("azureBlob", azureBlobProvider),
   gate: versionGuard("gate", gateProvider),
   uniqueName: versionGuard("uniqueName", uniqueNameProvider),
+  attestation: versionGuard("attestation", attestationProvider),
 };
 
 export type ProviderKind = keyof typeof providers;

@@ -15,6 +15,8 @@ export const AGENT_PATH = "/usr/lib/tdxvm/agent.js";
 export const AGENT_CONFIG_PATH = "/etc/tdxvm/agent.json";
 export const AGENT_UNIT = "tdxvm-agent.service";
 export const AGENT_PORT = 8443;
+/** The console line the agent prints once it listens (a readiness pattern for VMs running it). */
+export const AGENT_READY = "TDXVM-AGENT-READY";
 export const AGENT_ISSUERS = ["auto", "tdx", "azure", "tpm", "simulator"] as const;
 export type AgentIssuer = (typeof AGENT_ISSUERS)[number];
 

@@ -29,9 +29,6 @@ echo TDXVM-ULOG-BEGIN
 base64 -w 76 /run/log/systemd/tpm2-measure.log
 echo TDXVM-ULOG-END
 echo TDXVM-CMDLINE "$(cat /proc/cmdline)"
-# Blobs the host passed through fw_cfg (names and sizes only, never contents).
-F=/sys/firmware/qemu_fw_cfg/by_name/opt/io.tdxvm
-echo TDXVM-FWCFG $(for b in $F/*; do [ -e "$b/size" ] && echo "$(basename "$b"):$(cat "$b/size")"; done)
 echo ${REPORT_DONE}
 ${opts.powerOff ? "systemctl poweroff --no-block\n" : ""}`;
 }

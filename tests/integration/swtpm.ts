@@ -11,15 +11,28 @@ import { ensureToolsTree } from "../../provider/bake/toolsTree";
 import { defaultCacheDir } from "../../provider";
 import { DEFAULT_DEBIAN } from "../../provider/lock";
 import type { Exec } from "../../agent/exec";
+import { swtpmEkCertSetup, LocalCa } from "../../provider/attest/localca";
 
 export interface Swtpm { dir: string; toolsRoot: string; env: Record<string, string>; exec: Exec; stop(): Promise<void> }
 
-/** Start swtpm with its state below `dir` (created; bound at the same path inside the tools tree). */
-export async function startSwtpm(dir: string): Promise<Swtpm> {
+/**
+ * Start swtpm with its state below `dir` (created; bound at the same path inside the tools tree).
+ * With `ekCa`, the TPM is manufactured first as the dev VM's is (swtpm_setup with EK certificates
+ * from that local CA, provider/deploy/qemu.ts).
+ */
+export async function startSwtpm(dir: string, opts: { ekCa?: LocalCa } = {}): Promise<Swtpm> {
   const tools = await ensureToolsTree({ cacheDir: defaultCacheDir(), mirror: DEFAULT_DEBIAN.mirror });
   const toolsRoot = realpathSync(tools.root);
   await fs.mkdir(path.join(dir, "state"), { recursive: true });
   const binds = [{ host: dir, inside: dir }];
+  if (opts.ekCa) {
+    const ek = swtpmEkCertSetup("/localca", `${dir}/ekca`);
+    await fs.mkdir(path.join(dir, "ekca"), { recursive: true, mode: 0o700 });
+    for (const [name, text] of Object.entries(ek.files)) await fs.writeFile(path.join(dir, "ekca", name), text, { mode: 0o600 });
+    const setup = ["swtpm_setup", "--tpm2", "--tpmstate", `${dir}/state`, "--pcr-banks", "sha256", ...ek.args, "--overwrite", "--logfile", `${dir}/swtpm_setup.log`];
+    const r = await runStreaming(sandboxArgv(toolsRoot, setup, [...binds, { host: opts.ekCa.dir, inside: "/localca", readOnly: true }]), { tailLines: 40, timeoutMs: 120_000 });
+    if (r.code !== 0) throw new Error(`swtpm_setup failed (see ${dir}/swtpm_setup.log): ${r.tail.join("\n")}`);
+  }
   const sock = path.join(dir, "tpm.sock");
   const argv = sandboxArgv(toolsRoot, ["swtpm", "socket", "--tpm2", "--tpmstate", `dir=${dir}/state`, "--server", `type=unixio,path=${sock}`, "--ctrl", `type=unixio,path=${sock}.ctrl`, "--flags", "startup-clear", "--log", `file=${dir}/swtpm.log`], binds);
   const child: ChildProcess = spawn(argv[0], argv.slice(1), { stdio: "ignore" });

@@ -1,15 +1,24 @@
 /**
  * The default example (examples/local-qemu, the root Pulumi.yaml's program) through the
  * engine-free harness: the real program, the real @pulumi/pulumi dynamic-provider host, real
- * bakes and real QEMU VMs. up → preview (unchanged) → preview after a recipe change → up →
+ * bakes, real QEMU VMs running tdxvm's agent under swtpm. up (bake → measure → boot → attest with a
+ * real TPM quote → deliver the secret → the handoff unit runs with it) → a relay and a wrong
+ * expectation refused → preview (unchanged) → preview after a root-file-system change → up →
  * refresh after the VM died → destroy. Slow (two bakes, two boots under TCG) by nature.
  */
 import { promises as fs, readFileSync, readdirSync, existsSync } from "node:fs";
 import * as path from "node:path";
-import { randomBytes } from "node:crypto";
+import * as tls from "node:tls";
+import * as net from "node:net";
+import { createHash, randomBytes } from "node:crypto";
 import { pulumiOp, stepsOf, OpResult } from "../harness";
+import { loadState, unwrap } from "../harness/engine";
 import { parseGuestReport } from "../../provider";
 import { vmRunning } from "../../provider/deploy/qemu";
+import { attest } from "../../provider/attest";
+import { fromComputed } from "../../provider/dynamic/measurement";
+import { newTlsIdentity } from "../../agent/tls";
+import { DEMO_QUOTE_LINE, DEMO_SECRET_LINE, DEMO_USER_DATA } from "../../examples/local-qemu/recipe";
 import { tempDir } from "../helpers";
 
 jest.setTimeout(90 * 60_000);
@@ -35,6 +44,27 @@ function vmProcesses(): number[] {
 
 const outputs = (r: OpResult) => r.outputs as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
+/** The demo service's line: facts about the delivered secret, never the secret. */
+function demoSecretLine(serial: string): Record<string, string> | undefined {
+  const line = serial.split(/\r?\n/).find((l) => l.includes(`${DEMO_SECRET_LINE} `));
+  return line ? Object.fromEntries(line.slice(line.indexOf(DEMO_SECRET_LINE) + DEMO_SECRET_LINE.length + 1).trim().split(/\s+/).map((kv) => kv.split("=") as [string, string])) : undefined;
+}
+
+/** A TLS relay: terminates TLS with its own key and forwards the bytes to the agent over TLS. */
+async function relay(target: string): Promise<{ endpoint: string; close: () => void }> {
+  const id = newTlsIdentity("relay");
+  const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
+  const server = tls.createServer({ key: id.keyPem, cert: id.certPem }, (client) => {
+    const upstream = tls.connect({ host, port, rejectUnauthorized: false });
+    client.pipe(upstream).pipe(client);
+    const end = () => { client.destroy(); upstream.destroy(); };
+    client.on("error", end);
+    upstream.on("error", end);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { endpoint: `127.0.0.1:${(server.address() as net.AddressInfo).port}`, close: () => server.close() };
+}
+
 describe("local-qemu program through the real dynamic-provider host", () => {
   let dir: string;
   const token = `tok-${randomBytes(12).toString("hex")}`; // a secret: must never appear in state, outputs or logs
@@ -53,28 +83,46 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     if (dir) await fs.rm(dir, { recursive: true, force: true });
   });
 
-  it("up: bakes, measures, boots a VM that becomes ready; the guest's PCRs equal the predicted ones", async () => {
+  it("up: bakes, measures, boots, attests the VM with its swtpm quote, then delivers the secret and the handoff unit runs with it", async () => {
     first = await pulumiOp("up", cfg());
     expect(first.error).toBeUndefined();
     expect(first.ok).toBe(true);
     expect(stepsOf(first, "ImageBake").map((e) => e.step)).toEqual(["create"]);
     expect(stepsOf(first, "Measurement").map((e) => e.step)).toEqual(["create", "create"]);
     expect(stepsOf(first, "QemuVm").map((e) => e.step)).toEqual(["create"]);
+    expect(stepsOf(first, "VmAttestation").map((e) => e.step)).toEqual(["create"]);
+    // The attestation ran after the VM was up.
+    const at = (t: string) => first.events.find((e) => e.type.endsWith(t) && e.step === "create")!.at;
+    expect(at("VmAttestation")).toBeGreaterThan(at("QemuVm"));
     const o = outputs(first);
     expect(o.vmId).toMatch(/^vm-[0-9a-f]{12}$/);
     expect(o.warning).toMatch(/^not a TD: an emulated dev VM/);
-    expect(o.forwards).toEqual([{ guest: 22, bind: "127.0.0.1", host: expect.any(Number) }]);
-    // The VM is a real, running QEMU; its serial console carries the image's boot report.
-    expect(vmProcesses().filter((p) => !before.includes(p)).length).toBe(2); // qemu + swtpm
-    const guest = parseGuestReport(readFileSync(o.serialLog, "utf8"));
+    expect(o.forwards).toEqual([{ guest: 8443, bind: "127.0.0.1", host: expect.any(Number) }]);
+    expect(o.attestation.length).toBeGreaterThan(3);
+    expect(o.attestation.filter((c: string) => !c.startsWith("ok "))).toEqual([]);
+    // The VM is a real, running QEMU (+ swtpm); its serial console carries the image's boot report.
+    expect(vmProcesses().filter((p) => !before.includes(p)).length).toBe(2);
+    const serial = readFileSync(o.serialLog, "utf8");
+    const guest = parseGuestReport(serial);
     for (const pcr of [4, 9, 11]) expect({ pcr, value: o.vtpmRegisters[`PCR${pcr}`] }).toEqual({ pcr, value: guest.pcrs.sha256[pcr] });
     expect(o.tdRegisters.RTMR3).toBe("0".repeat(96));
-    expect(o.tdRegisters.MRTD).toMatch(/^[0-9a-f]{96}$/);
-    // The secret reached the VM (fw_cfg blob visible in the guest; only its size is printed) …
-    const fw = readFileSync(o.serialLog, "utf8").split("\n").find((l) => l.startsWith("TDXVM-FWCFG"))?.trim();
-    expect(fw).toBe(`TDXVM-FWCFG secrets:${JSON.stringify({ API_TOKEN: token }).length}`);
-    // … and its host-side file is gone.
-    expect(existsSync(path.join(path.dirname(o.serialLog), "fwcfg"))).toBe(false);
+    // The handoff unit started only with its secret: the env file and the 0400 file target, as declared.
+    let demo: Record<string, string> | undefined;
+    for (let i = 0; i < 60 && !(demo = demoSecretLine(readFileSync(o.serialLog, "utf8"))); i++) await new Promise((r) => setTimeout(r, 1000));
+    expect(demo).toEqual({ "env-length": String(token.length), "file-mode": "400", "file-owner": "root", fingerprint: createHash("sha256").update(token).digest("hex").slice(0, 8) });
+  });
+
+  it("an application in the VM got a quote over the tdxs socket, bound to its own user data", () => {
+    const serial = readFileSync(outputs(first).serialLog, "utf8");
+    const line = serial.split(/\r?\n/).find((l) => l.includes(`${DEMO_QUOTE_LINE} `))!;
+    expect(line).toContain(`userData=${DEMO_USER_DATA}`);
+    const doc = JSON.parse(Buffer.from(/document=([0-9a-f]+)/.exec(line)![1], "hex").toString("utf8"));
+    expect(doc.issuer).toBe("tpm");
+    // TPMS_ATTEST.extraData = the first 32 bytes of SHA-256(userData ‖ nonce) (nonce empty here).
+    const q = Buffer.from(doc.quote, "base64");
+    const signer = q.readUInt16BE(6);
+    const extra = q.subarray(10 + signer, 10 + signer + q.readUInt16BE(8 + signer));
+    expect(extra.toString("hex")).toBe(createHash("sha256").update(Buffer.from(DEMO_USER_DATA, "hex")).digest("hex"));
   });
 
   it("secrets never appear in state, outputs, events or provider logs", async () => {
@@ -82,11 +130,33 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(state).not.toContain(token);
     expect(JSON.stringify(first)).not.toContain(token);
     expect(await fs.readFile(path.join(dir, "host.log"), "utf8")).not.toContain(token);
-    const vm = JSON.parse(state).resources.find((r: { type: string }) => r.type.endsWith("QemuVm"));
-    expect(vm.outputs.secretNames).toEqual(["API_TOKEN"]);
-    expect(vm.outputs.secretsDigest.ciphertext).toEqual(expect.any(String)); // marked secret → encrypted
-    expect(vm.inputs.secrets.ciphertext).toEqual(expect.any(String));
-    expect(vm.outputs.secrets).toBeUndefined();
+    const att = JSON.parse(state).resources.find((r: { type: string }) => r.type.endsWith("VmAttestation"));
+    expect(att.outputs.secretNames).toEqual(["API_TOKEN"]);
+    expect(att.outputs.secretsDigest.ciphertext).toEqual(expect.any(String)); // marked secret → encrypted
+    expect(att.inputs.secrets.ciphertext).toEqual(expect.any(String));
+    expect(att.outputs.secrets).toBeUndefined();
+  });
+
+  it("the verifier refuses a relay presenting another TLS key, and an expectation of another image", async () => {
+    const st = await loadState(path.join(dir, "state.json"));
+    const att = unwrap(st.resources.find((r) => r.type.endsWith("VmAttestation"))!.outputs) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+    const expected = fromComputed(att.expected, att.expected.backend)!;
+    const ok = await attest(att.endpoint, expected);
+    expect(ok.ok).toBe(true);
+    const r = await relay(att.endpoint);
+    try {
+      const viaRelay = await attest(r.endpoint, expected).catch((e: Error) => ({ ok: false, checks: [{ check: "error", ok: false, detail: e.message }] }));
+      expect(viaRelay.ok).toBe(false);
+      expect(JSON.stringify(viaRelay.checks)).toMatch(/bind|channel|TLS/i);
+    } finally {
+      r.close();
+    }
+    // One PCR 11 event of another image (e.g. a command-line word changed) in the expectation.
+    const wrong = structuredClone(expected);
+    wrong.registers.PCR11.value = "ab".repeat(32);
+    const refused = await attest(att.endpoint, wrong);
+    expect(refused.ok).toBe(false);
+    expect(refused.registers.find((x) => x.register === "PCR11")!.ok).toBe(false);
   });
 
   it("preview of an unchanged stack: every resource is the same, nothing is baked or booted", async () => {
@@ -98,7 +168,7 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(vmProcesses()).toEqual(procs);
   });
 
-  it("preview after a root-file-system-only change (motd): image update, changed registers old → new in the checked inputs, VM replace", async () => {
+  it("preview after a root-file-system-only change (motd): image update, changed registers old → new, VM and attestation replaced", async () => {
     const stateBefore = await fs.readFile(path.join(dir, "state.json"), "utf8");
     const r = await pulumiOp("preview", cfg(CHANGE));
     expect(r.ok).toBe(true);
@@ -119,17 +189,19 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(vm.step).toBe("replace");
     expect(vm.replaces).toEqual(["image"]);
     expect(vm.deleteBeforeReplace).toBe(false);
+    expect(stepsOf(r, "VmAttestation").map((e) => e.step)).toEqual(["replace"]);
     // A preview changes nothing.
     expect(await fs.readFile(path.join(dir, "state.json"), "utf8")).toBe(stateBefore);
   });
 
-  it("up after the change: the new VM is created and ready before the old one is stopped", async () => {
+  it("up after the change: the new VM is created, attested and given its secret before the old one is stopped", async () => {
     const oldVm = outputs(first);
     second = await pulumiOp("up", cfg(CHANGE));
     expect(second.error).toBeUndefined();
     const vmSteps = stepsOf(second, "QemuVm");
     expect(vmSteps.map((e) => e.step)).toEqual(["create-replacement", "delete-replaced"]);
-    expect(vmSteps[0].at).toBeLessThanOrEqual(vmSteps[1].at);
+    const attested = stepsOf(second, "VmAttestation").find((e) => e.step === "create-replacement")!;
+    expect(attested.at).toBeLessThanOrEqual(vmSteps[1].at);
     const o = outputs(second);
     expect(o.vmId).not.toBe(oldVm.vmId);
     expect(existsSync(path.dirname(oldVm.serialLog))).toBe(false);
@@ -138,6 +210,9 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(o.rootHash).not.toBe(oldVm.rootHash);
     for (const pcr of [4, 9, 11]) expect({ pcr, value: o.vtpmRegisters[`PCR${pcr}`] }).toEqual({ pcr, value: guest.pcrs.sha256[pcr] });
     expect(o.vtpmRegisters.PCR11).not.toBe(oldVm.vtpmRegisters.PCR11);
+    let demo: Record<string, string> | undefined;
+    for (let i = 0; i < 60 && !(demo = demoSecretLine(readFileSync(o.serialLog, "utf8"))); i++) await new Promise((r) => setTimeout(r, 1000));
+    expect(demo?.["env-length"]).toBe(String(token.length));
   });
 
   it("refresh shows a dead VM as drift, and the next preview replaces it", async () => {
@@ -158,7 +233,7 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     const o = outputs(second);
     const r = await pulumiOp("destroy", cfg(CHANGE));
     expect(r.ok).toBe(true);
-    expect(r.events.filter((e) => e.type.startsWith("pulumi-nodejs:dynamic")).map((e) => e.step)).toEqual(["delete", "delete", "delete", "delete"]);
+    expect(r.events.filter((e) => e.type.startsWith("pulumi-nodejs:dynamic")).map((e) => e.step)).toEqual(["delete", "delete", "delete", "delete", "delete"]);
     expect(vmProcesses().filter((p) => !before.includes(p))).toEqual([]);
     expect(existsSync(path.dirname(o.serialLog))).toBe(false);
     expect(JSON.parse(await fs.readFile(path.join(dir, "state.json"), "utf8")).resources).toEqual([]);

@@ -14,7 +14,7 @@ import { providers, STATE_VERSIONS, ProviderKind } from "../../provider/dynamic/
 import { UNKNOWN } from "../../provider/dynamic/common";
 import { measureBake } from "../../provider/measure";
 import { writeGpt } from "../unit/measure/gpt-writer";
-import { secretsDigest } from "../../provider/dynamic/qemuVm";
+import { secretsDigest } from "../../provider/dynamic/attestation";
 import { Image, SecretSchema, SecretTarget, defaultCacheDir } from "../../provider";
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
 import { buildPe } from "../unit/measure/pe-builder";
@@ -256,18 +256,9 @@ describe.each(via)("image provider (%s)", (_how, get) => {
 
 describe.each(via)("qemu VM provider (%s)", (_how, get) => {
   const image = { bakeKey: "k", artifacts: { "qemu.raw": { path: "/x/disk.raw", sha256: "a".repeat(64), size: 1 } } };
-  const decls = new Image({ base: "debian/trixie" }).secret("API_TOKEN", { schema: SecretSchema.string({ minLength: 16 }), targets: [SecretTarget.env("API_TOKEN")] }).recipe.secrets;
 
-  it("check validates shape and secrets without echoing values", async () => {
+  it("check validates the shape (disk, ports)", async () => {
     const p = await get("qemuVm");
-    const short = "short-secret-value";
-    const r = await p.check({}, { image, secretDecls: decls, secrets: { API_TOKEN: "tooshort", OTHER: short } });
-    expect(r.failures[0].reason).toMatch(/^E_SECRET: /);
-    expect(r.failures[0].reason).toContain("OTHER");
-    expect(JSON.stringify(r.failures)).not.toContain("tooshort");
-    expect(JSON.stringify(r.failures)).not.toContain(short);
-    const missing = await p.check({}, { image, secretDecls: decls });
-    expect(missing.failures[0].reason).toContain("missing: API_TOKEN");
     const noDisk = await p.check({}, { image: { artifacts: {} } });
     expect(noDisk.failures[0].reason).toMatch(/^E_DEPLOYMENT: the image has no raw disk/);
     const ports = await p.check({}, { image, ports: [{ guest: 22, host: 2222 }, { guest: 80, host: 2222 }] });
@@ -275,16 +266,15 @@ describe.each(via)("qemu VM provider (%s)", (_how, get) => {
     expect((await p.check({}, { image: UNKNOWN })).failures).toBeUndefined();
   });
 
-  it("diff: a new disk, shape or secret replaces (create-before-delete); pinned host ports delete first; readiness updates in place", async () => {
+  it("diff: a new disk or shape replaces (create-before-delete); pinned host ports delete first; readiness updates in place", async () => {
     const p = await get("qemuVm");
-    const news = { image, memoryMiB: 2048, cpus: 2, ports: [{ guest: 22 }], readiness: { serial: "x" }, accel: "auto", tdx: "auto", secrets: { API_TOKEN: "0123456789abcdef" } };
-    const olds = { ...news, secrets: undefined, diskSha256: "a".repeat(64), forwards: [{ guest: 22, host: 40022, bind: "127.0.0.1" }], running: true, secretsDigest: secretsDigest(news.secrets) };
+    const news = { image, memoryMiB: 2048, cpus: 2, ports: [{ guest: 22 }], readiness: { serial: "x" }, accel: "auto", tdx: "auto" };
+    const olds = { ...news, diskSha256: "a".repeat(64), forwards: [{ guest: 22, host: 40022, bind: "127.0.0.1" }], running: true };
     expect(await p.diff("vm", olds, news)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
     expect(await p.diff("vm", olds, { ...news, readiness: { serial: "y" } })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
     const newDisk = { ...news, image: { ...image, artifacts: { "qemu.raw": { ...image.artifacts["qemu.raw"], sha256: "b".repeat(64) } } } };
     expect(await p.diff("vm", olds, newDisk)).toEqual({ changes: true, replaces: ["image"], deleteBeforeReplace: false });
     expect((await p.diff("vm", olds, { ...news, memoryMiB: 4096 })).replaces).toEqual(["memoryMiB"]);
-    expect((await p.diff("vm", olds, { ...news, secrets: { API_TOKEN: "fedcba9876543210" } })).replaces).toEqual(["secrets"]);
     expect(await p.diff("vm", olds, { ...newDisk, ports: [{ guest: 22, host: 40022 }] })).toEqual({ changes: true, replaces: ["image"], deleteBeforeReplace: true });
     expect((await p.diff("vm", { ...olds, running: false }, news)).replaces).toEqual(["running"]);
   });
@@ -332,5 +322,36 @@ describe.each(via)("unique name provider (%s)", (_how, get) => {
     expect((await p.check({}, { prefix: "Tdx-app" })).failures[0]).toMatchObject({ property: "prefix", reason: expect.stringMatching(/^E_VALIDATION: prefix: lowercase letters and digits/) });
     expect((await p.check({}, { prefix: "tdxaverylongprefix", randomLength: 10, maxLength: 24 })).failures[0]).toMatchObject({ property: "prefix", reason: expect.stringMatching(/^E_VALIDATION: prefix \(18 characters\) \+ 10 random ones exceed 24/) });
     expect((await p.check({}, { prefix: "tdxapp", randomLength: 4 })).failures[0].property).toBe("randomLength");
+  });
+});
+
+describe.each(via)("VM attestation provider (%s)", (_how, get) => {
+  const decls = new Image({ base: "debian/trixie" }).secret("API_TOKEN", { schema: SecretSchema.string({ minLength: 16 }), targets: [SecretTarget.env("API_TOKEN")] }).recipe.secrets;
+  const expected = { backend: "azure", registers: { PCR4: "a".repeat(64) }, status: { PCR4: "exact" }, ledger: { PCR4: [] }, assumptions: {} };
+  const base = { target: "vm-1", endpoint: "127.0.0.1:8443", expected, secretDecls: decls };
+
+  it("check validates the secrets against the image's declarations without echoing a value, and names no property", async () => {
+    const p = await get("attestation");
+    const short = "short-secret-value";
+    const r = await p.check({}, { ...base, secrets: { API_TOKEN: "tooshort", OTHER: short } });
+    expect(r.failures[0].reason).toMatch(/^E_SECRET: /);
+    expect(r.failures[0].reason).toContain("OTHER");
+    expect(r.failures[0].property).toBe("");
+    expect(JSON.stringify(r.failures)).not.toContain("tooshort");
+    expect(JSON.stringify(r.failures)).not.toContain(short);
+    expect((await p.check({}, { ...base, secrets: {} })).failures[0].reason).toContain("missing: API_TOKEN");
+    expect((await p.check({}, { ...base, endpoint: "no port" })).failures[0].property).toBe("endpoint");
+    expect((await p.check({}, { ...base, secrets: { API_TOKEN: "0123456789abcdef" } })).failures).toBeUndefined();
+  });
+
+  it("diff: a new VM, expectation or secret replaces (attest and deliver again)", async () => {
+    const p = await get("attestation");
+    const news = { ...base, secrets: { API_TOKEN: "0123456789abcdef" }, timeoutSeconds: 300 };
+    const olds = { ...news, secrets: undefined, secretsDigest: secretsDigest(news.secrets), attested: true };
+    expect(await p.diff("a", olds, news)).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    expect((await p.diff("a", olds, { ...news, target: "vm-2" })).replaces).toEqual(["target"]);
+    expect((await p.diff("a", olds, { ...news, expected: { ...expected, registers: { PCR4: "b".repeat(64) } } })).replaces).toEqual(["expected"]);
+    expect((await p.diff("a", olds, { ...news, secrets: { API_TOKEN: "fedcba9876543210" } })).replaces).toEqual(["secrets"]);
+    expect(await p.diff("a", olds, { ...news, timeoutSeconds: 600 })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
   });
 });

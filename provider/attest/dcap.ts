@@ -1,0 +1,140 @@
+/**
+ * Intel DCAP verification of a TD quote with @phala/dcap-qvl (Apache-2.0, pure JavaScript; the
+ * library named in docs/design.md §7): the PCK certificate chain up to Intel's SGX Root CA (with
+ * the collateral's CRLs), the QE report signature and its binding to the attestation key, the QE
+ * identity, the quote signature, the TCB level of the platform (TCB info for its FMSPC) and the
+ * TD attributes (no debug TD). tdxvm adds the policy: which TCB statuses it accepts.
+ *
+ * Collateral (TCB info, QE identity, CRLs and their issuer chains) comes from a file (offline), a
+ * configured PCCS, or Intel's PCS. It is input from the network or disk: schema-checked and
+ * bounded before the library sees it.
+ */
+import { promises as fs } from "node:fs";
+import { z } from "zod";
+import { TdxError, formatIssues } from "../errors";
+import { attestationError } from "./tpm2";
+
+// The library is CommonJS without an exports map; load it lazily (it is only needed for TDX).
+type Dcap = typeof import("@phala/dcap-qvl");
+let dcapLib: Dcap | undefined;
+const dcap = (): Dcap => (dcapLib ??= require("@phala/dcap-qvl") as Dcap);
+
+/** TCB statuses (Intel PCS API v4) and what tdxvm accepts by default. */
+export const TCB_STATUSES = ["UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded", "Revoked"] as const;
+export const DEFAULT_ACCEPTED_TCB = ["UpToDate"] as const;
+
+const text = (max: number) => z.string().max(max);
+const hexOrBytes = (max: number) => z.union([z.string().max(2 * max).regex(/^[0-9a-fA-F]*$/), z.array(z.number().int().min(0).max(255)).max(max)]);
+export const CollateralSchema = z.object({
+  pck_crl_issuer_chain: text(64 * 1024),
+  root_ca_crl: hexOrBytes(64 * 1024),
+  pck_crl: hexOrBytes(1024 * 1024),
+  tcb_info_issuer_chain: text(64 * 1024),
+  tcb_info: text(256 * 1024),
+  tcb_info_signature: hexOrBytes(1024),
+  qe_identity_issuer_chain: text(64 * 1024),
+  qe_identity: text(64 * 1024),
+  qe_identity_signature: hexOrBytes(1024),
+});
+export type Collateral = z.infer<typeof CollateralSchema>;
+
+export interface DcapOptions {
+  /** Collateral given directly, or a JSON file holding it (dcap-qvl's field names). */
+  collateral?: Collateral;
+  collateralFile?: string;
+  /** A PCCS (…/sgx/certification/v4/) to fetch collateral from; default Intel's PCS. */
+  pccsUrl?: string;
+  /** TCB statuses to accept (default: UpToDate only). */
+  acceptedTcbStatuses?: readonly string[];
+  /** Trust anchor (DER); default Intel's SGX Root CA as shipped by the library. Tests use their own. */
+  rootCaDer?: Buffer;
+  /** Verification time (certificates, CRLs, TCB info and QE identity validity). */
+  now?: Date;
+  fetchTimeoutMs?: number;
+}
+
+export interface DcapResult {
+  status: string;
+  advisoryIds: string[];
+  /** Where the collateral came from (file, PCCS URL, or "given"). */
+  collateralSource: string;
+}
+
+export function parseCollateral(value: unknown, where: string): Collateral {
+  const r = CollateralSchema.safeParse(value);
+  if (!r.success) throw attestationError("dcap-collateral", `collateral from ${where} is malformed: ${formatIssues(r.error.issues)}`, "Pass the collateral JSON of the quote's platform (fields as in @phala/dcap-qvl: tcb_info, qe_identity, their signatures and issuer chains, root_ca_crl, pck_crl).");
+  return r.data;
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms)))]);
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}
+
+/** The collateral for `quote`: given, from a file, from a PCCS, or from Intel's PCS. */
+export async function loadCollateral(quote: Buffer, opts: DcapOptions): Promise<{ collateral: Collateral; source: string }> {
+  if (opts.collateral) return { collateral: parseCollateral(opts.collateral, "the caller"), source: "given" };
+  if (opts.collateralFile) {
+    const stat = await fs.stat(opts.collateralFile).catch(() => undefined);
+    if (!stat?.isFile()) throw attestationError("dcap-collateral", `collateral file ${opts.collateralFile} does not exist`);
+    if (stat.size > 4 * 1024 * 1024) throw attestationError("dcap-collateral", `collateral file ${opts.collateralFile} is ${stat.size} bytes (more than 4 MiB)`);
+    let json: unknown;
+    try {
+      json = JSON.parse(await fs.readFile(opts.collateralFile, "utf8"));
+    } catch (e) {
+      throw attestationError("dcap-collateral", `collateral file ${opts.collateralFile} is not JSON (${(e as Error).message})`);
+    }
+    return { collateral: parseCollateral(json, opts.collateralFile), source: opts.collateralFile };
+  }
+  const url = opts.pccsUrl ?? dcap().INTEL_PCS_URL;
+  try {
+    const fetched = opts.pccsUrl ? dcap().getCollateral(opts.pccsUrl, quote) : dcap().getCollateralFromPcs(quote);
+    return { collateral: parseCollateral(await withTimeout(fetched, opts.fetchTimeoutMs ?? 30_000, `fetching collateral from ${url}`), url), source: url };
+  } catch (e) {
+    if (e instanceof TdxError) throw e;
+    throw attestationError("dcap-collateral", `could not get collateral from ${url}: ${(e as Error).message}`, "Check the PCCS URL and network access, or verify offline with a collateral file (--collateral).");
+  }
+}
+
+/** The check a dcap-qvl failure belongs to, from its message (the message itself is kept as the reason). */
+export function dcapFailureCheck(message: string): string {
+  const m = message.toLowerCase();
+  if (/decode quote|unsupported dcap|must have version|attestation key type|pck cert format/.test(m)) return "quote-format";
+  if (/isv enclave report signature/.test(m)) return "quote-signature";
+  if (/qe_report|qe report hash/.test(m)) return "qe-report";
+  if (/qe (mrsigner|isvprodid|miscselect|attributes|isvsvn)|qe identity id/.test(m)) return "qe-identity";
+  if (/tcb level|tcb status|tdx components|sgx components/.test(m)) return "tcb-status";
+  if (/certificate|chain|revoked|causedasendentity|crl/.test(m)) return "pck-chain";
+  if (/tcb ?info|qe identity|tcb_info|qe_identity|fmspc|issue date|expired/.test(m)) return "dcap-collateral";
+  if (/debug|sept_ve|reserved bits|mr service td/.test(m)) return "td-attributes";
+  return "dcap";
+}
+
+/**
+ * Verify `quote` with DCAP at `opts.now`; throws E_ATTESTATION naming the failed check (with the
+ * library's reason) or a TCB status outside the accepted set.
+ */
+export async function verifyDcap(quote: Buffer, opts: DcapOptions = {}): Promise<DcapResult> {
+  const { collateral, source } = await loadCollateral(quote, opts);
+  const now = (opts.now ?? new Date()).getTime() / 1000;
+  let report: { status: string; advisory_ids: string[] };
+  try {
+    const verifier = opts.rootCaDer ? dcap().QuoteVerifier.newWithRootCa(opts.rootCaDer) : dcap().QuoteVerifier.newProd();
+    report = verifier.verify(quote, collateral, now);
+  } catch (e) {
+    const reason = (e as Error).message + ((e as Error).cause instanceof Error ? ` (${((e as Error).cause as Error).message})` : "");
+    const check = dcapFailureCheck(reason);
+    throw attestationError(check, `DCAP verification failed: ${reason}`, check === "tcb-status"
+      ? "The platform's TCB is not covered by the collateral's TCB levels (or is revoked): update the host's firmware/TDX module, or check the collateral is current."
+      : "The TD quote is not genuine Intel TDX evidence for this collateral (or the collateral is stale): check the quote bytes, the collateral source and the verification time.");
+  }
+  const accepted = opts.acceptedTcbStatuses ?? DEFAULT_ACCEPTED_TCB;
+  if (!accepted.includes(report.status)) {
+    throw attestationError("tcb-status", `the platform's TCB status is ${report.status}${report.advisory_ids.length ? ` (${report.advisory_ids.join(", ")})` : ""}; accepted: ${accepted.join(", ")}`, "Update the host (microcode, TDX module) or accept this status deliberately (acceptedTcbStatuses / --tcb-status).");
+  }
+  return { status: report.status, advisoryIds: [...report.advisory_ids], collateralSource: source };
+}

@@ -1,0 +1,181 @@
+/**
+ * Dynamic provider behind TdxDeployment's per-VM attestation (and secrets delivery): verify, then
+ * provision. create attests the VM's agent against the deployment's expected Measurements with a
+ * fresh nonce (provider/attest: platform-signed evidence, nonce and TLS-key binding, registers,
+ * event-log replay) and only when every check passes POSTs the secrets — over a TLS connection
+ * pinned to the very key the evidence is bound to, so a relay can receive nothing. A failed
+ * attestation fails the `up` with E_ATTESTATION naming the failed checks; nothing is sent.
+ *
+ * State keeps the verdict summary, the secret names and a digest marked secret — never a value.
+ * Any change of the VM, the expected registers or the secrets replaces the resource (attest and
+ * deliver again); delete has nothing to undo (the VM holds the secrets on tmpfs and goes with it).
+ */
+import { createHash } from "node:crypto";
+import { z } from "zod";
+import { TdxError } from "../errors";
+import { SecretDecl } from "../recipe/schema";
+import { SecretsDelivery } from "../secrets";
+import { fromComputed } from "./measurement";
+import { declared, failureOf, guarded, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, isUnknown, loadPath } from "./common";
+
+export const AttestationArgs = z.object({
+  /** What is attested (the VM id): a new VM gets a new attestation. */
+  target: z.string().min(1),
+  /** host:port of the VM's agent as seen from where Pulumi runs. */
+  endpoint: z.string().regex(/^[A-Za-z0-9.:[\]-]+:\d{1,5}$/, "host:port"),
+  /** The TdxMeasurement outputs the VM must match (backend, registers, status, ledger, assumptions). */
+  expected: z.object({
+    backend: z.enum(["rtmr", "azure", "gcp"]),
+    registers: z.record(z.string(), z.string().nullable()),
+    status: z.record(z.string(), z.string()),
+    ledger: z.record(z.string(), z.array(z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string(), pcr: z.number().optional(), log: z.enum(["firmware", "userspace"]).optional() }).loose())),
+    assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).default({}),
+  }),
+  /**
+   * Trust anchors: the dev VM's per-host EK CA lives in the tdxvm cache (`cacheDir`); DCAP
+   * collateral from a PCCS or a file; consent to the (never platform-signed) simulator.
+   */
+  trust: z.object({
+    cacheDir: z.string().optional(),
+    pccsUrl: z.string().url().optional(),
+    collateral: z.string().optional(),
+    acceptedTcbStatuses: z.array(z.string()).optional(),
+    allowSimulator: z.boolean().default(false),
+  }).default({ allowSimulator: false }),
+  secrets: z.record(z.string(), z.string()).optional(),
+  secretDecls: z.array(SecretDecl).default([]),
+  timeoutSeconds: z.number().positive().default(300),
+  intervalSeconds: z.number().positive().default(5),
+}).loose();
+export type AttestationArgsT = z.infer<typeof AttestationArgs>;
+
+const OUT = ["attested", "issuer", "checks", "spkiSha256", "attestedAt", "attestSeconds", "secretNames", "secretsDigest"];
+const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
+
+export function secretsDigest(secrets: Record<string, string> | undefined): string | null {
+  if (!secrets || !Object.keys(secrets).length) return null;
+  const sorted = Object.fromEntries(Object.keys(secrets).sort().map((k) => [k, secrets[k]]));
+  return createHash("sha256").update(JSON.stringify(sorted)).digest("hex");
+}
+
+/** The payload must fit the image's declared secrets; the error names secrets, never values. */
+function checkSecrets(a: AttestationArgsT): void {
+  if (!a.secrets) return;
+  const report = new SecretsDelivery(a.secretDecls, {}).validatePayload(a.secrets);
+  if (!report.ready) {
+    const parts = [
+      report.missing.length ? `missing: ${report.missing.join(", ")}` : "",
+      report.unknown.length ? `not declared by the image: ${report.unknown.join(", ")}` : "",
+      ...Object.entries(report.errors).map(([k, v]) => `${k}: ${v.join(", ")}`),
+    ].filter(Boolean);
+    throw new TdxError("E_SECRET", `secrets for the VM are not ready (${parts.join("; ")})`, { hint: "Pass every required secret (pulumi config set --secret …) in the shape the image declares; values are never shown." });
+  }
+}
+
+async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Record<string, unknown>> {
+  const { attest, pinnedRequest } = await import("../attest");
+  const expected = fromComputed(a.expected, a.expected.backend)!;
+  const t = a.trust;
+  const opts = {
+    cacheDir: t.cacheDir ? loadPath(t.cacheDir) : undefined,
+    allowSimulator: t.allowSimulator,
+    dcap: { pccsUrl: t.pccsUrl, collateralFile: t.collateral ? loadPath(t.collateral) : undefined, acceptedTcbStatuses: t.acceptedTcbStatuses },
+  };
+  const t0 = Date.now();
+  // The agent may still be starting: retry until the deadline on connection errors only. A verdict
+  // that says "no" is final: a VM that proved the wrong thing does not get better by waiting.
+  const verdict = await withTimeout(a.timeoutSeconds * 1000, `attestation of ${a.endpoint}`, async (signal) => {
+    let last: unknown;
+    while (!signal.aborted) {
+      try {
+        return await attest(a.endpoint, expected, opts);
+      } catch (e) {
+        if (e instanceof TdxError && e.code === "E_ATTESTATION") throw e;
+        last = e;
+      }
+      await new Promise((r) => setTimeout(r, a.intervalSeconds * 1000));
+    }
+    throw last;
+  });
+  const failed = verdict.checks.filter((c) => !c.ok).map((c) => `${c.check}: ${c.detail}`);
+  const registers = verdict.registers.filter((r) => !r.ok).map((r) => `${r.register}: ${r.problems.join("; ")}`);
+  if (!verdict.ok) {
+    throw new TdxError("E_ATTESTATION", `the VM at ${a.endpoint} failed attestation (${verdict.issuer}); nothing was sent. Failed: ${[...failed, ...registers].join(" | ")}`, {
+      hint: "The VM does not run the expected image (or the evidence is not genuine). Compare the registers with TdxMeasurement's outputs and ledger; redeploy the right image.",
+      details: { checks: failed, registers },
+    });
+  }
+  log(name, `${a.endpoint}: attested (${verdict.issuer}; ${verdict.checks.length} checks, ${verdict.registers.length} registers) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const channel = verdict.channel!;
+  const names = Object.keys(a.secrets ?? {}).sort();
+  if (names.length) {
+    // Over a new connection pinned to the attested key: a relay or a restarted agent gets nothing.
+    const r = await pinnedRequest(channel, { method: "POST", path: "/v1/secrets", body: a.secrets, maxBytes: 64 * 1024 });
+    if (r.status !== 200) {
+      let why = "";
+      try {
+        why = String((JSON.parse(r.body.toString("utf8")) as { error?: unknown }).error ?? "").slice(0, 300);
+      } catch {
+        // not JSON
+      }
+      throw new TdxError("E_DEPLOYMENT", `the attested VM refused the secrets (HTTP ${r.status}: ${why})`, {
+        hint: r.status === 409 ? "The VM already received secrets (they are delivered once per boot): replace the VM to deliver new ones." : "Check the secrets against the image's declared schemas.",
+      });
+    }
+    log(name, `${a.endpoint}: delivered ${names.length} secret(s) (${names.join(", ")}) over the attested TLS key`);
+  }
+  return {
+    attested: true, issuer: verdict.issuer, checks: verdict.checks.map((c) => `${c.ok ? "ok" : "FAIL"} ${c.check}`), spkiSha256: channel.spkiSha256,
+    attestedAt: new Date().toISOString(), attestSeconds: Math.round((Date.now() - t0) / 100) / 10, secretNames: names, secretsDigest: secretsDigest(a.secrets),
+  };
+}
+
+export const attestationProvider = {
+  async check(_olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures?: CheckFailure[] }> {
+    const start = checkStart(AttestationArgs, news, OUT);
+    if (start.done) return start.done;
+    try {
+      checkSecrets(start.value);
+    } catch (e) {
+      // No property: the engine would print that input's value next to the failure (a secret).
+      return { inputs: start.inputs, failures: [failureOf(e)] };
+    }
+    return { inputs: start.inputs };
+  },
+
+  async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
+    const n = declared(news);
+    const same = (k: string) => JSON.stringify(olds[k] ?? null) === JSON.stringify(n[k] ?? null);
+    const replaces = ["target", "endpoint", "expected", "trust"].filter((k) => isUnknown(n[k]) || !same(k));
+    const secrets = n.secrets as Record<string, string> | undefined;
+    if (isUnknown(secrets) || (olds.secretsDigest ?? null) !== secretsDigest(secrets)) replaces.push("secrets");
+    return { changes: replaces.length > 0 || !same("timeoutSeconds"), replaces, deleteBeforeReplace: false };
+  },
+
+  async create(inputs: Record<string, unknown>): Promise<{ id: string; outs: Record<string, unknown> }> {
+    return guarded(async () => {
+      const a = requireInputs(AttestationArgs, inputsOnly(inputs));
+      checkSecrets(a);
+      return { id: `attest-${a.target}`, outs: { ...publicInputs(inputs), ...(await attestAndDeliver(a, "TdxDeployment/attest")) } };
+    });
+  },
+
+  async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ outs: Record<string, unknown> }> {
+    return { outs: { ...publicInputs(news), ...pick(olds, OUT) } };
+  },
+
+  async read(id: string, props: Record<string, unknown>): Promise<{ id: string; props: Record<string, unknown> }> {
+    return { id, props: declared(props) };
+  },
+
+  async delete(): Promise<void> {
+    // Secrets live on the VM's tmpfs and go with the VM; an attestation is a check that passed.
+  },
+};
+
+/** Inputs carried into the outputs: never the secret values. */
+function publicInputs(inputs: Record<string, unknown>): Record<string, unknown> {
+  const { secrets: _s, ...rest } = inputsOnly(inputs);
+  void _s;
+  return rest;
+}

@@ -1,0 +1,117 @@
+/**
+ * `tdxvm attest` and attest() against the guest agent's own HTTPS server (agent/server.ts) with its
+ * simulator issuer: argument handling, exit codes, the table and --json, the simulator refused
+ * unless allowed (and then labelled), a malformed --expected file, an endpoint nobody serves.
+ */
+import { promises as fs } from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { chooseIssuer } from "../../../agent/issuers";
+import { agentServer } from "../../../agent/server";
+import { newTlsIdentity } from "../../../agent/tls";
+import { attestCommand } from "../../../provider/attest/cli";
+import { attest, assertAttested, parseEndpoint } from "../../../provider/attest/client";
+import { measurementsToJson, Measurements, parseEventLog, replayLog } from "../../../provider/measure";
+import { tempDir, tdxErrorOf } from "../../helpers";
+
+/** The simulator serves a real TCG event log (measure fixture, google/go-eventlog); PCR 4 as it replays. */
+const TCG_LOG = path.join(__dirname, "..", "measure", "fixtures", "tpm-eventlog-arch-linux.bin");
+const log = parseEventLog(require("node:fs").readFileSync(TCG_LOG) as Buffer);
+const pcr4Events = log.events.filter((e) => e.index === 4 && e.typeName !== "EV_NO_ACTION");
+const expected: Measurements = {
+  measurementsVersion: 1, backend: "azure", inputs: {},
+  registers: {
+    PCR4: {
+      alg: "sha256", value: replayLog(log.events).get(4)!.get("sha256")!.toString("hex"), status: "exact",
+      events: pcr4Events.map((e, i) => ({ type: e.typeName, description: `event ${i + 1}`, origin: "arch-linux log", digest: e.digests.find((d) => d.alg === "sha256")!.digest.toString("hex") })),
+    },
+    PCR13: { alg: "sha256", value: "00".repeat(32), status: "zero", events: [] },
+  },
+};
+
+let dir: string;
+let port: number;
+let stop: () => Promise<unknown>;
+let out: string[];
+let err: string[];
+
+beforeAll(async () => {
+  dir = await tempDir("tdxvm-attest-cli-");
+  const issuer = await chooseIssuer("simulator", { exec: async () => ({ code: 1, stdout: Buffer.alloc(0), stderr: "no tools" }), workDir: dir, paths: { tcgLog: TCG_LOG, systemdLog: path.join(dir, "none") } });
+  const server = agentServer({ issuer, tls: newTlsIdentity(), log: () => undefined });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  port = (server.address() as net.AddressInfo).port;
+  stop = async () => {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  };
+  await fs.writeFile(path.join(dir, "m.json"), measurementsToJson(expected));
+});
+afterAll(async () => {
+  await stop?.();
+  await fs.rm(dir, { recursive: true, force: true });
+});
+beforeEach(() => {
+  out = [];
+  err = [];
+  jest.spyOn(console, "log").mockImplementation((m: unknown) => void out.push(String(m)));
+  jest.spyOn(console, "error").mockImplementation((m: unknown) => void err.push(String(m)));
+});
+afterEach(() => jest.restoreAllMocks());
+
+describe("tdxvm attest", () => {
+  it("refuses the simulator (exit 4) and says why in the table", async () => {
+    expect(await attestCommand([`127.0.0.1:${port}`, "--expected", path.join(dir, "m.json")])).toBe(4);
+    const table = out.join("\n");
+    expect(table).toMatch(/^issuer\s+FAIL\s+the agent offers simulator evidence, which no platform signed; refused/m);
+    expect(table).toMatch(/FAILED: 127\.0\.0\.1:\d+ \(TLS key SPKI SHA-256 [0-9a-f]{64}\), issuer simulator, 0\/1 checks/);
+  });
+
+  it("accepts it only with --allow-simulator, and every row says SIMULATOR (--json)", async () => {
+    const code = await attestCommand([`127.0.0.1:${port}`, "--expected", path.join(dir, "m.json"), "--allow-simulator", "--json"]);
+    expect(code).toBe(0);
+    const v = JSON.parse(out.join("\n"));
+    expect(v.issuer).toBe("simulator");
+    expect(v.checks.map((c: { detail: string }) => c.detail)).toEqual([expect.stringMatching(/^SIMULATOR/), expect.stringMatching(/^SIMULATOR/)]);
+    expect(v.registers).toHaveLength(2);
+    expect(v.registers).toEqual(expect.arrayContaining([
+      expect.objectContaining({ register: "PCR4", ok: true, replayed: expected.registers.PCR4!.value, reported: null, note: "SIMULATOR: from unsigned event logs, not platform-signed" }),
+      expect.objectContaining({ register: "PCR13", ok: true, note: "SIMULATOR: from unsigned event logs, not platform-signed" }),
+    ]));
+    expect(v.evidence).toBeUndefined();
+  });
+
+  it("bad arguments exit 2 with the usage", async () => {
+    expect(await attestCommand([])).toBe(2);
+    expect(await attestCommand([`127.0.0.1:${port}`])).toBe(2);
+    expect(err.join("\n")).toMatch(/needs --expected/);
+    expect(await attestCommand([`127.0.0.1:${port}`, "--expected", path.join(dir, "m.json"), "--frobnicate"])).toBe(2);
+    expect(await attestCommand(["not an endpoint", "--expected", path.join(dir, "m.json")])).toBe(2);
+  });
+
+  it("refuses a malformed measurements file, naming the field", async () => {
+    await fs.writeFile(path.join(dir, "bad.json"), JSON.stringify({ ...expected, registers: { PCR4: { ...expected.registers.PCR4, value: "XYZ" } } }));
+    expect(await attestCommand([`127.0.0.1:${port}`, "--expected", path.join(dir, "bad.json")])).toBe(2);
+    expect(err.join("\n")).toMatch(/E_VALIDATION: --expected .*registers\.PCR4\.value/);
+  });
+});
+
+describe("attest()", () => {
+  it("an endpoint nobody serves is a failed verdict naming the connection, and assertAttested throws E_ATTESTATION", async () => {
+    const free = await new Promise<number>((r) => { const s = net.createServer().listen(0, "127.0.0.1", () => { const p = (s.address() as net.AddressInfo).port; s.close(() => r(p)); }); });
+    const v = await attest(`127.0.0.1:${free}`, expected, { timeoutMs: 5_000 });
+    expect(v).toMatchObject({ ok: false, issuer: "unknown", checks: [{ check: "connect", ok: false }] });
+    const e = await tdxErrorOf(() => assertAttested(v));
+    expect(e.code).toBe("E_ATTESTATION");
+    expect(e.message).toMatch(/connect: GET https:\/\/127\.0\.0\.1:\d+\/v1\/health/);
+    expect(e.hint).toMatch(/Nothing was sent/);
+  });
+
+  it("parses endpoints", () => {
+    expect(parseEndpoint("10.0.0.5:8443")).toEqual({ host: "10.0.0.5", port: 8443 });
+    expect(parseEndpoint("https://vm.example:443/")).toEqual({ host: "vm.example", port: 443 });
+    expect(parseEndpoint("[::1]:8443")).toEqual({ host: "::1", port: 8443 });
+    expect(() => parseEndpoint("vm.example")).toThrow(/not host:port/);
+    expect(() => parseEndpoint("vm:99999")).toThrow(/not host:port/);
+  });
+});

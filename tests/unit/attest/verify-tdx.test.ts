@@ -1,0 +1,191 @@
+/**
+ * TDX: DCAP with @phala/dcap-qvl on real Intel data (fixtures/dcap-real, see its README for what
+ * this does and does not prove) and, for the paths real data cannot reach offline (a full pass,
+ * TCB policy, the binding, registers), on quotes built and signed by the test PKI
+ * (dcapTest.ts). Verification times are pinned.
+ */
+import { readFileSync } from "node:fs";
+import * as path from "node:path";
+import { verifyDcap, Collateral } from "../../../provider/attest/dcap";
+import { verifyEvidence, EvidenceInput } from "../../../provider/attest/verify";
+import { attestBinding } from "../../../provider/attest/evidence";
+import { parseCcel, replayCcel, CC_MR_NAMES, Measurements } from "../../../provider/measure";
+import { tdxErrorOf } from "../../helpers";
+import { buildCollateral, buildTdQuote, tdBody, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
+import { fxText } from "./fixtures";
+
+const measureFixture = (n: string) => readFileSync(path.join(__dirname, "..", "measure", "fixtures", n));
+const REAL_NOW = new Date("2025-03-14T00:00:00Z");
+const realCollateral = (): Collateral => JSON.parse(fxText("dcap-real/collateral-b0c06f-2025-03.json"));
+const cos113 = () => Buffer.from(measureFixture("tdx-quote-cos113.dat"));
+const dcapQvlQuote = () => Buffer.from(fxText("dcap-real/dcap-qvl-tdx-quote.hex").trim().replace(/^0x/, ""), "hex");
+
+/** Offsets in a v4 quote: body at 48, signature data after the u32 length at 632. */
+const SIG = 48 + 584 + 4;
+const QE_REPORT = SIG + 64 + 64 + 6;
+const flip = (q: Buffer, at: number) => {
+  const b = Buffer.from(q);
+  b[at] ^= 1;
+  return b;
+};
+const real = (quote: Buffer, over: Partial<Parameters<typeof verifyDcap>[1]> = {}) => verifyDcap(quote, { collateral: realCollateral(), now: REAL_NOW, ...over });
+
+describe("DCAP on real quotes and Intel-signed collateral", () => {
+  it("GCP quote: PCK chain, QE report, QE identity and quote signature verify; no Intel TCB info for its FMSPC here", async () => {
+    const e = await tdxErrorOf(() => real(cos113()));
+    expect(e.details).toEqual({ check: "dcap-collateral" });
+    expect(e.message).toMatch(/Fmspc mismatch/); // reached only after every signature above verified
+  });
+
+  it("dcap-qvl's sample quote: every signature verifies and the collateral is its platform's; its TCB is below every level Intel lists", async () => {
+    const e = await tdxErrorOf(() => real(dcapQvlQuote()));
+    expect(e.details).toEqual({ check: "tcb-status" });
+    expect(e.message).toMatch(/No matching TCB level found/);
+  });
+
+  it.each([
+    ["the TD report body (MRTD)", 48 + 136 + 5, "quote-signature", /ISV enclave report signature is invalid/],
+    ["the header", 20, "quote-signature", /ISV enclave report signature is invalid/],
+    ["the quote signature", SIG + 10, "quote-signature", /ISV enclave report signature is invalid/],
+    ["the QE report", QE_REPORT + 100, "qe-report", /Signature is invalid for qe_report/],
+    ["the QE report signature", QE_REPORT + 384 + 7, "qe-report", /Signature is invalid for qe_report/],
+  ] as const)("a flipped byte in %s fails with a precise reason", async (_what, at, check, reason) => {
+    for (const q of [cos113(), dcapQvlQuote()]) {
+      const e = await tdxErrorOf(() => real(flip(q, at)));
+      expect(e.details).toEqual({ check });
+      expect(e.message).toMatch(reason);
+    }
+  });
+
+  it("a flipped byte in the PCK certificate chain fails the chain", async () => {
+    const q = cos113();
+    const leaf = q.indexOf("-----BEGIN CERTIFICATE-----") + 28 + 600; // inside the leaf's base64
+    const b = Buffer.from(q);
+    b[leaf] = b[leaf] === 0x41 ? 0x42 : 0x41;
+    const e = await tdxErrorOf(() => real(b));
+    expect(e.details).toEqual({ check: "pck-chain" });
+    expect(e.message).toMatch(/certificate|chain/i);
+  });
+
+  it("tampered collateral and a time outside its window are refused", async () => {
+    const c = realCollateral();
+    c.tcb_info = c.tcb_info.replace('"tcbStatus":"OutOfDate"', '"tcbStatus":"UpToDate"');
+    expect((await tdxErrorOf(() => real(cos113(), { collateral: c }))).message).toMatch(/Signature is invalid for tcb_info/);
+    expect((await tdxErrorOf(() => real(cos113(), { now: new Date("2025-05-01T00:00:00Z") }))).message).toMatch(/TCBInfo expired/);
+  });
+
+  it("reads collateral from a file and refuses a malformed one", async () => {
+    const file = path.join(__dirname, "fixtures", "dcap-real", "collateral-b0c06f-2025-03.json");
+    expect((await tdxErrorOf(() => verifyDcap(dcapQvlQuote(), { collateralFile: file, now: REAL_NOW }))).message).toMatch(/No matching TCB level/);
+    const e = await tdxErrorOf(() => verifyDcap(dcapQvlQuote(), { collateral: { tcb_info: 5 } as never, now: REAL_NOW }));
+    expect(e.details).toEqual({ check: "dcap-collateral" });
+  });
+});
+
+describe("DCAP on quotes signed by the test PKI", () => {
+  const opts = (collateral = buildCollateral(), over = {}) => ({ collateral, rootCaDer: TEST_ROOT_DER, now: TEST_NOW, ...over });
+
+  it("passes UpToDate", async () => {
+    expect(await verifyDcap(buildTdQuote(tdBody()), opts())).toEqual({ status: "UpToDate", advisoryIds: [], collateralSource: "given" });
+  });
+
+  it("is not trusted under Intel's real root", async () => {
+    expect((await tdxErrorOf(() => verifyDcap(buildTdQuote(tdBody()), { collateral: buildCollateral(), now: TEST_NOW }))).details).toEqual({ check: "pck-chain" });
+  });
+
+  it("applies the TCB policy: OutOfDate is refused unless accepted", async () => {
+    const q = buildTdQuote(tdBody());
+    const e = await tdxErrorOf(() => verifyDcap(q, opts(buildCollateral({ status: "OutOfDate" }))));
+    expect(e.details).toEqual({ check: "tcb-status" });
+    expect(e.message).toMatch(/TCB status is OutOfDate \(INTEL-SA-TEST\); accepted: UpToDate/);
+    expect((await verifyDcap(q, opts(buildCollateral({ status: "OutOfDate" }), { acceptedTcbStatuses: ["UpToDate", "OutOfDate"] }))).status).toBe("OutOfDate");
+  });
+
+  it("refuses a debug TD, a TDX module below every TCB level, a revoked-status level", async () => {
+    const debug = tdBody({ tdAttributes: Buffer.from("0100001000000000", "hex") });
+    expect((await tdxErrorOf(() => verifyDcap(buildTdQuote(debug), opts()))).details).toEqual({ check: "td-attributes" });
+    expect((await tdxErrorOf(() => verifyDcap(buildTdQuote(tdBody()), opts(buildCollateral({ tdxSvn: [9, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }))))).details).toEqual({ check: "tcb-status" });
+    expect((await tdxErrorOf(() => verifyDcap(buildTdQuote(tdBody()), opts(buildCollateral({ status: "Revoked" }))))).details).toEqual({ check: "tcb-status" });
+  });
+});
+
+describe("tdx issuer", () => {
+  const nonce = Buffer.alloc(32, 3);
+  const spki = Buffer.alloc(32, 4);
+  const ccel = measureFixture("ccel-cos113.bin");
+  const events = parseCcel(ccel).events.filter((e) => e.typeName !== "EV_NO_ACTION");
+  const rtmrs = replayCcel(parseCcel(ccel).events);
+  const ledger = (name: string) => events.filter((e) => CC_MR_NAMES[e.index] === name).map((e, i) => ({ type: e.typeName, description: `event ${i + 1}`, origin: "CCEL of a COS 113 boot", digest: e.digests.find((d) => d.alg === "sha384")!.digest.toString("hex") }));
+  const body = tdBody({ reportData: attestBinding("sha512", nonce, spki), rtmr: [rtmrs.RTMR0, rtmrs.RTMR1, rtmrs.RTMR2, Buffer.alloc(48)] });
+  const quote = buildTdQuote(body);
+  const expected = (): Measurements => ({
+    measurementsVersion: 1, backend: "rtmr", inputs: {},
+    registers: {
+      MRTD: { alg: "sha384", value: body.mrTd.toString("hex"), status: "exact", events: [] },
+      RTMR0: { alg: "sha384", value: null, status: "platform-defined", why: "VM shape", events: [] },
+      RTMR1: { alg: "sha384", value: rtmrs.RTMR1.toString("hex"), status: "exact", events: ledger("RTMR1") },
+      RTMR2: { alg: "sha384", value: rtmrs.RTMR2.toString("hex"), status: "exact", events: ledger("RTMR2") },
+      RTMR3: { alg: "sha384", value: "00".repeat(48), status: "zero", events: [] },
+    },
+  });
+  const input = (over: Partial<EvidenceInput> = {}, q = quote, log = ccel): EvidenceInput => ({
+    evidence: { evidenceVersion: 1, issuer: "tdx", nonce: nonce.toString("hex"), spkiSha256: spki.toString("hex"), tdx: { quote: q.toString("base64") }, eventLogs: { ccel: log.toString("base64") } },
+    nonce, channelSpkiSha256: spki, expected: expected(), ...over,
+  });
+  const vopts = { dcap: { collateral: buildCollateral(), rootCaDer: TEST_ROOT_DER }, now: TEST_NOW };
+  const failed = (v: { checks: Array<{ check: string; ok: boolean }> }) => v.checks.filter((c) => !c.ok).map((c) => c.check);
+
+  it("accepts: DCAP, REPORTDATA = binding, MRTD and RTMR1/2 event by event, RTMR0 reproduced by the CCEL, RTMR3 zero", async () => {
+    const v = await verifyEvidence(input(), vopts);
+    expect(failed(v)).toEqual([]);
+    expect(v.registers.map((r) => [r.register, r.status, r.ok])).toEqual([["MRTD", "exact", true], ["RTMR1", "exact", true], ["RTMR2", "exact", true], ["RTMR3", "zero", true], ["RTMR0", "platform-defined", true]]);
+    expect(v.registers.find((r) => r.register === "RTMR0")).toMatchObject({ reported: rtmrs.RTMR0.toString("hex"), replayed: rtmrs.RTMR0.toString("hex"), note: "platform-defined; checked by replay only" });
+    expect(v.ok).toBe(true);
+  });
+
+  it("refuses another nonce and another TLS key (relay)", async () => {
+    expect(failed(await verifyEvidence(input({ channelSpkiSha256: Buffer.alloc(32, 5) }), vopts))).toEqual(["channel-binding"]);
+    const other = Buffer.alloc(32, 9);
+    const v = await verifyEvidence(input({ nonce: other, evidence: { ...input().evidence, nonce: other.toString("hex") } }), vopts);
+    expect(failed(v)).toEqual(["channel-binding"]);
+  });
+
+  it("refuses an image whose RTMR2 differs, naming the event", async () => {
+    const exp = expected();
+    exp.registers.RTMR2!.events[3] = { ...exp.registers.RTMR2!.events[3]!, digest: "ab".repeat(48), description: "UKI section .cmdline" };
+    const v = await verifyEvidence(input({ expected: exp }), vopts);
+    expect(v.ok).toBe(false);
+    expect(v.registers.find((r) => r.register === "RTMR2")!.problems).toEqual([expect.stringMatching(/^event 4 \(UKI section \.cmdline\) differs: expected abab/)]);
+  });
+
+  it("refuses a CCEL that does not reproduce the quoted RTMR0 (platform-defined: checked by replay only)", async () => {
+    const q = buildTdQuote(tdBody({ reportData: body.reportData, rtmr: [Buffer.alloc(48, 0xee), rtmrs.RTMR1, rtmrs.RTMR2, Buffer.alloc(48)] }));
+    const v = await verifyEvidence(input({}, q), vopts);
+    expect(v.registers.find((r) => r.register === "RTMR0")).toMatchObject({ ok: false, problems: [expect.stringMatching(/the log does not reproduce the signed value/)] });
+  });
+
+  it("refuses a quote that DCAP rejects, and a PCR measurement for TD evidence", async () => {
+    const v0 = await verifyEvidence(input({}, flip(quote, 48 + 300)), vopts); // inside MROWNERCONFIG: signed, not bound
+    expect(failed(v0)).toEqual(["quote-signature"]);
+    expect(v0.checks.find((c) => c.check === "quote-signature")!.detail).toMatch(/ISV enclave report signature is invalid/);
+    const v = await verifyEvidence(input({ expected: { ...expected(), backend: "azure" } }), vopts);
+    expect(failed(v)).toEqual(["expected-measurement"]);
+  });
+});
+
+describe("DCAP verification time (printed, not asserted)", () => {
+  it("per quote", async () => {
+    const q = buildTdQuote(tdBody());
+    const collateral = buildCollateral();
+    const runs = 20;
+    const t0 = performance.now();
+    const statuses = new Set<string>();
+    for (let i = 0; i < runs; i++) statuses.add((await verifyDcap(q, { collateral, rootCaDer: TEST_ROOT_DER, now: TEST_NOW })).status);
+    const full = (performance.now() - t0) / runs;
+    const t1 = performance.now();
+    for (let i = 0; i < runs; i++) await real(cos113()).catch(() => undefined);
+    const realMs = (performance.now() - t1) / runs;
+    console.log(`DCAP verification: ${full.toFixed(1)} ms per quote (full pass, test PKI); ${realMs.toFixed(1)} ms per real GCP quote (every signature, stops at the FMSPC check)`);
+    expect([...statuses]).toEqual(["UpToDate"]);
+  });
+});
