@@ -3,7 +3,9 @@
  * blob, published as a Compute Gallery image version that supports confidential VMs, and
  * booted on DCesv5-class Intel TDX confidential VMs with a vTPM.
  *
- *   ResourceGroup (or yours) → StorageAccount (StorageV2) → BlobContainer → AzurePageBlob (az upload, verified)
+ *   UniqueName (a random suffix kept in state) → ResourceGroup (or yours) → StorageAccount
+ *   (StorageV2, globally unique name) → BlobContainer → AzurePageBlob (SDK upload with the
+ *   account key, a Pulumi secret; verified by reading it back)
  *   → Gallery → GalleryImage (Linux, Specialized, V2, SecurityType=ConfidentialVMSupported)
  *   → GalleryImageVersion (version derived from the VHD digest: known at preview)
  *   VNet → Subnet, NSG (only the ports you open) — shared, they stay across image changes
@@ -45,17 +47,33 @@ export function imageVersionName(sha256: string): string {
   return `1.${parseInt(sha256.slice(0, 6), 16)}.${parseInt(sha256.slice(6, 12), 16)}`;
 }
 
-/** A storage account name: 3–24 lowercase alphanumerics, stable per stack and resource name. */
-export function storageAccountName(name: string, stack = pulumi.getStack()): string {
-  const h = require("node:crypto").createHash("sha256").update(`${stack}/${name}`).digest("hex");  
-  return `tdx${name.toLowerCase().replace(/[^a-z0-9]/g, "").slice(0, 11)}${h.slice(0, 10)}`;
+/**
+ * A name drawn once per stack and kept in its state (type pulumi-nodejs:dynamic/tdxvm:UniqueName):
+ * `prefix` + random [a-z0-9] characters. Storage account names are global across Azure, so a
+ * name derived from the stack and resource names alone would collide between users of the same
+ * example; this one does not, and it stays the same across updates.
+ */
+export class UniqueName extends pulumi.dynamic.Resource {
+  declare readonly name: pulumi.Output<string>;
+  declare readonly suffix: pulumi.Output<string>;
+  constructor(name: string, props: { prefix: string; randomLength?: number; maxLength?: number }, opts?: pulumi.CustomResourceOptions) {
+    super(providerShim("uniqueName"), name, { ...props, stateVersion: undefined, name: undefined, suffix: undefined }, opts, "tdxvm", "UniqueName");
+  }
+}
+
+/** The fixed part of a storage account name: "tdx" + the resource name's letters and digits (room for 10 random characters). */
+export function storageAccountPrefix(name: string): string {
+  return `tdx${name.toLowerCase().replace(/[^a-z0-9]/g, "")}`.slice(0, 14);
 }
 
 export class AzurePageBlob extends pulumi.dynamic.Resource {
   declare readonly url: pulumi.Output<string>;
   declare readonly uploadedSize: pulumi.Output<number>;
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
-    super(providerShim("azureBlob"), name, { ...props, url: undefined, blobType: undefined, uploadedSize: undefined, uploadSeconds: undefined, exists: undefined }, opts, "tdxvm", "AzurePageBlob");
+    // The account key is an input (a secret) and stays in the outputs (delete needs it): encrypted in state either way.
+    super(providerShim("azureBlob"), name, {
+      ...props, stateVersion: undefined, url: undefined, blobType: undefined, uploadedSize: undefined, writtenBytes: undefined, uploadSeconds: undefined, exists: undefined,
+    }, { ...opts, additionalSecretOutputs: ["accountKey"] }, "tdxvm", "AzurePageBlob");
   }
 }
 
@@ -80,17 +98,25 @@ export function azureShared(name: string, vhd: pulumi.Output<ArtifactOut>, a: Az
   const o = { parent };
   const location = a.location;
   const resourceGroupName = a.resourceGroupName ? pulumi.output(a.resourceGroupName) : new resources.ResourceGroup(`${name}-rg`, { location }, o).name;
+  const unique = new UniqueName(`${name}-name`, { prefix: storageAccountPrefix(name), randomLength: 10, maxLength: 24 }, o);
   const account = new storage.StorageAccount(`${name}-sa`, {
-    resourceGroupName, location, accountName: storageAccountName(name), kind: storage.Kind.StorageV2, sku: { name: storage.SkuName.Standard_LRS },
-    allowBlobPublicAccess: false, minimumTlsVersion: storage.MinimumTlsVersion.TLS1_2, enableHttpsTrafficOnly: true,
+    resourceGroupName, location, accountName: unique.name, kind: storage.Kind.StorageV2, sku: { name: storage.SkuName.Standard_LRS },
+    allowBlobPublicAccess: false, allowSharedKeyAccess: true, minimumTlsVersion: storage.MinimumTlsVersion.TLS1_2, enableHttpsTrafficOnly: true,
   }, o);
   const container = new storage.BlobContainer(`${name}-vhds`, { resourceGroupName, accountName: account.name, publicAccess: storage.PublicAccess.None }, o);
+  // The upload signs its requests with the account key (Contributor may list keys; a data-plane
+  // role would have to be granted by an Owner and propagate first — see azureBlob.ts).
+  const accountKey = pulumi.secret(storage.listStorageAccountKeysOutput({ resourceGroupName, accountName: account.name }, o).keys.apply((k) => {
+    const key = k.find((x) => x.permissions?.toUpperCase() === "FULL") ?? k[0];
+    if (!key) throw new Error(`storage account of ${name}: no account key to upload with (is Shared Key access disabled?)`);
+    return key.value;
+  }));
   const upload = new AzurePageBlob(`${name}-vhd`, {
-    file: vhd.path, sha256: vhd.sha256, size: vhd.size, accountName: account.name, containerName: container.name,
+    file: vhd.path, sha256: vhd.sha256, size: vhd.size, endpoint: account.primaryEndpoints.blob, accountKey, containerName: container.name,
     blobName: vhd.sha256.apply((s) => `tdxvm-${s.slice(0, 16)}.vhd`), timeoutMinutes: a.uploadTimeoutMinutes ?? 180,
   }, o);
-  // Gallery names allow letters, digits, "." and "_" only.
-  const gallery = new compute.Gallery(`${name}-gallery`, { resourceGroupName, location, galleryName: `${name.replace(/[^A-Za-z0-9]/g, "_")}_${storageAccountName(name).slice(-10)}`, description: "tdxvm images" }, o);
+  // Gallery names allow letters, digits, "." and "_" only, and are unique per subscription.
+  const gallery = new compute.Gallery(`${name}-gallery`, { resourceGroupName, location, galleryName: pulumi.interpolate`${name.replace(/[^A-Za-z0-9]/g, "_")}_${unique.suffix}`, description: "tdxvm images" }, o);
   const image = new compute.GalleryImage(`${name}-image`, {
     resourceGroupName, location, galleryName: gallery.name,
     osType: compute.OperatingSystemTypes.Linux, osState: compute.OperatingSystemStateTypes.Specialized, hyperVGeneration: compute.HyperVGeneration.V2,

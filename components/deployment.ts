@@ -223,6 +223,6 @@ export class TdxDeployment extends pulumi.ComponentResource {
       this.warning = vm.warning;
       this.isTd = vm.isTd;
     }
-    this.registerOutputs({ instances: this.instances, expected: this.expected, imageRef: this.imageRef, vmId: this.vmId, forwards: this.forwards, serialLog: this.serialLog, warning: this.warning });
+    this.registerOutputs({ instances: this.instances, expected: this.expected, imageRef: this.imageRef, vmId: this.vmId, forwards: this.forwards, serialLog: this.serialLog, warning: this.warning, isTd: this.isTd });
   }
 }

@@ -7,6 +7,6 @@ export { TdxDeployment, RolloutGate, waveOf } from "./deployment";
 export type { TdxDeploymentArgs, RolloutArgs, GateSpec, DeployedVm } from "./deployment";
 export { QemuVm } from "./qemu";
 export type { QemuTargetArgs } from "./qemu";
-export { AzurePageBlob, imageVersionName, storageAccountName } from "./azure";
+export { AzurePageBlob, UniqueName, imageVersionName, storageAccountPrefix } from "./azure";
 export type { AzureTargetArgs } from "./azure";
 export type { GcpTargetArgs } from "./gcp";

@@ -12,6 +12,7 @@ export const ERROR_CODES = {
   E_DEPLOYMENT: "Make sure the image was baked for this target (outputTargets) and the host meets the listed requirements; the serial log path is in the message.",
   E_SECRET: "Check the secret payload against the declared SecretSchema; values are never echoed, only the secret's name.",
   E_ATTESTATION: "The VM's evidence did not verify: the message names the failed check (signature, nonce/TLS binding, certificate chain, TCB status, a register); compare the VM's image with the expected measurement, and trust only a VM that passes every check.",
+  E_STATE: "The stack's state was written by a newer tdxvm: install that version (or a newer one) in the Pulumi project; an older tdxvm leaves such state alone.",
   E_MEASUREMENT: "Bake first (measurements need real artifacts), and check that the firmware and artifacts are the ones you locked.",
 } as const;
 

@@ -48,3 +48,51 @@ export function runTdxvm(args: string[], opts: { cwd?: string; env?: NodeJS.Proc
     child.on("exit", (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
   });
 }
+
+/** A running Azurite blob service (Microsoft's storage emulator, from npm) with its own account and key. */
+export interface Azurite {
+  /** Blob service endpoint of the account: http://127.0.0.1:<port>/<account>/ (path-style, like the emulator's). */
+  endpoint: string;
+  account: string;
+  key: string;
+  /** Stops the process this helper started (by its pid). */
+  stop(): Promise<void>;
+}
+
+/**
+ * Start Azurite's blob service on a free loopback port, storing into `dir`, with a fresh random
+ * account key (AZURITE_ACCOUNTS; Shared Key signatures are checked against it). No telemetry;
+ * `--skipApiVersionCheck` because @azure/storage-blob may speak a newer API version than the
+ * emulator knows.
+ */
+export async function startAzurite(dir: string, account = "tdxvmtest"): Promise<Azurite> {
+  const { spawn } = await import("node:child_process");
+  const { randomBytes } = await import("node:crypto");
+  const pkg = require.resolve("azurite/package.json");
+  const main = path.join(path.dirname(pkg), (require(pkg) as { bin: Record<string, string> }).bin["azurite-blob"]);
+  const key = randomBytes(64).toString("base64");
+  const child = spawn(process.execPath, [main, "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", dir, "--skipApiVersionCheck", "--disableTelemetry", "--silent"], {
+    env: { ...process.env, AZURITE_ACCOUNTS: `${account}:${key}` }, stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    const onData = (d: Buffer) => {
+      out += d.toString();
+      const m = /successfully listens on http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    };
+    child.stdout!.on("data", onData);
+    child.stderr!.on("data", onData);
+    child.once("exit", (c) => reject(new Error(`azurite exited (${c}) before listening: ${out}`)));
+    setTimeout(() => reject(new Error(`azurite did not listen within 60 s: ${out}`)), 60_000).unref();
+  });
+  return {
+    endpoint: `http://127.0.0.1:${port}/${account}/`, account, key,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const gone = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await gone;
+    },
+  };
+}

@@ -119,13 +119,30 @@ export async function guarded<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * An optional peer dependency (needed by one target only), loaded when first used: from where
+ * tdxvm is installed, so the Pulumi project's node_modules. Missing → E_DEPLOYMENT naming the
+ * `npm install` (the version range is tdxvm's peerDependencies entry).
+ */
+export function requireOptional<T>(name: string, why: string): T {
+  try {
+    return require(name) as T;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "MODULE_NOT_FOUND" || !String((e as Error).message).includes(`'${name}'`)) throw e;
+    const range = (require("../../package.json") as { peerDependencies?: Record<string, string> }).peerDependencies?.[name];
+    throw new TdxError("E_DEPLOYMENT", `${name} is not installed where Pulumi runs tdxvm's providers (${process.cwd()}); ${why}`, {
+      hint: `Install it in the Pulumi project: \`npm install ${range ? `${name}@${range}` : name}\` (an optional peer dependency of tdxvm, needed only for this target).`,
+    });
+  }
+}
+
 /** Progress for long provider work: the engine shows a plugin's stderr (pulumi.log is not wired in providers). */
 export function log(resource: string, msg: string): void {
   if (process.env.TDXVM_PROVIDER_QUIET === "1") return;
   console.error(`tdxvm: [${resource}] ${msg}`);
 }
 
-/** Paths are stored relative to the Pulumi project root (the host's cwd) when they lie below it, so state moves between machines. */
+/** Paths are stored relative to the provider host's cwd (the directory of the program's main file, like the program's own) when they lie below it, so state moves between machines. */
 export function storePath(p: string): string {
   const rel = path.relative(process.cwd(), p);
   return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;

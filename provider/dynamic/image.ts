@@ -25,7 +25,7 @@ export const IMAGE_STATE_VERSION = 1;
 
 export const ImageArgs = z.object({
   recipe: z.record(z.string(), z.unknown()),
-  /** Directory relative `src` files and build/ resolve against (relative to the Pulumi project root). */
+  /** Directory relative `src` files and build/ resolve against (relative to the directory of the program's main file, where the CLI runs the program and the provider host). */
   projectDir: z.string().min(1),
   profile: z.string().min(1).default("default"),
   targets: z.array(z.enum(TARGETS)).min(1).optional(),

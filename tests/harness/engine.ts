@@ -11,12 +11,24 @@
  *   same | update | replace | create; preview calls no Create/Update and answers with the
  *   checked inputs as outputs (unknowns stay unknown); replacements are create-before-delete
  *   (deletes of replaced and vanished resources run at the end, in reverse dependency order,
- *   and only when every step succeeded) unless the provider or the resource asks delete-first;
- * - refresh calls Read; destroy deletes everything in reverse dependency order;
+ *   and only when every step succeeded) unless the provider asks delete-first — an explicit
+ *   `deleteBeforeReplace` option (true or false) overrides the provider's answer
+ *   (pkg/resource/deploy/step_generator.go: `goal.DeleteBeforeReplace` wins when set);
+ * - `replaceOnChanges` acts only on keys the provider's diff reports as changed: the Node
+ *   dynamic-provider host sends no changed keys and no detailed diff
+ *   (sdk/nodejs/cmd/dynamic-provider/index.ts `diff`), so it has no effect on a dynamic resource
+ *   whose diff answers `changes: true/false`; only when the diff leaves `changes` unset does the
+ *   engine diff the inputs itself and then apply it (step_generator.go diffResource,
+ *   applyReplaceOnChanges);
+ * - refresh calls Read(id, old outputs, old inputs), then Diff with the refreshed outputs as the
+ *   old state and the old inputs as the new ones (pkg/resource/deploy/step.go
+ *   RefreshStep.Apply): no changes → same, else the resource drifted; an empty id removes it;
+ * - destroy deletes everything in reverse dependency order;
  * - state is kept in a JSON file with secret values encrypted (as the engine encrypts them).
  * Non-dynamic resources (cloud providers we cannot reach) go to a small mock: their id is
  * derived from the URN and a replacement counter, outputs = inputs plus mocked fields, and a
- * change of a property listed in FORCE_NEW (or replaceOnChanges) replaces them.
+ * change of a property listed in FORCE_NEW (or replaceOnChanges: real providers send detailed
+ * diffs) replaces them; invokes go to a mock too (mockCall).
  */
 import { spawn, ChildProcess } from "node:child_process";
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
@@ -259,7 +271,7 @@ export class ProviderHost {
     req.setProperties(toStruct(props));
     req.setInputs(toStruct(inputs));
     const r = await this.call("read", req);
-    return { id: r.getId() as string, props: r.getProperties().toJavaScript() as Record<string, unknown> };
+    return { id: r.getId() as string, props: r.getProperties()?.toJavaScript() as Record<string, unknown>, inputs: r.getInputs()?.toJavaScript() as Record<string, unknown> | undefined };
   }
 
   async delete(urn: string, id: string, props: Record<string, unknown>) {
@@ -295,6 +307,11 @@ function at(obj: unknown, p: string): unknown {
 function changedPaths(paths: string[], a: unknown, b: unknown): string[] {
   return paths.filter((p) => JSON.stringify(at(a, p) ?? null) !== JSON.stringify(at(b, p) ?? null));
 }
+
+/** The top-level keys whose values differ (secrets unwrapped): the engine's own input diff. */
+function changedKeys(a: Record<string, unknown>, b: Record<string, unknown>): string[] {
+  return [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => JSON.stringify(unwrap(a[k]) ?? null) !== JSON.stringify(unwrap(b[k]) ?? null));
+}
 const now = () => Date.now();
 
 /** Reverse topological order over dependencies and parents (dependents first). */
@@ -322,6 +339,10 @@ export interface EngineOptions {
   hostLog?: string;
   /** Mock for non-dynamic custom resources: extra outputs (e.g. ids, IPs) by type. */
   mockOutputs?: (type: string, name: string, inputs: Record<string, unknown>, id: string) => Record<string, unknown>;
+  /** Mock for invokes (data sources) of the cloud providers: the result by token. */
+  mockCall?: (token: string, args: Record<string, unknown>) => Record<string, unknown> | undefined;
+  /** Called after a mocked resource is created (or its replacement), with its outputs. */
+  mockCreated?: (type: string, outputs: Record<string, unknown>) => Promise<void>;
 }
 
 export class Engine {
@@ -354,7 +375,8 @@ export class Engine {
   }
 
   /** The resource monitor's registerResource, engine-style. Returns the outputs (marked) and id. */
-  async register(r: { urn: string; type: string; name: string; custom: boolean; parent: string; dependencies: string[]; inputs: Record<string, unknown>; additionalSecretOutputs: string[]; replaceOnChanges: string[]; deleteBeforeReplace: boolean }): Promise<{ id: string; outputs: Record<string, unknown> }> {
+  /** `deleteBeforeReplace` is the resource option: undefined when the program did not set it. */
+  async register(r: { urn: string; type: string; name: string; custom: boolean; parent: string; dependencies: string[]; inputs: Record<string, unknown>; additionalSecretOutputs: string[]; replaceOnChanges: string[]; deleteBeforeReplace?: boolean }): Promise<{ id: string; outputs: Record<string, unknown> }> {
     if (this.failed) throw this.failed;
     const old = this.old(r.urn);
     const record = (id: string, inputs: Record<string, unknown>, outputs: Record<string, unknown>) => {
@@ -365,7 +387,10 @@ export class Engine {
     const t0 = now();
     try {
       if (isDynamic(r.type)) return await this.registerDynamic(r, old, t0, record);
-      return this.registerMocked(r, old, t0, record);
+      const made = this.registerMocked(r, old, t0, record);
+      // A new physical resource: let the mock cloud back it where a test provides a real data plane.
+      if (made.id && made.id !== old?.id) await this.o.mockCreated?.(r.type, unwrap(made.outputs) as Record<string, unknown>);
+      return made;
     } catch (e) {
       this.failed ??= e as Error;
       throw e;
@@ -388,8 +413,16 @@ export class Engine {
       return record(c.id, checked, mark(c.outs));
     }
     const d = await this.host.diff(r.urn, old.id, unwrap(old.outputs) as Record<string, unknown>, check.inputs);
-    const replaces = [...d.replaces, ...changedPaths(r.replaceOnChanges, old.inputs, check.inputs)];
-    if (d.changes === false && !replaces.length) {
+    let replaces = d.replaces;
+    if (d.changes === undefined) {
+      // DIFF_UNKNOWN: the engine diffs old and new inputs itself; replaceOnChanges applies to what changed.
+      if (!changedKeys(old.inputs, checked).length) {
+        this.event({ step: "same", urn: r.urn, type: r.type, changes: false, ms: now() - t0 });
+        return record(old.id, checked, old.outputs);
+      }
+      replaces = [...new Set([...replaces, ...changedPaths(r.replaceOnChanges, old.inputs, checked)])];
+    }
+    if (d.changes === false) {
       this.event({ step: "same", urn: r.urn, type: r.type, changes: false, ms: now() - t0 });
       return record(old.id, checked, old.outputs);
     }
@@ -403,7 +436,7 @@ export class Engine {
       this.event({ step: "update", ...base, ms: now() - t0 });
       return record(old.id, checked, mark(u.outs));
     }
-    const dbr = d.deleteBeforeReplace || r.deleteBeforeReplace;
+    const dbr = r.deleteBeforeReplace ?? d.deleteBeforeReplace;
     if (this.preview) {
       this.event({ step: "replace", ...base, deleteBeforeReplace: dbr, ms: now() - t0 });
       return record("", checked, checked);
@@ -444,13 +477,14 @@ export class Engine {
       this.event({ step: "update", ...base, ms: now() - t0 });
       return record(old.id, r.inputs, this.preview ? { ...old.outputs, ...r.inputs } : { ...outputsFor(old.id), id: old.id });
     }
+    const dbr = r.deleteBeforeReplace ?? false; // the mocked providers never ask delete-first
     if (this.preview) {
-      this.event({ step: "replace", ...base, deleteBeforeReplace: r.deleteBeforeReplace, ms: now() - t0 });
+      this.event({ step: "replace", ...base, deleteBeforeReplace: dbr, ms: now() - t0 });
       return record("", r.inputs, outputsFor(""));
     }
     const id = mint();
-    this.event({ step: "create-replacement", ...base, deleteBeforeReplace: r.deleteBeforeReplace, ms: now() - t0 });
-    if (r.deleteBeforeReplace) this.event({ step: "delete-replaced", urn: old.urn, type: old.type, ms: 0 });
+    this.event({ step: "create-replacement", ...base, deleteBeforeReplace: dbr, ms: now() - t0 });
+    if (dbr) this.event({ step: "delete-replaced", urn: old.urn, type: old.type, ms: 0 });
     else this.pendingDeletes.push(old);
     return record(id, r.inputs, outputsFor(id));
   }
@@ -495,15 +529,25 @@ export class Engine {
   }
 
   async refresh(): Promise<RunResult> {
+    const gone = new Set<string>();
     for (const r of this.state.resources) {
       if (!r.custom || !isDynamic(r.type)) continue;
       const t0 = now();
       const got = await this.host.read(r.urn, r.id, unwrap(r.outputs) as Record<string, unknown>, unwrap(r.inputs) as Record<string, unknown>);
+      if (!got.id) {
+        gone.add(r.urn);
+        this.event({ step: "delete", urn: r.urn, type: r.type, ms: now() - t0 });
+        continue;
+      }
       const outs = markSecrets(got.props, r.inputs, r.additionalSecretOutputs);
-      const changed = JSON.stringify(redact(outs)) !== JSON.stringify(redact(r.outputs));
-      this.event({ step: "read", urn: r.urn, type: r.type, changes: changed, checked: redact(outs) as Record<string, unknown>, old: redact(r.outputs) as Record<string, unknown>, ms: now() - t0 });
-      r.outputs = outs;
+      const inputs = got.inputs ? markSecrets(got.inputs, r.inputs, []) : r.inputs;
+      // Like the engine: the refreshed state is the "old" side, the old inputs the "new" one.
+      const d = await this.host.diff(r.urn, got.id, unwrap(outs) as Record<string, unknown>, unwrap(r.inputs) as Record<string, unknown>);
+      const changes = d.changes ?? changedKeys(inputs, r.inputs).length > 0;
+      this.event({ step: "read", urn: r.urn, type: r.type, changes, replaces: d.replaces, checked: redact(outs) as Record<string, unknown>, old: redact(r.outputs) as Record<string, unknown>, ms: now() - t0 });
+      Object.assign(r, { id: got.id, outputs: outs, inputs });
     }
+    this.state.resources = this.state.resources.filter((r) => !gone.has(r.urn));
     await saveState(this.o.stateFile, this.state);
     return this.result();
   }
@@ -525,7 +569,14 @@ export function engineMonitor(engine: Engine): unknown {
   const { MockMonitor } = require("@pulumi/pulumi/runtime/mocks");
   class EngineMonitor extends MockMonitor {
     constructor() {
-      super({ newResource: () => { throw new Error("unused"); }, call: () => { throw new Error(`invokes are not supported by the harness`); } });
+      super({
+        newResource: () => { throw new Error("unused"); },
+        call: (a: { token: string; inputs: Record<string, unknown> }) => {
+          const out = engine.o.mockCall?.(a.token, a.inputs);
+          if (!out) throw new Error(`the harness has no mock for the invoke ${a.token}`);
+          return out;
+        },
+      });
     }
 
     async registerResource(req: any, callback: (err: unknown, resp?: unknown) => void) { // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -534,7 +585,7 @@ export function engineMonitor(engine: Engine): unknown {
         const r = await engine.register({
           urn, type: req.getType(), name: req.getName(), custom: req.getCustom(), parent: req.getParent(), dependencies: req.getDependenciesList(),
           inputs: req.getObject().toJavaScript(), additionalSecretOutputs: req.getAdditionalsecretoutputsList(), replaceOnChanges: req.getReplaceonchangesList(),
-          deleteBeforeReplace: req.getDeletebeforereplace(),
+          deleteBeforeReplace: req.getDeletebeforereplacedefined() ? req.getDeletebeforereplace() : undefined,
         });
         this.resources.set(urn, { urn, id: r.id, state: r.outputs });
         const resp = new resproto.RegisterResourceResponse();

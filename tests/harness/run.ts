@@ -6,14 +6,18 @@
  * stack outputs and errors to R.json; exits 0 when the operation succeeded.
  */
 import * as path from "node:path";
-import { promises as fs, existsSync } from "node:fs";
-import { Engine, engineMonitor, Op, repoRoot } from "./engine";
-import { harnessMockOutputs } from "./mocks";
+import { promises as fs, statSync } from "node:fs";
+import { Engine, engineMonitor, Op } from "./engine";
+import { harnessMockOutputs, harnessMockCall, harnessMockCreated } from "./mocks";
 
-/** The nearest directory at or above the program that holds a Pulumi.yaml (else the repository root). */
-function projectDir(program: string): string {
-  for (let d = path.dirname(program); d.startsWith(repoRoot); d = path.dirname(d)) if (existsSync(path.join(d, "Pulumi.yaml"))) return d;
-  return repoRoot;
+/**
+ * Where the CLI runs a program and its plugins (the dynamic-provider host included): the
+ * directory of the project's `main` — the program file's directory, or `main` itself when it is
+ * a directory (pulumi/pulumi pkg/engine/project.go getPwdMain; the Node language host and
+ * plugin.go start their processes there). Here the program is `main`.
+ */
+function programDir(program: string): string {
+  return statSync(program).isDirectory() ? program : path.dirname(program);
 }
 
 async function main(): Promise<number> {
@@ -23,11 +27,11 @@ async function main(): Promise<number> {
   const one = (k: string, d?: string) => flags[k]?.[0] ?? d;
   const project = one("project", "tdxvm-local-qemu")!;
   const stack = one("stack", "dev")!;
-  const resultFile = one("result")!;
-  // Like the CLI: the program and the provider host run in the project directory (its Pulumi.yaml).
-  const program = path.resolve(repoRoot, one("program")!);
-  const cwd = projectDir(program);
-  const engine = new Engine({ op, stateFile: path.resolve(one("state")!), cwd, project, stack, hostLog: one("host-log") && path.resolve(one("host-log")!), mockOutputs: harnessMockOutputs });
+  const resultFile = path.resolve(one("result")!);
+  // Like the CLI: the program and the provider host run in the directory of the program's main file.
+  const program = path.resolve(one("program")!);
+  const cwd = programDir(program);
+  const engine = new Engine({ op, stateFile: path.resolve(one("state")!), cwd, project, stack, hostLog: one("host-log") && path.resolve(one("host-log")!), mockOutputs: harnessMockOutputs, mockCall: harnessMockCall, mockCreated: harnessMockCreated });
   await engine.open();
   let result;
   try {
@@ -56,9 +60,8 @@ async function main(): Promise<number> {
       const onErr = (e: unknown) => { programError ??= e instanceof Error ? e : new Error(String(e)); };
       process.on("unhandledRejection", onErr);
       process.on("uncaughtException", onErr);
+      process.chdir(cwd);
       try {
-        const program = path.resolve(repoRoot, one("program")!);
-         
         await runInPulumiStack(async () => require(program));
         await settings.waitForRPCs();
       } catch (e) {
@@ -69,7 +72,7 @@ async function main(): Promise<number> {
   } finally {
     await engine.close();
   }
-  await fs.writeFile(path.resolve(repoRoot, resultFile), JSON.stringify(result, null, 2));
+  await fs.writeFile(resultFile, JSON.stringify(result, null, 2));
   return result.ok ? 0 : 1;
 }
 

@@ -1,22 +1,23 @@
 /**
  * Azure and GCP targets and fleet rollouts, through the engine-free harness: the real example
  * programs, real bakes (cache hits after localQemu.test.ts), tdxvm's dynamic resources in the
- * real provider host (the page-blob upload runs a stub `az` that reads the real baked VHD; the
- * rollout gates poll a local HTTP server), and the cloud providers' resources mocked (their
- * graph, properties, dependencies and replacements are what is asserted).
+ * real provider host (the page-blob upload runs the real @azure/storage-blob against Azurite,
+ * which the mocked storage accounts point at; the rollout gates poll a local HTTP server), and
+ * the cloud providers' resources mocked (their graph, properties, dependencies and replacements
+ * are what is asserted).
  */
 import * as http from "node:http";
 import { createHash } from "node:crypto";
 import { promises as fs, readFileSync, existsSync } from "node:fs";
 import * as path from "node:path";
+import { BlobServiceClient, StorageSharedKeyCredential } from "@azure/storage-blob";
 import { pulumiOp, OpResult } from "../harness";
 import { loadState, ResourceState, unwrap } from "../harness/engine";
-import { imageVersionName } from "../../components/azure";
-import { tempDir } from "../helpers";
+import { imageVersionName, storageAccountPrefix } from "../../components/azure";
+import { tempDir, startAzurite, Azurite } from "../helpers";
 
 jest.setTimeout(60 * 60_000);
 
-const FAKES = path.join(__dirname, "fakes");
 const SIG_KEY = "4dabf18193072939515e22adb298388d";
 const FILE_ASSET_SIG = "c44067f5952c0a294b673a41bacd8c17";
 
@@ -33,19 +34,41 @@ const inputs = (r: ResourceState) => unwrap(r.inputs) as Record<string, any>; //
 const outputs = (r: ResourceState) => unwrap(r.outputs) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 const sha256File = (f: string) => createHash("sha256").update(readFileSync(f)).digest("hex");
 const stepsByType = (r: OpResult, t: string) => r.events.filter((e) => e.type === t).map((e) => e.step);
+const BLOB = "pulumi-nodejs:dynamic/tdxvm:AzurePageBlob";
+
+/** The mocked Azure storage accounts' data plane: one Azurite account (see tests/harness/mocks.ts). */
+function azureEnv(a: Azurite): Record<string, string> {
+  return { HARNESS_AZURE_BLOB_ENDPOINT: a.endpoint, HARNESS_AZURE_ACCOUNT_KEY: a.key };
+}
+
+/** Every blob in the Azurite account: "container/name" → type, length, recorded sha256, and the sha256 of its content. */
+async function blobs(a: Azurite): Promise<Record<string, { type?: string; length?: number; recorded?: string; sha256: string }>> {
+  const svc = new BlobServiceClient(a.endpoint, new StorageSharedKeyCredential(a.account, a.key));
+  const out: Record<string, { type?: string; length?: number; recorded?: string; sha256: string }> = {};
+  for await (const c of svc.listContainers()) {
+    for await (const b of svc.getContainerClient(c.name).listBlobsFlat({ includeMetadata: true })) {
+      const h = createHash("sha256");
+      for await (const chunk of (await svc.getContainerClient(c.name).getBlobClient(b.name).download()).readableStreamBody!) h.update(chunk as Buffer);
+      out[`${c.name}/${b.name}`] = { type: b.properties.blobType, length: b.properties.contentLength, recorded: b.metadata?.tdxvm_sha256, sha256: h.digest("hex") };
+    }
+  }
+  return out;
+}
 
 describe("azure target", () => {
   let dir: string;
-  let stub: string;
-  const op = (o: "up" | "preview" | "destroy", config: Record<string, string> = {}) =>
-    pulumiOp(o, { program: "examples/azure-tdx/index.ts", project: "tdxvm-azure", dir, config: { location: "westeurope", ports: "[22]", ...config }, env: { PATH: `${FAKES}:${process.env.PATH}`, AZ_STUB_DIR: stub } });
+  let azurite: Azurite;
+  const op = (o: "up" | "preview" | "refresh" | "destroy", config: Record<string, string> = {}) =>
+    pulumiOp(o, { program: "examples/azure-tdx/index.ts", project: "tdxvm-azure", dir, config: { location: "westeurope", ports: "[22]", ...config }, env: azureEnv(azurite) });
 
   beforeAll(async () => {
     dir = await tempDir("tdxvm-azure-");
-    stub = path.join(dir, "az");
-    await fs.mkdir(stub);
+    azurite = await startAzurite(path.join(dir, "azurite"));
   });
-  afterAll(() => fs.rm(dir, { recursive: true, force: true }));
+  afterAll(async () => {
+    await azurite?.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
 
   it("up: the exact resource graph, with the real VHD uploaded as a verified page blob", async () => {
     const r = await op("up");
@@ -55,21 +78,29 @@ describe("azure target", () => {
     const vhd = outputs(image).artifacts["azure.vhd"];
     expect(sha256File(vhd.path)).toBe(vhd.sha256);
 
+    // A storage account name of its own: drawn once, kept in state, within Azure's rules.
+    const name = outputs(one(rs, "pulumi-nodejs:dynamic/tdxvm:UniqueName"));
     const sa = inputs(one(rs, "azure-native:storage:StorageAccount"));
-    expect(sa).toMatchObject({ kind: "StorageV2", sku: { name: "Standard_LRS" }, allowBlobPublicAccess: false, location: "westeurope" });
-    expect(sa.accountName).toMatch(/^[a-z0-9]{3,24}$/);
+    expect(sa).toMatchObject({ kind: "StorageV2", sku: { name: "Standard_LRS" }, allowBlobPublicAccess: false, allowSharedKeyAccess: true, location: "westeurope", accountName: name.name });
+    expect(sa.accountName).toMatch(new RegExp(`^${storageAccountPrefix("app")}[a-z0-9]{10}$`));
+    expect(sa.accountName.length).toBeLessThanOrEqual(24);
+    expect(inputs(one(rs, "azure-native:compute:Gallery")).galleryName).toBe(`app_${name.suffix}`);
     expect(inputs(one(rs, "azure-native:storage:BlobContainer")).publicAccess).toBe("None");
 
-    // The upload: az was really run on the baked VHD, as a page blob, and its content matched.
-    const upload = one(rs, "pulumi-nodejs:dynamic/tdxvm:AzurePageBlob");
-    expect(outputs(upload)).toMatchObject({ blobType: "PageBlob", uploadedSize: vhd.size, sha256: vhd.sha256, file: vhd.path });
-    const calls = readFileSync(path.join(stub, "calls.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as string[]);
-    const up = calls.find((c) => c[2] === "upload")!;
-    expect(up).toEqual(expect.arrayContaining(["--type", "page", "--file", vhd.path, "--auth-mode", "login"]));
-    const blobs = JSON.parse(readFileSync(path.join(stub, "blobs.json"), "utf8"));
-    const stored = Object.values(blobs)[0] as { contentSha256: string; length: number; type: string };
-    expect(stored).toMatchObject({ contentSha256: vhd.sha256, length: vhd.size, type: "PageBlob" });
-    expect(readFileSync(path.join(dir, "host.log"), "utf8")).toMatch(/upload \d+ %/); // progress on the provider's stderr
+    // The upload: the real VHD in Azurite as a page blob, its content equal to the bake's.
+    const upload = one(rs, BLOB);
+    const container = outputs(one(rs, "azure-native:storage:BlobContainer")).name;
+    const blobName = `tdxvm-${vhd.sha256.slice(0, 16)}.vhd`;
+    expect(outputs(upload)).toMatchObject({ blobType: "PageBlob", uploadedSize: vhd.size, sha256: vhd.sha256, file: vhd.path, endpoint: azurite.endpoint, url: `${azurite.endpoint}${container}/${blobName}` });
+    expect(await blobs(azurite)).toEqual({ [`${container}/${blobName}`]: { type: "PageBlob", length: vhd.size, recorded: vhd.sha256, sha256: vhd.sha256 } });
+    const hostLog = readFileSync(path.join(dir, "host.log"), "utf8");
+    expect(hostLog).toMatch(/upload \d+ %/); // progress on the provider's stderr
+    expect(hostLog).toContain("uploaded and verified");
+    // The account key (from listStorageAccountKeys) is a secret: encrypted in state, never logged.
+    expect(upload.inputs.accountKey).toMatchObject({ [SIG_KEY]: expect.any(String) });
+    expect(upload.outputs.accountKey).toMatchObject({ [SIG_KEY]: expect.any(String) });
+    expect(readFileSync(path.join(dir, "state.json"), "utf8")).not.toContain(azurite.key);
+    expect(hostLog + r.stdout).not.toContain(azurite.key);
 
     const gi = inputs(one(rs, "azure-native:compute:GalleryImage"));
     expect(gi).toMatchObject({ osType: "Linux", osState: "Specialized", hyperVGeneration: "V2", features: [{ name: "SecurityType", value: "ConfidentialVMSupported" }] });
@@ -95,13 +126,26 @@ describe("azure target", () => {
     expect((r.outputs.instances as Array<{ id: string }>)[0].id).toMatch(/^vmid-/);
   });
 
-  it("a recipe change replaces the upload, image version and VM (create-before-delete); network, storage and gallery stay", async () => {
+  it("refresh: a blob deleted behind Pulumi's back is drift (the provider's diff of the refreshed state), and the next preview replaces it", async () => {
+    const before = await blobs(azurite);
+    const [key] = Object.keys(before);
+    const svc = new BlobServiceClient(azurite.endpoint, new StorageSharedKeyCredential(azurite.account, azurite.key));
+    await svc.getContainerClient(key.split("/")[0]).deleteBlob(key.split("/")[1]);
+    const r = await op("refresh");
+    expect(r.error).toBeUndefined();
+    const read = r.events.filter((e) => e.step === "read");
+    expect(read.filter((e) => e.changes).map((e) => [e.type, e.replaces])).toEqual([[BLOB, ["exists"]]]);
+    const p = await op("preview");
+    expect(p.events.filter((e) => e.type === BLOB).map((e) => [e.step, e.replaces, e.deleteBeforeReplace])).toEqual([["replace", ["exists"], true]]);
+  });
+
+  it("a recipe change replaces the upload, image version and VM (create-before-delete); network, storage, name and gallery stay", async () => {
     const r = await op("up", { cmdline: "tdxvm.role=blue" });
     expect(r.error).toBeUndefined();
-    for (const t of ["azure-native:resources:ResourceGroup", "azure-native:storage:StorageAccount", "azure-native:storage:BlobContainer", "azure-native:compute:Gallery", "azure-native:compute:GalleryImage", "azure-native:network:VirtualNetwork", "azure-native:network:Subnet", "azure-native:network:NetworkSecurityGroup"]) {
+    for (const t of ["pulumi-nodejs:dynamic/tdxvm:UniqueName", "azure-native:resources:ResourceGroup", "azure-native:storage:StorageAccount", "azure-native:storage:BlobContainer", "azure-native:compute:Gallery", "azure-native:compute:GalleryImage", "azure-native:network:VirtualNetwork", "azure-native:network:Subnet", "azure-native:network:NetworkSecurityGroup"]) {
       expect({ t, steps: stepsByType(r, t) }).toEqual({ t, steps: ["same"] });
     }
-    for (const t of ["pulumi-nodejs:dynamic/tdxvm:AzurePageBlob", "azure-native:compute:GalleryImageVersion", "azure-native:compute:VirtualMachine", "azure-native:network:NetworkInterface", "azure-native:network:PublicIPAddress"]) {
+    for (const t of [BLOB, "azure-native:compute:GalleryImageVersion", "azure-native:compute:VirtualMachine", "azure-native:network:NetworkInterface", "azure-native:network:PublicIPAddress"]) {
       expect({ t, steps: stepsByType(r, t) }).toEqual({ t, steps: ["create-replacement", "delete-replaced"] });
     }
     const vm = r.events.filter((e) => e.type === "azure-native:compute:VirtualMachine");
@@ -111,21 +155,15 @@ describe("azure target", () => {
     const lastCreate = Math.max(...r.events.filter((e) => e.step === "create-replacement").map((e) => r.events.indexOf(e)));
     const firstDelete = Math.min(...r.events.filter((e) => e.step === "delete-replaced").map((e) => r.events.indexOf(e)));
     expect(lastCreate).toBeLessThan(firstDelete);
-    // The old blob was deleted, the new one is there.
-    expect(Object.keys(JSON.parse(readFileSync(path.join(stub, "blobs.json"), "utf8")))).toHaveLength(1);
+    // Only the new VHD's blob is there.
+    const vhd = outputs(one(await resources(dir), "pulumi-nodejs:dynamic/tdxvm:ImageBake")).artifacts["azure.vhd"];
+    expect(Object.values(await blobs(azurite))).toEqual([{ type: "PageBlob", length: vhd.size, recorded: vhd.sha256, sha256: vhd.sha256 }]);
   });
 
-  it("a blob that does not verify after upload fails the update with E_DEPLOYMENT and is removed", async () => {
-    const r = await pulumiOp("up", { program: "examples/azure-tdx/index.ts", project: "tdxvm-azure-bad", dir: await tempDir("tdxvm-azure-bad-"), config: { location: "westeurope" }, env: { PATH: `${FAKES}:${process.env.PATH}`, AZ_STUB_DIR: stub, AZ_STUB_MODE: "corrupt" } });
-    expect(r.ok).toBe(false);
-    expect(r.error).toMatch(/E_DEPLOYMENT: the uploaded blob does not match the VHD: length \d+, not \d+/);
-    expect(stepsByType(r, "azure-native:compute:VirtualMachine")).toEqual([]);
-  });
-
-  it("destroy removes the blob through az", async () => {
+  it("destroy removes the blob", async () => {
     const r = await op("destroy", { cmdline: "tdxvm.role=blue" });
     expect(r.ok).toBe(true);
-    expect(JSON.parse(readFileSync(path.join(stub, "blobs.json"), "utf8"))).toEqual({});
+    expect(await blobs(azurite)).toEqual({});
   });
 });
 
@@ -179,6 +217,7 @@ describe("gcp target", () => {
 
 describe("fleet: 4 replicas in gated waves of 2 (health gates; attesting gates run on local VMs in fleetLocal.test.ts)", () => {
   let dir: string;
+  let azurite: Azurite;
   let server: http.Server;
   let port: number;
   /** What the VMs' health endpoint answers. */
@@ -187,12 +226,13 @@ describe("fleet: 4 replicas in gated waves of 2 (health gates; attesting gates r
   const op = (o: "up" | "preview", config: Record<string, string> = {}) => pulumiOp(o, {
     program: "examples/fleet/index.ts", project: "tdxvm-fleet", dir,
     config: { target: "azure", replicas: "4", batchSize: "2", gateAttest: "false", gatePort: String(port), gatePath: "/healthz", gateTimeoutSeconds: "4", gateIntervalSeconds: "1", ...config },
-    env: { PATH: `${FAKES}:${process.env.PATH}`, AZ_STUB_DIR: dir },
+    env: azureEnv(azurite),
   });
   const vmUrns = async () => (await resources(dir)).filter((r) => r.type === "azure-native:compute:VirtualMachine");
 
   beforeAll(async () => {
     dir = await tempDir("tdxvm-fleet-");
+    azurite = await startAzurite(path.join(dir, "azurite"));
     server = http.createServer((req, res) => {
       hits.push(req.url ?? "");
       res.writeHead(status, { "content-type": "text/plain" });
@@ -203,6 +243,7 @@ describe("fleet: 4 replicas in gated waves of 2 (health gates; attesting gates r
   });
   afterAll(async () => {
     server.close();
+    await azurite?.stop();
     await fs.rm(dir, { recursive: true, force: true });
   });
 

@@ -10,7 +10,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { providerShim } from "../../provider/dynamic/shim";
-import { providers } from "../../provider/dynamic/runtime";
+import { providers, STATE_VERSIONS, ProviderKind } from "../../provider/dynamic/runtime";
 import { UNKNOWN } from "../../provider/dynamic/common";
 import { measureBake } from "../../provider/measure";
 import { writeGpt } from "../unit/measure/gpt-writer";
@@ -65,10 +65,41 @@ describe("serialized provider shim", () => {
     const out = JSON.parse(r.stdout);
     expect(out.failures[0].property).toBe(""); // the engine would print the named input's value
     expect(out.failures[0].reason).toMatch(/^E_VALIDATION: backend: /);
-    // Outside a project that has tdxvm installed, the shim says what to do.
+    // Outside a project that has tdxvm installed, the shim says what to do — with a source that
+    // exists (the package is private: a checkout or a tarball, not the registry).
     const elsewhere = spawnSync(process.execPath, ["-e", script], { cwd: os.tmpdir(), encoding: "utf8", timeout: 60_000 });
     expect(elsewhere.status).toBe(3);
-    expect(elsewhere.stderr).toContain("tdxvm is not installed where Pulumi runs its providers");
+    expect(elsewhere.stderr).toContain(`tdxvm is not installed where Pulumi runs its providers (${os.tmpdir()}, the directory of the program's main file)`);
+    expect(elsewhere.stderr).toContain("run `npm pack` in a tdxvm checkout, then `npm install /path/to/tdxvm-<version>.tgz` in the Pulumi project (or `npm install --install-links /path/to/checkout`)");
+    expect(elsewhere.stderr).not.toMatch(/npm install tdxvm\b/);
+  });
+
+  it("state naming a provider kind the installed tdxvm lacks fails with a clear error, not a TypeError", async () => {
+    const shim = providerShim("fromTheFuture" as ProviderKind);
+    const t = (await pulumi.runtime.serializeFunction(() => shim)).text;
+    const f = path.join(os.tmpdir(), `tdxvm-shim-future-${process.pid}.js`);
+    writeFileSync(f, t);
+    const script = `require(${JSON.stringify(f)}).handler().read("id", {}).then(() => process.exit(0), (e) => { console.error(e.name + ": " + e.message); process.exit(3); });`;
+    const r = spawnSync(process.execPath, ["-e", script], { cwd: repoRoot, encoding: "utf8", timeout: 60_000 });
+    expect(r.status).toBe(3);
+    expect(r.stderr).toContain(`Error: this resource's state names the tdxvm provider "fromTheFuture", which the installed tdxvm does not have (it has ${Object.keys(providers).join(", ")})`);
+    expect(r.stderr).not.toContain("TypeError");
+  });
+});
+
+describe.each(Object.keys(STATE_VERSIONS) as ProviderKind[])("state versions: %s", (kind) => {
+  const newer = { stateVersion: STATE_VERSIONS[kind] + 1 };
+  it("state written by a newer tdxvm is refused with E_STATE by every method that reads state", async () => {
+    const p = providers[kind];
+    const why = new RegExp(`^E_STATE: this ${kind} resource's state was written by a newer tdxvm \\(state version ${newer.stateVersion}; the installed tdxvm reads up to ${STATE_VERSIONS[kind]}\\)\n  hint: Install the tdxvm version`);
+    await expect(p.read("id", newer)).rejects.toThrow(why);
+    await expect(p.diff("id", newer, {})).rejects.toThrow(why);
+    await expect(p.update("id", newer, {})).rejects.toThrow(why);
+    await expect(p.delete("id", newer)).rejects.toThrow(why);
+    const c = await p.check(newer, { a: 1 });
+    expect(c.failures).toEqual([{ property: "", reason: expect.stringMatching(/^E_STATE: /) }]);
+    // The current version is read as usual.
+    await expect(p.read("id", { stateVersion: STATE_VERSIONS[kind] })).resolves.toMatchObject({ id: "id" });
   });
 });
 
@@ -263,6 +294,42 @@ describe.each(via)("qemu VM provider (%s)", (_how, get) => {
     await p.delete("vm", { pid: 999_999_999, startTime: 1, stateDir: dir, stateRoot: root });
     expect(existsSync(dir)).toBe(false);
     await fs.rm(foreign, { recursive: true, force: true });
+  });
+});
+
+describe.each(via)("unique name provider (%s)", (_how, get) => {
+  it("draws prefix + random [a-z0-9] once; a second resource gets another name", async () => {
+    const p = await get("uniqueName");
+    const args = { prefix: "tdxapp", randomLength: 10, maxLength: 24 };
+    expect((await p.check({}, args)).failures).toBeUndefined();
+    const a = await p.create(args);
+    const b = await p.create(args);
+    expect(a.outs.name).toMatch(/^tdxapp[a-z0-9]{10}$/);
+    expect(a.outs.name).toBe(`tdxapp${a.outs.suffix}`);
+    expect(a.id).toBe(a.outs.name);
+    expect(b.outs.name).not.toBe(a.outs.name);
+    // Crypto-random: 200 draws of 10 characters use (nearly) the whole alphabet, each position varies.
+    const draws = await Promise.all(Array.from({ length: 200 }, () => p.create(args)));
+    expect(new Set(draws.map((d: { outs: { suffix: string } }) => d.outs.suffix)).size).toBe(200);
+    expect(new Set(draws.flatMap((d: { outs: { suffix: string } }) => [...d.outs.suffix])).size).toBeGreaterThanOrEqual(34);
+  });
+
+  it("keeps the name across updates; a new prefix or length draws a new one (replace)", async () => {
+    const p = await get("uniqueName");
+    const made = await p.create({ prefix: "tdxapp", randomLength: 10, maxLength: 24 });
+    expect(await p.diff(made.id, made.outs, { prefix: "tdxapp", randomLength: 10, maxLength: 24, __provider: "x" })).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    expect(await p.diff(made.id, made.outs, { prefix: "tdxapp" })).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false }); // defaults
+    expect(await p.diff(made.id, made.outs, { prefix: "tdxother", randomLength: 10, maxLength: 24 })).toEqual({ changes: true, replaces: ["prefix"], deleteBeforeReplace: false });
+    expect((await p.diff(made.id, made.outs, { prefix: UNKNOWN, randomLength: 10, maxLength: 24 })).replaces).toEqual(["prefix"]);
+    expect((await p.update(made.id, made.outs, { prefix: "tdxapp", randomLength: 10, maxLength: 24 })).outs.name).toBe(made.outs.name);
+    expect((await p.read(made.id, made.outs)).props.name).toBe(made.outs.name);
+  });
+
+  it("check: a prefix Azure accepts, and room for the random part", async () => {
+    const p = await get("uniqueName");
+    expect((await p.check({}, { prefix: "Tdx-app" })).failures[0]).toMatchObject({ property: "", reason: expect.stringMatching(/^E_VALIDATION: prefix: lowercase letters and digits/) });
+    expect((await p.check({}, { prefix: "tdxaverylongprefix", randomLength: 10, maxLength: 24 })).failures[0]).toMatchObject({ property: "", reason: expect.stringMatching(/^E_VALIDATION: prefix \(18 characters\) \+ 10 random ones exceed 24/) });
+    expect((await p.check({}, { prefix: "tdxapp", randomLength: 4 })).failures[0].reason).toMatch(/randomLength/);
   });
 });
 

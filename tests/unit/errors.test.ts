@@ -7,6 +7,7 @@ import { AddressInfo } from "node:net";
 import { ERROR_CODES, ErrorCode, Image, Init, Policy, SecretSchema, SecretTarget, TdxError, ContentStore, fetchInput, bootBakedDisk } from "../../provider";
 import { parsePe } from "../../provider/measure";
 import { parseEvidence } from "../../provider/attest/evidence";
+import { refuseNewerState } from "../../provider/dynamic/runtime";
 import { tempDir, tdxErrorOf } from "../helpers";
 
 const triggers: Record<ErrorCode, { run: () => Promise<unknown>; hint: RegExp }> = {
@@ -34,6 +35,8 @@ const triggers: Record<ErrorCode, { run: () => Promise<unknown>; hint: RegExp }>
     hint: /Install: brew install lima .*\(for limactl\)/,
   },
   E_ATTESTATION: { run: async () => parseEvidence({ evidenceVersion: 1, issuer: "tpm", nonce: "00" }), hint: /evidence contract/ },
+  // A Pulumi stack whose state a newer tdxvm wrote, met by this one's providers.
+  E_STATE: { run: async () => refuseNewerState("image", { stateVersion: 1_000 }), hint: /Install the tdxvm version that wrote/ },
   E_MEASUREMENT: { run: async () => parsePe(Buffer.from("MZ not really a PE file")), hint: /Bake first/ },
   E_DEPLOYMENT: {
     run: async () => bootBakedDisk({ artifacts: [{ target: "disk", kind: "raw", path: "/nonexistent/tdxvm.raw" }] }, { toolsRoot: "/nonexistent", workDir: await tempDir() }),
