@@ -51,8 +51,6 @@ export interface VmSpec {
   tdx?: boolean;
   ports?: PortForward[];
   pcrBanks?: Array<"sha256" | "sha384">;
-  /** Extra fw_cfg blobs for the guest: name → host file. The file is deleted once QEMU has read it. */
-  fwCfg?: Record<string, string>;
   /** Where the per-host local CA for the dev VM's EK certificates lives (default: the tdxvm cache). */
   cacheDir?: string;
 }
@@ -76,7 +74,7 @@ export interface VmInfo {
 const D = "/vm";
 
 export function qemuArgs(o: {
-  accel: "kvm" | "tcg"; tdx: boolean; memoryMiB: number; cpus: number; ports: VmInfo["ports"]; fwCfg: string[];
+  accel: "kvm" | "tcg"; tdx: boolean; memoryMiB: number; cpus: number; ports: VmInfo["ports"];
 }): string[] {
   const netdev = ["user", "id=n0", ...o.ports.map((p) => `hostfwd=tcp:${p.bind}:${p.host}-:${p.guest}`)].join(",");
   const common = [
@@ -85,7 +83,6 @@ export function qemuArgs(o: {
     "-qmp", `unix:${D}/qmp.sock,server=on,wait=off`, "-pidfile", `${D}/qemu.pid`,
     "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
     "-drive", `if=virtio,format=qcow2,file=${D}/disk.qcow2`,
-    ...o.fwCfg.flatMap((n) => ["-fw_cfg", `name=${n},file=${D}/fwcfg/${n.replace(/\//g, "_")}`]),
   ];
   if (o.tdx) {
     // docs/design.md §3: QEMU ≥ 10.1 on a TDX host; TDVF as -bios, no pflash, no SMM, split irqchip.
@@ -227,11 +224,6 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
     const bind = p.bind ?? "127.0.0.1";
     ports.push({ guest: p.guest, bind, host: p.host ?? (await freePort(bind)) });
   }
-  const fwNames = Object.keys(spec.fwCfg ?? {});
-  if (fwNames.length) {
-    await fs.mkdir(path.join(stateDir, "fwcfg"), { mode: 0o700 });
-    for (const [n, f] of Object.entries(spec.fwCfg ?? {})) await fs.rename(f, path.join(stateDir, "fwcfg", n.replace(/\//g, "_")));
-  }
   // The dev VM's swtpm gets EK certificates from the per-host local CA (bound read-only below).
   const ca = tdx ? undefined : await ensureLocalCa(spec.cacheDir ?? defaultCacheDir(), spec.toolsRoot).catch(async (e) => {
     await fs.rm(stateDir, { recursive: true, force: true });
@@ -242,7 +234,7 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
     await fs.mkdir(path.join(stateDir, "ekca"), { mode: 0o700 });
     for (const [name, text] of Object.entries(ek.files)) await fs.writeFile(path.join(stateDir, "ekca", name), text, { mode: 0o600 });
   }
-  const args = qemuArgs({ accel: tdx ? "kvm" : spec.accel, tdx, memoryMiB: spec.memoryMiB ?? 2048, cpus: spec.cpus ?? 2, ports, fwCfg: fwNames });
+  const args = qemuArgs({ accel: tdx ? "kvm" : spec.accel, tdx, memoryMiB: spec.memoryMiB ?? 2048, cpus: spec.cpus ?? 2, ports });
   const diskInside = `/disk/${path.basename(spec.disk)}`;
   const script = [
     "set -eu",
@@ -300,14 +292,11 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   if (!pid) return fail("timed out after 60 s");
   const startTime = procStartTime(pid);
   if (startTime === undefined) return fail("QEMU exited right after starting");
-  // QEMU reads -fw_cfg files while it builds the machine, after writing its pid file; it answers
-  // QMP commands only once that is done. Then the files (they may hold secrets) can go.
+  // QEMU answers QMP commands only once it has built the machine (after writing its pid file).
   try {
     await qmpReady(path.join(stateDir, "qmp.sock"), 60_000, () => done);
   } catch (e) {
     return fail(`QEMU did not answer on its QMP socket: ${(e as Error).message}`);
-  } finally {
-    if (fwNames.length) await fs.rm(path.join(stateDir, "fwcfg"), { recursive: true, force: true });
   }
   const info: VmInfo = {
     stateVersion: VM_STATE_VERSION, vmId, stateDir, pid, startTime, bootId: bootId(), accel: tdx ? "kvm" : spec.accel, tdx, ports,
@@ -319,7 +308,7 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
 
 /**
  * Connect to QEMU's QMP socket, negotiate capabilities and ask for the VM status: QEMU answers
- * only from its main loop, i.e. after machine creation (fw_cfg files read, devices realized).
+ * only from its main loop, i.e. after machine creation (devices realized).
  */
 export async function qmpReady(sock: string, timeoutMs: number, gone: () => boolean): Promise<string> {
   const deadline = Date.now() + timeoutMs;
@@ -371,13 +360,7 @@ export async function sweepStale(root: string): Promise<string[]> {
   };
   for (const n of await fs.readdir(root).catch(() => [] as string[])) {
     const dir = path.join(root, n);
-    if (n.startsWith(".secrets-")) {
-      const owner = await fs.readFile(path.join(dir, "owner"), "utf8").catch(() => "");
-      if (!owner || !alive(owner)) {
-        await fs.rm(dir, { recursive: true, force: true });
-        removed.push(dir);
-      }
-    } else if (n.startsWith("vm-")) {
+    if (n.startsWith("vm-")) {
       if (!(await ownedVmDir(dir, root))) continue; // not ours
       const vm = await fs.readFile(path.join(dir, "vm.json"), "utf8").then((t) => JSON.parse(t) as Partial<VmInfo> & { ready?: boolean }, () => undefined);
       if (vm?.ready) continue;

@@ -39,7 +39,7 @@ describe("tdxSupport", () => {
 });
 
 describe("qemuArgs", () => {
-  const base = { memoryMiB: 2048, cpus: 2, ports: [{ guest: 22, host: 40022, bind: "127.0.0.1" }], fwCfg: [] as string[] };
+  const base = { memoryMiB: 2048, cpus: 2, ports: [{ guest: 22, host: 40022, bind: "127.0.0.1" }] };
   it("dev VM: OVMF in pflash, swtpm TPM, TCG with -cpu max, forwards and a QMP socket", () => {
     const a = qemuArgs({ ...base, accel: "tcg", tdx: false });
     const s = a.join(" ");
@@ -60,8 +60,8 @@ describe("qemuArgs", () => {
     expect(s).not.toContain("pflash");
     expect(s).not.toContain("tpm");
   });
-  it("passes fw_cfg blobs by name", () => {
-    expect(qemuArgs({ ...base, accel: "tcg", tdx: false, fwCfg: ["opt/io.tdxvm/secrets"] }).join(" ")).toContain("-fw_cfg name=opt/io.tdxvm/secrets,file=/vm/fwcfg/opt_io.tdxvm_secrets");
+  it("passes nothing to the guest through fw_cfg (secrets go to the attested agent only)", () => {
+    expect(qemuArgs({ ...base, accel: "tcg", tdx: false }).join(" ")).not.toContain("-fw_cfg");
   });
 });
 
@@ -80,7 +80,7 @@ describe("process identity", () => {
 });
 
 describe("sweepStale", () => {
-  it("removes what dead starters left (unready VM dirs, secrets staging) and keeps ready VMs and live starters' work", async () => {
+  it("removes what dead starters left (unready VM dirs) and keeps ready VMs, live starters' work and what it did not make", async () => {
     const { mkdtemp, mkdir, writeFile, readdir, rm } = await import("node:fs/promises");
     const os = await import("node:os");
     const path = await import("node:path");
@@ -97,12 +97,11 @@ describe("sweepStale", () => {
     await mk("vm-ready", { creator: dead, "vm.json": JSON.stringify({ ready: true, pid: 1, startTime: 1 }) });
     await mk("vm-starting", { creator: me });
     await mk("vm-unmarked", { creator: dead }, false); // looks like a dead start, but tdxvm did not make it
-    await mk(".secrets-dead", { owner: dead, "secrets.json": "{}" }, false);
-    await mk(".secrets-live", { owner: me, "secrets.json": "{}" }, false);
+    await mk(".secrets-dead", { owner: dead, "secrets.json": "{}" }, false); // tdxvm no longer makes these: not ours to remove
     await mk("unrelated", {}, false);
     const removed = await sweepStale(root);
-    expect(removed.map((d) => path.basename(d)).sort()).toEqual([".secrets-dead", "vm-dead"]);
-    expect((await readdir(root)).sort()).toEqual([".secrets-live", "unrelated", "vm-ready", "vm-starting", "vm-unmarked"]);
+    expect(removed.map((d) => path.basename(d)).sort()).toEqual(["vm-dead"]);
+    expect((await readdir(root)).sort()).toEqual([".secrets-dead", "unrelated", "vm-ready", "vm-starting", "vm-unmarked"]);
     await rm(root, { recursive: true, force: true });
   });
 });
