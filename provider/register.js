@@ -6,7 +6,8 @@
 // Idempotent; `registerTdxvm({also})` widens the hook (the CLI adds the user's recipe files).
 //
 // The JavaScript is cached per source file in <cache dir>/js (one entry per file and swc version,
-// replaced when the source changes; checked by the source's SHA-256), so a process whose files
+// replaced when the source changes; checked by the source's SHA-256; only entries this user owns
+// and nobody else can write are read), so a process whose files
 // are all cached never loads @swc/core: a fresh `require("tdxvm")` then costs a fraction of the
 // time and memory. An unwritable cache only means compiling on every load.
 const path = require("node:path");
@@ -25,6 +26,29 @@ function defaultCacheDir() {
 }
 
 const sha256 = (s) => createHash("sha256").update(s).digest("hex");
+
+/**
+ * A cache entry is code this process will run: read it only when it and its directory belong to
+ * us and nobody else may write them (the stamp proves the source it came from, not who wrote it).
+ * Anything else — missing, a link, another owner, group/other-writable — reads as "not cached".
+ */
+function trustedRead(dir, entry) {
+  const uid = typeof process.geteuid === "function" ? process.geteuid() : undefined;
+  const ours = (st) => uid === undefined || (st.uid === uid && (st.mode & 0o022) === 0);
+  let fd;
+  try {
+    const d = fs.lstatSync(dir);
+    if (!d.isDirectory() || !ours(d)) return undefined;
+    fd = fs.openSync(entry, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || !ours(st)) return undefined;
+    return fs.readFileSync(fd, "utf8");
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
 let swcVersion;
 
 /**
@@ -44,12 +68,8 @@ function transform(code, filename, opts = {}) {
   const dir = path.join(defaultCacheDir(), "js");
   const entry = path.join(dir, `${sha256(JSON.stringify([swcVersion, options]))}.js`);
   const stamp = `// tdxvm ${sha256(code)}\n`;
-  try {
-    const cached = fs.readFileSync(entry, "utf8");
-    if (cached.startsWith(stamp)) return cached.slice(stamp.length);
-  } catch {
-    // not cached yet
-  }
+  const cached = trustedRead(dir, entry);
+  if (cached !== undefined && cached.startsWith(stamp)) return cached.slice(stamp.length);
   const out = require("@swc/core").transformSync(code, options).code;
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });

@@ -349,8 +349,8 @@ export async function qmpReady(sock: string, timeoutMs: number, gone: () => bool
 
 /**
  * Remove what an interrupted start left behind below `root`: VM directories whose creator died
- * before the VM was marked ready (their QEMU is stopped) and secrets staging directories of
- * dead processes. Ready VMs (vm.json `ready: true`) are never touched.
+ * before the VM was marked ready (their QEMU is stopped), and only directories carrying tdxvm's
+ * marker. Ready VMs (vm.json `ready: true`) are never touched.
  */
 export async function sweepStale(root: string): Promise<string[]> {
   const removed: string[] = [];

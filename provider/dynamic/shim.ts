@@ -29,7 +29,7 @@ function makeShim(kind: ProviderKind): pulumi.dynamic.ResourceProvider {
       throw new Error(`tdxvm is not installed where Pulumi runs its providers (${process.cwd()}, the directory of the program's main file): the package is not on a registry: run \`npm pack\` in a tdxvm checkout, then \`npm install /path/to/tdxvm-<version>.tgz\` in the Pulumi project (or \`npm install --install-links /path/to/checkout\`) (${String(e)})`, { cause: e });
     }
     const provider = runtime.providers?.[kind];
-    if (!provider) throw new Error(`this resource's state names the tdxvm provider "${kind}", which the installed tdxvm does not have (it has ${Object.keys(runtime.providers ?? {}).join(", ")}): the state was written by another tdxvm version; install that version in the Pulumi project`);
+    if (!provider) throw new Error(`E_STATE: this resource's state names the tdxvm provider "${kind}", which the installed tdxvm does not have (it has ${Object.keys(runtime.providers ?? {}).join(", ")}): the state was written by another tdxvm version; install that version in the Pulumi project`);
     return provider;
   };
   return {

@@ -8,7 +8,7 @@
 import { randomInt } from "node:crypto";
 import { z } from "zod";
 import { TdxError } from "../errors";
-import { declared, isUnknown, failureOf, CheckFailure, omit, pick, checkStart, requireInputs } from "./common";
+import { declared, isUnknown, failureOf, CheckFailure, omit, pick, checkStart, requireInputs, guarded, guardedSync, parseState } from "./common";
 
 export const UNIQUE_NAME_STATE_VERSION = 1;
 
@@ -25,6 +25,16 @@ export const UniqueNameArgs = z.object({
 }).loose();
 
 const OUT = ["stateVersion", "name", "suffix"];
+
+/** State as diff/update/read receive it: the name becomes a cloud resource's name, so it is checked. */
+const UniqueNameState = z.object({
+  prefix: z.string().regex(/^[a-z][a-z0-9]*$/).optional(),
+  randomLength: z.number().int().min(8).max(32).optional(),
+  maxLength: z.number().int().min(3).max(63).optional(),
+  name: z.string().regex(/^[a-z][a-z0-9]{2,62}$/).optional(),
+  suffix: z.string().regex(/^[a-z0-9]{8,32}$/).optional(),
+}).loose();
+const state = (o: Record<string, unknown>) => guardedSync(() => parseState(UniqueNameState, declared(o), "unique name")) as Record<string, unknown>;
 
 /** `length` random characters from [a-z0-9] (crypto-random, unbiased). */
 export function randomSuffix(length: number): string {
@@ -43,23 +53,26 @@ export const uniqueNameProvider = {
     }
     return { inputs };
   },
-  async diff(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
+  async diff(_id: string, oldState: Record<string, unknown>, news: Record<string, unknown>) {
+    const olds = state(oldState);
     // Key by key, defaults applied: the name changes only when what it is drawn from does.
     const value = (o: Record<string, unknown>, k: keyof typeof DEFAULTS | "prefix") => o[k] ?? (k === "prefix" ? undefined : DEFAULTS[k]);
     const replaces = (["prefix", "randomLength", "maxLength"] as const).filter((k) => isUnknown(news[k]) || value(olds, k) !== value(news, k));
     return { changes: replaces.length > 0, replaces, deleteBeforeReplace: false };
   },
   async create(inputs: Record<string, unknown>) {
-    const a = requireInputs(UniqueNameArgs, omit(declared(inputs), OUT));
-    const suffix = randomSuffix(a.randomLength);
-    const name = `${a.prefix}${suffix}`;
-    return { id: name, outs: { ...omit(declared(inputs), OUT), stateVersion: UNIQUE_NAME_STATE_VERSION, name, suffix } };
+    return guarded(async () => {
+      const a = requireInputs(UniqueNameArgs, omit(declared(inputs), OUT));
+      const suffix = randomSuffix(a.randomLength);
+      const name = `${a.prefix}${suffix}`;
+      return { id: name, outs: { ...omit(declared(inputs), OUT), stateVersion: UNIQUE_NAME_STATE_VERSION, name, suffix } };
+    });
   },
   async update(_id: string, olds: Record<string, unknown>, news: Record<string, unknown>) {
-    return { outs: { ...omit(declared(news), OUT), ...pick(olds, OUT) } };
+    return { outs: { ...omit(declared(news), OUT), ...pick(state(olds), OUT) } };
   },
   async read(id: string, props: Record<string, unknown>) {
-    return { id, props: declared(props) };
+    return { id, props: state(props) };
   },
   async delete(): Promise<void> {
     // A name: nothing exists outside the state.

@@ -82,7 +82,7 @@ describe("serialized provider shim", () => {
     const script = `require(${JSON.stringify(f)}).handler().read("id", {}).then(() => process.exit(0), (e) => { console.error(e.name + ": " + e.message); process.exit(3); });`;
     const r = spawnSync(process.execPath, ["-e", script], { cwd: repoRoot, encoding: "utf8", timeout: 60_000 });
     expect(r.status).toBe(3);
-    expect(r.stderr).toContain(`Error: this resource's state names the tdxvm provider "fromTheFuture", which the installed tdxvm does not have (it has ${Object.keys(providers).join(", ")})`);
+    expect(r.stderr).toContain(`Error: E_STATE: this resource's state names the tdxvm provider "fromTheFuture", which the installed tdxvm does not have (it has ${Object.keys(providers).join(", ")})`);
     expect(r.stderr).not.toContain("TypeError");
   });
 });

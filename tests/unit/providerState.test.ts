@@ -14,6 +14,7 @@ import { qemuVmProvider } from "../../provider/dynamic/qemuVm";
 import { attestationProvider } from "../../provider/dynamic/attestation";
 import { gateProvider } from "../../provider/dynamic/gate";
 import { azureBlobProvider } from "../../provider/dynamic/azureBlob";
+import { uniqueNameProvider } from "../../provider/dynamic/uniqueName";
 import { measureBake } from "../../provider/measure/api";
 import { ERROR_CODES, TdxError } from "../../provider/errors";
 
@@ -56,6 +57,9 @@ const methods: Record<string, (state: Record<string, unknown>) => Promise<unknow
   "azureBlob.update": (s) => azureBlobProvider.update("id", s, {}),
   "azureBlob.read": (s) => azureBlobProvider.read("a/b/c.vhd", s),
   "azureBlob.delete": (s) => azureBlobProvider.delete("a/b/c.vhd", s),
+  "uniqueName.diff": (s) => uniqueNameProvider.diff("id", s, { prefix: "tdx" }),
+  "uniqueName.update": (s) => uniqueNameProvider.update("id", s, { prefix: "tdx" }),
+  "uniqueName.read": (s) => uniqueNameProvider.read("id", s),
 };
 
 describe("dynamic providers validate the state they are handed", () => {
@@ -68,6 +72,7 @@ describe("dynamic providers validate the state they are handed", () => {
       attestation: { secretsDigest: 5, checks: "ok" },
       gate: { attempts: "many" },
       azureBlob: { blobName: "--help", exists: "yes" },
+      uniqueName: { name: "Bad Name; rm -rf", randomLength: "ten" },
     };
     const got: Record<string, string> = {};
     for (const [name, call] of Object.entries(methods)) got[name] = await codeOf(() => call(bad[name.split(".")[0]!]!));
@@ -80,7 +85,7 @@ describe("dynamic providers validate the state they are handed", () => {
   });
 
   it("fuzz: any state value in any field gives a result or a typed error, never another exception", async () => {
-    const keys = ["artifacts", "bakeKey", "missing", "registers", "ledger", "status", "assumptions", "measurementKey", "pid", "startTime", "bootId", "stateDir", "stateRoot", "forwards", "running", "secretsDigest", "checks", "attempts", "accountName", "containerName", "blobName", "exists"];
+    const keys = ["artifacts", "bakeKey", "missing", "registers", "ledger", "status", "assumptions", "measurementKey", "pid", "startTime", "bootId", "stateDir", "stateRoot", "forwards", "running", "secretsDigest", "checks", "attempts", "accountName", "containerName", "blobName", "exists", "name", "suffix", "prefix", "randomLength"];
     await fc.assert(
       fc.asyncProperty(fc.constantFrom(...Object.keys(methods)), fc.dictionary(fc.constantFrom(...keys), fc.anything()), async (name, state) => {
         const code = await codeOf(() => methods[name]!(state));

@@ -54,6 +54,32 @@ describe("compiled TypeScript cache (register.js)", () => {
     expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true });
   });
 
+  it("an entry (or its directory) that someone else could have written is not run", async () => {
+    const dir = await tempDir("tdxvm-register-");
+    const cache = path.join(dir, "cache");
+    const file = path.join(dir, "mod.ts");
+    await fs.writeFile(file, "export const value: string = \"real\";\n");
+    load(file, cache);
+    const [entry] = await fs.readdir(path.join(cache, "js"));
+    const p = path.join(cache, "js", entry!);
+    // A planted entry with the right stamp: run only if it is trusted.
+    await fs.writeFile(p, (await fs.readFile(p, "utf8")).replace("\"real\"", "\"planted\""));
+    expect(load(file, cache).value).toBe("planted"); // ours, 0600: trusted (the stamp is all that is checked)
+    const planted = await fs.readFile(p, "utf8");
+    await fs.chmod(p, 0o666);
+    expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true }); // world-writable: ignored (and replaced)
+    await fs.writeFile(p, planted, { mode: 0o600 });
+    await fs.chmod(p, 0o600);
+    await fs.chown(p, 65534, 65534);
+    expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true }); // another owner: ignored
+    await fs.writeFile(path.join(dir, "planted.js"), planted);
+    await fs.rm(p, { force: true });
+    await fs.symlink(path.join(dir, "planted.js"), p);
+    expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true }); // a link: ignored
+    await fs.chmod(path.join(cache, "js"), 0o777);
+    expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true }); // a world-writable directory: nothing read
+  });
+
   it("works (compiling every time) when the cache cannot be written", async () => {
     const dir = await tempDir("tdxvm-register-");
     const notADir = path.join(dir, "file");
