@@ -250,7 +250,9 @@ describe("cache ls, cache prune", () => {
     expect(r.removed.map((e) => e.key).sort()).toEqual([old[0], old[1]]);
     expect(r.freedBytes).toBe(r.removed.reduce((n, e) => n + e.exclusiveBytes, 0));
     expect(r.freedBytes).toBeGreaterThan(2 << 20);
-    expect((await fs.readdir(artifacts)).sort()).toEqual([old[2], `${old[2]}.lock`, bake.key].sort());
+    // Removed entries leave their lock files, free (empty): a flock file is never deleted (bake/filelock.ts).
+    expect((await fs.readdir(artifacts)).sort()).toEqual([`${old[0]}.lock`, `${old[1]}.lock`, old[2], `${old[2]}.lock`, bake.key].sort());
+    for (const k of [old[0], old[1]]) expect(await fs.readFile(path.join(artifacts, `${k}.lock`), "utf8")).toBe("");
     // The real entry is untouched: its files are still the shared cache's.
     expect(statSync(bake.artifacts[0].cachePath!).nlink).toBeGreaterThanOrEqual(2);
   });
