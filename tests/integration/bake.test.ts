@@ -100,7 +100,9 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
   });
 
   it("two different images of one project baked concurrently each get their own image (build/mkosi is shared)", async () => {
-    const mk = (m: string) => small(project, `${run}-${m}`).outputTargets("qemu");
+    // A project of their own: its build/ is rewritten by these bakes (the other tests read this run's).
+    const own = await tempDir("tdxvm-bake-two-");
+    const mk = (m: string) => small(own, `${run}-${m}`).outputTargets("qemu");
     const [a, b] = await Promise.all([mk("a").bake({ cacheDir, quiet: true }), mk("b").bake({ cacheDir, quiet: true })]);
     try {
       expect(a.key).not.toBe(b.key);
@@ -111,6 +113,7 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
       expect(a.rootHash).not.toBe(b.rootHash);
     } finally {
       for (const r of [a, b]) await fs.rm(path.join(cacheDir, "artifacts", r.key), { recursive: true, force: true });
+      await fs.rm(own, { recursive: true, force: true });
     }
   });
 
