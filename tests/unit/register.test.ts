@@ -21,6 +21,17 @@ function load(file: string, cacheDir: string): { value: unknown; swcLoaded: bool
   return JSON.parse(execFileSync(process.execPath, ["-e", script], { env: { ...process.env, TDXVM_CACHE_DIR: cacheDir }, encoding: "utf8" }));
 }
 
+/** A module exporting "real", compiled once into a fresh cache: the paths, and its cache entry `p`. */
+async function compiledOnce() {
+  const dir = await tempDir("tdxvm-register-");
+  const cache = path.join(dir, "cache");
+  const file = path.join(dir, "mod.ts");
+  await fs.writeFile(file, "export const value: string = \"real\";\n");
+  load(file, cache);
+  const [entry] = await fs.readdir(path.join(cache, "js"));
+  return { dir, cache, file, p: path.join(cache, "js", entry!) };
+}
+
 describe("compiled TypeScript cache (register.js)", () => {
   it("compiles once, then loads without @swc/core; a changed source is compiled again", async () => {
     const dir = await tempDir("tdxvm-register-");
@@ -42,26 +53,14 @@ describe("compiled TypeScript cache (register.js)", () => {
   });
 
   it("an entry whose stamp does not match the source is not run", async () => {
-    const dir = await tempDir("tdxvm-register-");
-    const cache = path.join(dir, "cache");
-    const file = path.join(dir, "mod.ts");
-    await fs.writeFile(file, "export const value: string = \"real\";\n");
-    load(file, cache);
-    const [entry] = await fs.readdir(path.join(cache, "js"));
-    const p = path.join(cache, "js", entry!);
+    const { cache, file, p } = await compiledOnce();
     const text = await fs.readFile(p, "utf8");
     await fs.writeFile(p, text.replace(/^\/\/ tdxvm [0-9a-f]{64}/, `// tdxvm ${"0".repeat(64)}`).replace("\"real\"", "\"planted\""));
     expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true });
   });
 
   it("an entry (or its directory) that someone else could have written is not run", async () => {
-    const dir = await tempDir("tdxvm-register-");
-    const cache = path.join(dir, "cache");
-    const file = path.join(dir, "mod.ts");
-    await fs.writeFile(file, "export const value: string = \"real\";\n");
-    load(file, cache);
-    const [entry] = await fs.readdir(path.join(cache, "js"));
-    const p = path.join(cache, "js", entry!);
+    const { dir, cache, file, p } = await compiledOnce();
     // A planted entry with the right stamp: run only if it is trusted.
     await fs.writeFile(p, (await fs.readFile(p, "utf8")).replace("\"real\"", "\"planted\""));
     expect(load(file, cache).value).toBe("planted"); // ours, 0600: trusted (the stamp is all that is checked)
