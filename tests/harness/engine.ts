@@ -316,17 +316,19 @@ const now = () => Date.now();
 
 /** Reverse topological order over dependencies and parents (dependents first). */
 export function deleteOrder(resources: ResourceState[]): ResourceState[] {
-  const byUrn = new Map(resources.map((r) => [r.urn, r]));
+  // Each state entry is deleted, dependents first. Entries are not keyed by URN: a replacement and
+  // the old resource it replaces (pendingDelete, after a failed up) share one — like the engine,
+  // both must go.
   const out: ResourceState[] = [];
-  const seen = new Set<string>();
+  const seen = new Set<ResourceState>();
   const dependents = (urn: string) => resources.filter((r) => r.dependencies.includes(urn) || r.parent === urn);
   const visit = (r: ResourceState) => {
-    if (seen.has(r.urn)) return;
-    seen.add(r.urn);
+    if (seen.has(r)) return;
+    seen.add(r);
     for (const d of dependents(r.urn)) visit(d);
     out.push(r);
   };
-  for (const r of [...resources].reverse()) visit(byUrn.get(r.urn)!);
+  for (const r of [...resources].reverse()) visit(r);
   return out;
 }
 

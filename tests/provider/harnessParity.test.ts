@@ -7,6 +7,7 @@
 import { promises as fs, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { pulumiOp, OpResult } from "../harness";
+import { deleteOrder, ResourceState } from "../harness/engine";
 import { tempDir } from "../helpers";
 
 jest.setTimeout(5 * 60_000);
@@ -73,5 +74,19 @@ describe("harness ↔ engine parity (programs/parity.ts)", () => {
     const r = await op("destroy", "2");
     expect(r.ok).toBe(true);
     expect(r.events.filter((e) => e.type.startsWith("pulumi-nodejs:dynamic")).map((e) => e.step)).toEqual(Array(6).fill("delete"));
+  });
+});
+
+describe("harness destroy order (deleteOrder)", () => {
+  const res = (urn: string, id: string, extra: Partial<ResourceState> = {}): ResourceState => ({
+    urn, id, type: "t", custom: true, parent: "", dependencies: [], inputs: {}, outputs: {}, additionalSecretOutputs: [], replaceOnChanges: [], ...extra,
+  });
+  it("deletes every entry, also a replacement and the old resource sharing its URN, dependents first", () => {
+    const vmNew = res("urn:vm", "vm-new");
+    const vmOld = res("urn:vm", "vm-old", { pendingDelete: true });
+    const gate = res("urn:gate", "gate-1", { dependencies: ["urn:vm"] });
+    const order = deleteOrder([vmOld, vmNew, gate]).map((r) => r.id);
+    expect([...order].sort()).toEqual(["gate-1", "vm-new", "vm-old"]);
+    expect(order.indexOf("gate-1")).toBeLessThan(Math.min(order.indexOf("vm-new"), order.indexOf("vm-old")));
   });
 });
