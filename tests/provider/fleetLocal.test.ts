@@ -55,4 +55,13 @@ describe("fleet on local VMs: waves gated by attestation", () => {
     for (const v of old) expect(vmRunning(v.outputs as never)).toBe(true);
     expect(r.stdout).not.toContain("delivered");
   });
+
+  it("destroy stops every VM, also the refused wave's replacement kept in state beside the VM it replaces", async () => {
+    const before = await vms();
+    expect(before.length).toBe(3); // fleet-0 (new, refused) + fleet-0 (old, pendingDelete) + fleet-1
+    const r = await op("destroy");
+    expect(r.error).toBeUndefined();
+    for (const v of before) expect(vmRunning(v.outputs as never)).toBe(false);
+    expect((await loadState(path.join(dir, "state.json"))).resources).toEqual([]);
+  });
 });
