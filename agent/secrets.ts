@@ -8,7 +8,7 @@
  */
 import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
-import { SecretsDelivery } from "../provider/secrets";
+import { SecretsDelivery, describePayloadReport } from "../provider/secrets";
 import type { SecretDeclData } from "../provider/recipe/schema";
 import { Exec, Mutex } from "./exec";
 
@@ -53,12 +53,7 @@ export class SecretsReceiver {
       if (this.complete) return { status: 409, body: { error: "secrets were already delivered; a second delivery is refused (reboot the VM to start over)" } };
       const report = this.delivery.validatePayload(payload);
       if (!report.ready) {
-        const parts = [
-          report.missing.length ? `missing: ${report.missing.join(", ")}` : "",
-          report.unknown.length ? `not declared by the image: ${report.unknown.join(", ")}` : "",
-          ...Object.entries(report.errors).map(([k, v]) => `${k}: ${v.join(", ")}`),
-        ].filter(Boolean);
-        return { status: 400, body: { error: `the payload does not fit the image's secrets contract (${parts.join("; ")})`, missing: report.missing, unknown: report.unknown, invalid: report.errors } };
+        return { status: 400, body: { error: `the payload does not fit the image's secrets contract (${describePayloadReport(report, "not declared by the image")})`, missing: report.missing, unknown: report.unknown, invalid: report.errors } };
       }
       try {
         await this.delivery.materializeRuntime(this.opts.root ?? "/", payload);

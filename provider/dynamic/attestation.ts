@@ -14,7 +14,7 @@ import { createHash } from "node:crypto";
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { SecretDecl } from "../recipe/schema";
-import { SecretsDelivery } from "../secrets";
+import { SecretsDelivery, describePayloadReport } from "../secrets";
 import { fromComputed } from "./measurement";
 import { declared, failureOf, guarded, guardedSync, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, isUnknown, loadPath, parseState } from "./common";
 
@@ -76,12 +76,7 @@ function checkSecrets(a: AttestationArgsT): void {
   if (!a.secrets) return;
   const report = new SecretsDelivery(a.secretDecls, {}).validatePayload(a.secrets);
   if (!report.ready) {
-    const parts = [
-      report.missing.length ? `missing: ${report.missing.join(", ")}` : "",
-      report.unknown.length ? `not declared by the image: ${report.unknown.join(", ")}` : "",
-      ...Object.entries(report.errors).map(([k, v]) => `${k}: ${v.join(", ")}`),
-    ].filter(Boolean);
-    throw new TdxError("E_SECRET", `secrets for the VM are not ready (${parts.join("; ")})`, { hint: "Pass every required secret (pulumi config set --secret …) in the shape the image declares; values are never shown." });
+    throw new TdxError("E_SECRET", `secrets for the VM are not ready (${describePayloadReport(report, "not declared by the image")})`, { hint: "Pass every required secret (pulumi config set --secret …) in the shape the image declares; values are never shown." });
   }
 }
 

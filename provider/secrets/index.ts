@@ -134,6 +134,15 @@ export interface PayloadReport {
   errors: Record<string, string[]>;
 }
 
+/** What is wrong with a payload, naming secrets and never values ("missing: A; unknown: B; C: …"). */
+export function describePayloadReport(report: PayloadReport, unknownLabel = "unknown"): string {
+  return [
+    report.missing.length ? `missing: ${report.missing.join(", ")}` : "",
+    report.unknown.length ? `${unknownLabel}: ${report.unknown.join(", ")}` : "",
+    ...Object.entries(report.errors).map(([k, v]) => `${k}: ${v.join(", ")}`),
+  ].filter(Boolean).join("; ");
+}
+
 export class SecretsDelivery {
   readonly method = "http_post" as const;
   readonly completion: "required" | "all";
@@ -180,12 +189,7 @@ export class SecretsDelivery {
   async materializeRuntime(root: string, payload: unknown): Promise<{ files: string[] }> {
     const report = this.validatePayload(payload);
     if (!report.ready) {
-      const parts = [
-        report.missing.length ? `missing: ${report.missing.join(", ")}` : "",
-        report.unknown.length ? `unknown: ${report.unknown.join(", ")}` : "",
-        ...Object.entries(report.errors).map(([k, v]) => `${k}: ${v.join(", ")}`),
-      ].filter(Boolean);
-      throw new TdxError("E_SECRET", `secret payload is not ready (${parts.join("; ")})`);
+      throw new TdxError("E_SECRET", `secret payload is not ready (${describePayloadReport(report)})`);
     }
     const clash = secretTargetClash(this.decls);
     if (clash) throw new TdxError("E_SECRET", `two secret targets collide: ${clash}; nothing was written`, { hint: "Fix the image's secret declarations: each target needs its own path or variable name." });
