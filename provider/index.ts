@@ -1,7 +1,8 @@
 /** tdxvm library entry: recipe → lock → mkosi tree (→ bake → measure → deploy). */
 export { TdxError, ERROR_CODES, isTdxError } from "./errors";
 export type { ErrorCode } from "./errors";
-export { Image, findOnPath } from "./recipe/image";
+export { Image } from "./recipe/image";
+export { findOnPath } from "./bake/sandbox";
 export type { ImageOptions, FileOptions, RunOptions, TdxModule, HostCommand } from "./recipe/image";
 export { parseRecipe, PHASES, TARGETS } from "./recipe/schema";
 export type { Recipe, Phase, Target } from "./recipe/schema";

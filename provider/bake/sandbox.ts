@@ -8,6 +8,8 @@
  * left behind.
  */
 import { spawn } from "node:child_process";
+import { statSync } from "node:fs";
+import * as path from "node:path";
 import { shQuote } from "../compile/shell";
 
 export interface Bind { host: string; inside: string; readOnly?: boolean }
@@ -109,4 +111,24 @@ export function runStreaming(argv: string[], opts: RunOptions = {}): Promise<Run
       resolve({ code, signal, tail });
     });
   });
+}
+
+/** The executable `command` resolves to on PATH (a path containing "/" is taken as is), or undefined. */
+export function findOnPath(command: string, envPath = process.env.PATH ?? ""): string | undefined {
+  if (command.includes("/")) return isExecutable(command) ? command : undefined;
+  for (const dir of envPath.split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, command);
+    if (isExecutable(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+function isExecutable(p: string): boolean {
+  try {
+    const st = statSync(p);
+    return st.isFile() && (st.mode & 0o111) !== 0;
+  } catch {
+    return false;
+  }
 }

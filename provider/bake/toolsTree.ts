@@ -10,8 +10,7 @@ import { promises as fs, existsSync, readFileSync, realpathSync } from "node:fs"
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { TdxError } from "../errors";
-import { findOnPath } from "../recipe/image";
-import { sandboxArgv, runStreaming } from "./sandbox";
+import { sandboxArgv, runStreaming, findOnPath } from "./sandbox";
 import { withFileLock } from "./filelock";
 import { Progress } from "./progress";
 

@@ -88,10 +88,11 @@ async function loadFirmware(opts: MeasureCallOptions, cacheDir: string): Promise
     return { bytes: await fs.readFile(f.path), name: `${redactRef(opts.firmware.src)} (${f.integrity.sha256})` };
   }
   const file = firmwarePath(opts, cacheDir);
-  // Named without this machine's cache path, so a committed measurements file is the same everywhere.
-  const tree = (require("../bake/toolsTree") as typeof import("../bake/toolsTree")).toolsTreeDir(cacheDir);
-  const name = (f: string) => (f.startsWith(tree + path.sep) ? `tools tree ${f.slice(tree.length)}` : f);
-  if (file) return { bytes: await readMeasureInput(file, "firmware"), name: name(file) };
+  if (file) {
+    // Named without this machine's cache path, so a committed measurements file is the same everywhere.
+    const tree = (require("../bake/toolsTree") as typeof import("../bake/toolsTree")).toolsTreeDir(cacheDir);
+    return { bytes: await readMeasureInput(file, "firmware"), name: file.startsWith(tree + path.sep) ? `tools tree ${file.slice(tree.length)}` : file };
+  }
   if (typeof opts.firmware === "string") throw new TdxError("E_MEASUREMENT", `firmware ${opts.firmware} does not exist`, { hint: "Pass the path of the TDVF firmware (OVMF.fd) the VM boots." });
   return undefined;
 }

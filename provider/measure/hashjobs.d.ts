@@ -24,3 +24,8 @@ export function runJobs(source: string | number | Uint8Array, jobs: ReadonlyArra
 export function runJobsParallel(source: string | number | Uint8Array, jobs: ReadonlyArray<HashJob>, opts?: { workerStartBytes?: number }): Promise<Buffer[]>;
 /** Bytes a job hashes itself (without its `from` prefix). */
 export function jobBytes(job: HashJob): number;
+/**
+ * Start the worker thread the next runJobsParallel uses, ahead of need: it boots on the other
+ * core while this one loads code. Serves one call; never keeps the process alive.
+ */
+export function prewarm(): void;

@@ -157,16 +157,56 @@ function runJobs(source, jobs) {
 }
 
 /**
+ * A worker started ahead of need (prewarm): it boots (tens of ms) on the other core while this
+ * thread loads code and reads headers, and serves the next runJobsParallel. `ready` turns 1 once
+ * it listens (readable without a turn of the event loop). It serves one call, then exits; unref'd,
+ * it never keeps the process alive.
+ */
+let warm;
+
+function startWorker() {
+  const ready = new Int32Array(new SharedArrayBuffer(4));
+  // execArgv: [] — the worker needs none of the parent's loader hooks (this file is plain JavaScript).
+  const worker = new Worker(__filename, { execArgv: [], workerData: { tdxvmHashJobs: true, ready } });
+  worker.unref();
+  return { worker, ready };
+}
+
+/** Start the worker the next runJobsParallel will use (no-op if one is waiting, or on a worker thread). */
+function prewarm() {
+  if (isMainThread && !warm) warm = startWorker();
+}
+
+/** Run jobs on a worker: the warm one if there is one, else a new one. Resolves with its digests. */
+function onWorker(w, source, jobs) {
+  return new Promise((resolve, reject) => {
+    const done = (f) => (v) => {
+      w.worker.off("message", onMessage).off("error", onError).off("exit", onExit);
+      w.worker.unref();
+      f(v);
+    };
+    const onMessage = done((m) => (m.error ? reject(new Error(m.error)) : resolve(m.digests.map((d) => Buffer.from(d.buffer, d.byteOffset, d.byteLength)))));
+    const onError = done(reject);
+    const onExit = done((code) => reject(new Error(`hash worker exited with code ${code}`)));
+    w.worker.on("message", onMessage).on("error", onError).on("exit", onExit);
+    w.worker.ref(); // a job in flight keeps the process alive
+    w.worker.postMessage({ source, jobs });
+  });
+}
+
+/**
  * Split jobs in two groups of about equal bytes (a job stays with the job it starts `from`), run
- * one on a worker thread and one here; the worker's share is smaller by `workerStartBytes`
- * (default: about what this thread hashes while a worker starts). Only for a file (path or
- * descriptor), or bytes in a SharedArrayBuffer (the worker reads them without a copy); otherwise
- * everything runs here.
+ * one on a worker thread and one here. The worker's share is smaller by `workerStartBytes`
+ * (default: 0 when a prewarmed worker is ready, else about what this thread hashes while a worker
+ * starts). Only for a file (path or descriptor), or bytes in a SharedArrayBuffer (the worker
+ * reads them without a copy); otherwise everything runs here.
  */
 async function runJobsParallel(source, jobs, opts = {}) {
   check(jobs);
   const file = typeof source === "string" || typeof source === "number";
   if (jobs.length < 2 || (!file && !(source.buffer instanceof SharedArrayBuffer))) return runJobs(source, jobs);
+  const w = warm || startWorker();
+  warm = undefined;
   // Groups: a job and everything that starts from it, transitively.
   const root = jobs.map((j, k) => k);
   jobs.forEach((j, k) => j.from !== undefined && (root[k] = root[j.from]));
@@ -178,23 +218,20 @@ async function runJobsParallel(source, jobs, opts = {}) {
     groups.set(root[k], g);
   });
   const sorted = [...groups.values()].sort((a, b) => b.bytes - a.bytes);
-  // The worker starts hashing later than this thread (its start-up): it gets that much less.
-  const sides = [{ jobs: [], bytes: 0 }, { jobs: [], bytes: opts.workerStartBytes ?? WORKER_START_BYTES }];
+  // A worker still starting begins hashing later than this thread: it gets that much less.
+  const sides = [{ jobs: [], bytes: 0 }, { jobs: [], bytes: opts.workerStartBytes ?? (Atomics.load(w.ready, 0) ? 0 : WORKER_START_BYTES) }];
   for (const g of sorted) {
     const side = sides[0].bytes <= sides[1].bytes ? sides[0] : sides[1];
     side.jobs.push(...g.jobs);
     side.bytes += g.bytes;
   }
   const [here, there] = sides.map((s) => s.jobs.sort((a, b) => a - b));
-  if (there.length === 0) return runJobs(source, jobs);
+  if (there.length === 0) {
+    void w.worker.terminate();
+    return runJobs(source, jobs);
+  }
   const subset = (ks) => ks.map((k) => ({ ...jobs[k], from: jobs[k].from === undefined ? undefined : ks.indexOf(jobs[k].from) }));
-  const worker = new Promise((resolve, reject) => {
-    // execArgv: [] — the worker needs none of the parent's loader hooks (this file is plain JavaScript).
-    const w = new Worker(__filename, { execArgv: [], workerData: { tdxvmHashJobs: true, source, jobs: subset(there) } });
-    w.once("message", (m) => (m.error ? reject(new Error(m.error)) : resolve(m.digests.map((d) => Buffer.from(d)))));
-    w.once("error", reject);
-    w.once("exit", (code) => reject(new Error(`hash worker exited with code ${code}`)));
-  });
+  const worker = onWorker(w, source, subset(there));
   let mine;
   try {
     mine = runJobs(source, subset(here));
@@ -210,11 +247,18 @@ async function runJobsParallel(source, jobs, opts = {}) {
 }
 
 if (!isMainThread && workerData && workerData.tdxvmHashJobs) {
-  try {
-    parentPort.postMessage({ digests: runJobs(workerData.source, workerData.jobs) });
-  } catch (e) {
-    parentPort.postMessage({ error: e instanceof Error ? e.message : String(e) });
-  }
+  // One call, then exit (closing the port ends the thread once the reply is sent).
+  parentPort.once("message", (m) => {
+    let reply;
+    try {
+      reply = { digests: runJobs(m.source, m.jobs) };
+    } catch (e) {
+      reply = { error: e instanceof Error ? e.message : String(e) };
+    }
+    parentPort.postMessage(reply);
+    parentPort.close();
+  });
+  Atomics.store(workerData.ready, 0, 1);
 }
 
-module.exports = { runJobs, runJobsParallel, jobBytes };
+module.exports = { runJobs, runJobsParallel, jobBytes, prewarm };

@@ -3,9 +3,9 @@
  * Every call validates its arguments at once (E_VALIDATION names the call), and the whole
  * state is plain data (`img.recipe`) that JSON, the lock and the compiler consume.
  */
-import * as fs from "node:fs";
 import * as path from "node:path";
 import { TdxError, label } from "../errors";
+import { findOnPath } from "../bake/sandbox";
 import {
   Recipe, LayerData, Phase, Target, PHASES, TARGETS, parseRecipe, parseWith, FileEntry, RunStep, PackageName,
   ProfileName, Debloat, DebloatData, CmdlineWord, ROOTFS_MODES, RootFs, BUILTIN_FILES, BuiltinFile, secretTargetClash,
@@ -273,21 +273,3 @@ export class Image {
   }
 }
 
-export function findOnPath(command: string, envPath = process.env.PATH ?? ""): string | undefined {
-  if (command.includes("/")) return isExecutable(command) ? command : undefined;
-  for (const dir of envPath.split(path.delimiter)) {
-    if (!dir) continue;
-    const candidate = path.join(dir, command);
-    if (isExecutable(candidate)) return candidate;
-  }
-  return undefined;
-}
-
-function isExecutable(p: string): boolean {
-  try {
-    const st = fs.statSync(p);
-    return st.isFile() && (st.mode & 0o111) !== 0;
-  } catch {
-    return false;
-  }
-}

@@ -14,7 +14,8 @@ import { TdxError } from "../../../provider/errors";
 import { bootEvents, bootEventsAsync, BootImage } from "../../../provider/measure/boot";
 import { measureBoot, ukiSelectedSections } from "../../../provider/measure";
 import { ukiDigests, MAX_CMDLINE } from "../../../provider/measure/stream";
-import { runJobs, runJobsParallel, HashJob, HashPiece } from "../../../provider/measure/hashjobs";
+import { runJobs, runJobsParallel, prewarm, HashJob, HashPiece } from "../../../provider/measure/hashjobs";
+import { spawnSync } from "node:child_process";
 import { buildPe, BuildSection, peOffsets } from "./pe-builder";
 import { tempDir, tdxErrorOf } from "../../helpers";
 
@@ -280,6 +281,30 @@ describe("hash jobs", () => {
       expect(runJobs(p, jobs).map((d) => d.toString("hex"))).not.toEqual(expected); // the path now names the other file
     } finally {
       await fh.close();
+    }
+  });
+
+  it("a prewarmed worker serves the next call (digests right, an error from it rejects), then a fresh one serves the one after", async () => {
+    const jobs: HashJob[] = [{ alg: "sha256", pieces: [{ file: [0, 2 * MiB] }] }, { alg: "sha384", pieces: [{ file: [MiB, source.length] }] }];
+    const expected = jobs.map((j, k) => createHash(j.alg).update(expand(jobs, k)).digest("hex"));
+    const hex = (ds: Buffer[]) => ds.map((d) => d.toString("hex"));
+    prewarm();
+    prewarm(); // one waiting worker, not two
+    await new Promise((r) => setTimeout(r, 300)); // booted: the split is even
+    expect(hex(await runJobsParallel(file, jobs))).toEqual(expected);
+    expect(hex(await runJobsParallel(file, [...jobs].reverse()))).toEqual([...expected].reverse());
+    prewarm();
+    const short = await writeTemp(bytes(MiB, "short-warm"));
+    // The larger job (all of the file) stays here, the smaller one (past its end) goes to the warm worker.
+    await expect(runJobsParallel(short, [{ alg: "sha256", pieces: [{ file: [0, MiB] }] }, { alg: "sha256", pieces: [{ file: [MiB - 10, MiB + 10] }] }], { workerStartBytes: 0 })).rejects.toThrow(/ended at byte 1048576/);
+    expect(hex(await runJobsParallel(file, jobs))).toEqual(expected);
+  });
+
+  it("a prewarmed worker never keeps the process alive, used or not", () => {
+    const hashjobs = require.resolve("../../../provider/measure/hashjobs.js");
+    for (const use of ["", `return hj.runJobsParallel(${JSON.stringify(file)}, [{alg: "sha256", pieces: [{file: [0, 5]}]}, {alg: "sha256", pieces: [{file: [5, 9]}]}], {workerStartBytes: 0}).then((d) => console.log(d.length));`]) {
+      const r = spawnSync(process.execPath, ["-e", `const hj = require(${JSON.stringify(hashjobs)}); hj.prewarm(); (async () => { ${use} })();`], { encoding: "utf8", timeout: 20_000 });
+      expect({ status: r.status, signal: r.signal, out: r.stdout.trim() }).toEqual({ status: 0, signal: null, out: use ? "2" : "" });
     }
   });
 
