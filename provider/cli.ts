@@ -13,9 +13,8 @@ import * as path from "node:path";
 import { promises as fs } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { TdxError } from "./errors";
-import { Image } from "./recipe/image";
-import { defaultCacheDir } from "./pipeline";
-import { writeFileAtomic } from "./lock";
+import type { Image } from "./recipe/image";
+import { writeFileAtomic } from "./lock/files";
 import type { BakeOptions } from "./bake";
 import type { Backend, Measurements, RegisterDiff } from "./measure/ledger";
 import type { Format } from "./measure/formats";
@@ -33,6 +32,7 @@ export interface Ctx {
 type Act = <A extends unknown[]>(fn: (ctx: Ctx, ...args: A) => Promise<number | void>) => (...args: A) => Promise<void>;
 
 export function loadRecipe(file: string): Image {
+  const { Image } = require("./recipe/image") as typeof import("./recipe/image");
   const abs = path.resolve(file);
   let mod: Record<string, unknown> | (() => unknown);
   try {
@@ -147,12 +147,16 @@ function registersMarkdown(m: Measurements): string {
 interface MeasureOpts {
   backend: Backend; frozen?: boolean; profile?: string; firmware?: string; pageOrder?: "single-pass" | "two-pass"; capturedCcel?: string;
   json?: boolean; markdown?: boolean; format: Format; out?: string; check?: string; update?: boolean;
+  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none";
 }
 
 function measureCommand(program: Command, act: Act): void {
   recipeOptions(program.command("measure")
-    .description("bake (cached) and compute the registers a platform will report; --check guards a committed file (exit 3 on drift)")
-    .argument("<recipe>", "recipe module (.ts/.js)"))
+    .description("bake (cached) and compute the registers a platform will report; --check guards a committed file (exit 3 on drift). With --uki and --disk instead of a recipe: measure those files")
+    .argument("[recipe]", "recipe module (.ts/.js)"))
+    .option("--uki <file>", "measure this UKI (with --disk) instead of baking a recipe: artifacts built or published elsewhere")
+    .option("--disk <file>", "the GPT disk image that goes with --uki")
+    .addOption(new Option("--rootfs <mode>", "with --uki: how the image's root file system is measured (default: verity when the UKI's command line names a roothash=, else none)").choices(["verity", "initrd", "none"]))
     .addOption(new Option("--backend <backend>", "rtmr (TD on QEMU/KVM), azure (vTPM PCRs) or gcp").choices(["rtmr", "azure", "gcp"]).makeOptionMandatory())
     .option("--firmware <file>", "TDVF firmware for MRTD (rtmr default: Debian trixie's OVMF.fd; gcp: Google's)")
     .addOption(new Option("--page-order <order>", "MRTD page order of the host stack").choices(["single-pass", "two-pass"]))
@@ -163,28 +167,37 @@ function measureCommand(program: Command, act: Act): void {
     .option("--out <file>", "write the measurements file (atomically)")
     .option("--check <file>", "compare with a committed tdxvm measurements file: exit 3 and a markdown diff when registers drifted")
     .option("--update", "with --check: rewrite the file with the new measurements instead of failing")
-    .action(act(async (ctx, recipe: string, o: MeasureOpts) => {
+    .action(act(async (ctx, recipe: string | undefined, o: MeasureOpts) => {
       if (o.update && !o.check) throw new TdxError("E_VALIDATION", "--update needs --check <file>", { hint: "tdxvm measure <recipe> --backend … --check measurements.json --update" });
-      const { formatMeasurements, readMeasurements } = await import("./measure/formats");
-      const { diffMeasurements, diffToMarkdown } = await import("./measure/ledger");
-      const m = await loadRecipe(recipe).measure({ backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, cacheDir: ctx.cacheDir, bake: bakeOpts(ctx, o) });
+      const given = o.uki !== undefined || o.disk !== undefined;
+      if (given === (recipe !== undefined) || (given && !(o.uki && o.disk))) throw new TdxError("E_VALIDATION", "measure needs a recipe, or --uki and --disk (not both)", { hint: "tdxvm measure recipe.ts --backend azure, or tdxvm measure --uki tdxvm.efi --disk tdxvm.raw --backend azure" });
+      if (given && (o.frozen || o.profile)) throw new TdxError("E_VALIDATION", "--frozen and --profile choose what a recipe bakes: they do not go with --uki", { hint: "Drop them, or measure the recipe instead." });
+      if (!given && o.rootfs) throw new TdxError("E_VALIDATION", "--rootfs goes with --uki: a recipe's bake knows its root file system", { hint: "Drop --rootfs." });
+      const measureOpts = { backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, cacheDir: ctx.cacheDir };
+      const what = given ? `--uki ${o.uki} --disk ${o.disk}${o.rootfs ? ` --rootfs ${o.rootfs}` : ""}` : recipe!;
+      const m = given
+        ? await (await import("./measure/api")).measureArtifacts({ uki: o.uki!, disk: o.disk!, rootfs: o.rootfs }, measureOpts)
+        : await loadRecipe(recipe!).measure({ ...measureOpts, bake: bakeOpts(ctx, o) });
+      const { diffMeasurements, diffToMarkdown, measurementsToJson } = await import("./measure/ledger");
+      // The interop formats and the reader of committed files (zod) are loaded only when used.
+      const formatted = async (f: Format) => (f === "tdxvm" ? measurementsToJson(m) : (await import("./measure/formats")).formatMeasurements(m, f));
       if (o.out) {
-        await writeFileAtomic(o.out, formatMeasurements(m, o.format));
+        await writeFileAtomic(o.out, await formatted(o.format));
         ctx.log(`wrote ${o.out} (${o.format})`);
       }
-      if (o.json) console.log(formatMeasurements(m, o.format).trimEnd());
+      if (o.json) console.log((await formatted(o.format)).trimEnd());
       else if (o.markdown) console.log(registersMarkdown(m));
       else if (!o.check) console.log(registersTable(m));
       if (!o.check) return;
       const exists = await fs.stat(o.check).then(() => true, () => false);
-      if (!exists && !o.update) throw new TdxError("E_VALIDATION", `${o.check} does not exist`, { hint: `Create it: tdxvm measure ${recipe} --backend ${o.backend} --check ${o.check} --update (then review and commit it).` });
-      const committed = exists ? await readMeasurements(o.check) : undefined;
+      if (!exists && !o.update) throw new TdxError("E_VALIDATION", `${o.check} does not exist`, { hint: `Create it: tdxvm measure ${what} --backend ${o.backend} --check ${o.check} --update (then review and commit it).` });
+      const committed = exists ? await (await import("./measure/formats")).readMeasurements(o.check) : undefined;
       if (committed && committed.backend !== o.backend) throw new TdxError("E_VALIDATION", `${o.check} holds ${committed.backend} measurements, not ${o.backend}`, { hint: "Check each backend against its own file." });
       const diffs = committed ? diffMeasurements(committed, m) : [];
       // With --json, stdout stays one JSON document: the diff goes to stderr.
       if (diffs.length) (o.json ? console.error : console.log)(diffToMarkdown(diffs, `Measurement changes (${o.backend}): ${o.check} → this image`).trimEnd());
       if (o.update) {
-        const text = formatMeasurements(m, "tdxvm");
+        const text = measurementsToJson(m);
         if (!exists || (await fs.readFile(o.check, "utf8")) !== text) {
           await writeFileAtomic(o.check, text);
           ctx.log(`updated ${o.check} (${exists ? `${diffs.length} register(s) changed` : "new file"})`);
@@ -195,7 +208,7 @@ function measureCommand(program: Command, act: Act): void {
         ctx.log(`${o.check}: all ${Object.keys(m.registers).length} registers match`);
         return EXIT.OK;
       }
-      console.error(`tdxvm: ${o.check}: ${diffs.length} register(s) drifted from the committed file. If the change is intended: tdxvm measure ${recipe} --backend ${o.backend} --check ${o.check} --update`);
+      console.error(`tdxvm: ${o.check}: ${diffs.length} register(s) drifted from the committed file. If the change is intended: tdxvm measure ${what} --backend ${o.backend} --check ${o.check} --update`);
       return EXIT.MISMATCH;
     }));
 }
@@ -354,7 +367,7 @@ export async function main(argv: string[]): Promise<number> {
   const act: Act = (fn) => async (...args) => {
     const g = program.opts<{ cacheDir?: string; quiet?: boolean }>();
     const quiet = g.quiet === true;
-    code = (await fn({ cacheDir: g.cacheDir ? path.resolve(g.cacheDir) : defaultCacheDir(), quiet, log: (m) => void (quiet || console.error(`tdxvm: ${m}`)) }, ...args)) ?? EXIT.OK;
+    code = (await fn({ cacheDir: g.cacheDir ? path.resolve(g.cacheDir) : (require("./register") as { defaultCacheDir(): string }).defaultCacheDir(), quiet, log: (m) => void (quiet || console.error(`tdxvm: ${m}`)) }, ...args)) ?? EXIT.OK;
   };
   for (const add of COMMANDS) add(program, act);
   try {

@@ -25,7 +25,7 @@ export { lockRecipe, emitRecipe, defaultCacheDir } from "./pipeline";
 export { bake, artifact, stubVersion } from "./bake";
 export type { BakeOptions, BakeResult, Artifact } from "./bake";
 export { devBoot, bootBakedDisk, parseGuestReport } from "./deploy/devboot";
-export { measureBake, measureBoot, verify, diffMeasurements, diffToMarkdown, measurementsToJson, measurementsToCbor } from "./measure";
+export { measureBake, measureArtifacts, measureBoot, verify, diffMeasurements, diffToMarkdown, measurementsToJson, measurementsToCbor } from "./measure";
 export type { Measurements, RegisterValue, LedgerEvent, RegisterDiff, VerifyResult } from "./measure";
 // The verifier loads on first use (its TLS client and evidence schemas cost ~0.1 s at start-up,
 // which every recipe/bake/measure process would otherwise pay).

@@ -7,8 +7,10 @@
  */
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
-import { randomBytes } from "node:crypto";
 import { TdxError, formatIssues } from "../errors";
+import { stableJson, writeFileAtomic } from "./files";
+
+export { stableJson, writeFileAtomic };
 import { Recipe } from "../recipe/schema";
 import { allProfileDigests, sourceRefs } from "../recipe/resolve";
 import { digestOf } from "../recipe/digest";
@@ -70,32 +72,6 @@ export async function createLock(recipe: Recipe, opts: LockOptions): Promise<Loc
     ...(opts.previous?.packages ? { packages: Object.fromEntries(Object.entries(opts.previous.packages).filter(([p]) => opts.previous!.recipe.profiles[p] === allProfileDigests(recipe)[p])) } : {}),
   };
   return { lock: sealLock(body), warnings };
-}
-
-/** Stable JSON: sorted keys, two-space indent, trailing newline. */
-export function stableJson(value: unknown): string {
-  const sort = (v: unknown): unknown =>
-    Array.isArray(v) ? v.map(sort) : v && typeof v === "object" ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sort((v as Record<string, unknown>)[k])])) : v;
-  return JSON.stringify(sort(value), null, 2) + "\n";
-}
-
-/** Write a file atomically: temp file in the same directory, fsync, rename. */
-export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
-  await fs.mkdir(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
-  try {
-    const fh = await fs.open(tmp, "wx", mode);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fs.rename(tmp, file);
-  } catch (e) {
-    await fs.rm(tmp, { force: true });
-    throw e;
-  }
 }
 
 export async function writeLock(file: string, lock: Lock): Promise<void> {

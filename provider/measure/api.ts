@@ -7,10 +7,13 @@ import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
 import { TdxError } from "../errors";
 import type { BakeResult } from "../bake";
+import type { RootFs } from "../recipe/schema";
 import { measureBoot, MeasureOptions, assertBackend } from "./backends";
 import { Backend, Measurements } from "./ledger";
 import { PageOrder } from "./tdvf";
 import { parsePe } from "./pe";
+import { prewarm } from "./hashjobs";
+import { PARALLEL_MIN_BYTES } from "./stream";
 
 export interface MeasureCallOptions {
   backend: Backend;
@@ -104,18 +107,30 @@ export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdS
   for (const a of [uki, disk]) {
     if (!a || !existsSync(a.path)) throw new TdxError("E_MEASUREMENT", `the bake has no ${a ? path.basename(a.path) : "UKI/disk"} to measure`, { hint: "Bake first: img.bake() (artifacts are cached; a missing file means the cache was cleaned)." });
   }
+  return measureFiles(uki!.path, disk!.path, bake.rootfs, { profile: bake.profile, systemdStub: bake.systemdStub, ukiSha256: uki!.sha256, diskSha256: disk!.sha256 }, opts);
+}
+
+/**
+ * Measure a UKI and its GPT disk given as files — built elsewhere, or published — without a
+ * recipe or a bake. `rootfs` as the image was built (default: verity when the UKI's command line
+ * names a roothash=, else none; an initrd image must say so).
+ */
+export async function measureArtifacts(files: { uki: string; disk: string; rootfs?: RootFs }, opts: MeasureCallOptions): Promise<Measurements> {
+  assertBackend(opts.backend);
+  for (const [what, file] of [["UKI", files.uki], ["disk", files.disk]] as const) {
+    if (!existsSync(file)) throw new TdxError("E_MEASUREMENT", `the ${what} ${file} does not exist`, { hint: `Pass the ${what} file the VM boots (tdxvm bake lists a bake's artifacts).` });
+  }
+  return measureFiles(files.uki, files.disk, files.rootfs, { uki: path.basename(files.uki), disk: path.basename(files.disk) }, opts);
+}
+
+async function measureFiles(uki: string, disk: string, rootfs: RootFs | undefined, inputs: Record<string, string | null>, opts: MeasureCallOptions): Promise<Measurements> {
+  // A UKI big enough to be hashed on two threads: the second boots while this one reads the GPT and the firmware.
+  if (((await fs.stat(uki).catch(() => undefined))?.size ?? 0) >= PARALLEL_MIN_BYTES) prewarm();
   const cacheDir = opts.cacheDir ?? (require("../register") as { defaultCacheDir(): string }).defaultCacheDir();
   const ccel = typeof opts.capturedCcel === "string" ? await readMeasureInput(opts.capturedCcel, "captured CCEL") : opts.capturedCcel;
-  const diskHead = await readDiskHead(disk!.path);
+  const diskHead = await readDiskHead(disk);
   return measureBoot(
-    { ukiPath: uki!.path, diskHead },
-    {
-      backend: opts.backend,
-      firmware: await loadFirmware(opts, cacheDir),
-      pageOrder: opts.pageOrder,
-      capturedCcel: ccel,
-      rootfs: bake.rootfs,
-      inputs: { profile: bake.profile, systemdStub: bake.systemdStub, ukiSha256: uki!.sha256, diskSha256: disk!.sha256 },
-    },
+    { ukiPath: uki, diskHead },
+    { backend: opts.backend, firmware: await loadFirmware(opts, cacheDir), pageOrder: opts.pageOrder, capturedCcel: ccel, rootfs, inputs },
   );
 }

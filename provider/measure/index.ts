@@ -22,5 +22,5 @@ export { measureBoot, rtmrEvents } from "./backends";
 export type { MeasureOptions, FirmwareInput } from "./backends";
 export { verify } from "./verify";
 export type { VerifyInput, VerifyResult, RegisterVerdict } from "./verify";
-export { measureBake, readDiskHead } from "./api";
+export { measureBake, measureArtifacts, readDiskHead } from "./api";
 export type { MeasureCallOptions } from "./api";

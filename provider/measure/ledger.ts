@@ -6,6 +6,7 @@
  */
 import type { Encoder } from "cbor-x";
 import { HashAlg } from "./bytes";
+import { stableJson } from "../lock/files";
 
 export type Backend = "rtmr" | "azure" | "gcp";
 
@@ -43,7 +44,7 @@ export interface Measurements {
 }
 
 export function measurementsToJson(m: Measurements): string {
-  return (require("../lock") as typeof import("../lock")).stableJson(m); // required here: the lock code brings zod along
+  return stableJson(m);
 }
 
 let cbor: Encoder | undefined;

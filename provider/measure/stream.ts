@@ -25,7 +25,7 @@ const HEAD_MAX = 4 * 1024 * 1024;
 /** Largest .cmdline read from the file (Linux itself takes 2 KiB on x86). */
 export const MAX_CMDLINE = 1024 * 1024;
 /** Below this many bytes to hash, a second thread costs more than it saves. */
-const PARALLEL_MIN_BYTES = 16 * 1024 * 1024;
+export const PARALLEL_MIN_BYTES = 16 * 1024 * 1024;
 
 export interface UkiDigests {
   /** The command line systemd-stub passes on (what it makes of .cmdline: boot.ts stubCmdline). */

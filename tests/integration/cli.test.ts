@@ -102,6 +102,26 @@ describe("measure, diff", () => {
     expect(constellation["11"]).toEqual({ expected: vtpm.registers.PCR11.value, warnOnly: false });
   });
 
+  it("--uki and --disk measure the bake's files without the recipe: the same registers; a recipe and files together, or half of the files, are usage errors", async () => {
+    const bake = JSON.parse((await runTdxvm(["--quiet", "bake", EXAMPLE, "--json"])).stdout) as BakeResult;
+    const [uki, disk] = ["uki", "disk"].map((t) => bake.artifacts.find((a) => a.target === t)!.path);
+    for (const backend of ["rtmr", "azure"]) {
+      const r = await runTdxvm(["--quiet", "measure", "--uki", uki!, "--disk", disk!, "--backend", backend, "--out", file(`${backend}-files.json`)]);
+      expect(r.code).toBe(0);
+      const [fromRecipe, fromFiles] = await Promise.all([`${backend}.json`, `${backend}-files.json`].map(async (n) => parseMeasurements(await fs.readFile(file(n), "utf8"), n)));
+      expect(fromFiles.registers).toEqual(fromRecipe!.registers);
+      expect(fromFiles.inputs).toMatchObject({ uki: path.basename(uki!), disk: path.basename(disk!), rootfs: fromRecipe!.inputs.rootfs });
+      expect((await runTdxvm(["--quiet", "measure", "--uki", uki!, "--disk", disk!, "--backend", backend, "--check", file(`${backend}.json`)])).code).toBe(0);
+    }
+    for (const args of [[EXAMPLE, "--uki", uki!, "--disk", disk!], ["--uki", uki!], ["--uki", uki!, "--disk", disk!, "--profile", "default"], [EXAMPLE, "--rootfs", "none"]]) {
+      const r = await runTdxvm(["measure", ...args, "--backend", "azure"]);
+      expect({ code: r.code, error: r.stderr.match(/^E_VALIDATION: .*/m)?.[0] }).toEqual({ code: 2, error: expect.stringMatching(/measure needs a recipe, or --uki and --disk|do not go with --uki|--rootfs goes with --uki/) });
+    }
+    const missing = await runTdxvm(["measure", "--uki", path.join(dir, "nothing.efi"), "--disk", disk!, "--backend", "azure"]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/^E_MEASUREMENT: the UKI .*nothing\.efi does not exist/m);
+  });
+
   it("--check passes on the committed file and fails with exit 3 and the markdown diff after a cmdline change; --update accepts it", async () => {
     const ok = await runTdxvm(["measure", EXAMPLE, "--backend", "azure", "--check", file("azure.json")]);
     expect(ok.code).toBe(0);
