@@ -64,6 +64,19 @@ export async function bakeBench(table: (t: string, h: string[], r: string[][]) =
       ["img.bake() after one file() change", f(incr), `${(incr / cold).toFixed(2)}× of cold`, "≤ 0.35× cold", `cacheHit=${incrR.cacheHit}; Incremental=yes; mkosi ${incrR.durations.mkosi.toFixed(1)} s`],
     ],
   ));
+  // Where the time goes: tdxvm's phases and mkosi's own steps (from its log), cold vs one-file change.
+  const phases = (r: typeof coldR) => ({
+    ...Object.fromEntries(Object.entries(r.durations).filter(([k]) => k !== "mkosi" && k !== "convert: total")),
+    ...Object.fromEntries(Object.entries(r.mkosiSteps ?? {}).map(([k, v]) => [`mkosi: ${k}`, v])),
+  });
+  const [pc, pi] = [phases(coldR), phases(incrR)];
+  const names = [...new Set([...Object.keys(pc), ...Object.keys(pi)])];
+  const cell = (v: number | undefined) => (v === undefined ? "—" : `${v.toFixed(1)} s`);
+  console.log(table(
+    "Where a bake's time goes (tdxvm phases; mkosi steps from its log, each until the next step line)",
+    ["phase / step", "cold", "after one file() change"],
+    [...names.map((n) => [n, cell(pc[n]), cell(pi[n])]), ["total (wall)", f(cold), f(incr)]],
+  ));
   const uki = coldR.artifacts.find((a) => a.target === "uki")!;
   const disk = coldR.artifacts.find((a) => a.target === "disk")!;
   console.log(`image sizes: UKI ${(uki.size / 1048576).toFixed(1)} MiB, disk ${(disk.size / 1048576).toFixed(1)} MiB`);

@@ -117,6 +117,14 @@ describe("measure, diff", () => {
       const r = await runTdxvm(["measure", ...args, "--backend", "azure"]);
       expect({ code: r.code, error: r.stderr.match(/^E_VALIDATION: .*/m)?.[0] }).toEqual({ code: 2, error: expect.stringMatching(/measure needs a recipe, or --uki and --disk|do not go with --uki|--rootfs goes with --uki/) });
     }
+    // Measuring files loads the measurement code only: no recipe, lock or bake code, and no zod.
+    const hook = path.join(dir, "loaded.js");
+    await fs.writeFile(hook, `process.on("exit", () => require("fs").writeFileSync(${JSON.stringify(path.join(dir, "loaded.json"))}, JSON.stringify(Object.keys(require.cache))));\n`);
+    const lean = await runTdxvm(["--quiet", "measure", "--uki", uki!, "--disk", disk!, "--backend", "azure", "--json"], { env: { ...process.env, NODE_OPTIONS: `--require ${hook}` } });
+    expect(lean.code).toBe(0);
+    const loaded = (JSON.parse(await fs.readFile(path.join(dir, "loaded.json"), "utf8")) as string[]).map((f) => path.relative(repo, f));
+    expect(loaded).toContain("provider/measure/hashjobs.js");
+    expect(loaded.filter((f) => f.startsWith("node_modules/zod/") || /^provider\/(recipe\/(image|schema)|lock\/(index|schema|policy)|bake\/index|fetch|deploy)\b/.test(f))).toEqual([]);
     const missing = await runTdxvm(["measure", "--uki", path.join(dir, "nothing.efi"), "--disk", disk!, "--backend", "azure"]);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/^E_MEASUREMENT: the UKI .*nothing\.efi does not exist/m);
