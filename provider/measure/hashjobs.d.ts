@@ -26,6 +26,7 @@ export function runJobsParallel(source: string | number | Uint8Array, jobs: Read
 export function jobBytes(job: HashJob): number;
 /**
  * Start the worker thread the next runJobsParallel uses, ahead of need: it boots on the other
- * core while this one loads code. Serves one call; never keeps the process alive.
+ * core while this one loads code. Serves one call; never keeps the process alive. A worker that
+ * ended before it was used is replaced. Returns it (undefined on a worker thread).
  */
-export function prewarm(): void;
+export function prewarm(): import("node:worker_threads").Worker | undefined;

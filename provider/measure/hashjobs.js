@@ -168,13 +168,19 @@ function startWorker() {
   const ready = new Int32Array(new SharedArrayBuffer(4));
   // execArgv: [] — the worker needs none of the parent's loader hooks (this file is plain JavaScript).
   const worker = new Worker(__filename, { execArgv: [], workerData: { tdxvmHashJobs: true, ready } });
+  const w = { worker, ready, dead: false };
+  // Always listened to: a worker that fails or ends while it waits must not crash the process
+  // (an unheard "error" would) and is replaced; one that fails during a job rejects that job.
+  worker.on("error", () => (w.dead = true)).on("exit", () => (w.dead = true));
   worker.unref();
-  return { worker, ready };
+  return w;
 }
 
-/** Start the worker the next runJobsParallel will use (no-op if one is waiting, or on a worker thread). */
+/** Start the worker the next runJobsParallel will use (no-op if one is waiting, or on a worker thread); returns it. */
 function prewarm() {
-  if (isMainThread && !warm) warm = startWorker();
+  if (!isMainThread) return undefined;
+  if (!warm || warm.dead) warm = startWorker();
+  return warm.worker;
 }
 
 /** Run jobs on a worker: the warm one if there is one, else a new one. Resolves with its digests. */
@@ -205,7 +211,7 @@ async function runJobsParallel(source, jobs, opts = {}) {
   check(jobs);
   const file = typeof source === "string" || typeof source === "number";
   if (jobs.length < 2 || (!file && !(source.buffer instanceof SharedArrayBuffer))) return runJobs(source, jobs);
-  const w = warm || startWorker();
+  const w = warm && !warm.dead ? warm : startWorker();
   warm = undefined;
   // Groups: a job and everything that starts from it, transitively.
   const root = jobs.map((j, k) => k);

@@ -300,6 +300,16 @@ describe("hash jobs", () => {
     expect(hex(await runJobsParallel(file, jobs))).toEqual(expected);
   });
 
+  it("a prewarmed worker that ended (or failed) before it was used is replaced, not waited for", async () => {
+    const jobs: HashJob[] = [{ alg: "sha256", pieces: [{ file: [0, 2 * MiB] }] }, { alg: "sha256", pieces: [{ file: [MiB, source.length] }] }];
+    const expected = jobs.map((j, k) => createHash(j.alg).update(expand(jobs, k)).digest("hex"));
+    const w = prewarm()!;
+    await w.terminate();
+    await new Promise((r) => setImmediate(r));
+    expect((await runJobsParallel(file, jobs, { workerStartBytes: 0 })).map((d) => d.toString("hex"))).toEqual(expected);
+    expect(prewarm()).not.toBe(w);
+  });
+
   it("a prewarmed worker never keeps the process alive, used or not", () => {
     const hashjobs = require.resolve("../../../provider/measure/hashjobs.js");
     for (const use of ["", `return hj.runJobsParallel(${JSON.stringify(file)}, [{alg: "sha256", pieces: [{file: [0, 5]}]}, {alg: "sha256", pieces: [{file: [5, 9]}]}], {workerStartBytes: 0}).then((d) => console.log(d.length));`]) {
