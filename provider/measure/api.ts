@@ -118,7 +118,8 @@ export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdS
 export async function measureArtifacts(files: { uki: string; disk: string; rootfs?: RootFs }, opts: MeasureCallOptions): Promise<Measurements> {
   assertBackend(opts.backend);
   for (const [what, file] of [["UKI", files.uki], ["disk", files.disk]] as const) {
-    if (!existsSync(file)) throw new TdxError("E_MEASUREMENT", `the ${what} ${file} does not exist`, { hint: `Pass the ${what} file the VM boots (tdxvm bake lists a bake's artifacts).` });
+    const st = await fs.stat(file).catch(() => undefined);
+    if (!st?.isFile()) throw new TdxError("E_MEASUREMENT", `the ${what} ${file} ${st ? "is not a regular file" : "does not exist"}`, { hint: `Pass the ${what} file the VM boots (tdxvm bake lists a bake's artifacts).` });
   }
   return measureFiles(files.uki, files.disk, files.rootfs, { uki: path.basename(files.uki), disk: path.basename(files.disk) }, opts);
 }

@@ -128,6 +128,8 @@ describe("measure, diff", () => {
     const missing = await runTdxvm(["measure", "--uki", path.join(dir, "nothing.efi"), "--disk", disk!, "--backend", "azure"]);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/^E_MEASUREMENT: the UKI .*nothing\.efi does not exist/m);
+    const notFile = await runTdxvm(["measure", "--uki", uki!, "--disk", dir, "--backend", "azure"]);
+    expect({ code: notFile.code, error: notFile.stderr.match(/^E_MEASUREMENT: .*/m)?.[0] }).toEqual({ code: 2, error: `E_MEASUREMENT: the disk ${dir} is not a regular file` });
   });
 
   it("--check passes on the committed file and fails with exit 3 and the markdown diff after a cmdline change; --update accepts it", async () => {
