@@ -12,6 +12,7 @@ import { measureBoot, MeasureOptions, assertBackend } from "./backends";
 import { Backend, Measurements } from "./ledger";
 import { PageOrder } from "./tdvf";
 import { parsePe } from "./pe";
+import { stubCmdline } from "./cmdline";
 import { prewarm } from "./hashjobs";
 import { PARALLEL_MIN_BYTES } from "./stream";
 
@@ -55,7 +56,7 @@ export async function readUkiCmdline(file: string): Promise<string> {
     if (n > 1024 * 1024) throw new TdxError("E_MEASUREMENT", `${file}: implausible .cmdline section of ${n} bytes`);
     const data = Buffer.alloc(n);
     await fh.read(data, 0, n, s.pointerToRawData);
-    return data.toString("utf8").replace(/[\0\s]+$/, "");
+    return stubCmdline(data);
   } finally {
     await fh.close();
   }

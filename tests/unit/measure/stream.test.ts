@@ -14,6 +14,7 @@ import { TdxError } from "../../../provider/errors";
 import { bootEvents, bootEventsAsync, BootImage } from "../../../provider/measure/boot";
 import { measureBoot, ukiSelectedSections } from "../../../provider/measure";
 import { ukiDigests, MAX_CMDLINE } from "../../../provider/measure/stream";
+import { readUkiCmdline } from "../../../provider/measure/api";
 import { runJobs, runJobsParallel, prewarm, HashJob, HashPiece } from "../../../provider/measure/hashjobs";
 import { spawnSync } from "node:child_process";
 import { buildPe, BuildSection, peOffsets } from "./pe-builder";
@@ -195,6 +196,17 @@ describe("streamed UKI digests equal the in-memory formulas", () => {
       { numRuns: 100 },
     );
   }, 60_000);
+});
+
+describe("readUkiCmdline (the bake's root-hash check)", () => {
+  it("reads .cmdline as systemd-stub passes it on: the same text the measurement uses", async () => {
+    const raw = Buffer.concat([Buffer.from("\t console=ttyS0\x01 roothash=ab\u00e9\n quiet \r\n"), Buffer.from([0xff, 0x20, 0x41]), Buffer.from("\0tail")]);
+    const kernelPe = buildPe({ plus: true, sections: [{ name: ".text", data: Buffer.alloc(4096, 1) }] });
+    const file = await writeTemp(buildPe({ plus: true, sections: [{ name: ".linux", data: kernelPe }, { name: ".cmdline", data: raw }, { name: ".initrd", data: Buffer.alloc(100, 7) }] }));
+    const cmdline = await readUkiCmdline(file);
+    expect(cmdline).toBe((await ukiDigests(file, "sha256")).cmdline);
+    expect(cmdline).toBe("console=ttyS0  roothash=ab\u00e9  quiet    A");
+  });
 });
 
 describe("streamed measurement refuses what it cannot bound", () => {
