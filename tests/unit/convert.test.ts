@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, gzipParallel, MiB } from "../../provider/bake/convert";
 import { parseGpt } from "../../provider/measure/gpt";
 import { limaArgv } from "../../provider/bake/lima";
-import { isStepLine } from "../../provider/bake";
+import { isStepLine, runMkosiBuilds, initrdGate, INITRD_GATE_SCRIPT, seedPackageCache } from "../../provider/bake";
 import { Progress } from "../../provider/bake/progress";
 import { sandboxArgv, sandboxScript } from "../../provider/bake/sandbox";
 import { acquire, withFileLock } from "../../provider/bake/filelock";
@@ -207,6 +207,81 @@ describe("mkosi step lines", () => {
     expect(isStepLine('"apt-get -o X install foo" returned non-zero exit code 100.')).toBe(false);
     expect(isStepLine("Could not rename /a to /b as they are located on different devices, falling back to copying")).toBe(false);
     expect(isStepLine("/work/entry/out/tdxvm.raw size is 993.7M, consumes 630.1M.")).toBe(false);
+  });
+});
+
+describe("mkosi runs: the default initrd beside the image", () => {
+  // Stand-ins for the two mkosi runs (shell scripts printing mkosi's step lines). The image's
+  // finalize step is the real gate script; its "UKI step" copies whatever initrd it then finds.
+  const setup = async () => {
+    const dir = await tempDir("tdxvm-runs-");
+    const tree = path.join(dir, "tree");
+    const gate = initrdGate(tree);
+    await fs.mkdir(gate.dir, { recursive: true });
+    await fs.writeFile(gate.initrd, ""); // mkosi refuses to start without the file: a placeholder
+    await fs.writeFile(gate.script, INITRD_GATE_SCRIPT, { mode: 0o755 });
+    const built = path.join(dir, "built.cpio.zst");
+    const image = ["sh", "-c", `echo '‣ Installing Debian'; echo '‣ Running finalize script…'; SRCDIR=${tree} ${gate.script} || exit 1; echo '‣ Generating unified kernel image'; cp ${gate.initrd} ${dir}/uki-initrd`];
+    const run = (initrd: string, img = image) => runMkosiBuilds({
+      argv: (cmd) => cmd, image: img, initrd: { argv: ["sh", "-c", initrd], built, gate },
+      logFile: path.join(dir, "log"), progress: new Progress({ quiet: true }), timeoutMs: 60_000,
+    });
+    return { dir, gate, built, run };
+  };
+  const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+  it("the image's UKI step waits for the initrd and takes the built one, not the placeholder", async () => {
+    const { dir, gate, built, run } = await setup();
+    const steps = await run(`echo '‣ Installing Debian'; sleep 0.6; printf initrd-bytes > ${built}`);
+    expect(readFileSync(path.join(dir, "uki-initrd"), "utf8")).toBe("initrd-bytes");
+    expect(readFileSync(gate.initrd, "utf8")).toBe("initrd-bytes");
+    expect(Object.keys(steps)).toEqual(expect.arrayContaining(["Installing Debian", "initrd: Installing Debian", "Running finalize script", "Generating unified kernel image"]));
+    expect(steps["Running finalize script"]).toBeGreaterThan(0.3); // the image waited at the gate
+    expect(readFileSync(path.join(dir, "log"), "utf8")).toContain("initrd: ‣ Installing Debian");
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("a failed initrd fails the bake with its own step and lines, and the image does not wait forever", async () => {
+    const { dir, gate, run } = await setup();
+    const e = await tdxErrorOf(() => run("echo '‣ Installing Debian'; echo 'E: Unable to locate package nope' >&2; exit 100"));
+    expect(e.code).toBe("E_BAKE");
+    expect(e.message).toContain('mkosi (default initrd) failed during "initrd: Installing Debian" (exit 100)');
+    expect(e.message).toContain("Unable to locate package nope");
+    expect(readFileSync(gate.failed, "utf8")).toBe("");
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("a failed image stops the initrd run and is the one reported", async () => {
+    const { dir, run } = await setup();
+    const pidFile = path.join(dir, "initrd.pid");
+    const e = await tdxErrorOf(() => run(`echo $$ > ${pidFile}; echo '‣ Installing Debian'; exec sleep 60`, ["sh", "-c", "sleep 0.3; echo '‣ Installing Debian'; echo 'E: broken' >&2; exit 100"]));
+    expect(e.message).toContain('mkosi failed during "Installing Debian" (exit 100)');
+    expect(e.message).toContain("E: broken");
+    expect(alive(Number(readFileSync(pidFile, "utf8")))).toBe(false);
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("the initrd's package cache is seeded with links to the image's, keeping what it has and skipping partial downloads", async () => {
+    const dir = await tempDir("tdxvm-seed-");
+    const from = path.join(dir, "packages");
+    const to = path.join(dir, "packages-initrd");
+    await fs.mkdir(path.join(from, "cache/apt/archives/partial"), { recursive: true });
+    await fs.mkdir(path.join(from, "lib/apt/lists"), { recursive: true });
+    await fs.mkdir(path.join(to, "cache/apt/archives"), { recursive: true });
+    await fs.writeFile(path.join(from, "cache/apt/archives/a.deb"), "a from image");
+    await fs.writeFile(path.join(from, "cache/apt/archives/b.deb"), "b");
+    await fs.writeFile(path.join(from, "cache/apt/archives/partial/c.deb"), "half");
+    await fs.writeFile(path.join(from, "cache/apt/archives/lock"), "");
+    await fs.writeFile(path.join(from, "lib/apt/lists/trixie_Packages"), "lists");
+    await fs.writeFile(path.join(to, "cache/apt/archives/a.deb"), "a of its own");
+    await seedPackageCache(from, to);
+    expect(readFileSync(path.join(to, "cache/apt/archives/a.deb"), "utf8")).toBe("a of its own");
+    const [src, dst] = await Promise.all([fs.stat(path.join(from, "cache/apt/archives/b.deb")), fs.stat(path.join(to, "cache/apt/archives/b.deb"))]);
+    expect(dst.ino).toBe(src.ino); // a link, not a copy
+    expect(readFileSync(path.join(to, "lib/apt/lists/trixie_Packages"), "utf8")).toBe("lists");
+    await expect(fs.stat(path.join(to, "cache/apt/archives/partial/c.deb"))).rejects.toThrow(/ENOENT/);
+    await expect(fs.stat(path.join(to, "cache/apt/archives/lock"))).rejects.toThrow(/ENOENT/);
+    await fs.rm(dir, { recursive: true, force: true });
   });
 });
 
