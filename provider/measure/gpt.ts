@@ -11,6 +11,7 @@
  *   count of entries whose PartitionTypeGUID is not zero, then those entries in array order, each
  *   SizeOfPartitionEntry bytes.
  */
+import { crc32 as zlibCrc32 } from "node:zlib";
 import { ByteView, allBytesAre, guidToString, measurementError } from "./bytes";
 
 export const SECTOR_SIZE = 512;
@@ -19,21 +20,12 @@ export const GPT_SIGNATURE = "EFI PART";
 export const GPT_HEADER_SIZE = 92;
 const MIN_ENTRY_SIZE = 128;
 
-let crcTable: Uint32Array | undefined;
-
-/** CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), as UEFI uses for GPT. */
+/**
+ * CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), as UEFI uses for GPT; `seed` continues a
+ * previous CRC. zlib's (Node ≥ 20.15): the table-driven loop in JavaScript cost ~8 ms of a measure.
+ */
 export function crc32(data: Uint8Array, seed = 0): number {
-  if (!crcTable) {
-    crcTable = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      crcTable[n] = c >>> 0;
-    }
-  }
-  let crc = (seed ^ 0xffffffff) >>> 0;
-  for (let i = 0; i < data.length; i++) crc = crcTable[(crc ^ data[i]!) & 0xff]! ^ (crc >>> 8);
-  return (crc ^ 0xffffffff) >>> 0;
+  return zlibCrc32(data, seed) >>> 0;
 }
 
 export interface GptHeader {

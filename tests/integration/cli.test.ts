@@ -13,6 +13,7 @@ import { FlashbotsFileSchema, ConstellationSchema, parseMeasurements } from "../
 import type { BakeResult } from "../../provider/bake";
 import type { RegisterDiff } from "../../provider/measure/ledger";
 import type { CacheListing, PruneResult } from "../../provider/bake/cache";
+import { COMMANDS, commandNamed } from "../../provider/cli";
 
 jest.setTimeout(40 * 60_000);
 
@@ -37,6 +38,14 @@ describe("usage", () => {
     const h = await runTdxvm(["cache", "prune", "--help"]);
     expect(h.code).toBe(0);
     for (const o of ["--keep <n>", "--older-than <duration>", "--dry-run"]) expect(h.stdout).toContain(o);
+    // Only the command argv names is built; help without one lists them all.
+    const all = await runTdxvm(["--help"]);
+    for (const c of Object.keys(COMMANDS)) expect(all.stdout).toMatch(new RegExp(`^  ${c} `, "m"));
+    expect(Object.keys(COMMANDS).sort()).toEqual(["attest", "bake", "cache", "diff", "emit", "lock", "measure", "run", "verify"]);
+    const mh = await runTdxvm(["--cache-dir", dir, "-q", "measure", "--help"]);
+    expect([mh.code, mh.stdout]).toEqual([0, expect.stringContaining("Usage: tdxvm measure [options] [recipe]")]);
+    expect([commandNamed(["--cache-dir", "bake", "measure"]), commandNamed(["--cache-dir=/c", "-q", "cache", "ls"]), commandNamed(["--help"]), commandNamed(["mesure"]), commandNamed(["help", "bake"])])
+      .toEqual(["measure", "cache", undefined, undefined, undefined]);
     const typo = await runTdxvm(["mesure", EXAMPLE]);
     expect(typo.code).toBe(2);
     expect(typo.stderr).toContain("Did you mean measure?");

@@ -32,6 +32,8 @@ describe("crc32", () => {
       const b = randomBytes(n);
       expect(crc32(b)).toBe(zlib.crc32(b));
     }
+    const [a, b] = [randomBytes(100), randomBytes(37)];
+    expect(crc32(b, crc32(a))).toBe(crc32(Buffer.concat([a, b]))); // a seed continues a CRC
   });
 });
 
