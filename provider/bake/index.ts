@@ -340,11 +340,21 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
   // One mkosi at a time per cache: mkosi's incremental and metadata caches are shared and not
   // written atomically. If the previous holder died mid-build, those caches may be torn: drop them.
   const slot = cacheSlotKey(a);
+  // The initrd's reuse key: its argv without this bake's temp paths, the sandbox tree it installs
+  // with, the tools, and the state of its incremental cache.
+  const initrdKey = initrd && a.opts.incremental !== false
+    ? async () => initrdReuseKey(initrdCache, { argv: initrd.map((x) => x.split(inCache(a.tmp)).join("<tmp>")), sandbox: await dirDigest(path.join(a.emittedDir, "mkosi.sandbox")), tools: exec.versions })
+    : undefined;
   return withFileLock(path.join(a.cacheDir, "mkosi.lock"), async () => {
     await enterCacheSlot(mkcache, slot);
-    if (initrd) await seedPackageCache(pkgcache, initrdPkgcache);
     try {
-      return await runMkosi(a, exec, binds, mkosi, inCache, initrd);
+      // The same initrd as a previous bake built: put it at the gate, and skip its mkosi run.
+      const reused = initrdKey && (await reuseInitrd(initrdCache, await initrdKey(), gate));
+      if (initrd && !reused) await seedPackageCache(pkgcache, initrdPkgcache);
+      const r = await runMkosi(a, exec, binds, mkosi, inCache, reused ? undefined : initrd);
+      if (initrdKey && !reused) await keepInitrd(initrdCache, await initrdKey(), gate.initrd);
+      if (reused) r.mkosiSteps = { ...r.mkosiSteps, "initrd: reused a previous bake's default initrd": 0 };
+      return r;
     } finally {
       await leaveCacheSlot(mkcache, slot);
     }
@@ -412,7 +422,12 @@ export async function runMkosiBuilds(o: {
       const { gate, built } = o.initrd;
       progress.phase("mkosi build: image and default initrd, concurrently");
       const initrdRun = run("initrd: ", o.initrd.argv).then(async (r) => {
-        if (r.code === 0) await fs.rename(built, gate.initrd);
+        if (r.code === 0) {
+          await fs.rename(built, gate.initrd).catch(async (e: NodeJS.ErrnoException) => {
+            await fs.writeFile(gate.failed, "");
+            throw new TdxError("E_BAKE", `mkosi (default initrd) finished but its ${path.basename(built)} could not be put in place (${e.code ?? e.message})`, { hint: `See ${o.logFile}.`, details: { phase: "initrd: collect" } });
+          });
+        }
         await fs.writeFile(r.code === 0 ? gate.ready : gate.failed, "");
         return r;
       });
@@ -612,6 +627,70 @@ while [ ! -e "$gate/ready" ]; do
   sleep 0.2
 done
 `;
+
+/**
+ * Built default initrds, kept by reuse key: an unchanged initrd is not built again (its mkosi run,
+ * even from mkosi's incremental cache, took ~12 s beside the image and held up its UKI step).
+ * The key covers the run's argv (this bake's temp paths taken out), the sandbox tree, the tools
+ * versions and mkosi's incremental cache for the initrd: every top-level entry's inode and ctime,
+ * and the manifests' bytes. mkosi reusing that cache gives byte-identical initrds (measured
+ * 2026-11-28), and anything that makes it rebuild the cache changes the key. Kept: the newest
+ * MAX_KEPT_INITRDS.
+ */
+const KEPT_INITRDS = "outputs";
+export const MAX_KEPT_INITRDS = 4;
+
+export async function initrdReuseKey(initrdCache: string, inputs: { argv: string[]; sandbox: string; tools: Record<string, string> }): Promise<string> {
+  const state: string[][] = [];
+  for (const n of (await fs.readdir(initrdCache).catch(() => [] as string[])).sort()) {
+    if (n === KEPT_INITRDS) continue;
+    const st = await fs.lstat(path.join(initrdCache, n), { bigint: true });
+    state.push([n, String(st.ino), String(st.ctimeNs), n.endsWith(".manifest") && st.isFile() ? await fs.readFile(path.join(initrdCache, n), "utf8") : ""]);
+  }
+  return digestOf({ ...inputs, state }).slice("sha256:".length);
+}
+
+async function reuseInitrd(initrdCache: string, key: string, gate: ReturnType<typeof initrdGate>): Promise<boolean> {
+  const kept = path.join(initrdCache, KEPT_INITRDS, `${key}.cpio.zst`);
+  if (!existsSync(kept)) return false;
+  const tmp = `${gate.initrd}.${process.pid}.tmp`;
+  await fs.link(kept, tmp).catch(() => fs.copyFile(kept, tmp));
+  await fs.rename(tmp, gate.initrd);
+  await fs.writeFile(gate.ready, "");
+  const now = new Date();
+  await fs.utimes(kept, now, now);
+  return true;
+}
+
+async function keepInitrd(initrdCache: string, key: string, built: string): Promise<void> {
+  const dir = path.join(initrdCache, KEPT_INITRDS);
+  await fs.mkdir(dir, { recursive: true });
+  const tmp = path.join(dir, `.${key}.${process.pid}.tmp`);
+  await fs.link(built, tmp).catch(() => fs.copyFile(built, tmp));
+  await fs.rename(tmp, path.join(dir, `${key}.cpio.zst`));
+  const all = await Promise.all((await fs.readdir(dir)).filter((n) => n.endsWith(".cpio.zst")).map(async (n) => ({ n, t: (await fs.stat(path.join(dir, n))).mtimeMs })));
+  for (const old of all.sort((x, y) => y.t - x.t).slice(MAX_KEPT_INITRDS)) await fs.rm(path.join(dir, old.n), { force: true });
+}
+
+/** SHA-256 over a directory's files (relative path, mode, bytes or link target), in path order. */
+export async function dirDigest(dir: string): Promise<string> {
+  const h = createHash("sha256");
+  const walk = async (rel: string): Promise<void> => {
+    const entries = (await fs.readdir(path.join(dir, rel), { withFileTypes: true }).catch(() => [])).sort((x, y) => (x.name < y.name ? -1 : 1));
+    for (const e of entries) {
+      const r = path.posix.join(rel, e.name);
+      const abs = path.join(dir, r);
+      const st = await fs.lstat(abs);
+      h.update(`${JSON.stringify(r)} ${st.mode}\n`);
+      if (e.isDirectory()) await walk(r);
+      else if (e.isSymbolicLink()) h.update(await fs.readlink(abs));
+      else if (e.isFile()) h.update(await fs.readFile(abs));
+      h.update("\0");
+    }
+  };
+  await walk("");
+  return h.digest("hex");
+}
 
 /**
  * The initrd run's own package cache: mkosi runs apt with Debug::NoLocking=true, so two concurrent

@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, gzipParallel, MiB } from "../../provider/bake/convert";
 import { parseGpt } from "../../provider/measure/gpt";
 import { limaArgv } from "../../provider/bake/lima";
-import { isStepLine, runMkosiBuilds, initrdGate, INITRD_GATE_SCRIPT, seedPackageCache } from "../../provider/bake";
+import { isStepLine, runMkosiBuilds, initrdGate, INITRD_GATE_SCRIPT, seedPackageCache, initrdReuseKey, dirDigest } from "../../provider/bake";
 import { Progress } from "../../provider/bake/progress";
 import { sandboxArgv, sandboxScript } from "../../provider/bake/sandbox";
 import { acquire, withFileLock } from "../../provider/bake/filelock";
@@ -251,6 +251,15 @@ describe("mkosi runs: the default initrd beside the image", () => {
     await fs.rm(dir, { recursive: true, force: true });
   });
 
+  it("an initrd run that succeeds without writing its initrd is an E_BAKE, not a hung image", async () => {
+    const { dir, gate, run } = await setup();
+    const e = await tdxErrorOf(() => run("echo '‣ Installing Debian'; exit 0"));
+    expect(e.code).toBe("E_BAKE");
+    expect(e.message).toMatch(/mkosi \(default initrd\) finished but its built\.cpio\.zst could not be put in place \(ENOENT\)/);
+    expect(readFileSync(gate.initrd, "utf8")).toBe(""); // the placeholder, never a half-written initrd
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
   it("a failed image stops the initrd run and is the one reported", async () => {
     const { dir, run } = await setup();
     const pidFile = path.join(dir, "initrd.pid");
@@ -258,6 +267,34 @@ describe("mkosi runs: the default initrd beside the image", () => {
     expect(e.message).toContain('mkosi failed during "Installing Debian" (exit 100)');
     expect(e.message).toContain("E: broken");
     expect(alive(Number(readFileSync(pidFile, "utf8")))).toBe(false);
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("an initrd is reused only while its argv, sandbox tree, tools and mkosi's incremental cache are unchanged", async () => {
+    const dir = await tempDir("tdxvm-initrdkey-");
+    const cache = path.join(dir, "mkosi-initrd-cache");
+    await fs.mkdir(path.join(cache, "debian~trixie~x86-64.cache"), { recursive: true });
+    await fs.writeFile(path.join(cache, "debian~trixie~x86-64.manifest"), '{"packages": ["a"]}');
+    const sandbox = path.join(dir, "mkosi.sandbox");
+    await fs.mkdir(path.join(sandbox, "etc/apt"), { recursive: true });
+    await fs.writeFile(path.join(sandbox, "etc/apt/sources.list"), "deb http://deb.debian.org/debian trixie main\n");
+    const inputs = async () => ({ argv: ["mkosi", "--hostname", "vm", "--output-directory", "<tmp>/initrd"], sandbox: await dirDigest(sandbox), tools: { mkosi: "25.3" } });
+    const key = await initrdReuseKey(cache, await inputs());
+    await fs.mkdir(path.join(cache, "outputs"), { recursive: true });
+    await fs.writeFile(path.join(cache, "outputs", `${key}.cpio.zst`), "kept"); // the kept outputs are not part of the state
+    expect(await initrdReuseKey(cache, await inputs())).toBe(key);
+    expect(await initrdReuseKey(cache, { ...(await inputs()), argv: ["mkosi", "--hostname", "other"] })).not.toBe(key);
+    expect(await initrdReuseKey(cache, { ...(await inputs()), tools: { mkosi: "25.4" } })).not.toBe(key);
+    await fs.writeFile(path.join(sandbox, "etc/apt/sources.list"), "deb http://snapshot.debian.org/archive/debian/20261101T000000Z trixie main\n");
+    const moved = await initrdReuseKey(cache, await inputs());
+    expect(moved).not.toBe(key);
+    // mkosi rebuilt its cache (a new tree renamed into place), or wrote another manifest
+    await fs.rename(path.join(cache, "debian~trixie~x86-64.cache"), path.join(dir, "old"));
+    await fs.mkdir(path.join(cache, "debian~trixie~x86-64.cache"));
+    const rebuilt = await initrdReuseKey(cache, await inputs());
+    expect(rebuilt).not.toBe(moved);
+    await fs.writeFile(path.join(cache, "debian~trixie~x86-64.manifest"), '{"packages": ["a", "b"]}');
+    expect(await initrdReuseKey(cache, await inputs())).not.toBe(rebuilt);
     await fs.rm(dir, { recursive: true, force: true });
   });
 
