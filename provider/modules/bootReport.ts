@@ -4,6 +4,10 @@
  * between markers, at every boot. `tdxvm run` and the ground-truth tests read it
  * (parseGuestReport) to hold tdxvm's predictions against what the booted VM reports.
  *
+ * It runs after systemd-pcrphase.service has extended PCR 11 with the "ready" phase: ordered only
+ * after sysinit.target, it raced that extension and read PCR 11 with or without it (a ground-truth
+ * boot under load reported the value without "ready", 2026-11-28).
+ *
  * The console must carry nothing else while the report prints, or lines interleave: systemd's
  * status output is switched off (ShowStatus=no) and the report runs before the serial getty.
  * The report is for development and CI images: it reveals nothing secret (PCRs and event logs
@@ -35,7 +39,7 @@ ${opts.powerOff ? "systemctl poweroff --no-block\n" : ""}`;
 
 export const REPORT_UNIT = `[Unit]
 Description=Print measured-boot state on the serial console
-After=sysinit.target dev-tpmrm0.device
+After=sysinit.target dev-tpmrm0.device systemd-pcrphase.service
 Wants=dev-tpmrm0.device
 Before=getty.target serial-getty@ttyS0.service
 
@@ -49,7 +53,7 @@ WantedBy=multi-user.target
 
 export class BootReport implements TdxModule {
   readonly name = "boot-report";
-  readonly version = "1";
+  readonly version = "2";
   constructor(private readonly opts: { powerOff?: boolean } = {}) {}
 
   install(img: Image): void {
