@@ -15,6 +15,7 @@ import { digestOf } from "../recipe/digest";
 import { DEFAULT_PROFILE, resolveProfile } from "../recipe/resolve";
 import { Target, RootFs } from "../recipe/schema";
 import { treeDigest, BASE_PACKAGES } from "../compile";
+import { linkOrCopy } from "../lock/files";
 import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, LOCK_FILE } from "../lock";
 import { emitRecipe, compileRecipe, defaultCacheDir, ProjectContext } from "../pipeline";
 import { writeTree } from "../compile/write";
@@ -227,7 +228,7 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
       out.artifacts = [];
       for (const a of result.artifacts) {
         const dst = path.join(outDir, path.basename(a.path));
-        if (!existsSync(dst)) await fs.link(a.path, dst).catch(() => fs.copyFile(a.path, dst));
+        if (!existsSync(dst)) await linkOrCopy(a.path, dst);
         out.artifacts.push({ ...a, path: dst, cachePath: a.path });
       }
       out.durations = { ...out.durations, ...progress.done() };
@@ -252,7 +253,8 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
         // could be another image's by the time mkosi starts — built under this image's key.
         const tree = path.join(tmp, "tree");
         await writeTree(emitted.tree, tree);
-        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree });
+        const sandboxDigest = treeDigest(new Map([...emitted.tree].filter(([p]) => p.startsWith("mkosi.sandbox/"))));
+        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree, sandboxDigest });
         const final: BakeResult = {
           ...result, key, cacheHit: false, recipeDigest: emitted.lock.recipe.profiles[profile], lockIntegrity: emitted.lock.integrity, treeDigest: tDigest,
           artifacts: result.artifacts.map((a) => ({ ...a, path: path.join(entry, path.relative(tmp, a.path)) })),
@@ -286,6 +288,8 @@ async function readEntry(entry: string): Promise<BakeResult | undefined> {
 interface BuildArgs {
   ctx: ProjectContext; opts: BakeOptions; exec: Executor; profile: string; targets: Target[];
   tmp: string; cacheDir: string; logFile: string; progress: Progress; emittedDir: string;
+  /** treeDigest of the emitted tree's mkosi.sandbox/ (the apt sources both mkosi runs install with). */
+  sandboxDigest: string;
 }
 
 async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
@@ -343,16 +347,17 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
   // The initrd's reuse key: its argv without this bake's temp paths, the sandbox tree it installs
   // with, the tools, and the state of its incremental cache.
   const initrdKey = initrd && a.opts.incremental !== false
-    ? async () => initrdReuseKey(initrdCache, { argv: initrd.map((x) => x.split(inCache(a.tmp)).join("<tmp>")), sandbox: await dirDigest(path.join(a.emittedDir, "mkosi.sandbox")), tools: exec.versions })
+    ? async () => initrdReuseKey(initrdCache, { argv: initrd.map((x) => x.split(inCache(a.tmp)).join("<tmp>")), sandbox: a.sandboxDigest, tools: exec.versions })
     : undefined;
   return withFileLock(path.join(a.cacheDir, "mkosi.lock"), async () => {
     await enterCacheSlot(mkcache, slot);
     try {
       // The same initrd as a previous bake built: put it at the gate, and skip its mkosi run.
-      const reused = initrdKey && (await reuseInitrd(initrdCache, await initrdKey(), gate));
+      // Both best effort: a kept initrd that cannot be used is a miss, one that cannot be kept is not kept.
+      const reused = initrdKey && (await reuseInitrd(initrdCache, await initrdKey(), gate).catch(() => false));
       if (initrd && !reused) await seedPackageCache(pkgcache, initrdPkgcache);
-      const r = await runMkosi(a, exec, binds, mkosi, inCache, reused ? undefined : initrd);
-      if (initrdKey && !reused) await keepInitrd(initrdCache, await initrdKey(), gate.initrd);
+      const r = await runMkosi(a, exec, binds, mkosi, inCache, reused ? undefined : initrd && { argv: initrd, gate });
+      if (initrdKey && !reused) await keepInitrd(initrdCache, await initrdKey(), gate.initrd).catch(() => undefined);
       if (reused) r.mkosiSteps = { ...r.mkosiSteps, "initrd: reused a previous bake's default initrd": 0 };
       return r;
     } finally {
@@ -457,11 +462,11 @@ export async function runMkosiBuilds(o: {
   return steps;
 }
 
-async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: string[], inCache: (p: string) => string, initrd: string[] | undefined): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
+async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: string[], inCache: (p: string) => string, initrd: { argv: string[]; gate: ReturnType<typeof initrdGate> } | undefined): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
   const t0 = Date.now();
   const steps = await runMkosiBuilds({
     argv: (cmd) => exec.argv(cmd, binds), image: mkosi,
-    initrd: initrd && { argv: initrd, built: path.join(a.tmp, "initrd", "initrd.cpio.zst"), gate: initrdGate(a.emittedDir) },
+    initrd: initrd && { ...initrd, built: path.join(a.tmp, "initrd", "initrd.cpio.zst") },
     logFile: a.logFile, progress: a.progress, timeoutMs: a.opts.timeoutMs ?? 2 * 3600_000,
   });
   const mkosiSeconds = (Date.now() - t0) / 1000;
@@ -601,8 +606,13 @@ async function leaveCacheSlot(mkcache: string, slot: string): Promise<void> {
   for (const n of MAIN_CACHE_ENTRIES) await fs.rename(path.join(mkcache, n), path.join(dir, n)).catch(() => undefined);
   const now = new Date();
   await fs.utimes(dir, now, now);
-  const all = await Promise.all((await fs.readdir(slots)).map(async (n) => ({ n, t: (await fs.stat(path.join(slots, n))).mtimeMs })));
-  for (const old of all.sort((x, y) => y.t - x.t).slice(MAX_CACHE_SLOTS)) await fs.rm(path.join(slots, old.n), { recursive: true, force: true });
+  await keepNewest(slots, MAX_CACHE_SLOTS);
+}
+
+/** Remove all but the `n` most recently modified entries of `dir` (those `only` selects, if given). */
+async function keepNewest(dir: string, n: number, only: (name: string) => boolean = () => true): Promise<void> {
+  const all = await Promise.all((await fs.readdir(dir)).filter(only).map(async (name) => ({ name, t: (await fs.stat(path.join(dir, name))).mtimeMs })));
+  for (const old of all.sort((x, y) => y.t - x.t).slice(n)) await fs.rm(path.join(dir, old.name), { recursive: true, force: true });
 }
 
 /**
@@ -654,7 +664,7 @@ async function reuseInitrd(initrdCache: string, key: string, gate: ReturnType<ty
   const kept = path.join(initrdCache, KEPT_INITRDS, `${key}.cpio.zst`);
   if (!existsSync(kept)) return false;
   const tmp = `${gate.initrd}.${process.pid}.tmp`;
-  await fs.link(kept, tmp).catch(() => fs.copyFile(kept, tmp));
+  await linkOrCopy(kept, tmp);
   await fs.rename(tmp, gate.initrd);
   await fs.writeFile(gate.ready, "");
   const now = new Date();
@@ -666,30 +676,9 @@ async function keepInitrd(initrdCache: string, key: string, built: string): Prom
   const dir = path.join(initrdCache, KEPT_INITRDS);
   await fs.mkdir(dir, { recursive: true });
   const tmp = path.join(dir, `.${key}.${process.pid}.tmp`);
-  await fs.link(built, tmp).catch(() => fs.copyFile(built, tmp));
+  await linkOrCopy(built, tmp);
   await fs.rename(tmp, path.join(dir, `${key}.cpio.zst`));
-  const all = await Promise.all((await fs.readdir(dir)).filter((n) => n.endsWith(".cpio.zst")).map(async (n) => ({ n, t: (await fs.stat(path.join(dir, n))).mtimeMs })));
-  for (const old of all.sort((x, y) => y.t - x.t).slice(MAX_KEPT_INITRDS)) await fs.rm(path.join(dir, old.n), { force: true });
-}
-
-/** SHA-256 over a directory's files (relative path, mode, bytes or link target), in path order. */
-export async function dirDigest(dir: string): Promise<string> {
-  const h = createHash("sha256");
-  const walk = async (rel: string): Promise<void> => {
-    const entries = (await fs.readdir(path.join(dir, rel), { withFileTypes: true }).catch(() => [])).sort((x, y) => (x.name < y.name ? -1 : 1));
-    for (const e of entries) {
-      const r = path.posix.join(rel, e.name);
-      const abs = path.join(dir, r);
-      const st = await fs.lstat(abs);
-      h.update(`${JSON.stringify(r)} ${st.mode}\n`);
-      if (e.isDirectory()) await walk(r);
-      else if (e.isSymbolicLink()) h.update(await fs.readlink(abs));
-      else if (e.isFile()) h.update(await fs.readFile(abs));
-      h.update("\0");
-    }
-  };
-  await walk("");
-  return h.digest("hex");
+  await keepNewest(dir, MAX_KEPT_INITRDS, (n) => n.endsWith(".cpio.zst"));
 }
 
 /**
@@ -705,7 +694,7 @@ export async function seedPackageCache(from: string, to: string): Promise<void> 
       const r = path.join(rel, e.name);
       if (e.isDirectory()) { if (e.name !== "partial") await walk(r); continue; }
       if (!e.isFile() || e.name === "lock" || existsSync(path.join(to, r))) continue;
-      await fs.link(path.join(from, r), path.join(to, r)).catch(() => fs.copyFile(path.join(from, r), path.join(to, r)));
+      await linkOrCopy(path.join(from, r), path.join(to, r));
     }
   };
   await walk("");

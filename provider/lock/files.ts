@@ -13,6 +13,11 @@ export function stableJson(value: unknown): string {
   return JSON.stringify(sort(value), null, 2) + "\n";
 }
 
+/** A hard link to `src` at `dst`, or a copy where a link cannot be made (another file system). */
+export async function linkOrCopy(src: string, dst: string): Promise<void> {
+  await fs.link(src, dst).catch(() => fs.copyFile(src, dst));
+}
+
 /** Write a file atomically: temp file in the same directory, fsync, rename. */
 export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
   await fs.mkdir(path.dirname(file), { recursive: true });

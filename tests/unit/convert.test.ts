@@ -6,7 +6,8 @@ import { randomBytes } from "node:crypto";
 import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, gzipParallel, MiB } from "../../provider/bake/convert";
 import { parseGpt } from "../../provider/measure/gpt";
 import { limaArgv } from "../../provider/bake/lima";
-import { isStepLine, runMkosiBuilds, initrdGate, INITRD_GATE_SCRIPT, seedPackageCache, initrdReuseKey, dirDigest } from "../../provider/bake";
+import { isStepLine, runMkosiBuilds, initrdGate, INITRD_GATE_SCRIPT, seedPackageCache, initrdReuseKey } from "../../provider/bake";
+import { treeDigest } from "../../provider/compile";
 import { Progress } from "../../provider/bake/progress";
 import { sandboxArgv, sandboxScript } from "../../provider/bake/sandbox";
 import { acquire, withFileLock } from "../../provider/bake/filelock";
@@ -275,17 +276,16 @@ describe("mkosi runs: the default initrd beside the image", () => {
     const cache = path.join(dir, "mkosi-initrd-cache");
     await fs.mkdir(path.join(cache, "debian~trixie~x86-64.cache"), { recursive: true });
     await fs.writeFile(path.join(cache, "debian~trixie~x86-64.manifest"), '{"packages": ["a"]}');
-    const sandbox = path.join(dir, "mkosi.sandbox");
-    await fs.mkdir(path.join(sandbox, "etc/apt"), { recursive: true });
-    await fs.writeFile(path.join(sandbox, "etc/apt/sources.list"), "deb http://deb.debian.org/debian trixie main\n");
-    const inputs = async () => ({ argv: ["mkosi", "--hostname", "vm", "--output-directory", "<tmp>/initrd"], sandbox: await dirDigest(sandbox), tools: { mkosi: "25.3" } });
+    // The emitted tree's mkosi.sandbox/ entries, digested as bake() does.
+    const sandbox = new Map([["mkosi.sandbox/etc/apt/sources.list", { mode: 0o644, data: Buffer.from("deb http://deb.debian.org/debian trixie main\n") }]]);
+    const inputs = async () => ({ argv: ["mkosi", "--hostname", "vm", "--output-directory", "<tmp>/initrd"], sandbox: treeDigest(sandbox), tools: { mkosi: "25.3" } });
     const key = await initrdReuseKey(cache, await inputs());
     await fs.mkdir(path.join(cache, "outputs"), { recursive: true });
     await fs.writeFile(path.join(cache, "outputs", `${key}.cpio.zst`), "kept"); // the kept outputs are not part of the state
     expect(await initrdReuseKey(cache, await inputs())).toBe(key);
     expect(await initrdReuseKey(cache, { ...(await inputs()), argv: ["mkosi", "--hostname", "other"] })).not.toBe(key);
     expect(await initrdReuseKey(cache, { ...(await inputs()), tools: { mkosi: "25.4" } })).not.toBe(key);
-    await fs.writeFile(path.join(sandbox, "etc/apt/sources.list"), "deb http://snapshot.debian.org/archive/debian/20261101T000000Z trixie main\n");
+    sandbox.set("mkosi.sandbox/etc/apt/sources.list", { mode: 0o644, data: Buffer.from("deb http://snapshot.debian.org/archive/debian/20261101T000000Z trixie main\n") });
     const moved = await initrdReuseKey(cache, await inputs());
     expect(moved).not.toBe(key);
     // mkosi rebuilt its cache (a new tree renamed into place), or wrote another manifest
