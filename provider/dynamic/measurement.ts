@@ -7,6 +7,7 @@
  * Measuring is pure: update recomputes in place, delete has nothing to remove.
  */
 import { createHash } from "node:crypto";
+import { promises as fs } from "node:fs";
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { digestOf } from "../recipe/digest";
@@ -81,8 +82,26 @@ function need(a: MeasurementArgsT, key: string): ArtifactOut {
   return x;
 }
 
-async function fileSha256(p: string, what: string): Promise<string> {
-  return createHash("sha256").update(await readMeasureInput(p, what)).digest("hex");
+/**
+ * Digests of files a measurement key covers (the firmware, a captured CCEL), remembered per process
+ * by the file's identity, size and times: a preview checks every measurement of a stack in one
+ * provider host, and each rtmr measurement read and hashed the same 4 MiB OVMF again (~30 ms).
+ * A file written since has another ctime (or inode); one written between the stat and the read is
+ * remembered under the older stamp, so the next call hashes it again. The kernel stamps times from
+ * a coarse clock (a few ms), so two writes close together may share one: a file changed less than
+ * RECENT_NS ago is not remembered (git's "racily clean" entries, the same problem).
+ */
+const fileDigests = new Map<string, { stamp: string; sha256: string }>();
+const RECENT_NS = 2_000_000_000n;
+
+export async function fileSha256(p: string, what: string): Promise<string> {
+  const st = await fs.stat(p, { bigint: true }).catch(() => undefined);
+  const stamp = st?.isFile() && BigInt(Date.now()) * 1_000_000n - st.ctimeNs > RECENT_NS ? `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}` : undefined;
+  const known = fileDigests.get(p);
+  if (stamp && known?.stamp === stamp) return known.sha256;
+  const sha256 = createHash("sha256").update(await readMeasureInput(p, what)).digest("hex");
+  if (stamp) fileDigests.set(p, { stamp, sha256 });
+  return sha256;
 }
 
 export async function measurementKey(a: MeasurementArgsT): Promise<string> {

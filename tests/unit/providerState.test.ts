@@ -9,7 +9,8 @@ import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { imageProvider } from "../../provider/dynamic/image";
-import { measurementProvider } from "../../provider/dynamic/measurement";
+import { measurementProvider, fileSha256 } from "../../provider/dynamic/measurement";
+import { createHash } from "node:crypto";
 import { qemuVmProvider } from "../../provider/dynamic/qemuVm";
 import { attestationProvider } from "../../provider/dynamic/attestation";
 import { gateProvider } from "../../provider/dynamic/gate";
@@ -118,5 +119,39 @@ describe("missing measurement inputs are E_MEASUREMENT", () => {
     const r = await measurementProvider.check({}, { image: { artifacts: artifacts() }, backend: "rtmr", firmware: path.join(dir, "firmware-dir"), cacheDir: dir });
     expect(r.failures?.map((f) => f.reason.split(":")[0])).toEqual(["E_MEASUREMENT"]);
     expect(r.failures?.[0]?.reason).toMatch(/firmware .*firmware-dir \(it is a directory\)/);
+  });
+});
+
+describe("digests of files a measurement key covers", () => {
+  it("are read once while the file is unchanged, again after any write or replacement, and every time while just written", async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "tdxvm-fwdigest-"));
+    const fw = path.join(dir, "OVMF.fd");
+    const hex = (s: string) => createHash("sha256").update(s).digest("hex");
+    const reads = jest.spyOn(fs, "readFile");
+    const readsOfFw = () => reads.mock.calls.filter(([f]) => f === fw).length;
+    const settle = () => new Promise((r) => setTimeout(r, 2100)); // older than the coarse-clock window
+    try {
+      await fs.writeFile(fw, "firmware A");
+      expect(await fileSha256(fw, "firmware")).toBe(hex("firmware A"));
+      expect(await fileSha256(fw, "firmware")).toBe(hex("firmware A"));
+      expect(readsOfFw()).toBe(2); // just written: not remembered
+      await settle();
+      expect(await fileSha256(fw, "firmware")).toBe(hex("firmware A"));
+      expect(await fileSha256(fw, "firmware")).toBe(hex("firmware A"));
+      expect(readsOfFw()).toBe(3); // settled: read once
+      await fs.writeFile(fw, "firmware B"); // same size, written in place
+      expect(await fileSha256(fw, "firmware")).toBe(hex("firmware B"));
+      await fs.writeFile(path.join(dir, "new"), "firmware C");
+      await fs.rename(path.join(dir, "new"), fw); // replaced by another file
+      await settle();
+      expect(await fileSha256(fw, "firmware")).toBe(hex("firmware C"));
+      expect(await fileSha256(fw, "firmware")).toBe(hex("firmware C"));
+      expect(readsOfFw()).toBe(5);
+      await fs.rm(fw);
+      await expect(fileSha256(fw, "firmware")).rejects.toMatchObject({ code: "E_MEASUREMENT" });
+    } finally {
+      reads.mockRestore();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });
