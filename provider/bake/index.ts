@@ -660,24 +660,36 @@ export async function initrdReuseKey(initrdCache: string, inputs: { argv: string
   return digestOf({ ...inputs, state }).slice("sha256:".length);
 }
 
-async function reuseInitrd(initrdCache: string, key: string, gate: ReturnType<typeof initrdGate>): Promise<boolean> {
+/** Put the initrd kept under `key` at the gate and open it; false when none is kept. Throws if it cannot (the caller takes that as a miss). */
+export async function reuseInitrd(initrdCache: string, key: string, gate: ReturnType<typeof initrdGate>): Promise<boolean> {
   const kept = path.join(initrdCache, KEPT_INITRDS, `${key}.cpio.zst`);
   if (!existsSync(kept)) return false;
-  const tmp = `${gate.initrd}.${process.pid}.tmp`;
-  await linkOrCopy(kept, tmp);
-  await fs.rename(tmp, gate.initrd);
-  await fs.writeFile(gate.ready, "");
   const now = new Date();
-  await fs.utimes(kept, now, now);
+  await fs.utimes(kept, now, now); // the newest is kept longest
+  const tmp = `${gate.initrd}.${process.pid}.tmp`;
+  try {
+    await linkOrCopy(kept, tmp);
+    await fs.rename(tmp, gate.initrd);
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
+  await fs.writeFile(gate.ready, ""); // last: the image's UKI step takes the initrd once this exists
   return true;
 }
 
-async function keepInitrd(initrdCache: string, key: string, built: string): Promise<void> {
+/** Keep a built initrd under `key` (the newest MAX_KEPT_INITRDS stay). Throws if it cannot, leaving nothing half-written. */
+export async function keepInitrd(initrdCache: string, key: string, built: string): Promise<void> {
   const dir = path.join(initrdCache, KEPT_INITRDS);
   await fs.mkdir(dir, { recursive: true });
   const tmp = path.join(dir, `.${key}.${process.pid}.tmp`);
-  await linkOrCopy(built, tmp);
-  await fs.rename(tmp, path.join(dir, `${key}.cpio.zst`));
+  try {
+    await linkOrCopy(built, tmp);
+    await fs.rename(tmp, path.join(dir, `${key}.cpio.zst`));
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
   await keepNewest(dir, MAX_KEPT_INITRDS, (n) => n.endsWith(".cpio.zst"));
 }
 

@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, gzipParallel, MiB } from "../../provider/bake/convert";
 import { parseGpt } from "../../provider/measure/gpt";
 import { limaArgv } from "../../provider/bake/lima";
-import { isStepLine, runMkosiBuilds, initrdGate, INITRD_GATE_SCRIPT, seedPackageCache, initrdReuseKey } from "../../provider/bake";
+import { isStepLine, runMkosiBuilds, initrdGate, INITRD_GATE_SCRIPT, seedPackageCache, initrdReuseKey, keepInitrd, reuseInitrd, MAX_KEPT_INITRDS } from "../../provider/bake";
 import { treeDigest } from "../../provider/compile";
 import { Progress } from "../../provider/bake/progress";
 import { sandboxArgv, sandboxScript } from "../../provider/bake/sandbox";
@@ -295,6 +295,42 @@ describe("mkosi runs: the default initrd beside the image", () => {
     expect(rebuilt).not.toBe(moved);
     await fs.writeFile(path.join(cache, "debian~trixie~x86-64.manifest"), '{"packages": ["a", "b"]}');
     expect(await initrdReuseKey(cache, await inputs())).not.toBe(rebuilt);
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("built initrds are kept by key (the newest few), and a kept one goes to the gate and opens it", async () => {
+    const dir = await tempDir("tdxvm-keep-");
+    const cache = path.join(dir, "mkosi-initrd-cache");
+    const gate = initrdGate(path.join(dir, "tree"));
+    await fs.mkdir(gate.dir, { recursive: true });
+    await fs.writeFile(gate.initrd, ""); // the placeholder
+    expect(await reuseInitrd(cache, "k0", gate)).toBe(false); // nothing kept yet: a miss, gate shut
+    expect(readFileSync(gate.initrd, "utf8")).toBe("");
+    await expect(fs.stat(gate.ready)).rejects.toThrow(/ENOENT/);
+    // A failure keeps nothing, not even a temp file.
+    await expect(keepInitrd(cache, "kx", path.join(dir, "no-such-initrd"))).rejects.toThrow(/ENOENT/);
+    expect(await fs.readdir(path.join(cache, "outputs"))).toEqual([]);
+    // Each bake's initrd is its own file (kept as a hard link: one inode, one mtime).
+    const buildOne = async (k: string) => {
+      const f = path.join(dir, `${k}.cpio.zst`);
+      await fs.writeFile(f, "initrd bytes");
+      await keepInitrd(cache, k, f);
+    };
+    for (let i = 0; i <= MAX_KEPT_INITRDS; i++) {
+      await buildOne(`k${i}`);
+      const t = new Date(Date.now() - (MAX_KEPT_INITRDS + 1 - i) * 60_000); // k0 oldest, all older than what follows
+      await fs.utimes(path.join(cache, "outputs", `k${i}.cpio.zst`), t, t);
+    }
+    await buildOne("k9");
+    expect((await fs.readdir(path.join(cache, "outputs"))).sort()).toEqual(["k2.cpio.zst", "k3.cpio.zst", "k4.cpio.zst", "k9.cpio.zst"]);
+    expect(await reuseInitrd(cache, "k3", gate)).toBe(true);
+    expect(readFileSync(gate.initrd, "utf8")).toBe("initrd bytes");
+    await fs.stat(gate.ready);
+    expect((await fs.readdir(gate.dir)).sort()).toEqual(["initrd.cpio.zst", "ready"]);
+    // Reusing refreshes it: k3 is now the newest and outlives the others.
+    await buildOne("k10");
+    await buildOne("k11");
+    expect((await fs.readdir(path.join(cache, "outputs"))).sort()).toEqual(["k10.cpio.zst", "k11.cpio.zst", "k3.cpio.zst", "k9.cpio.zst"]);
     await fs.rm(dir, { recursive: true, force: true });
   });
 
