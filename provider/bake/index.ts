@@ -6,8 +6,7 @@
  * built in a temp dir and renamed; a file lock per key makes concurrent bakes of one key build
  * once; a killed bake leaves only its temp dir, which the next bake of that key removes.
  */
-import { createHash } from "node:crypto";
-import { createReadStream, promises as fs, existsSync } from "node:fs";
+import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
 import { execFileSync } from "node:child_process";
 import { TdxError } from "../errors";
@@ -29,6 +28,7 @@ import { limaArgv } from "./lima";
 import { readDiskHead, readUkiCmdline } from "../measure/api";
 import { rootHashOf } from "../measure/boot";
 import { parseGpt } from "../measure/gpt";
+import { hashFile } from "../measure/hashjobs";
 
 export const BAKE_VERSION = 3;
 export const REPORT_VERSION = 1;
@@ -84,14 +84,14 @@ export function artifact(r: BakeResult, target: Artifact["target"], kind?: strin
   return r.artifacts.find((a) => a.target === target && (kind === undefined || a.kind === kind));
 }
 
+/** An artifact's sha256 and size: hashed off this thread, in constant memory (hashjobs.js hashFile). */
 async function sha256File(file: string): Promise<{ sha256: string; size: number }> {
-  const h = createHash("sha256");
-  let size = 0;
-  for await (const c of createReadStream(file, { highWaterMark: 4 * 1024 * 1024 })) {
-    h.update(c as Buffer);
-    size += (c as Buffer).length;
+  try {
+    const { digest, size } = await hashFile(file, "sha256");
+    return { sha256: digest.toString("hex"), size };
+  } catch (e) {
+    throw new TdxError("E_BAKE", `cannot hash the artifact ${file}: ${(e as Error).message}`, { hint: "Check the disk (space, I/O errors) and bake again." });
   }
-  return { sha256: h.digest("hex"), size };
 }
 
 /** systemd-stub writes "#### LoaderInfo: systemd-stub <version> ####" into its .sdmagic section. */

@@ -30,3 +30,8 @@ export function jobBytes(job: HashJob): number;
  * ended before it was used is replaced. Returns it (undefined on a worker thread).
  */
 export function prewarm(): import("node:worker_threads").Worker | undefined;
+/**
+ * A whole file's digest and size, hashed on a worker thread of its own (this thread stays free) in
+ * constant memory. The size is that of the file as opened.
+ */
+export function hashFile(file: string, alg?: HashAlg): Promise<{ digest: Buffer; size: number }>;

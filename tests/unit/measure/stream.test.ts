@@ -15,7 +15,7 @@ import { bootEvents, bootEventsAsync, BootImage } from "../../../provider/measur
 import { measureBoot, ukiSelectedSections } from "../../../provider/measure";
 import { ukiDigests, MAX_CMDLINE } from "../../../provider/measure/stream";
 import { readUkiCmdline } from "../../../provider/measure/api";
-import { runJobs, runJobsParallel, prewarm, HashJob, HashPiece } from "../../../provider/measure/hashjobs";
+import { runJobs, runJobsParallel, prewarm, hashFile, HashJob, HashPiece } from "../../../provider/measure/hashjobs";
 import { spawnSync } from "node:child_process";
 import { buildPe, BuildSection, peOffsets } from "./pe-builder";
 import { tempDir, tdxErrorOf } from "../../helpers";
@@ -328,6 +328,28 @@ describe("hash jobs", () => {
       const r = spawnSync(process.execPath, ["-e", `const hj = require(${JSON.stringify(hashjobs)}); hj.prewarm(); (async () => { ${use} })();`], { encoding: "utf8", timeout: 20_000 });
       expect({ status: r.status, signal: r.signal, out: r.stdout.trim() }).toEqual({ status: 0, signal: null, out: use ? "2" : "" });
     }
+  });
+
+  it("hashFile: a whole file's digest and size, hashed on a worker while this thread's event loop keeps turning", async () => {
+    const big = bytes(24 * MiB + 5, "hashFile");
+    const files = { empty: await writeTemp(Buffer.alloc(0), "empty.bin"), small: await writeTemp(source.subarray(0, 1000), "small.bin"), big: await writeTemp(big, "big.bin") };
+    const want = { empty: Buffer.alloc(0), small: source.subarray(0, 1000), big };
+    for (const k of ["empty", "small", "big"] as const) {
+      for (const alg of ["sha256", "sha384"] as const) {
+        const r = await hashFile(files[k], alg);
+        expect({ digest: r.digest.toString("hex"), size: r.size }).toEqual({ digest: createHash(alg).update(want[k]).digest("hex"), size: want[k].length });
+      }
+    }
+    // Off this thread: timers fire before the digest of 24 MiB arrives (a hash on this thread would let none through).
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    try {
+      const ticksWhenDone = await hashFile(files.big).then(() => ticks);
+      expect(ticksWhenDone).toBeGreaterThan(0);
+    } finally {
+      clearInterval(timer);
+    }
+    await expect(hashFile(path.join(path.dirname(files.big), "missing.bin"))).rejects.toThrow(/ENOENT/);
   });
 
   it("rejects malformed jobs", () => {
