@@ -234,3 +234,9 @@ export function parseDuration(text: string): number {
   if (!m) throw new TdxError("E_VALIDATION", `cannot read the duration ${JSON.stringify(text)}`, { hint: "Use a number and a unit: 45s, 90m, 12h, 30d, 2w." });
   return Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, w: 7 * 86400e3 }[m[2] as "s"];
 }
+
+/** Remove all but the `n` most recently modified entries of `dir` (those `only` selects, if given). */
+export async function keepNewest(dir: string, n: number, only: (name: string) => boolean = () => true): Promise<void> {
+  const all = await Promise.all((await fs.readdir(dir)).filter(only).map(async (name) => ({ name, t: (await fs.stat(path.join(dir, name))).mtimeMs })));
+  for (const old of all.sort((x, y) => y.t - x.t).slice(n)) await fs.rm(path.join(dir, old.name), { recursive: true, force: true });
+}

@@ -21,7 +21,7 @@ import { writeTree } from "../compile/write";
 import { ensureToolsTree, ToolsTree, preflight, readToolsManifest } from "./toolsTree";
 import { sandboxArgv, runStreaming, Bind, findOnPath } from "./sandbox";
 import { withFileLock } from "./filelock";
-import { markUsed } from "./cache";
+import { markUsed, keepNewest } from "./cache";
 import { Progress } from "./progress";
 import { rawToVhd, rawToGceTarball, rawToQcow2, growGptDisk, diskSize } from "./convert";
 import { limaArgv } from "./lima";
@@ -29,6 +29,7 @@ import { readDiskHead, readUkiCmdline } from "../measure/api";
 import { rootHashOf } from "../measure/boot";
 import { parseGpt } from "../measure/gpt";
 import { hashFile } from "../measure/hashjobs";
+import { KEPT_KMODS, KMODS_MARKER, KmodsRun, keepKmods, kmodsSettings, watchKmods } from "./kmods";
 
 export const BAKE_VERSION = 3;
 export const REPORT_VERSION = 1;
@@ -254,7 +255,7 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
         const tree = path.join(tmp, "tree");
         await writeTree(emitted.tree, tree);
         const sandboxDigest = treeDigest(new Map([...emitted.tree].filter(([p]) => p.startsWith("mkosi.sandbox/"))));
-        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree, sandboxDigest });
+        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree, sandboxDigest, kmodsSettings: kmodsSettings(emitted.tree) });
         const final: BakeResult = {
           ...result, key, cacheHit: false, recipeDigest: emitted.lock.recipe.profiles[profile], lockIntegrity: emitted.lock.integrity, treeDigest: tDigest,
           artifacts: result.artifacts.map((a) => ({ ...a, path: path.join(entry, path.relative(tmp, a.path)) })),
@@ -290,6 +291,8 @@ interface BuildArgs {
   tmp: string; cacheDir: string; logFile: string; progress: Progress; emittedDir: string;
   /** treeDigest of the emitted tree's mkosi.sandbox/ (the apt sources both mkosi runs install with). */
   sandboxDigest: string;
+  /** The settings that shape the kernel-modules initrd (kmods.ts kmodsSettings). */
+  kmodsSettings: string[];
 }
 
 async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
@@ -356,7 +359,10 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
       // Both best effort: a kept initrd that cannot be used is a miss, one that cannot be kept is not kept.
       const reused = initrdKey && (await reuseInitrd(initrdCache, await initrdKey(), gate).catch(() => false));
       if (initrd && !reused) await seedPackageCache(pkgcache, initrdPkgcache);
-      const r = await runMkosi(a, exec, binds, mkosi, inCache, reused ? undefined : initrd && { argv: initrd, gate });
+      // The kernel-modules initrd a previous bake kept for the same modules (kmods.ts), unless asked to build everything.
+      // Local builds only: the workspace must be the same directory for tdxvm as for mkosi.
+      const kmods = initrd && a.opts.incremental !== false && a.opts.backend !== "lima" ? { gate, keyInputs: { settings: a.kmodsSettings, tools: exec.versions } } : undefined;
+      const r = await runMkosi(a, exec, binds, mkosi, inCache, reused ? undefined : initrd && { argv: initrd, gate }, kmods);
       if (initrdKey && !reused) await keepInitrd(initrdCache, await initrdKey(), gate.initrd).catch(() => undefined);
       if (reused) r.mkosiSteps = { ...r.mkosiSteps, "initrd: reused a previous bake's default initrd": 0 };
       return r;
@@ -462,13 +468,28 @@ export async function runMkosiBuilds(o: {
   return steps;
 }
 
-async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: string[], inCache: (p: string) => string, initrd: { argv: string[]; gate: ReturnType<typeof initrdGate> } | undefined): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
+async function runMkosi(
+  a: BuildArgs, exec: Executor, binds: Bind[], mkosi: string[], inCache: (p: string) => string,
+  initrd: { argv: string[]; gate: ReturnType<typeof initrdGate> } | undefined,
+  kmods: { gate: ReturnType<typeof initrdGate>; keyInputs: unknown } | undefined,
+): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
   const t0 = Date.now();
-  const steps = await runMkosiBuilds({
-    argv: (cmd) => exec.argv(cmd, binds), image: mkosi,
-    initrd: initrd && { ...initrd, built: path.join(a.tmp, "initrd", "initrd.cpio.zst") },
-    logFile: a.logFile, progress: a.progress, timeoutMs: a.opts.timeoutMs ?? 2 * 3600_000,
-  });
+  const keptKmods = path.join(a.cacheDir, KEPT_KMODS);
+  let watch: KmodsRun | undefined;
+  if (kmods) {
+    await fs.writeFile(kmods.gate.kmodsWanted, "");
+    watch = watchKmods(path.join(a.tmp, "ws"), keptKmods, kmods.gate.kmods, kmods.keyInputs);
+  }
+  let steps: Record<string, number>;
+  try {
+    steps = await runMkosiBuilds({
+      argv: (cmd) => exec.argv(cmd, binds), image: mkosi,
+      initrd: initrd && { ...initrd, built: path.join(a.tmp, "initrd", "initrd.cpio.zst") },
+      logFile: a.logFile, progress: a.progress, timeoutMs: a.opts.timeoutMs ?? 2 * 3600_000,
+    });
+  } finally {
+    await watch?.stop();
+  }
   const mkosiSeconds = (Date.now() - t0) / 1000;
   const { progress } = a;
   const base = a.profile === DEFAULT_PROFILE ? "tdxvm" : `tdxvm-${a.profile}`;
@@ -478,6 +499,8 @@ async function runMkosi(a: BuildArgs, exec: Executor, binds: Bind[], mkosi: stri
   for (const f of [raw, uki]) {
     if (!existsSync(f)) throw new TdxError("E_BAKE", `mkosi finished but produced no ${path.basename(f)}`, { hint: `See ${a.logFile}.`, details: { phase: "collect" } });
   }
+  if (watch?.reused) steps = { ...steps, "kernel-modules initrd: reused a previous bake's": 0 };
+  else if (kmods && watch?.key) await keepKmods(keptKmods, watch.key, uki, kmods.gate.initrd).catch(() => undefined);
   // One disk for every target: grown to a whole GiB (GCE's rule, a whole MiB for Azure too).
   await growGptDisk(raw, diskSize((await fs.stat(raw)).size));
   const files: Array<Omit<Artifact, "sha256" | "size">> = [
@@ -609,12 +632,6 @@ async function leaveCacheSlot(mkcache: string, slot: string): Promise<void> {
   await keepNewest(slots, MAX_CACHE_SLOTS);
 }
 
-/** Remove all but the `n` most recently modified entries of `dir` (those `only` selects, if given). */
-async function keepNewest(dir: string, n: number, only: (name: string) => boolean = () => true): Promise<void> {
-  const all = await Promise.all((await fs.readdir(dir)).filter(only).map(async (name) => ({ name, t: (await fs.stat(path.join(dir, name))).mtimeMs })));
-  for (const old of all.sort((x, y) => y.t - x.t).slice(n)) await fs.rm(path.join(dir, old.name), { recursive: true, force: true });
-}
-
 /**
  * The gate between the two mkosi runs, inside the image's private tree (mkosi's default build
  * source, which its finalize scripts see at $SRCDIR). mkosi refuses to start when an --initrd file
@@ -626,16 +643,31 @@ export const INITRD_GATE_DIR = ".tdxvm-initrd-gate";
 
 export function initrdGate(tree: string) {
   const dir = path.join(tree, INITRD_GATE_DIR);
-  return { dir, initrd: path.join(dir, "initrd.cpio.zst"), ready: path.join(dir, "ready"), failed: path.join(dir, "failed"), script: path.join(dir, "wait-for-initrd") };
+  return {
+    dir, initrd: path.join(dir, "initrd.cpio.zst"), ready: path.join(dir, "ready"), failed: path.join(dir, "failed"), script: path.join(dir, "wait-for-initrd"),
+    /** tdxvm watches for the script's marker (kmods.ts); then the script also waits for "kmods". */
+    kmodsWanted: path.join(dir, "kmods-wanted"), kmods: path.join(dir, "kmods"),
+  };
 }
 
 export const INITRD_GATE_SCRIPT = `#!/bin/sh
-# tdxvm: wait until the default initrd, built by a concurrent mkosi run, is in place.
+# tdxvm: wait until the default initrd, built by a concurrent mkosi run, is in place; and, when
+# tdxvm watches for it, tell it that the tree is final (a marker in $OUTPUTDIR) and wait until it
+# has put a kept kernel-modules initrd in mkosi's workspace or decided not to. tdxvm claims the
+# marker by renaming it; one that is not claimed within a minute is taken back the same way (the
+# two renames exclude each other), and mkosi builds that initrd itself.
 gate="$SRCDIR/${INITRD_GATE_DIR}"
-while [ ! -e "$gate/ready" ]; do
+marker="$OUTPUTDIR/${KMODS_MARKER}"
+kmods=
+if [ -e "$gate/kmods-wanted" ] && : > "$marker" 2>/dev/null; then kmods=1; fi
+waited=0
+while [ ! -e "$gate/ready" ] || { [ -n "$kmods" ] && [ ! -e "$gate/kmods" ]; }; do
   if [ -e "$gate/failed" ]; then echo "tdxvm: the default initrd build failed; see its lines (initrd: …) in the log" >&2; exit 1; fi
+  if [ -n "$kmods" ] && [ "$waited" -ge 300 ] && mv "$marker" "$marker.unclaimed" 2>/dev/null; then kmods=; fi
   sleep 0.2
+  waited=$((waited + 1))
 done
+rm -f "$marker" "$marker.claimed" "$marker.unclaimed"
 `;
 
 /**

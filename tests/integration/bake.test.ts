@@ -78,7 +78,9 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
   let second: BakeResult;
   // A marker unique to this run makes the image (and its cache key) new, so "cold" really is.
   const run = `${Date.now()}`;
-  const img = () => small(project, run);
+  // A firmware file no module asks for: the kernel-modules initrd's bytes stay as ever, but its
+  // reuse key is this run's own, so the first bake builds it and the second reuses what it kept.
+  const img = () => small(project, run).file(`/usr/lib/firmware/tdxvm-ci-${run}.bin`, { content: run });
 
   beforeAll(async () => {
     project = await tempDir("tdxvm-bake-");
@@ -190,6 +192,13 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
     second = await img().bake({ cacheDir, quiet: true, useCache: false });
     expect(second.cacheHit).toBe(false);
     for (const t of ["uki", "disk"] as const) expect(artifact(second, t)!.sha256).toBe(artifact(first, t)!.sha256);
+    // ... with the kernel-modules initrd the first bake built and kept (bake/kmods.ts): the same UKI.
+    const steps = (r: BakeResult) => Object.keys(r.mkosiSteps ?? {});
+    const reusedKmods = "kernel-modules initrd: reused a previous bake's";
+    expect(steps(first).filter((k) => /Running modinfo/.test(k))).toHaveLength(1);
+    expect(steps(first)).not.toContain(reusedKmods);
+    expect(steps(second)).toContain(reusedKmods);
+    expect(steps(second).filter((k) => /modinfo|kernel module/.test(k))).toEqual([]);
     expect(artifact(second, "azure")!.sha256).toBe(artifact(first, "azure")!.sha256);
     expect(artifact(second, "gcp")!.sha256).toBe(artifact(first, "gcp")!.sha256);
   });
