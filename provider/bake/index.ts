@@ -659,7 +659,8 @@ export const INITRD_GATE_SCRIPT = `#!/bin/sh
 gate="$SRCDIR/${INITRD_GATE_DIR}"
 marker="$OUTPUTDIR/${KMODS_MARKER}"
 kmods=
-if [ -e "$gate/kmods-wanted" ] && : > "$marker" 2>/dev/null; then kmods=1; fi
+announced=
+if [ -e "$gate/kmods-wanted" ] && : > "$marker" 2>/dev/null; then kmods=1; announced=1; fi
 waited=0
 while [ ! -e "$gate/ready" ] || { [ -n "$kmods" ] && [ ! -e "$gate/kmods" ]; }; do
   if [ -e "$gate/failed" ]; then echo "tdxvm: the default initrd build failed; see its lines (initrd: …) in the log" >&2; exit 1; fi
@@ -667,7 +668,7 @@ while [ ! -e "$gate/ready" ] || { [ -n "$kmods" ] && [ ! -e "$gate/kmods" ]; }; 
   sleep 0.2
   waited=$((waited + 1))
 done
-rm -f "$marker" "$marker.claimed" "$marker.unclaimed"
+[ -z "$announced" ] || rm -f "$marker" "$marker.claimed" "$marker.unclaimed"
 `;
 
 /**
