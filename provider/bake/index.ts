@@ -291,8 +291,8 @@ interface BuildArgs {
   tmp: string; cacheDir: string; logFile: string; progress: Progress; emittedDir: string;
   /** treeDigest of the emitted tree's mkosi.sandbox/ (the apt sources both mkosi runs install with). */
   sandboxDigest: string;
-  /** The settings that shape the kernel-modules initrd (kmods.ts kmodsSettings). */
-  kmodsSettings: string[];
+  /** The settings that shape the kernel-modules initrd (kmods.ts kmodsSettings); undefined: not reused. */
+  kmodsSettings: string[] | undefined;
 }
 
 async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDigest" | "lockIntegrity" | "treeDigest" | "cacheHit">> {
@@ -361,7 +361,7 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
       if (initrd && !reused) await seedPackageCache(pkgcache, initrdPkgcache);
       // The kernel-modules initrd a previous bake kept for the same modules (kmods.ts), unless asked to build everything.
       // Local builds only: the workspace must be the same directory for tdxvm as for mkosi.
-      const kmods = initrd && a.opts.incremental !== false && a.opts.backend !== "lima" ? { gate, keyInputs: { settings: a.kmodsSettings, tools: exec.versions } } : undefined;
+      const kmods = initrd && a.kmodsSettings && a.opts.incremental !== false && a.opts.backend !== "lima" ? { gate, keyInputs: { settings: a.kmodsSettings, tools: exec.versions } } : undefined;
       const r = await runMkosi(a, exec, binds, mkosi, inCache, reused ? undefined : initrd && { argv: initrd, gate }, kmods);
       if (initrdKey && !reused) await keepInitrd(initrdCache, await initrdKey(), gate.initrd).catch(() => undefined);
       if (reused) r.mkosiSteps = { ...r.mkosiSteps, "initrd: reused a previous bake's default initrd": 0 };

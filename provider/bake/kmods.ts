@@ -21,7 +21,6 @@
 import { createHash } from "node:crypto";
 import { existsSync, lstatSync, promises as fs, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import * as path from "node:path";
-import { linkOrCopy } from "../lock/files";
 import { keepNewest } from "./cache";
 import type { MkosiTree } from "../compile";
 import { digestOf } from "../recipe/digest";
@@ -40,12 +39,15 @@ const SOURCES = ["usr/lib/modules", "usr/lib/firmware"];
  * emitted tree: which modules (KernelModules*), how it is compressed (distribution and release),
  * its file times (SourceDateEpoch) and the architecture. Other settings (the repart seed, the
  * command line, ...) do not reach it, and anything they change in the modules is in the digest.
+ * undefined (no reuse) when the configuration adds initrds of its own (Initrds=): the kept one is
+ * cut from the UKI as "what follows the default initrd", which must then be the modules alone.
  */
-export function kmodsSettings(tree: MkosiTree): string[] {
+export function kmodsSettings(tree: MkosiTree): string[] | undefined {
   const out: string[] = [];
   for (const [p, e] of [...tree].sort(([a], [b]) => (a < b ? -1 : 1))) {
     if (!p.endsWith(".conf") || !(p.startsWith("mkosi.conf") || p.startsWith("mkosi.profiles/"))) continue;
     for (const line of e.data.toString("utf8").split("\n")) {
+      if (/^\s*Initrds?\s*=/.test(line)) return undefined;
       if (/^\s*(KernelModules\w*|Distribution|Release|Architecture|SourceDateEpoch)\s*=/.test(line)) out.push(`${p}: ${line.trim()}`);
     }
   }
@@ -109,7 +111,7 @@ export function watchKmods(ws: string, keptDir: string, release: string, keyInpu
       const dst = path.join(workspace, `kernel-modules-${m.kver}.initrd`);
       const tmp = `${dst}.${process.pid}.tmp`;
       try {
-        await linkOrCopy(kept, tmp);
+        await fs.copyFile(kept, tmp); // a copy: whatever mkosi does with its file never reaches the kept one
         await fs.rename(tmp, dst);
         run.reused = true;
       } catch {

@@ -47,6 +47,8 @@ describe("kernel-modules initrd: its key", () => {
     const t = conf(base);
     t.set("mkosi.profiles/small/mkosi.conf", { mode: 0o644, data: Buffer.from("[Content]\nKernelModulesInitrdInclude=virtio\n") });
     expect(kmodsSettings(t)).toContain("mkosi.profiles/small/mkosi.conf: KernelModulesInitrdInclude=virtio");
+    // initrds of its own: no reuse (the kept one is cut from the UKI as what follows the default initrd)
+    expect(kmodsSettings(conf(base + "Initrds=/work/extra.cpio\n"))).toBeUndefined();
   });
 
   it("modules: every file's content, mode and link under usr/lib/modules and usr/lib/firmware; one kernel only", async () => {
