@@ -18,8 +18,8 @@
  * Everything here is best effort: a tree that cannot be read, an unexpected layout or a failure
  * to keep only means that mkosi builds the initrd itself, as it always did.
  */
-import { createHash } from "node:crypto";
-import { existsSync, lstatSync, promises as fs, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { createHash, Hash } from "node:crypto";
+import { closeSync, existsSync, lstatSync, openSync, promises as fs, readdirSync, readFileSync, readlinkSync, readSync } from "node:fs";
 import * as path from "node:path";
 import { keepNewest } from "./cache";
 import type { MkosiTree } from "../compile";
@@ -72,13 +72,29 @@ export async function modulesDigest(root: string): Promise<{ kver: string; diges
     const st = lstatSync(abs);
     h.update(`${rel}\0${st.mode.toString(8)}\0`);
     if (st.isSymbolicLink()) h.update(`link\0${readlinkSync(abs)}\0`);
-    else if (st.isFile()) h.update(`file\0${st.size}\0`).update(readFileSync(abs));
+    else if (st.isFile()) hashInto(h.update(`file\0${st.size}\0`), abs, st.size);
     else if (st.isDirectory()) for (const name of readdirSync(abs).sort()) await walk(`${rel}/${name}`);
     else h.update("other\0");
   };
   for (const dir of SOURCES) if (existsSync(path.join(root, dir))) await walk(dir);
   return { kver: kvers[0]!.name, digest: h.digest("hex") };
 }
+
+/** A file's bytes into `h`: small files at once, large ones through one 1 MiB buffer (memory stays bounded). */
+function hashInto(h: Hash, file: string, size: number): void {
+  if (size <= CHUNK) {
+    h.update(readFileSync(file));
+    return;
+  }
+  const fd = openSync(file, "r");
+  try {
+    const buf = Buffer.allocUnsafe(CHUNK);
+    for (let n; (n = readSync(fd, buf, 0, CHUNK, null)) > 0; ) h.update(n === CHUNK ? buf : buf.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+}
+const CHUNK = 1024 * 1024;
 
 export interface KmodsRun {
   /** The reuse key, once the tree was hashed (undefined: not reached, or not usable). */

@@ -70,6 +70,15 @@ describe("kernel-modules initrd: its key", () => {
     await fs.writeFile(path.join(root, "usr/lib/firmware/fw.bin"), "firmware");
     const d3 = await modulesDigest(root);
     expect(d3!.digest).not.toBe(d2!.digest);
+    // a large file is read in pieces: one byte changed at its end still counts
+    const big = Buffer.alloc(3 * 1024 * 1024 + 7, 1);
+    await fs.writeFile(path.join(root, "usr/lib/firmware/big.bin"), big);
+    const withBig = await modulesDigest(root);
+    big[big.length - 1] = 2;
+    await fs.writeFile(path.join(root, "usr/lib/firmware/big.bin"), big);
+    expect((await modulesDigest(root))!.digest).not.toBe(withBig!.digest);
+    await fs.rm(path.join(root, "usr/lib/firmware/big.bin"));
+    expect(await modulesDigest(root)).toEqual(d3);
     await fs.symlink("fw.bin", path.join(root, "usr/lib/firmware/alias.bin"));
     const d4 = await modulesDigest(root);
     expect(d4!.digest).not.toBe(d3!.digest);
