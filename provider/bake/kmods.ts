@@ -18,13 +18,15 @@
  * Everything here is best effort: a tree that cannot be read, an unexpected layout or a failure
  * to keep only means that mkosi builds the initrd itself, as it always did.
  */
-import { createHash, Hash } from "node:crypto";
-import { closeSync, existsSync, lstatSync, openSync, promises as fs, readdirSync, readFileSync, readlinkSync, readSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream, existsSync, lstatSync, promises as fs, readdirSync, readlinkSync } from "node:fs";
 import * as path from "node:path";
+import { pipeline } from "node:stream/promises";
 import { keepNewest } from "./cache";
 import type { MkosiTree } from "../compile";
 import { digestOf } from "../recipe/digest";
 import { ukiSectionPlaces } from "../measure/uki";
+import { runJobs } from "../measure/hashjobs";
 
 /** Written by the finalize script into $OUTPUTDIR (mkosi's staging directory) while it waits. */
 export const KMODS_MARKER = ".tdxvm-at-finalize";
@@ -72,7 +74,7 @@ export async function modulesDigest(root: string): Promise<{ kver: string; diges
     const st = lstatSync(abs);
     h.update(`${rel}\0${st.mode.toString(8)}\0`);
     if (st.isSymbolicLink()) h.update(`link\0${readlinkSync(abs)}\0`);
-    else if (st.isFile()) hashInto(h.update(`file\0${st.size}\0`), abs, st.size);
+    else if (st.isFile()) h.update(`file\0${st.size}\0`).update(fileDigest(abs, [0, st.size]));
     else if (st.isDirectory()) for (const name of readdirSync(abs).sort()) await walk(`${rel}/${name}`);
     else h.update("other\0");
   };
@@ -80,21 +82,8 @@ export async function modulesDigest(root: string): Promise<{ kver: string; diges
   return { kver: kvers[0]!.name, digest: h.digest("hex") };
 }
 
-/** A file's bytes into `h`: small files at once, large ones through one 1 MiB buffer (memory stays bounded). */
-function hashInto(h: Hash, file: string, size: number): void {
-  if (size <= CHUNK) {
-    h.update(readFileSync(file));
-    return;
-  }
-  const fd = openSync(file, "r");
-  try {
-    const buf = Buffer.allocUnsafe(CHUNK);
-    for (let n; (n = readSync(fd, buf, 0, CHUNK, null)) > 0; ) h.update(n === CHUNK ? buf : buf.subarray(0, n));
-  } finally {
-    closeSync(fd);
-  }
-}
-const CHUNK = 1024 * 1024;
+/** SHA-256 of a byte range of a file, read through one reused buffer (hashjobs.js; memory stays bounded). */
+const fileDigest = (file: string, range: [number, number]) => runJobs(file, [{ alg: "sha256", pieces: [{ file: range }] }])[0]!;
 
 export interface KmodsRun {
   /** The reuse key, once the tree was hashed (undefined: not reached, or not usable). */
@@ -174,47 +163,25 @@ export function watchKmods(ws: string, keptDir: string, release: string, keyInpu
 export async function keepKmods(keptDir: string, key: string, uki: string, defaultInitrd: string): Promise<void> {
   await fs.mkdir(keptDir, { recursive: true });
   const tmp = path.join(keptDir, `.${key}.${process.pid}.tmp`);
-  const [fh, base] = [await fs.open(uki, "r"), await fs.open(defaultInitrd, "r")];
+  const fh = await fs.open(uki, "r");
   try {
     const head = Buffer.alloc(64 * 1024);
     const { bytesRead } = await fh.read(head, 0, head.length, 0);
     const initrd = ukiSectionPlaces(head.subarray(0, bytesRead), (await fh.stat()).size).find((s) => s.name === ".initrd");
     if (!initrd || initrd.fromFile !== initrd.virtualSize) throw new Error("the UKI has no plain .initrd section");
-    const baseSize = (await base.stat()).size;
+    const baseSize = (await fs.stat(defaultInitrd)).size;
     const start = baseSize + ((4 - (baseSize % 4)) % 4);
     if (initrd.virtualSize <= start) throw new Error("the .initrd section holds nothing after the default initrd");
-    // In 1 MiB pieces (an initrd may be GBs): the section's start must be the default initrd, byte for byte.
-    const [a, b] = [Buffer.alloc(1024 * 1024), Buffer.alloc(1024 * 1024)];
-    const readFull = async (h: fs.FileHandle, buf: Buffer, len: number, pos: number) => {
-      for (let off = 0; off < len; ) {
-        const { bytesRead: n } = await h.read(buf, off, len - off, pos + off);
-        if (n === 0) throw new Error("a file ended early");
-        off += n;
-      }
-    };
-    for (let off = 0; off < baseSize; off += a.length) {
-      const n = Math.min(a.length, baseSize - off);
-      await readFull(fh, a, n, initrd.pointerToRawData + off);
-      await readFull(base, b, n, off);
-      if (!a.subarray(0, n).equals(b.subarray(0, n))) throw new Error("the .initrd section does not begin with the default initrd");
-    }
-    const out = await fs.open(tmp, "wx", 0o644);
-    try {
-      for (let off = start; off < initrd.virtualSize; off += a.length) {
-        const n = Math.min(a.length, initrd.virtualSize - off);
-        await readFull(fh, a, n, initrd.pointerToRawData + off);
-        await out.write(a, 0, n);
-      }
-    } finally {
-      await out.close();
-    }
+    const at = initrd.pointerToRawData;
+    if (!fileDigest(uki, [at, at + baseSize]).equals(fileDigest(defaultInitrd, [0, baseSize]))) throw new Error("the .initrd section does not begin with the default initrd");
+    // Streamed: an initrd may be GBs.
+    await pipeline(createReadStream(uki, { start: at + start, end: at + initrd.virtualSize - 1 }), createWriteStream(tmp, { flags: "wx", mode: 0o644 }));
     await fs.rename(tmp, path.join(keptDir, `${key}.initrd`));
   } catch (e) {
     await fs.rm(tmp, { force: true });
     throw e;
   } finally {
     await fh.close();
-    await base.close();
   }
   await keepNewest(keptDir, MAX_KEPT_KMODS, (n) => n.endsWith(".initrd"));
 }

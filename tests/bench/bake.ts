@@ -17,8 +17,7 @@ const recipe = (dir: string, motd: string) =>
 
 /**
  * Wall time of fn, after `sync`: the previous run's dirty pages (GBs of disk images) are written
- * back before the clock starts instead of during the next run, which they slowed by a varying
- * few seconds. Every row starts this way.
+ * back before the clock starts, so no run pays for the one before. Every row starts this way.
  */
 async function secs<T>(fn: () => Promise<T>): Promise<[number, T]> {
   execFileSync("sync");
