@@ -19,7 +19,7 @@ import type { BakeOptions } from "./bake";
 import type { Backend, Measurements, RegisterDiff } from "./measure/ledger";
 import type { Format } from "./measure/formats";
 
-export const EXIT = { OK: 0, UNEXPECTED: 1, USAGE: 2, MISMATCH: 3 } as const;
+export const EXIT = { OK: 0, UNEXPECTED: 1, USAGE: 2, MISMATCH: 3, PACKAGES: 4 } as const;
 
 export interface Ctx {
   cacheDir: string;
@@ -78,30 +78,67 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i < r.length - 1 ? c.padEnd(w[i]) : c)).join("  ")).join("\n");
 }
 
-const recipeOptions = (c: Command) => c
-  .option("--frozen", "bake only against the committed build/tdx.lock")
-  .option("--profile <name>", "recipe profile (default: default)");
+const frozenOptions = (c: Command) => c
+  .option("--frozen", "bake only against the committed tdx.lock (default where CI=true and the lock exists)")
+  .option("--no-frozen", "re-resolve and rewrite tdx.lock even where CI=true");
 
-function bakeOpts(ctx: Ctx, o: { frozen?: boolean; profile?: string }): BakeOptions {
-  return { cacheDir: ctx.cacheDir, frozen: o.frozen === true, profile: o.profile, quiet: ctx.quiet };
+const recipeOptions = (c: Command) => frozenOptions(c)
+  .option("--profile <name>", "recipe profile (default: default)")
+  .option("--archive <dir-or-url>", "a package archive (tdxvm archive export) to install pinned packages from that the Debian mirror no longer offers");
+
+/** CI=true (GitHub Actions, GitLab, most CI systems) or CI=1. */
+export const isCi = (env: NodeJS.ProcessEnv = process.env) => env.CI === "true" || env.CI === "1";
+
+/**
+ * --frozen / --no-frozen as given; otherwise frozen where CI=true and the project has a committed
+ * lock (the way `npm ci` installs exactly package-lock.json): CI bakes what was reviewed.
+ */
+export function resolveFrozen(given: boolean | undefined, projectDir: string, ctx?: Pick<Ctx, "log">): boolean {
+  if (given !== undefined) return given;
+  const { lockFileOf } = require("./lock") as typeof import("./lock");
+  const { existsSync } = require("node:fs") as typeof import("node:fs");
+  const frozen = isCi() && existsSync(lockFileOf(projectDir));
+  if (frozen) ctx?.log("CI is set and the project has a tdx.lock: baking frozen against it (--no-frozen re-resolves)");
+  return frozen;
+}
+
+function bakeOpts(ctx: Ctx, o: { frozen?: boolean; profile?: string; archive?: string }, img: Image): BakeOptions {
+  return { cacheDir: ctx.cacheDir, frozen: resolveFrozen(o.frozen, img.projectDir, ctx), profile: o.profile, quiet: ctx.quiet, archive: o.archive };
 }
 
 // ── lock, emit, bake, run ────────────────────────────────────────────────────────────────────
 
 function lockCommand(program: Command, act: Act): void {
-  program.command("lock").description("write build/tdx.lock for a recipe").argument("<recipe>", "recipe module (.ts/.js)")
-    .action(act(async (ctx, recipe: string) => {
+  program.command("lock").description("write tdx.lock beside the recipe (commit it); --refresh re-resolves its Debian packages and shows what moves").argument("<recipe>", "recipe module (.ts/.js)")
+    .option("--refresh", "drop the package pins, bake, and print the package changes and the registers they move")
+    .option("--profile <name>", "with --refresh: the profile to bake (default: default)")
+    .option("--against <files...>", "with --refresh: tdxvm measurements files (e.g. the committed ones) to show register changes against; default: the current lock's bake, when the cache has it")
+    .option("--archive <dir-or-url>", "with --refresh: a package archive for the current lock's bake")
+    .option("--json", "with --refresh: print the changes as JSON")
+    .option("--snapshot <ts>", "pin a Debian snapshot: a timestamp (20261201T000000Z), none (the live mirror), or auto: keep the lock's, else pin now where snapshot.debian.org answers", "auto")
+    .action(act(async (ctx, recipe: string, o: { refresh?: boolean; profile?: string; against?: string[]; archive?: string; json?: boolean; snapshot: string }) => {
       const img = loadRecipe(recipe);
-      const lock = await img.lock({ cacheDir: ctx.cacheDir });
-      console.log(`wrote ${path.join(img.projectDir, "build", "tdx.lock")} (${Object.keys(lock.recipe.profiles).length} profile(s))`);
+      const { chooseSnapshot, lockFileOf, readLock, DEFAULT_DEBIAN } = await import("./lock");
+      const current = await readLock(lockFileOf(img.projectDir)).catch(() => undefined);
+      // A refresh moves a pinned snapshot forward too.
+      const snapshot = await chooseSnapshot(o.snapshot, { ...DEFAULT_DEBIAN, ...current?.debian, ...(o.refresh ? { snapshot: null } : {}) }, ctx.log);
+      if (!o.refresh) {
+        if (o.against || o.json || o.profile) throw new TdxError("E_VALIDATION", "--against, --profile and --json go with --refresh", { hint: "tdxvm lock <recipe> --refresh --against measurements.rtmr.json" });
+        const lock = await img.lock({ cacheDir: ctx.cacheDir, debian: { snapshot } });
+        console.log(`wrote ${path.join(img.projectDir, "tdx.lock")} (${Object.keys(lock.recipe.profiles).length} profile(s); bake once to pin its Debian packages)`);
+        return;
+      }
+      const { refreshLock, formatRefresh } = await import("./lock/refresh");
+      const r = await refreshLock(img, { cacheDir: ctx.cacheDir, profile: o.profile, against: o.against, archive: o.archive, quiet: ctx.quiet, log: ctx.log, snapshot });
+      console.log(o.json ? JSON.stringify(r, null, 2) : formatRefresh(r));
     }));
 }
 
 function emitCommand(program: Command, act: Act): void {
-  program.command("emit").description("write the recipe's mkosi tree to build/mkosi").argument("<recipe>", "recipe module (.ts/.js)")
-    .option("--frozen", "use the committed build/tdx.lock as is")
+  frozenOptions(program.command("emit").description("write the recipe's mkosi tree to build/mkosi").argument("<recipe>", "recipe module (.ts/.js)"))
     .action(act(async (ctx, recipe: string, o: { frozen?: boolean }) => {
-      const r = await loadRecipe(recipe).emit({ cacheDir: ctx.cacheDir, frozen: o.frozen === true });
+      const img = loadRecipe(recipe);
+      const r = await img.emit({ cacheDir: ctx.cacheDir, frozen: resolveFrozen(o.frozen, img.projectDir, ctx) });
       console.log(`wrote mkosi tree to ${r.dir} (${r.tree.size} files)`);
     }));
 }
@@ -110,9 +147,9 @@ function bakeCommand(program: Command, act: Act): void {
   recipeOptions(program.command("bake").description("bake the image with mkosi (cached) and list its artifacts").argument("<recipe>", "recipe module (.ts/.js)"))
     .option("--no-cache", "build again even when the artifact cache has this image")
     .option("--json", "print the bake result as JSON")
-    .action(act(async (ctx, recipe: string, o: { frozen?: boolean; profile?: string; cache: boolean; json?: boolean }) => {
+    .action(act(async (ctx, recipe: string, o: { frozen?: boolean; profile?: string; archive?: string; cache: boolean; json?: boolean }) => {
       const img = loadRecipe(recipe);
-      const r = await img.bake({ ...bakeOpts(ctx, o), useCache: o.cache });
+      const r = await img.bake({ ...bakeOpts(ctx, o, img), useCache: o.cache });
       if (o.json) return void console.log(JSON.stringify(r, null, 2));
       console.log(`baked profile ${r.profile}${r.cacheHit ? " (cache hit)" : ""}; systemd-stub ${r.systemdStub ?? "unknown"}; report: ${path.join(img.projectDir, "build", "report.json")}`);
       for (const x of r.artifacts) console.log(`  ${x.target.padEnd(5)} ${x.kind.padEnd(7)} ${(x.size / 1048576).toFixed(1).padStart(8)} MiB  sha256:${x.sha256}  ${x.path}`);
@@ -123,9 +160,10 @@ function runCommand(program: Command, act: Act): void {
   recipeOptions(program.command("run").description("bake, measure, boot a local VM and compare every register with the guest (exit 3 on a mismatch)").argument("<recipe>", "recipe module (.ts/.js)"))
     .option("--keep", "keep the VM's state directory (serial log)")
     .option("--json", "print the report as JSON")
-    .action(act(async (ctx, recipe: string, o: { frozen?: boolean; profile?: string; keep?: boolean; json?: boolean }) => {
+    .action(act(async (ctx, recipe: string, o: { frozen?: boolean; profile?: string; archive?: string; keep?: boolean; json?: boolean }) => {
       const { bootAndCompare, formatRunReport } = await import("./deploy/run");
-      const r = await loadRecipe(recipe).bake(bakeOpts(ctx, o));
+      const img = loadRecipe(recipe);
+      const r = await img.bake(bakeOpts(ctx, o, img));
       ctx.log(`baked profile ${r.profile}${r.cacheHit ? " (cache hit)" : ""}`);
       const report = await bootAndCompare(r, { cacheDir: ctx.cacheDir, keep: o.keep === true, onProgress: ctx.log });
       console.log(o.json ? JSON.stringify(report, null, 2) : formatRunReport(report));
@@ -145,7 +183,7 @@ function registersMarkdown(m: Measurements): string {
 }
 
 interface MeasureOpts {
-  backend: Backend; frozen?: boolean; profile?: string; firmware?: string; pageOrder?: "single-pass" | "two-pass"; capturedCcel?: string;
+  backend: Backend; frozen?: boolean; profile?: string; archive?: string; firmware?: string; pageOrder?: "single-pass" | "two-pass"; capturedCcel?: string;
   json?: boolean; markdown?: boolean; format: Format; out?: string; check?: string; update?: boolean;
   uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none";
 }
@@ -171,13 +209,13 @@ function measureCommand(program: Command, act: Act): void {
       if (o.update && !o.check) throw new TdxError("E_VALIDATION", "--update needs --check <file>", { hint: "tdxvm measure <recipe> --backend … --check measurements.json --update" });
       const given = o.uki !== undefined || o.disk !== undefined;
       if (given === (recipe !== undefined) || (given && !(o.uki && o.disk))) throw new TdxError("E_VALIDATION", "measure needs a recipe, or --uki and --disk (not both)", { hint: "tdxvm measure recipe.ts --backend azure, or tdxvm measure --uki tdxvm.efi --disk tdxvm.raw --backend azure" });
-      if (given && (o.frozen || o.profile)) throw new TdxError("E_VALIDATION", "--frozen and --profile choose what a recipe bakes: they do not go with --uki", { hint: "Drop them, or measure the recipe instead." });
+      if (given && (o.frozen !== undefined || o.profile || o.archive)) throw new TdxError("E_VALIDATION", "--frozen, --profile and --archive choose what a recipe bakes: they do not go with --uki", { hint: "Drop them, or measure the recipe instead." });
       if (!given && o.rootfs) throw new TdxError("E_VALIDATION", "--rootfs goes with --uki: a recipe's bake knows its root file system", { hint: "Drop --rootfs." });
       const measureOpts = { backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, cacheDir: ctx.cacheDir };
       const what = given ? `--uki ${o.uki} --disk ${o.disk}${o.rootfs ? ` --rootfs ${o.rootfs}` : ""}` : recipe!;
       const m = given
         ? await (await import("./measure/api")).measureArtifacts({ uki: o.uki!, disk: o.disk!, rootfs: o.rootfs }, measureOpts)
-        : await loadRecipe(recipe!).measure({ ...measureOpts, bake: bakeOpts(ctx, o) });
+        : await (async () => { const img = loadRecipe(recipe!); return img.measure({ ...measureOpts, bake: bakeOpts(ctx, o, img) }); })();
       const { diffMeasurements, diffToMarkdown, measurementsToJson } = await import("./measure/ledger");
       // The interop formats and the reader of committed files (zod) are loaded only when used.
       const formatted = async (f: Format) => (f === "tdxvm" ? measurementsToJson(m) : (await import("./measure/formats")).formatMeasurements(m, f));
@@ -316,6 +354,102 @@ function attestCommand(program: Command, act: Act): void {
     }));
 }
 
+// ── archive, rebuild ─────────────────────────────────────────────────────────────────────────
+
+/** A .tar/.tar.gz path (by its name) or a directory. */
+const isTarball = (p: string) => /\.(tar|tar\.gz|tgz)$/i.test(p);
+
+async function runTar(args: string[]): Promise<void> {
+  const { runStreaming } = await import("./bake/sandbox");
+  const r = await runStreaming(["tar", ...args], { tailLines: 10, timeoutMs: 30 * 60_000 });
+  if (r.code !== 0) throw new TdxError("E_VALIDATION", `tar ${args[0]} failed (exit ${r.code ?? r.signal}): ${r.tail.join(" ").slice(0, 400)}`, { hint: "Check the path and the free space." });
+}
+
+function archiveCommand(program: Command, act: Act): void {
+  const archive = program.command("archive").description("a content-addressed archive of the .debs a lock pins (by SHA-256): bakes from it outlive the Debian mirror");
+  archive.command("export").description("write the lock's pinned .debs (from this machine's caches, checked against the lock) to a directory or a .tar/.tar.gz")
+    .argument("<recipe>", "recipe module (.ts/.js) whose tdx.lock names the packages").argument("<out>", "directory, or a file ending in .tar, .tar.gz or .tgz")
+    .option("--from <dir-or-url>", "also take packages from this archive")
+    .action(act(async (ctx, recipe: string, out: string, o: { from?: string }) => {
+      const { lockFileOf, readLock } = await import("./lock");
+      const { exportArchive } = await import("./fetch/archive");
+      const img = loadRecipe(recipe);
+      const lock = await readLock(lockFileOf(img.projectDir));
+      const dir = isTarball(out) ? await fs.mkdtemp(path.join(path.dirname(path.resolve(out)), ".tdxvm-archive-")) : out;
+      try {
+        const r = await exportArchive(lock, dir, { cacheDir: ctx.cacheDir, from: o.from });
+        if (isTarball(out)) {
+          const tmp = `${out}.${process.pid}.tmp`;
+          await runTar([/gz$/i.test(out) ? "-czf" : "-cf", tmp, "-C", dir, "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "index.json", "sha256"]).catch(async (e) => {
+            await fs.rm(tmp, { force: true });
+            throw e;
+          });
+          await fs.rename(tmp, out);
+        }
+        console.log(`${out}: ${r.files} package(s), ${fmtBytes(r.bytes)} (serve it over HTTP or keep it as is; bake with --archive ${out.replace(/\.(tar|tar\.gz|tgz)$/i, "")} once imported or unpacked)`);
+      } finally {
+        if (dir !== out) await fs.rm(dir, { recursive: true, force: true });
+      }
+    }));
+  archive.command("import").description("add an archive (directory or .tar/.tar.gz) to this machine's content store: each file checked against its SHA-256 name")
+    .argument("<in>", "directory or .tar/.tar.gz written by `tdxvm archive export`")
+    .action(act(async (ctx, input: string) => {
+      const { importArchive } = await import("./fetch/archive");
+      let dir = input;
+      if (isTarball(input)) {
+        await fs.mkdir(ctx.cacheDir, { recursive: true });
+        dir = await fs.mkdtemp(path.join(ctx.cacheDir, ".tdxvm-import-"));
+        // Only sha256/<hex> members are read afterwards, each checked against its name.
+        await runTar(["-xf", input, "-C", dir, "--no-same-owner", "--no-same-permissions", "sha256"]);
+      }
+      try {
+        const r = await importArchive(dir, { cacheDir: ctx.cacheDir });
+        console.log(`imported ${r.imported} package(s) into ${path.join(ctx.cacheDir, "content")}${r.refused.length ? `; refused ${r.refused.length} whose content does not match its name: ${r.refused.slice(0, 5).join(" ")}` : ""}`);
+        return r.refused.length ? EXIT.MISMATCH : EXIT.OK;
+      } finally {
+        if (dir !== input) await fs.rm(dir, { recursive: true, force: true });
+      }
+    }));
+}
+
+function rebuildCommand(program: Command, act: Act): void {
+  program.command("rebuild").description("rebuild from the committed tdx.lock (frozen, as a third party would) and confirm the UKI and disk digests and every register of measurements files")
+    .argument("<recipe>", "recipe module (.ts/.js) with its tdx.lock")
+    .requiredOption("--expect <files...>", "tdxvm measurements files to confirm (e.g. measurements.rtmr.json measurements.azure.json)")
+    .option("--profile <name>", "recipe profile (default: default)")
+    .option("--archive <dir-or-url>", "a package archive for pinned packages the Debian mirror dropped")
+    .option("--no-cache", "bake again even when this machine's artifact cache has the image")
+    .option("--json", "the comparison as JSON")
+    .action(act(async (ctx, recipe: string, o: { expect: string[]; profile?: string; archive?: string; cache: boolean; json?: boolean }) => {
+      const { readMeasurements } = await import("./measure/formats");
+      const { measureBake } = await import("./measure/api");
+      const expected = [];
+      for (const f of o.expect) expected.push({ file: f, m: await readMeasurements(f) });
+      const img = loadRecipe(recipe);
+      const baked = await img.bake({ cacheDir: ctx.cacheDir, frozen: true, profile: o.profile, quiet: ctx.quiet, archive: o.archive, useCache: o.cache });
+      const rows: Array<{ file: string; what: string; expected: string | null; rebuilt: string | null; ok: boolean }> = [];
+      for (const e of expected) {
+        const now = await measureBake(baked, { backend: e.m.backend, cacheDir: ctx.cacheDir });
+        for (const k of ["ukiSha256", "diskSha256"] as const) {
+          const want = typeof e.m.inputs[k] === "string" ? (e.m.inputs[k] as string) : null;
+          rows.push({ file: e.file, what: k === "ukiSha256" ? "UKI sha256" : "disk sha256", expected: want, rebuilt: String(now.inputs[k] ?? ""), ok: want !== null && want === now.inputs[k] });
+        }
+        for (const name of Object.keys({ ...e.m.registers, ...now.registers })) {
+          const a = e.m.registers[name];
+          const b = now.registers[name];
+          rows.push({ file: e.file, what: `${e.m.backend} ${name}`, expected: a?.value ?? (a ? a.status : null), rebuilt: b?.value ?? (b ? b.status : null), ok: a?.value === b?.value && a?.status === b?.status });
+        }
+      }
+      const ok = rows.every((r) => r.ok);
+      if (o.json) console.log(JSON.stringify({ ok, rows }, null, 2));
+      else {
+        console.log(table([["file", "what", "expected", "rebuilt", "verdict"], ...rows.map((r) => [path.basename(r.file), r.what, short(r.expected), short(r.rebuilt), r.ok ? "same" : "DIFFERENT"])]));
+        console.log(ok ? `OK: rebuilt from ${path.join(img.projectDir, "tdx.lock")}: every digest and register is the same` : `MISMATCH: ${rows.filter((r) => !r.ok).length} of ${rows.length} differ`);
+      }
+      return ok ? EXIT.OK : EXIT.MISMATCH;
+    }));
+}
+
 // ── cache ────────────────────────────────────────────────────────────────────────────────────
 
 function cacheCommand(program: Command, act: Act): void {
@@ -353,7 +487,7 @@ function cacheCommand(program: Command, act: Act): void {
 /** Every command by name; adding one is one function here. */
 export const COMMANDS: Record<string, (program: Command, act: Act) => void> = {
   lock: lockCommand, emit: emitCommand, bake: bakeCommand, run: runCommand, measure: measureCommand,
-  diff: diffCommand, verify: verifyCommand, attest: attestCommand, cache: cacheCommand,
+  diff: diffCommand, verify: verifyCommand, attest: attestCommand, archive: archiveCommand, rebuild: rebuildCommand, cache: cacheCommand,
 };
 
 /**
@@ -394,7 +528,8 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof CommanderError) return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     if (e instanceof TdxError) {
       console.error(String(e));
-      return EXIT.USAGE;
+      // Pinned packages no source offers: its own exit code, so a CI gate can tell it from drift.
+      return e.code === "E_PACKAGES" ? EXIT.PACKAGES : EXIT.USAGE;
     }
     console.error(e);
     return EXIT.UNEXPECTED;

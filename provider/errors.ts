@@ -5,7 +5,8 @@
  */
 export const ERROR_CODES = {
   E_VALIDATION: "Fix the recipe or argument named in the message; the schema path says which field is wrong.",
-  E_LOCKFILE: "Run `img.lock()` (or `npx tdxvm lock`) to regenerate build/tdx.lock, review the diff, and commit it.",
+  E_LOCKFILE: "Run `img.lock()` (or `npx tdxvm lock`) to regenerate tdx.lock (beside the recipe), review the diff, and commit it.",
+  E_PACKAGES: "The lock pins Debian packages that no source offers any more: bake from a package archive that holds them (`--archive DIR|URL`; `tdxvm archive export` makes one), pin a Debian snapshot (`tdxvm lock --snapshot`), or refresh the lock (`tdxvm lock --refresh`) and review which registers move.",
   E_POLICY: "The recipe's Policy forbids this; change the input (pin it, add integrity, lock first) or relax the named rule deliberately.",
   E_FETCH: "Check the URL and the integrity string; a mismatch means the remote content changed — re-pin it only if the new content is trusted.",
   E_BAKE: "Read the failing phase and the last log lines in the message (the full log is build/bake-<profile>.log); fix the recipe or the host and bake again.",

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { TdxError } from "./errors";
 import { Recipe } from "./recipe/schema";
 import { ContentStore, redactRef } from "./fetch";
-import { createLock, readLock, writeLock, checkFrozen, checkBakePolicy, LOCK_FILE, Lock, LockOptions } from "./lock";
+import { createLock, readLock, writeLock, checkFrozen, checkBakePolicy, lockFileOf, LOCK_FILE, Lock, LockOptions } from "./lock";
 import { PolicyWarning } from "./lock/policy";
 import { compile, MkosiTree } from "./compile";
 import { writeTree } from "./compile/write";
@@ -19,12 +19,17 @@ export function defaultCacheDir(): string {
 
 export interface ProjectContext { recipe: Recipe; projectDir: string }
 
-export interface LockCallOptions { cacheDir?: string; debian?: LockOptions["debian"]; tools?: LockOptions["tools"]; onWarning?: (w: PolicyWarning) => void }
+export interface LockCallOptions {
+  cacheDir?: string; debian?: LockOptions["debian"]; tools?: LockOptions["tools"]; onWarning?: (w: PolicyWarning) => void;
+  /** Drop the previous lock's package pins (`tdxvm lock --refresh`). */
+  refresh?: boolean;
+}
 
+/** Lock the recipe into tdx.lock beside it (a legacy build/tdx.lock is read as the previous lock). */
 export async function lockRecipe(ctx: ProjectContext, opts: LockCallOptions = {}): Promise<Lock> {
   const file = path.join(ctx.projectDir, LOCK_FILE);
-  const previous = await readLock(file).catch(() => undefined);
-  const { lock, warnings } = await createLock(ctx.recipe, { projectDir: ctx.projectDir, cacheDir: opts.cacheDir ?? defaultCacheDir(), debian: opts.debian, tools: opts.tools, previous });
+  const previous = await readLock(lockFileOf(ctx.projectDir)).catch(() => undefined);
+  const { lock, warnings } = await createLock(ctx.recipe, { projectDir: ctx.projectDir, cacheDir: opts.cacheDir ?? defaultCacheDir(), debian: opts.debian, tools: opts.tools, previous, refresh: opts.refresh });
   for (const w of warnings) (opts.onWarning ?? ((x: PolicyWarning) => console.error(`tdxvm: warning (${x.rule}): ${x.message}`)))(w);
   await writeLock(file, lock);
   return lock;
@@ -46,7 +51,7 @@ export async function compileRecipe(ctx: ProjectContext, opts: LockCallOptions &
   const frozen = opts.frozen ?? false;
   checkBakePolicy(ctx.recipe, frozen);
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
-  const file = path.join(ctx.projectDir, LOCK_FILE);
+  const file = lockFileOf(ctx.projectDir);
   let lock: Lock;
   let warnings: PolicyWarning[] = [];
   if (frozen) {

@@ -4,7 +4,7 @@
  * systemd-measure, pesign, sfdisk, python3 live there) and the test UKI built with it
  * (tests/fixtures/testUki.ts). Nothing is taken from the host beyond the README's set-up.
  */
-import { mkdtempSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { defaultCacheDir } from "../provider/pipeline";
@@ -12,6 +12,7 @@ import { ensureToolsTree, missingToolsPackages, readToolsManifest } from "../pro
 import { Progress } from "../provider/bake/progress";
 import { DEFAULT_DEBIAN } from "../provider/lock";
 import { buildTestUki, TEST_UKI_ENV } from "./fixtures/testUki";
+import { EXAMPLE_LOCK, SAVED_EXAMPLE_LOCK } from "./globalTeardown";
 
 /** Progress as plain lines (jest's output is rarely a TTY the status line could redraw). */
 class LineProgress extends Progress {
@@ -44,4 +45,7 @@ export default async function globalSetup(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "tdxvm-test-uki-"));
   buildTestUki(dir);
   process.env[TEST_UKI_ENV] = dir; // inherited by the test workers, which start after this
+  // Tests bake variants of the example in its own directory (a config change, as a pull request
+  // makes), and a non-frozen bake rewrites its lock: globalTeardown puts the committed one back.
+  if (existsSync(EXAMPLE_LOCK)) copyFileSync(EXAMPLE_LOCK, path.join(dir, SAVED_EXAMPLE_LOCK));
 }

@@ -35,11 +35,21 @@ export async function walk(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Run the real CLI (`node bin/tdxvm.js …`) as a child process, as a user or CI does. */
+/**
+ * Run the real CLI (`node bin/tdxvm.js …`) as a child process, as a user or CI does. Without CI in
+ * its environment unless given (under CI=true the CLI bakes frozen by default: tests say so when
+ * they mean it).
+ */
+function withoutCi(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { CI: _ci, ...rest } = env;
+  void _ci;
+  return rest;
+}
+
 export function runTdxvm(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const repo = path.resolve(__dirname, "..");
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(repo, "bin/tdxvm.js"), ...args], { cwd: opts.cwd ?? repo, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [path.join(repo, "bin/tdxvm.js"), ...args], { cwd: opts.cwd ?? repo, env: opts.env ?? withoutCi(process.env), stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d) => (stdout += d));

@@ -15,8 +15,10 @@ import { DEFAULT_PROFILE, resolveProfile } from "../recipe/resolve";
 import { Target, RootFs } from "../recipe/schema";
 import { treeDigest, BASE_PACKAGES } from "../compile";
 import { linkOrCopy } from "../lock/files";
-import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, LOCK_FILE } from "../lock";
-import { emitRecipe, compileRecipe, defaultCacheDir, ProjectContext } from "../pipeline";
+import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, profilePins, LOCK_FILE, Lock } from "../lock";
+import { pinKey, unobtainablePins, pinsUnavailable } from "../fetch/debian";
+import { gatherDebs, serveFlatRepository, flatRepositorySource, DebPin } from "../fetch/archive";
+import { emitRecipe, compileRecipe, compileFromStore, defaultCacheDir, ProjectContext } from "../pipeline";
 import { writeTree } from "../compile/write";
 import { ensureToolsTree, ToolsTree, preflight, readToolsManifest } from "./toolsTree";
 import { sandboxArgv, runStreaming, Bind, findOnPath } from "./sandbox";
@@ -38,6 +40,8 @@ export type Backend = "local_linux" | "lima";
 
 export interface BakeOptions {
   frozen?: boolean;
+  /** A package archive (directory or http(s) URL; tdxvm archive export) for pinned packages the Debian mirror dropped. */
+  archive?: string;
   profile?: string;
   cacheDir?: string;
   /** Where per-bake outputs (tree, log, report, artifact links) go; default <project>/build. */
@@ -74,6 +78,8 @@ export interface BakeResult {
   rootfs: RootFs;
   rootHash: string | null;
   packages: Array<{ name: string; version: string; architecture?: string }>;
+  /** The packages of the default initrd in the UKI's .initrd (none for an initrd root file system, or a bake before tdxvm 0.2). */
+  initrdPackages?: Array<{ name: string; version: string; architecture?: string }>;
   durations: Record<string, number>;
   /** Seconds per mkosi step (its "‣" lines; nested steps indented), for finding where a bake's time goes. */
   mkosiSteps?: Record<string, number>;
@@ -205,22 +211,36 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
     const entry = path.join(entries, key);
     await fs.mkdir(entries, { recursive: true });
 
+    // The packages a bake installed against the lock's pins for the profile (none pinned: no drift).
+    const pinsOf = (r: BakeResult) => {
+      const pins = packagePins(r.packages);
+      const initrdPins = r.initrdPackages?.length ? packagePins(r.initrdPackages) : undefined;
+      return { pins, initrdPins, drift: packageDrift(emitted.lock, profile, pins, initrdPins) };
+    };
+    const driftError = (drift: string[]) => new TdxError("E_LOCKFILE", `the bake installed other packages than tdx.lock pins: ${drift.length} package change(s) for profile ${profile}: ${drift.slice(0, 12).join(" ")}${drift.length > 12 ? " …" : ""}`, {
+      hint: "Review the changes, then run `tdxvm lock --refresh` (it re-pins the packages and shows which registers move) and commit tdx.lock; or bake from a package archive holding the pinned versions (--archive).",
+      details: { drift },
+    });
     const finish = async (result: BakeResult, cacheHit: boolean): Promise<BakeResult> => {
       if (cacheHit) await markUsed(entry);
-      // Package pinning: a non-frozen bake records what the archive resolved to; a frozen bake
-      // must resolve to exactly that (or the lock pins a snapshot of the archive).
-      const pins = packagePins(result.packages);
-      const lockFile = path.join(ctx.projectDir, LOCK_FILE);
+      // Package pinning: a non-frozen bake records what it installed (image and default initrd,
+      // with the .deb digests) and bakes with those pins from then on; a frozen bake must install
+      // exactly the pinned set.
+      const { pins, initrdPins, drift } = pinsOf(result);
       if (opts.frozen) {
-        const drift = packageDrift(emitted.lock, profile, pins);
-        if (drift.length) {
-          throw new TdxError("E_LOCKFILE", `the Debian archive moved since build/tdx.lock was written: ${drift.length} package change(s) for profile ${profile}: ${drift.slice(0, 12).join(" ")}${drift.length > 12 ? " …" : ""}`, {
-            hint: "Review the changes, then bake once without frozen (it re-pins the packages) and commit build/tdx.lock; or pin a Debian snapshot in the lock (debian.snapshot).",
-            details: { drift },
-          });
+        if (drift.length) throw driftError(drift);
+      } else if (pins.length && (JSON.stringify(emitted.lock.packages?.[profile]) !== JSON.stringify(pins) || (initrdPins && JSON.stringify(emitted.lock.initrdPackages?.[profile]) !== JSON.stringify(initrdPins)))) {
+        const debs = await debDigests(cacheDir, [...pins, ...(initrdPins ?? [])]);
+        const pinned = await pinPackages(path.join(ctx.projectDir, LOCK_FILE), profile, pins, initrdPins, debs);
+        // The pins are in the tree (apt preferences), so the pinned lock names another cache key
+        // for the very same image: file this bake under it too (hard links), so the next bake is a hit.
+        const key2 = bakeKey({ treeDigest: treeDigest(compileFromStore(ctx.recipe, pinned, cacheDir)), profile, targets, tools: exec.versions });
+        if (key2 !== key) {
+          await aliasEntry(entries, key, key2, { lockIntegrity: pinned.integrity }).catch(() => undefined);
+          // Installed other versions than its key's pins (they were no longer offered): an entry under
+          // that key would answer every later bake of those pins, frozen ones with an archive included.
+          if (drift.length && !cacheHit && existsSync(path.join(entries, key2))) await fs.rm(entry, { recursive: true, force: true });
         }
-      } else if (pins.length && JSON.stringify(emitted.lock.packages?.[profile]) !== JSON.stringify(pins)) {
-        await pinPackages(lockFile, profile, pins);
       }
       const out = { ...result, cacheHit, durations: { ...result.durations } };
       const outDir = path.join(buildDir, "artifacts", profile);
@@ -244,6 +264,7 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
       const again = await readEntry(entry);
       if (again && opts.useCache !== false) return finish(again, true);
       for (const n of await fs.readdir(entries)) if (n.startsWith(`.${key}.`)) await fs.rm(path.join(entries, n), { recursive: true, force: true });
+      const archived = await pinnedFromArchive(emitted.lock, profile, { ...opts, cacheDir }, progress);
       const tmp = path.join(entries, `.${key}.${process.pid}.tmp`);
       await fs.mkdir(path.join(tmp, "out"), { recursive: true });
       await fs.mkdir(path.join(tmp, "ws"), { recursive: true });
@@ -254,12 +275,21 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
         // could be another image's by the time mkosi starts — built under this image's key.
         const tree = path.join(tmp, "tree");
         await writeTree(emitted.tree, tree);
+        let repo: Awaited<ReturnType<typeof serveFlatRepository>> | undefined;
+        if (archived?.size) {
+          // Pinned packages the mirror dropped, from the archive: a repository for this bake's
+          // private tree only (a transport, not content: the pins are in the key already).
+          repo = await serveFlatRepository(await debControls(exec, [...archived.values()]));
+          await fs.writeFile(path.join(tree, "mkosi.sandbox", "etc", "apt", "sources.list.d", "tdxvm-archive.sources"), flatRepositorySource(repo.url));
+        }
         const sandboxDigest = treeDigest(new Map([...emitted.tree].filter(([p]) => p.startsWith("mkosi.sandbox/"))));
-        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree, sandboxDigest, kmodsSettings: kmodsSettings(emitted.tree) });
+        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree, sandboxDigest, kmodsSettings: kmodsSettings(emitted.tree) }).finally(() => repo?.close());
         const final: BakeResult = {
           ...result, key, cacheHit: false, recipeDigest: emitted.lock.recipe.profiles[profile], lockIntegrity: emitted.lock.integrity, treeDigest: tDigest,
           artifacts: result.artifacts.map((a) => ({ ...a, path: path.join(entry, path.relative(tmp, a.path)) })),
         };
+        // Frozen: a build that did not install the pins is refused before it becomes a cache entry.
+        if (opts.frozen && pinsOf(final).drift.length) throw driftError(pinsOf(final).drift);
         await fs.writeFile(path.join(tmp, "result.json"), stableJson(final));
         await fs.rm(path.join(tmp, "ws"), { recursive: true, force: true });
         await fs.rm(tree, { recursive: true, force: true });
@@ -274,6 +304,92 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
   } finally {
     progress.done();
   }
+}
+
+/**
+ * File the cache entry `key` under `key2` as well: a directory of hard links (no copy) with its
+ * result.json naming the new key. Nothing is written when `key2` exists; a failure leaves nothing.
+ */
+export async function aliasEntry(entries: string, key: string, key2: string, patch: Partial<BakeResult>): Promise<void> {
+  const from = path.join(entries, key);
+  const to = path.join(entries, key2);
+  const r = await readEntry(from);
+  if (!r || existsSync(to)) return;
+  const tmp = path.join(entries, `.${key2}.${process.pid}.tmp`);
+  try {
+    const walk = async (rel: string): Promise<void> => {
+      await fs.mkdir(path.join(tmp, rel), { recursive: true });
+      for (const e of await fs.readdir(path.join(from, rel), { withFileTypes: true })) {
+        const r2 = path.join(rel, e.name);
+        if (e.isDirectory()) await walk(r2);
+        else if (e.isFile() && r2 !== "result.json") await linkOrCopy(path.join(from, r2), path.join(tmp, r2));
+      }
+    };
+    await walk("");
+    const moved = (p: string) => path.join(to, path.relative(from, p));
+    await fs.writeFile(path.join(tmp, "result.json"), stableJson({ ...r, ...patch, key: key2, artifacts: r.artifacts.map((a) => ({ ...a, path: moved(a.path) })) }));
+    await fs.rename(tmp, to);
+  } catch (e) {
+    await fs.rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/**
+ * SHA-256 and size of the .deb behind each pin, from the package caches of both mkosi runs
+ * (apt names a file name_version_arch.deb, the epoch's ':' as %3a). Pins without a cached file
+ * (an offline bake from a seeded cache, say) get no entry.
+ */
+export async function debDigests(cacheDir: string, pins: string[]): Promise<NonNullable<Lock["debs"]>> {
+  const dirs = ["packages", "packages-initrd"].map((d) => path.join(cacheDir, d, "cache", "apt", "archives"));
+  const files = new Map<string, string>();
+  for (const d of dirs) for (const n of await fs.readdir(d).catch(() => [] as string[])) if (n.endsWith(".deb") && !files.has(n)) files.set(n, path.join(d, n));
+  const byPin = new Map<string, string>();
+  for (const n of files.keys()) {
+    const m = /^([^_]+)_([^_]+)_([^_]+)\.deb$/.exec(n);
+    if (m) byPin.set(`${m[1]}=${decodeURIComponent(m[2])}`, n);
+  }
+  const out: NonNullable<Lock["debs"]> = {};
+  for (const pin of new Set(pins.map(pinKey))) {
+    const n = byPin.get(pin);
+    if (!n) continue;
+    const { digest, size } = await hashFile(files.get(n)!, "sha256");
+    out[pin] = { file: n, sha256: digest.toString("hex"), size };
+  }
+  return out;
+}
+
+/**
+ * Before a bake that must install the lock's pins (frozen, or given an archive): the pins the
+ * Debian sources no longer offer, gathered from the local caches and the archive (each checked
+ * against the lock's SHA-256). Frozen and some found nowhere: E_PACKAGES naming them, before any
+ * build (apt would otherwise quietly take other versions, and the bake fail only at its end).
+ * Not frozen: what cannot be found is resolved anew and re-pinned. An index that cannot be
+ * fetched proves nothing: the bake goes on, and the drift check after it still holds.
+ */
+async function pinnedFromArchive(lock: Lock, profile: string, opts: BakeOptions & { cacheDir: string }, progress: Progress): Promise<Map<string, DebPin & { path: string }> | undefined> {
+  const pins = profilePins(lock, profile);
+  if (!pins.length || !(opts.frozen || opts.archive)) return undefined;
+  progress.phase("checking that the Debian sources offer the pinned packages");
+  const dropped = await unobtainablePins(lock, pins);
+  if (!dropped?.length) return undefined;
+  progress.phase(`${dropped.length} pinned package(s) no longer offered: taking them from ${opts.archive ? "the archive and " : ""}the local caches`);
+  const { found, missing } = await gatherDebs(lock, dropped, { cacheDir: opts.cacheDir, archive: opts.archive });
+  if (missing.length && opts.frozen) throw pinsUnavailable(lock, profile, missing, opts.archive);
+  return found;
+}
+
+/** Each deb's control paragraph (dpkg-deb --field, in the build environment), for the flat repository's index. */
+async function debControls(exec: Executor, debs: Array<DebPin & { path: string }>): Promise<Array<DebPin & { path: string; control: string }>> {
+  const out: Array<DebPin & { path: string; control: string }> = [];
+  for (const d of debs) {
+    const bind: Bind = { host: path.dirname(d.path), inside: "/work/deb", readOnly: true };
+    const lines: string[] = [];
+    const r = await runStreaming(exec.argv(["dpkg-deb", "--field", path.posix.join(exec.inside(bind), path.basename(d.path))], [bind]), { onLine: (l) => lines.push(l), tailLines: 10, timeoutMs: 60_000 });
+    if (r.code !== 0 || !lines.some((l) => /^Package: /.test(l))) throw new TdxError("E_BAKE", `cannot read the control fields of ${d.file} (${d.sha256}): ${r.tail.join(" ").slice(0, 300)}`, { hint: "The archive's file is not a Debian package; remove it from the archive and export it again.", details: { phase: "archive" } });
+    out.push({ ...d, control: lines.filter((l) => !/^(Filename|Size|SHA256|MD5sum):/.test(l)).join("\n") });
+  }
+  return out;
 }
 
 async function readEntry(entry: string): Promise<BakeResult | undefined> {
@@ -328,7 +444,7 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
     "nice", "-n", "19", "mkosi", "--directory", "", "--include=mkosi-initrd", "--distribution", "debian", "--release", "trixie", "--architecture", recipe.arch,
     `--sandbox-tree=${path.posix.join(exec.inside(binds[0]), "mkosi.sandbox")}`,
     "--cache-directory", inCache(initrdCache), "--package-cache-directory", inCache(initrdPkgcache), `--incremental=${a.opts.incremental === false ? "no" : "yes"}`,
-    "--output", "initrd", "--image-id", "tdxvm", "--source-date-epoch", "0", "--locale", "C.UTF-8", "--keymap", "us", "--timezone", "UTC", "--hostname", recipe.hostname,
+    "--output", "initrd", "--manifest-format", "json", "--image-id", "tdxvm", "--source-date-epoch", "0", "--locale", "C.UTF-8", "--keymap", "us", "--timezone", "UTC", "--hostname", recipe.hostname,
     "--output-directory", inCache(path.join(a.tmp, "initrd")), "--workspace-directory", inCache(path.join(a.tmp, "initrd", "ws")),
     ...(recipe.policy.networkMode === "offline" ? ["--cache-only=always"] : []),
     "--force", "build",
@@ -357,13 +473,15 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
     try {
       // The same initrd as a previous bake built: put it at the gate, and skip its mkosi run.
       // Both best effort: a kept initrd that cannot be used is a miss, one that cannot be kept is not kept.
-      const reused = initrdKey && (await reuseInitrd(initrdCache, await initrdKey(), gate).catch(() => false));
+      if (initrd) await matchInitrdCache(initrdCache, a.sandboxDigest);
+      const initrdManifest = path.join(a.tmp, "initrd", "initrd.manifest");
+      const reused = initrdKey && (await reuseInitrd(initrdCache, await initrdKey(), gate, initrdManifest).catch(() => false));
       if (initrd && !reused) await seedPackageCache(pkgcache, initrdPkgcache);
       // The kernel-modules initrd a previous bake kept for the same modules (kmods.ts), unless asked to build everything.
       // Local builds only: the workspace must be the same directory for tdxvm as for mkosi.
       const kmods = initrd && a.kmodsSettings && a.opts.incremental !== false && a.opts.backend !== "lima" ? { gate, keyInputs: { settings: a.kmodsSettings, tools: exec.versions } } : undefined;
       const r = await runMkosi(a, exec, binds, mkosi, inCache, reused ? undefined : initrd && { argv: initrd, gate }, kmods);
-      if (initrdKey && !reused) await keepInitrd(initrdCache, await initrdKey(), gate.initrd).catch(() => undefined);
+      if (initrdKey && !reused) await keepInitrd(initrdCache, await initrdKey(), gate.initrd, initrdManifest).catch(() => undefined);
       if (reused) r.mkosiSteps = { ...r.mkosiSteps, "initrd: reused a previous bake's default initrd": 0 };
       return r;
     } finally {
@@ -554,12 +672,8 @@ async function runMkosi(
   }
   const artifacts: Artifact[] = (await Promise.all(jobs)).flat();
   convertSeconds.total = (Date.now() - tConvert) / 1000;
-  const manifestFile = path.join(out, `${base}.manifest`);
-  let packages: BakeResult["packages"] = [];
-  if (existsSync(manifestFile)) {
-    const m = JSON.parse(await fs.readFile(manifestFile, "utf8")) as { packages?: Array<{ name: string; version: string; architecture?: string }> };
-    packages = (m.packages ?? []).map((p) => ({ name: p.name, version: p.version, architecture: p.architecture }));
-  }
+  const packages = await readManifest(path.join(out, `${base}.manifest`));
+  const initrdPackages = await readManifest(path.join(a.tmp, "initrd", "initrd.manifest"));
   return {
     reportVersion: REPORT_VERSION,
     profile: a.profile,
@@ -569,10 +683,18 @@ async function runMkosi(
     rootfs: a.ctx.recipe.rootfs,
     rootHash: await checkRootHash(a.ctx.recipe.rootfs, uki, raw),
     packages,
+    initrdPackages,
     durations: { mkosi: mkosiSeconds, ...Object.fromEntries(Object.entries(convertSeconds).map(([k, v]) => [`convert: ${k}`, v])) },
     mkosiSteps: steps,
     mkosiLog: a.logFile,
   };
+}
+
+/** The packages of a mkosi JSON manifest (none when mkosi wrote none). */
+async function readManifest(file: string): Promise<BakeResult["packages"]> {
+  if (!existsSync(file)) return [];
+  const m = JSON.parse(await fs.readFile(file, "utf8")) as { packages?: Array<{ name: string; version: string; architecture?: string }> };
+  return (m.packages ?? []).map((p) => ({ name: p.name, version: p.version, architecture: p.architecture }));
 }
 
 /**
@@ -609,9 +731,24 @@ async function checkRootHash(mode: RootFs, uki: string, raw: string): Promise<st
 export const MAX_CACHE_SLOTS = 4;
 const MAIN_CACHE_ENTRIES = ["debian~trixie~x86-64.cache", "debian~trixie~x86-64.build.cache", "debian~trixie~x86-64.manifest"];
 
-export function cacheSlotKey(a: Pick<BuildArgs, "ctx" | "profile">): string {
+export function cacheSlotKey(a: Pick<BuildArgs, "ctx" | "profile" | "sandboxDigest">): string {
   const p = resolveProfile(a.ctx.recipe, a.profile);
-  return digestOf({ packages: [...BASE_PACKAGES, ...p.packages].sort(), prepare: p.runs.filter((r) => r.phase === "prepare"), release: "trixie", arch: p.arch }).slice("sha256:".length, "sha256:".length + 16);
+  // The sandbox tree (apt sources and the lock's version pins) is not in mkosi's own cache manifest:
+  // without it here, a bake after `lock --refresh` would reuse a tree installed at the old versions.
+  return digestOf({ packages: [...BASE_PACKAGES, ...p.packages].sort(), prepare: p.runs.filter((r) => r.phase === "prepare"), release: "trixie", arch: p.arch, sandbox: a.sandboxDigest }).slice("sha256:".length, "sha256:".length + 16);
+}
+
+/**
+ * The default initrd's incremental cache is one per cache directory and mkosi reuses it whatever
+ * the apt sources and pins say: drop it when the sandbox tree differs from the one it was built with.
+ */
+async function matchInitrdCache(initrdCache: string, sandboxDigest: string): Promise<void> {
+  const marker = path.join(initrdCache, "tdxvm-sandbox");
+  if ((await fs.readFile(marker, "utf8").catch(() => "")) === sandboxDigest) return;
+  for (const n of await fs.readdir(initrdCache).catch(() => [] as string[])) {
+    if (n !== KEPT_INITRDS) await fs.rm(path.join(initrdCache, n), { recursive: true, force: true });
+  }
+  await writeFileAtomic(marker, sandboxDigest);
 }
 
 async function enterCacheSlot(mkcache: string, slot: string): Promise<void> {
@@ -694,36 +831,40 @@ export async function initrdReuseKey(initrdCache: string, inputs: { argv: string
 }
 
 /** Put the initrd kept under `key` at the gate and open it; false when none is kept. Throws if it cannot (the caller takes that as a miss). */
-export async function reuseInitrd(initrdCache: string, key: string, gate: ReturnType<typeof initrdGate>): Promise<boolean> {
+export async function reuseInitrd(initrdCache: string, key: string, gate: ReturnType<typeof initrdGate>, manifest?: string): Promise<boolean> {
   const kept = path.join(initrdCache, KEPT_INITRDS, `${key}.cpio.zst`);
-  if (!existsSync(kept)) return false;
+  const keptManifest = path.join(initrdCache, KEPT_INITRDS, `${key}.manifest`);
+  if (!existsSync(kept) || (manifest && !existsSync(keptManifest))) return false;
   const now = new Date();
   await fs.utimes(kept, now, now); // the newest is kept longest
-  const tmp = `${gate.initrd}.${process.pid}.tmp`;
-  try {
-    await linkOrCopy(kept, tmp);
-    await fs.rename(tmp, gate.initrd);
-  } catch (e) {
-    await fs.rm(tmp, { force: true });
-    throw e;
-  }
+  if (manifest) await putInPlace(keptManifest, manifest);
+  await putInPlace(kept, gate.initrd);
   await fs.writeFile(gate.ready, ""); // last: the image's UKI step takes the initrd once this exists
   return true;
 }
 
-/** Keep a built initrd under `key` (the newest MAX_KEPT_INITRDS stay). Throws if it cannot, leaving nothing half-written. */
-export async function keepInitrd(initrdCache: string, key: string, built: string): Promise<void> {
+/** Keep a built initrd (and its package manifest) under `key` (the newest MAX_KEPT_INITRDS stay). Throws if it cannot, leaving nothing half-written. */
+export async function keepInitrd(initrdCache: string, key: string, built: string, manifest?: string): Promise<void> {
   const dir = path.join(initrdCache, KEPT_INITRDS);
   await fs.mkdir(dir, { recursive: true });
-  const tmp = path.join(dir, `.${key}.${process.pid}.tmp`);
+  if (manifest) await putInPlace(manifest, path.join(dir, `${key}.manifest`));
+  await putInPlace(built, path.join(dir, `${key}.cpio.zst`));
+  await keepNewest(dir, MAX_KEPT_INITRDS, (n) => n.endsWith(".cpio.zst"));
+  for (const n of await fs.readdir(dir)) {
+    if (n.endsWith(".manifest") && !existsSync(path.join(dir, n.replace(/\.manifest$/, ".cpio.zst")))) await fs.rm(path.join(dir, n), { force: true });
+  }
+}
+
+/** A hard link to (or copy of) `src` at `dst`, through a temp file and a rename: never half-written. */
+async function putInPlace(src: string, dst: string): Promise<void> {
+  const tmp = `${dst}.${process.pid}.tmp`;
   try {
-    await linkOrCopy(built, tmp);
-    await fs.rename(tmp, path.join(dir, `${key}.cpio.zst`));
+    await linkOrCopy(src, tmp);
+    await fs.rename(tmp, dst);
   } catch (e) {
     await fs.rm(tmp, { force: true });
     throw e;
   }
-  await keepNewest(dir, MAX_KEPT_INITRDS, (n) => n.endsWith(".cpio.zst"));
 }
 
 /**

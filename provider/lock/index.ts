@@ -1,11 +1,13 @@
 /**
- * Lock: resolve a recipe's moving parts (source files, mirror, tool versions) into
- * build/tdx.lock, and check a recipe against a lock in frozen mode.
+ * Lock: resolve a recipe's moving parts (source files, mirror, tool versions, and after a bake the
+ * Debian packages it installed) into tdx.lock beside the recipe (the project directory, where
+ * package-lock.json sits beside package.json: a committed file), and check a recipe against a lock
+ * in frozen mode.
  *
  * The lock carries its own `integrity` (digest of its canonical body): a hand-edited lock,
  * e.g. a changed profile digest, no longer matches and is rejected as tampered.
  */
-import { promises as fs } from "node:fs";
+import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
 import { TdxError, formatIssues } from "../errors";
 import { stableJson, writeFileAtomic } from "./files";
@@ -17,6 +19,7 @@ import { digestOf } from "../recipe/digest";
 import { ContentStore, fetchInput, redactRef, sameDigest } from "../fetch";
 import { checkSources, PolicyWarning, policyError } from "./policy";
 import { Lock, LockBodyT, LockSchema, LOCK_VERSION } from "./schema";
+import { pinKey } from "../fetch/debian";
 
 export { Lock, LockInput, LockSchema } from "./schema";
 
@@ -28,15 +31,38 @@ export const DEFAULT_DEBIAN: LockBodyT["debian"] = {
   snapshot: null,
 };
 
-export const LOCK_FILE = path.join("build", "tdx.lock");
+/** The lock, relative to the project directory: committed beside the recipe. */
+export const LOCK_FILE = "tdx.lock";
+/** Where tdxvm before 0.2 wrote it (under the ignored build/): read when no tdx.lock exists. */
+export const LEGACY_LOCK_FILE = path.join("build", "tdx.lock");
+
+/** The project's lock file: tdx.lock, or the legacy build/tdx.lock when only that one exists. */
+export function lockFileOf(projectDir: string): string {
+  const file = path.join(projectDir, LOCK_FILE);
+  const legacy = path.join(projectDir, LEGACY_LOCK_FILE);
+  return !existsSync(file) && existsSync(legacy) ? legacy : file;
+}
 
 export interface LockOptions {
   projectDir: string;
   cacheDir: string;
   debian?: Partial<LockBodyT["debian"]>;
   tools?: Partial<LockBodyT["tools"]>;
-  /** Previous lock: its mirror pin and tool versions are kept unless overridden. */
+  /** Previous lock: its mirror pin, tool versions and package pins are kept unless overridden. */
   previous?: Lock;
+  /** Drop the previous lock's package pins (the next bake resolves everything from the archive). */
+  refresh?: boolean;
+}
+
+/** The previous lock's package pins that carry over, for the profiles the recipe still has. */
+function pinsOf(previous: Lock | undefined, profiles: string[], refresh: boolean): Pick<LockBodyT, "packages" | "initrdPackages" | "debs"> {
+  if (!previous || refresh) return {};
+  const keep = <T>(r: Record<string, T> | undefined) => (r ? Object.fromEntries(Object.entries(r).filter(([p]) => profiles.includes(p))) : undefined);
+  const out: Pick<LockBodyT, "packages" | "initrdPackages" | "debs"> = {};
+  if (previous.packages) out.packages = keep(previous.packages);
+  if (previous.initrdPackages) out.initrdPackages = keep(previous.initrdPackages);
+  if (previous.debs) out.debs = previous.debs;
+  return out;
 }
 
 export interface LockResult { lock: Lock; warnings: PolicyWarning[] }
@@ -68,10 +94,43 @@ export async function createLock(recipe: Recipe, opts: LockOptions): Promise<Loc
     debian: { ...DEFAULT_DEBIAN, ...opts.previous?.debian, ...opts.debian },
     tools: { toolsTreeRelease: "trixie", mkosi: null, systemdStub: null, ...opts.previous?.tools, ...opts.tools },
     inputs,
-    // Keep pinned package sets of profiles whose recipe did not change.
-    ...(opts.previous?.packages ? { packages: Object.fromEntries(Object.entries(opts.previous.packages).filter(([p]) => opts.previous!.recipe.profiles[p] === allProfileDigests(recipe)[p])) } : {}),
+    // Keep the pinned package sets, also of profiles whose recipe changed (the way package-lock.json
+    // keeps every resolved version when package.json gains a dependency): the bake installs the
+    // pinned versions of the packages it still needs, resolves only what is new, and re-pins. A
+    // change to the recipe then moves registers by that change alone, not by Debian's updates of
+    // the week. `tdxvm lock --refresh` drops them on purpose.
+    ...pinsOf(opts.previous, Object.keys(allProfileDigests(recipe)), opts.refresh === true),
   };
   return { lock: sealLock(body), warnings };
+}
+
+/** A snapshot.debian.org timestamp for an instant (the service serves the newest snapshot at or before it). */
+export function snapshotTimestamp(d: Date): string {
+  return d.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+}
+
+/**
+ * The Debian snapshot a lock pins, as `tdxvm lock --snapshot` chooses it: a given timestamp,
+ * "none" (the live mirror), or "auto": keep the current lock's, else pin now when the snapshot
+ * service answers for the release (10 s), else none — and say why, since without a snapshot only
+ * the pinned .debs (caches, `tdxvm archive export`) keep an old lock bakeable.
+ */
+export async function chooseSnapshot(choice: string, debian: LockBodyT["debian"], log: (m: string) => void, now = new Date()): Promise<string | null> {
+  if (choice === "none") return null;
+  if (choice !== "auto") {
+    if (!/^\d{8}T\d{6}Z$/.test(choice)) throw new TdxError("E_VALIDATION", `--snapshot ${JSON.stringify(choice.slice(0, 40))} is not a snapshot timestamp`, { hint: "Use auto, none, or a timestamp like 20261201T000000Z." });
+    return choice;
+  }
+  if (debian.snapshot) return debian.snapshot;
+  const ts = snapshotTimestamp(now);
+  const url = `${debian.snapshotMirror}/archive/debian/${ts}/dists/${debian.release}/InRelease`;
+  const why = await fetch(url, { method: "HEAD", redirect: "follow", signal: AbortSignal.timeout(10_000) }).then((r) => (r.ok ? undefined : `it answered ${r.status}`), (e: Error) => (e.cause as Error | undefined)?.message ?? e.message);
+  if (why === undefined) {
+    log(`pinned the Debian snapshot ${ts} (${debian.snapshotMirror})`);
+    return ts;
+  }
+  log(`no Debian snapshot pinned: ${debian.snapshotMirror} did not serve ${ts} (${why}). The lock names the live mirror; once Debian drops a pinned version, bakes take it from this machine's package caches or an archive (tdxvm archive export), else stop with E_PACKAGES.`);
+  return null;
 }
 
 export async function writeLock(file: string, lock: Lock): Promise<void> {
@@ -97,7 +156,7 @@ export function parseLock(text: string, where = LOCK_FILE): Lock {
   const actual = digestOf(body);
   if (actual !== integrity) {
     throw new TdxError("E_LOCKFILE", `${where} was modified by hand: its content digest is ${actual}, but it records ${integrity}`, {
-      hint: "Locks are written only by tdxvm. Revert the edit (git checkout build/tdx.lock) or run img.lock() to regenerate it.",
+      hint: "Locks are written only by tdxvm. Revert the edit (git checkout tdx.lock) or run img.lock() to regenerate it.",
     });
   }
   return r.data;
@@ -109,7 +168,7 @@ export async function readLock(file: string): Promise<Lock> {
     text = await fs.readFile(file, "utf8");
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") {
-      throw new TdxError("E_LOCKFILE", `no lock file at ${file}`, { hint: "Run img.lock() (or `npx tdxvm lock`) and commit build/tdx.lock; frozen bakes need it." });
+      throw new TdxError("E_LOCKFILE", `no lock file at ${file}`, { hint: "Run img.lock() (or `npx tdxvm lock`) and commit tdx.lock beside the recipe; frozen bakes need it." });
     }
     throw new TdxError("E_LOCKFILE", `cannot read ${file}: ${(e as NodeJS.ErrnoException).code}`);
   }
@@ -147,7 +206,7 @@ export async function checkFrozen(recipe: Recipe, lock: Lock, opts: { projectDir
     }
   }
   if (stale.length) {
-    throw new TdxError("E_LOCKFILE", `build/tdx.lock is stale: ${stale.join("; ")}`, {
+    throw new TdxError("E_LOCKFILE", `tdx.lock is stale: ${stale.join("; ")}`, {
       hint: "The recipe changed since the lock was written. Run img.lock() (or `npx tdxvm lock`), review the diff, commit it, then bake again.",
       details: { stale },
     });
@@ -163,23 +222,38 @@ export function packagePins(packages: ReadonlyArray<{ name: string; version: str
  * Frozen check after a build: the packages must be the locked ones. Returns a description of the
  * differences (empty when equal or when nothing is pinned for the profile).
  */
-export function packageDrift(lock: Lock, profile: string, pins: string[]): string[] {
-  const locked = lock.packages?.[profile];
-  if (!locked) return [];
-  const a = new Set(locked);
-  const b = new Set(pins);
-  return [
-    ...locked.filter((x) => !b.has(x)).map((x) => `-${x}`),
-    ...pins.filter((x) => !a.has(x)).map((x) => `+${x}`),
-  ];
+export function packageDrift(lock: Lock, profile: string, pins: string[], initrdPins?: string[]): string[] {
+  const diff = (locked: string[] | undefined, now: string[], tag: string) => {
+    if (!locked) return [];
+    const a = new Set(locked);
+    const b = new Set(now);
+    return [...locked.filter((x) => !b.has(x)).map((x) => `-${x}${tag}`), ...now.filter((x) => !a.has(x)).map((x) => `+${x}${tag}`)];
+  };
+  return [...diff(lock.packages?.[profile], pins, ""), ...(initrdPins ? diff(lock.initrdPackages?.[profile], initrdPins, " (initrd)") : [])];
 }
 
-/** Record a profile's resolved packages in the lock at `file` (atomic rewrite, resealed). */
-export async function pinPackages(file: string, profile: string, pins: string[]): Promise<Lock> {
+/** The pins a profile's bake must install: the image's and its default initrd's. */
+export function profilePins(lock: Lock, profile: string): string[] {
+  return [...new Set([...(lock.packages?.[profile] ?? []), ...(lock.initrdPackages?.[profile] ?? [])])].sort();
+}
+
+/**
+ * Record a profile's resolved packages (image and default initrd, and the .deb digests known for
+ * them) in the lock at `file`: atomic rewrite, resealed.
+ */
+export async function pinPackages(file: string, profile: string, pins: string[], initrdPins?: string[], debs?: NonNullable<Lock["debs"]>): Promise<Lock> {
   const lock = await readLock(file);
   const { integrity: _old, ...body } = lock;
   void _old;
-  const sealed = sealLock({ ...body, packages: { ...body.packages, [profile]: pins } });
+  const next: LockBodyT = { ...body, packages: { ...body.packages, [profile]: pins } };
+  if (initrdPins) next.initrdPackages = { ...body.initrdPackages, [profile]: initrdPins };
+  if (debs) {
+    // Digests of every package some profile still pins: the new ones over the old.
+    const wanted = new Set(Object.values({ ...next.packages }).concat(Object.values({ ...next.initrdPackages })).flat().map(pinKey));
+    const all = { ...body.debs, ...debs };
+    next.debs = Object.fromEntries(Object.entries(all).filter(([k]) => wanted.has(k)).sort(([a], [b]) => (a < b ? -1 : 1)));
+  }
+  const sealed = sealLock(next);
   await writeLock(file, sealed);
   return sealed;
 }
@@ -187,6 +261,6 @@ export async function pinPackages(file: string, profile: string, pins: string[])
 /** Enforce the policy rules that concern a bake. */
 export function checkBakePolicy(recipe: Recipe, frozen: boolean): void {
   if (recipe.policy.requireFrozenLock && !frozen) {
-    throw policyError("requireFrozenLock", "this recipe must be baked with {frozen: true}", "Bake with {frozen: true} against a committed build/tdx.lock (CI should always do this).");
+    throw policyError("requireFrozenLock", "this recipe must be baked with {frozen: true}", "Bake with {frozen: true} against the committed tdx.lock (CI should always do this).");
   }
 }

@@ -1,4 +1,4 @@
-/** build/tdx.lock: what a recipe resolved to, so a frozen bake can prove nothing moved. */
+/** tdx.lock: what a recipe resolved to, so a frozen bake can prove nothing moved. */
 import { z } from "zod";
 
 const Digest = z.string().regex(/^sha256:[0-9a-f]{64}$/, "digest must be sha256:<64 hex>");
@@ -9,6 +9,9 @@ const Sri = (alg: keyof typeof DIGEST_BYTES) => z.string()
   .refine((s) => Buffer.from(s.slice(alg.length + 1), "base64").length === DIGEST_BYTES[alg], `must hold a ${DIGEST_BYTES[alg]}-byte ${alg} digest`);
 
 export const LOCK_VERSION = 1 as const;
+
+/** A pinned Debian package, `name=version` (the name may carry an `:arch` qualifier). */
+const Pin = z.string().regex(/^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+$/);
 
 export const LockBody = z
   .object({
@@ -39,7 +42,18 @@ export const LockBody = z
      * Debian packages each profile resolved to in its last non-frozen bake (from mkosi's manifest).
      * A frozen bake must resolve to exactly these: the live archive moving is then an error.
      */
-    packages: z.record(z.string(), z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+$/))).optional(),
+    packages: z.record(z.string(), z.array(Pin)).optional(),
+    /** The same for the default initrd each profile's UKI carries (a separate mkosi image: its packages are measured in .initrd). */
+    initrdPackages: z.record(z.string(), z.array(Pin)).optional(),
+    /**
+     * Each pinned package's .deb by content, `name=version` → file name, SHA-256 and size: what a
+     * content-addressed package archive serves (tdxvm archive) and what a bake checks it against.
+     */
+    debs: z.record(Pin, z.object({
+      file: z.string().regex(/^[a-z0-9][a-z0-9+.-]*_[A-Za-z0-9.+~%-]+_[a-z0-9]+\.deb$/, "must be a Debian package file name"),
+      sha256: z.string().regex(/^[0-9a-f]{64}$/),
+      size: z.number().int().min(0),
+    }).strict()).optional(),
   })
   .strict();
 

@@ -101,14 +101,18 @@ async function loadFirmware(opts: MeasureCallOptions, cacheDir: string): Promise
   return undefined;
 }
 
-export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdStub" | "profile"> & Partial<Pick<BakeResult, "rootfs">>, opts: MeasureCallOptions): Promise<Measurements> {
+export async function measureBake(bake: Pick<BakeResult, "artifacts" | "systemdStub" | "profile"> & Partial<Pick<BakeResult, "rootfs" | "packages" | "initrdPackages">>, opts: MeasureCallOptions): Promise<Measurements> {
   assertBackend(opts.backend);
   const uki = bake.artifacts.find((a) => a.target === "uki");
   const disk = bake.artifacts.find((a) => a.target === "disk");
   for (const a of [uki, disk]) {
     if (!a || !existsSync(a.path)) throw new TdxError("E_MEASUREMENT", `the bake has no ${a ? path.basename(a.path) : "UKI/disk"} to measure`, { hint: "Bake first: img.bake() (artifacts are cached; a missing file means the cache was cleaned)." });
   }
-  return measureFiles(uki!.path, disk!.path, bake.rootfs, { profile: bake.profile, systemdStub: bake.systemdStub, ukiSha256: uki!.sha256, diskSha256: disk!.sha256 }, opts);
+  const m = await measureFiles(uki!.path, disk!.path, bake.rootfs, { profile: bake.profile, systemdStub: bake.systemdStub, ukiSha256: uki!.sha256, diskSha256: disk!.sha256 }, opts);
+  // The packages behind the image, for diffs that name them (pins: name=version, sorted).
+  const pins = (l: BakeResult["packages"] | undefined) => (l ?? []).map((p) => `${p.name}=${p.version}`).sort();
+  if (bake.packages?.length) m.packages = { image: pins(bake.packages), initrd: pins(bake.initrdPackages) };
+  return m;
 }
 
 /**

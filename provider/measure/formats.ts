@@ -46,6 +46,10 @@ export const MeasurementsSchema = z.object({
     events: z.array(LedgerEventSchema).max(10_000),
   })),
   inputs: z.record(z.string(), z.union([z.string().max(4096), z.number(), z.null()])),
+  packages: z.object({
+    image: z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+$/)).max(20_000),
+    initrd: z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+$/)).max(20_000),
+  }).strict().optional(),
 });
 
 export function parseMeasurements(text: string, where: string): Measurements {

@@ -41,6 +41,12 @@ export interface Measurements {
   registers: Record<string, RegisterValue>;
   /** What the prediction assumed (stub version, firmware, VM shape, ...). */
   inputs: Record<string, string | number | null>;
+  /**
+   * The Debian packages (`name=version`, sorted) the measured image was baked from: those of its
+   * root file system (the image; the kernel is one of them) and those of the default initrd in the
+   * UKI's .initrd. Lets a diff name the packages behind a register change.
+   */
+  packages?: { image: string[]; initrd: string[] };
 }
 
 export function measurementsToJson(m: Measurements): string {
@@ -74,6 +80,7 @@ export function diffMeasurements(a: Measurements, b: Measurements): RegisterDiff
     ? rootA && rootB ? `root file system changed (verity root hash ${String(rootA).slice(0, 16)}… → ${String(rootB).slice(0, 16)}…)`
       : `root file system mode changed (${String(a.inputs.rootfs ?? "unknown").split(":")[0]} → ${String(b.inputs.rootfs ?? "unknown").split(":")[0]})`
     : undefined;
+  const pkgs = a.packages && b.packages ? packageChanges(a.packages, b.packages) : undefined;
   const names = [...new Set([...Object.keys(a.registers), ...Object.keys(b.registers)])].sort(registerOrder);
   for (const name of names) {
     const ra = a.registers[name];
@@ -93,9 +100,60 @@ export function diffMeasurements(a: Measurements, b: Measurements): RegisterDiff
     }
     if (!changes.length) changes.push(`${name}: ${rb?.status === "platform-defined" || ra?.status === "platform-defined" ? "platform-defined value changed" : "value changed"}`);
     else if (rootChange && ra?.status === "exact" && rb?.status === "exact") changes.unshift(`${name}: ${rootChange}`);
-    out.push({ register: name, old: ra?.value ?? null, new: rb?.value ?? null, changes });
+    out.push({ register: name, old: ra?.value ?? null, new: rb?.value ?? null, changes: pkgs ? changes.map((c) => withPackageCauses(c, pkgs)) : changes });
   }
   return out;
+}
+
+/** A package's version change between two pin lists: `name old → new`, `name (new) → v`, `name v → (removed)`. */
+export interface PackageChange { name: string; old: string | null; new: string | null }
+
+export function pinDiff(a: string[], b: string[]): PackageChange[] {
+  const split = (l: string[]) => new Map(l.map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)]));
+  const ma = split(a);
+  const mb = split(b);
+  const out: PackageChange[] = [];
+  for (const n of [...new Set([...ma.keys(), ...mb.keys()])].sort()) {
+    const x = ma.get(n) ?? null;
+    const y = mb.get(n) ?? null;
+    if (x !== y) out.push({ name: n, old: x, new: y });
+  }
+  return out;
+}
+
+export const formatPackageChange = (c: PackageChange) => `${c.name} ${c.old ?? "(new)"} → ${c.new ?? "(removed)"}`;
+
+interface PackageChanges { image: PackageChange[]; initrd: PackageChange[]; kernel: PackageChange[]; stub: PackageChange[]; osrel: PackageChange[] }
+
+function packageChanges(a: NonNullable<Measurements["packages"]>, b: NonNullable<Measurements["packages"]>): PackageChanges {
+  const image = pinDiff(a.image, b.image);
+  return {
+    image,
+    initrd: pinDiff(a.initrd, b.initrd),
+    // The UKI's .linux/.uname come from the kernel package, its stub from systemd-boot-efi, .osrel from base-files (/usr/lib/os-release).
+    kernel: image.filter((c) => /^linux-image-/.test(c.name)),
+    stub: image.filter((c) => c.name === "systemd-boot-efi"),
+    osrel: image.filter((c) => c.name === "base-files"),
+  };
+}
+
+/**
+ * A ledger change with the package changes behind it, by what the event measures: the UKI's
+ * .initrd holds the default initrd's packages and the kernel's modules; .linux and .uname the
+ * kernel; .osrel base-files; the command line and the GPT the root file system (its verity root
+ * hash); the UKI as a whole (Authenticode) all of these and the stub.
+ */
+function withPackageCauses(change: string, p: PackageChanges): string {
+  const list = (cs: PackageChange[], where: string) => cs.map((c) => `${formatPackageChange(c)} (${where})`);
+  let causes: string[] = [];
+  if (/\.initrd|Linux initrd/.test(change)) causes = [...list(p.initrd, "in the initrd"), ...list(p.kernel, "kernel modules in the initrd")];
+  else if (/\.linux|\.uname|kernel \(/.test(change)) causes = list(p.kernel, "the kernel");
+  else if (/\.osrel/.test(change)) causes = list(p.osrel, "os-release");
+  else if (/root file system|command line|\.cmdline|GPT/.test(change)) causes = list(p.image, "in the root file system");
+  else if (/UKI \(|UKI changed|Authenticode/.test(change)) causes = [...list(p.stub, "the stub"), ...list(p.kernel, "the kernel"), ...list(p.initrd, "in the initrd"), ...list(p.image.filter((c) => !p.kernel.includes(c) && !p.stub.includes(c)), "in the root file system")];
+  if (!causes.length) return change;
+  const shown = causes.slice(0, 8);
+  return `${change} — ${shown.join(", ")}${causes.length > shown.length ? `, and ${causes.length - shown.length} more` : ""}`;
 }
 
 function registerOrder(a: string, b: string): number {

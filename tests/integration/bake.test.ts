@@ -213,32 +213,45 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
     expect(r.artifacts.map((a) => a.sha256)).toEqual(second.artifacts.map((a) => a.sha256));
   });
 
-  it("pins the resolved packages in the lock; a frozen bake with different packages fails with E_LOCKFILE", async () => {
-    const lockFile = path.join(project, "build", "tdx.lock");
+  it("pins the resolved packages (image and initrd, with each .deb's SHA-256) in tdx.lock; a frozen bake whose pins no source offers fails with E_PACKAGES before building", async () => {
+    const lockFile = path.join(project, "tdx.lock");
     const lock = await readLock(lockFile);
     expect(lock.packages?.default).toEqual(first.packages.map((p) => `${p.name}=${p.version}`).sort());
+    expect(lock.initrdPackages?.default).toEqual(first.initrdPackages!.map((p) => `${p.name}=${p.version}`).sort());
+    expect(lock.initrdPackages?.default).toEqual(expect.arrayContaining([expect.stringMatching(/^systemd=/), expect.stringMatching(/^kmod=/)]));
+    // Every pin has its .deb's digest (the package caches hold them after a bake), as sha256sum computes it.
+    const systemd = lock.packages!.default.find((p) => p.startsWith("systemd="))!;
+    const deb = lock.debs![systemd];
+    const cached = path.join(cacheDir, "packages", "cache", "apt", "archives", deb.file);
+    expect(createHash("sha256").update(readFileSync(cached)).digest("hex")).toBe(deb.sha256);
     const frozen = await img().bake({ cacheDir, quiet: true, frozen: true });
     expect(frozen.cacheHit).toBe(true);
-    // Simulate the archive having moved: the locked systemd version differs from what was built.
-    await pinPackages(lockFile, "default", lock.packages!.default.map((p) => (p.startsWith("systemd=") ? "systemd=0.0-tdxvm" : p)));
+    // The archive has moved on: the locked systemd version is offered by no source and held by no cache or archive.
+    const moved = (p: string) => (p.startsWith("systemd=") ? "systemd=0.0-tdxvm" : p);
+    await pinPackages(lockFile, "default", lock.packages!.default.map(moved), lock.initrdPackages!.default.map(moved));
+    const log = path.join(project, "build", "bake-default.log");
+    const logBefore = statSync(log).mtimeMs;
     const e = await tdxErrorOf(() => img().bake({ cacheDir, quiet: true, frozen: true }));
-    expect(e.code).toBe("E_LOCKFILE");
-    expect(e.message).toContain("-systemd=0.0-tdxvm");
-    expect(e.message).toMatch(/\+systemd=25\d/);
-    await pinPackages(lockFile, "default", lock.packages!.default);
+    expect(e.code).toBe("E_PACKAGES");
+    expect(e.details).toEqual({ missing: ["systemd=0.0-tdxvm"] });
+    expect(e.hint).toMatch(/--archive DIR\|URL.*snapshot/s);
+    expect(statSync(log).mtimeMs).toBe(logBefore); // refused before mkosi ran
+    await pinPackages(lockFile, "default", lock.packages!.default, lock.initrdPackages!.default);
   });
 
   it("mkosi failure (unknown package) → E_BAKE with the phase and log tail, no cache entry, no mounts", async () => {
     const dir = await tempDir("tdxvm-bakefail-");
-    const entriesBefore = await fs.readdir(path.join(cacheDir, "artifacts"));
+    // Cache entries, not the bake's <key>.lock files (a failed bake leaves its emptied lock file: on a
+    // fresh machine that is a new name, on a warm one it was there already).
+    const entries = async () => (await fs.readdir(path.join(cacheDir, "artifacts"))).filter((n) => !n.endsWith(".lock"));
+    const entriesBefore = await entries();
     const e = await tdxErrorOf(() => small(dir, "fail").install("tdxvm-no-such-package").bake({ cacheDir, quiet: true }));
     expect(e.code).toBe("E_BAKE");
     expect(e.message).toMatch(/mkosi failed during "/);
     expect(e.message).toContain("tdxvm-no-such-package");
     expect(String(e.details?.phase)).toMatch(/Installing|Building|Syncing|Copying/);
     expect(e.hint).toContain(path.join(dir, "build", "bake-default.log"));
-    const entriesAfter = await fs.readdir(path.join(cacheDir, "artifacts"));
-    expect(entriesAfter.sort()).toEqual(entriesBefore.sort());
+    expect((await entries()).sort()).toEqual(entriesBefore.sort());
     expect(toolsTreeMounts()).toEqual([]);
   });
 

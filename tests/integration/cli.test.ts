@@ -28,6 +28,8 @@ beforeAll(async () => {
   blue = path.join(dir, "blue", "recipe.js");
   await fs.mkdir(path.dirname(blue), { recursive: true });
   await fs.writeFile(blue, `module.exports = () => require(${JSON.stringify(path.join(repo, "examples/local-qemu/recipe"))}).recipe(__dirname, { cmdline: ["tdxvm.role=blue"] });\n`);
+  // A pull request changes the recipe, not the lock: the variant bakes with the example's pinned packages.
+  await fs.copyFile(path.join(repo, "examples/local-qemu/tdx.lock"), path.join(dir, "blue", "tdx.lock"));
 });
 afterAll(() => fs.rm(dir, { recursive: true, force: true }));
 
@@ -66,10 +68,10 @@ describe("usage", () => {
 });
 
 describe("lock, emit, bake", () => {
-  it("lock writes build/tdx.lock, emit the mkosi tree, bake lists the artifacts (a cache hit)", async () => {
+  it("lock writes tdx.lock beside the recipe, emit the mkosi tree, bake lists the artifacts (a cache hit)", async () => {
     const lock = await runTdxvm(["lock", EXAMPLE]);
     expect(lock.code).toBe(0);
-    expect(lock.stdout).toContain(path.join(repo, "examples/local-qemu/build/tdx.lock"));
+    expect(lock.stdout).toContain(path.join(repo, "examples/local-qemu/tdx.lock"));
     const emit = await runTdxvm(["emit", EXAMPLE, "--frozen"]);
     expect(emit.code).toBe(0);
     expect(existsSync(path.join(repo, "examples/local-qemu/build/mkosi/mkosi.conf"))).toBe(true);

