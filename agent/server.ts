@@ -4,7 +4,9 @@
  *   GET  /v1/keys     the issuer's long-lived keys (TPM EK/AK, certificates) for the verifier's challenge
  *   POST /v1/attest   {nonce: hex, credential?: {idObject, encSecret}} → Evidence bound to nonce + this TLS key
  *   POST /v1/secrets  {NAME: value, …} → 200 once; 400 (bad payload, names only), 409 (already done), 413 (too big)
- * Bounded: request bodies (413), concurrent requests (503), time per request; only method, path and
+ * Bounded: request bodies (413), time to send headers and body (408), requests being worked on at
+ * once (503) — a request takes one of those slots only once its body has arrived, so clients that
+ * trickle bytes cannot starve attestation or delivery — and connections. Only method, path and
  * status are logged — never a body.
  */
 import * as https from "node:https";
@@ -13,7 +15,7 @@ import type { IssuerImpl } from "./issuers";
 import type { SecretsReceiver } from "./secrets";
 import type { TlsIdentity } from "./tls";
 
-export const LIMITS = { attestBody: 16 * 1024, secretsBody: 1024 * 1024, concurrent: 8, requestMs: 120_000 };
+export const LIMITS = { attestBody: 16 * 1024, secretsBody: 1024 * 1024, concurrent: 8, requestMs: 120_000, bodyMs: 15_000, connections: 256 };
 
 class HttpError extends Error {
   constructor(readonly status: number, message: string) {
@@ -21,23 +23,36 @@ class HttpError extends Error {
   }
 }
 
+/** The whole body within LIMITS.bodyMs (408 after), at most `max` bytes (413: the rest is not read). */
 function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers["content-length"] ?? 0);
     if (declared > max) return reject(new HttpError(413, `body larger than ${max} bytes`));
     const chunks: Buffer[] = [];
     let size = 0;
+    const timer = setTimeout(() => {
+      req.pause();
+      reject(new HttpError(408, `the body did not arrive within ${LIMITS.bodyMs / 1000} s`));
+    }, LIMITS.bodyMs);
+    const fail = (e: Error) => {
+      clearTimeout(timer);
+      reject(e);
+    };
     req.on("data", (c: Buffer) => {
       size += c.length;
       if (size > max) {
-        reject(new HttpError(413, `body larger than ${max} bytes`));
-        req.destroy();
+        req.pause();
+        req.removeAllListeners("data");
+        fail(new HttpError(413, `body larger than ${max} bytes`));
         return;
       }
       chunks.push(c);
     });
-    req.on("end", () => resolve(Buffer.concat(chunks)));
-    req.on("error", reject);
+    req.on("end", () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(chunks));
+    });
+    req.on("error", fail);
   });
 }
 
@@ -69,34 +84,43 @@ export function agentServer(d: ServerDeps): https.Server {
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const send = (status: number, body: unknown) => {
       const text = JSON.stringify(body);
-      res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), "cache-control": "no-store" });
+      // A refused body is not read to its end: close the connection after the answer.
+      res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), "cache-control": "no-store", ...(status === 408 || status === 413 ? { connection: "close" } : {}) });
       res.end(text);
     };
     const route = `${req.method} ${(req.url ?? "").split("?")[0]}`;
-    try {
+    // Work on a complete request: a slot is taken only here, after its body arrived.
+    const slot = async (f: () => Promise<void>) => {
       if (inFlight >= LIMITS.concurrent) throw new HttpError(503, "too many requests at once; retry");
       inFlight++;
       try {
-        if (route === "GET /v1/health") {
-          return send(200, { status: "ok", issuer: d.issuer.name, secrets: !d.secrets ? "none" : d.secrets.complete ? "complete" : "pending" });
-        }
-        if (route === "GET /v1/keys") return send(200, await d.issuer.keys());
-        if (route === "POST /v1/attest") {
-          const body = json(await readBody(req, LIMITS.attestBody));
-          const nonce = hex(body.nonce, "nonce", 16, 64);
-          const c = body.credential as Record<string, unknown> | undefined;
-          const credential = c === undefined ? undefined : { idObject: b64(c?.idObject, "credential.idObject"), encSecret: b64(c?.encSecret, "credential.encSecret") };
-          return send(200, await d.issuer.evidence(nonce, d.tls.spkiSha256, credential));
-        }
-        if (route === "POST /v1/secrets") {
-          if (!d.secrets) throw new HttpError(404, "this image declares no secrets receiver (Init module)");
-          const out = await d.secrets.receive(json(await readBody(req, LIMITS.secretsBody)));
-          return send(out.status, out.body);
-        }
-        throw new HttpError(404, `no route ${route.slice(0, 80)}`);
+        await f();
       } finally {
         inFlight--;
       }
+    };
+    try {
+      if (route === "GET /v1/health") {
+        return await slot(async () => send(200, { status: "ok", issuer: d.issuer.name, secrets: !d.secrets ? "none" : d.secrets.complete ? "complete" : "pending" }));
+      }
+      if (route === "GET /v1/keys") return await slot(async () => send(200, await d.issuer.keys()));
+      if (route === "POST /v1/attest") {
+        const body = json(await readBody(req, LIMITS.attestBody));
+        const nonce = hex(body.nonce, "nonce", 16, 64);
+        const c = body.credential as Record<string, unknown> | undefined;
+        const credential = c === undefined ? undefined : { idObject: b64(c?.idObject, "credential.idObject"), encSecret: b64(c?.encSecret, "credential.encSecret") };
+        return await slot(async () => send(200, await d.issuer.evidence(nonce, d.tls.spkiSha256, credential)));
+      }
+      if (route === "POST /v1/secrets") {
+        if (!d.secrets) throw new HttpError(404, "this image declares no secrets receiver (Init module)");
+        const secrets = d.secrets;
+        const body = json(await readBody(req, LIMITS.secretsBody));
+        return await slot(async () => {
+          const out = await secrets.receive(body);
+          send(out.status, out.body);
+        });
+      }
+      throw new HttpError(404, `no route ${route.slice(0, 80)}`);
     } catch (e) {
       const status = e instanceof HttpError ? e.status : 500;
       send(status, { error: (e as Error).message });
@@ -106,7 +130,8 @@ export function agentServer(d: ServerDeps): https.Server {
   };
   const server = https.createServer({ key: d.tls.keyPem, cert: d.tls.certPem, minVersion: "TLSv1.2" }, (req, res) => void handle(req, res));
   server.requestTimeout = LIMITS.requestMs;
-  server.headersTimeout = 30_000;
+  server.headersTimeout = 15_000;
   server.maxHeadersCount = 50;
+  server.maxConnections = LIMITS.connections;
   return server;
 }

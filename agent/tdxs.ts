@@ -10,10 +10,21 @@
  */
 import * as net from "node:net";
 
-import { tdxsReportData, Issuer } from "./protocol";
+import { tdxsReportData, Issuer, ATTEST_LABEL } from "./protocol";
 import type { IssuerImpl } from "./issuers";
 
 const MAX_LINE = 128 * 1024;
+/** Requests one client may have waiting (then its socket is paused: backpressure), and quotes in progress for all clients together. */
+export const TDXS_LIMITS = { queuedPerClient: 8, concurrent: 4 };
+
+/**
+ * Domain separation (docs/design.md §10): the attestation binding the agent has the platform sign
+ * for tdxvm attest is a hash over ATTEST_LABEL ‖ 0x00 ‖ nonce ‖ SHA-256(SPKI). tdxs signs
+ * SHA-256(userData ‖ nonce) with the same key, so userData ‖ nonce = that preimage would give the
+ * very same signed bytes — a relay's way to attest with its own TLS key. No tdxs request may start
+ * with that prefix; SHA-256's collision resistance does the rest.
+ */
+export const ATTEST_PREFIX = Buffer.concat([Buffer.from(ATTEST_LABEL, "utf8"), Buffer.from([0])]);
 /** Hex characters per field: user data and nonces are small; a document (a TD quote with its certificate chain) is not. */
 const MAX_FIELD: Record<string, number> = { userData: 4096, nonce: 4096, document: 96 * 1024 };
 /** TDX quote v4/v5: REPORTDATA sits at the end of the TD report body (header 48 bytes + body offset 520; v5 adds a 6-byte body descriptor). */
@@ -35,14 +46,22 @@ function hexField(data: Record<string, unknown>, name: string, required: boolean
 export async function handleTdxs(issuer: IssuerImpl, line: string): Promise<{ data: unknown; error: string | null }> {
   let req: { method?: unknown; data?: unknown };
   try {
-    req = JSON.parse(line);
+    const v: unknown = JSON.parse(line);
+    // `null`, a number or an array is JSON but no request.
+    if (!v || typeof v !== "object" || Array.isArray(v)) return { data: null, error: "request must be a JSON object" };
+    req = v as { method?: unknown; data?: unknown };
   } catch {
     return { data: null, error: "request is not JSON" };
   }
-  const data = (req.data && typeof req.data === "object" ? req.data : {}) as Record<string, unknown>;
+  const data = (req.data && typeof req.data === "object" && !Array.isArray(req.data) ? req.data : {}) as Record<string, unknown>;
   try {
     if (req.method === "issue") {
-      const rd = tdxsReportData(hexField(data, "userData", false), hexField(data, "nonce", false));
+      const userData = hexField(data, "userData", false);
+      const nonce = hexField(data, "nonce", false);
+      if (Buffer.concat([userData, nonce]).subarray(0, ATTEST_PREFIX.length).equals(ATTEST_PREFIX)) {
+        return { data: null, error: `userData ‖ nonce must not begin with "${ATTEST_LABEL}\\0": that is the agent's attestation binding` };
+      }
+      const rd = tdxsReportData(userData, nonce);
       return { data: { document: (await issuer.document(rd)).toString("hex") }, error: null };
     }
     if (req.method === "metadata") {
@@ -71,29 +90,69 @@ export async function handleTdxs(issuer: IssuerImpl, line: string): Promise<{ da
   }
 }
 
-/** Serve the protocol on a listening socket (from systemd socket activation or our own). */
+/**
+ * Serve the protocol on a listening socket (from systemd socket activation or our own). Bounded:
+ * a client's requests are answered in order, at most TDXS_LIMITS.queuedPerClient waiting — past
+ * that its socket is paused (the kernel's buffer, then the client, wait) — and at most
+ * TDXS_LIMITS.concurrent quotes run at once for all clients; a client that leaves drops its
+ * waiting requests. Nothing a client sends can end the process.
+ */
 export function tdxsServer(issuer: IssuerImpl, log: (m: string) => void): net.Server {
+  let running = 0;
+  const waiting: Array<() => void> = [];
+  const slot = async <T>(f: () => Promise<T>): Promise<T> => {
+    if (running >= TDXS_LIMITS.concurrent) await new Promise<void>((r) => waiting.push(r));
+    running++;
+    try {
+      return await f();
+    } finally {
+      running--;
+      waiting.shift()?.();
+    }
+  };
   return net.createServer((sock) => {
     let buf = "";
-    let busy = Promise.resolve();
+    const queue: string[] = [];
+    let draining = false;
+    // Move complete lines from the buffer to the queue while it has room; pause reading while it has none.
+    const fill = () => {
+      let nl: number;
+      while (queue.length < TDXS_LIMITS.queuedPerClient && (nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line.trim()) queue.push(line);
+      }
+      const full = queue.length >= TDXS_LIMITS.queuedPerClient;
+      if (!full && buf.length > MAX_LINE) {
+        sock.end(JSON.stringify({ data: null, error: `request line longer than ${MAX_LINE} bytes` }) + "\n");
+        queue.length = 0;
+        buf = "";
+        return;
+      }
+      if (full) sock.pause();
+      else if (sock.isPaused()) sock.resume();
+    };
+    const drain = async () => {
+      if (draining) return;
+      draining = true;
+      while (queue.length && !sock.destroyed) {
+        const line = queue.shift()!;
+        fill();
+        const res = await slot(() => handleTdxs(issuer, line)).catch((e: Error) => ({ data: null, error: `internal error: ${e.message}` }));
+        if (res.error) log(`tdxs: ${res.error.slice(0, 200)}`);
+        if (!sock.destroyed) sock.write(JSON.stringify(res) + "\n");
+      }
+      draining = false;
+    };
     sock.setTimeout(60_000, () => sock.destroy());
     sock.on("data", (chunk) => {
       buf += chunk.toString("utf8");
-      if (buf.length > MAX_LINE) {
-        sock.end(JSON.stringify({ data: null, error: `request line longer than ${MAX_LINE} bytes` }) + "\n");
-        return;
-      }
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (!line.trim()) continue;
-        busy = busy.then(async () => {
-          const res = await handleTdxs(issuer, line);
-          if (res.error) log(`tdxs: ${res.error}`);
-          if (!sock.destroyed) sock.write(JSON.stringify(res) + "\n");
-        });
-      }
+      fill();
+      void drain();
+    });
+    sock.on("close", () => {
+      queue.length = 0;
+      buf = "";
     });
     sock.on("error", () => undefined);
   });

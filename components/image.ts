@@ -22,7 +22,7 @@ export interface TdxImageArgs {
   profile?: pulumi.Input<string>;
   /** Override the recipe's outputTargets. */
   targets?: pulumi.Input<pulumi.Input<Target>[]>;
-  /** Bake against the committed build/tdx.lock only (CI): a stale lock fails the preview. */
+  /** Bake against the committed tdx.lock beside the recipe only (CI): a stale lock, or pinned packages no source offers, fail the preview. */
   frozen?: pulumi.Input<boolean>;
   /** Bake during preview so that digests and registers are known there (default true). */
   bakeOnPreview?: pulumi.Input<boolean>;

@@ -397,10 +397,23 @@ function archiveCommand(program: Command, act: Act): void {
       const { importArchive } = await import("./fetch/archive");
       let dir = input;
       if (isTarball(input)) {
+        // An archive from elsewhere is hostile until checked: only regular files named sha256/<hex>
+        // (and index.json) are extracted — no links, devices or other paths — into a fresh directory.
+        const { execFileSync } = await import("node:child_process");
+        const list = (flags: string) => {
+          try {
+            return execFileSync("tar", [flags, input], { maxBuffer: 64 * 1024 * 1024, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).split("\n").filter(Boolean);
+          } catch (e) {
+            throw new TdxError("E_VALIDATION", `cannot list ${input} as a tar archive: ${String((e as { stderr?: string }).stderr ?? (e as Error).message).trim().slice(0, 200)}`, { hint: "Pass a .tar/.tar.gz written by `tdxvm archive export`, or its unpacked directory." });
+          }
+        };
+        const listing = list("-tvf");
+        const names = list("-tf");
+        const bad = names.filter((n, i) => !/^(\.\/)?(sha256\/?|index\.json|sha256\/[0-9a-f]{64})$/.test(n) || !/^[-d]/.test(listing[i] ?? ""));
+        if (bad.length || listing.length !== names.length) throw new TdxError("E_VALIDATION", `${input} is not a tdxvm package archive: unexpected member(s) ${bad.slice(0, 3).map((b) => JSON.stringify(b.slice(0, 80))).join(", ")}`, { hint: "Import a tarball written by `tdxvm archive export` (regular files sha256/<hex> and index.json only)." });
         await fs.mkdir(ctx.cacheDir, { recursive: true });
         dir = await fs.mkdtemp(path.join(ctx.cacheDir, ".tdxvm-import-"));
-        // Only sha256/<hex> members are read afterwards, each checked against its name.
-        await runTar(["-xf", input, "-C", dir, "--no-same-owner", "--no-same-permissions", "sha256"]);
+        await runTar(["-xf", input, "-C", dir, "--no-same-owner", "--no-same-permissions"]);
       }
       try {
         const r = await importArchive(dir, { cacheDir: ctx.cacheDir });
@@ -443,7 +456,9 @@ function rebuildCommand(program: Command, act: Act): void {
       const ok = rows.every((r) => r.ok);
       if (o.json) console.log(JSON.stringify({ ok, rows }, null, 2));
       else {
-        console.log(table([["file", "what", "expected", "rebuilt", "verdict"], ...rows.map((r) => [path.basename(r.file), r.what, short(r.expected), short(r.rebuilt), r.ok ? "same" : "DIFFERENT"])]));
+        // Values shortened; a register's status (no value) as it is.
+        const cell = (v: string | null) => (v === null ? "—" : /^[0-9a-f]{17,}$/.test(v) ? `${v.slice(0, 16)}…` : v);
+        console.log(table([["file", "what", "expected", "rebuilt", "verdict"], ...rows.map((r) => [path.basename(r.file), r.what, cell(r.expected), cell(r.rebuilt), r.ok ? "same" : "DIFFERENT"])]));
         console.log(ok ? `OK: rebuilt from ${path.join(img.projectDir, "tdx.lock")}: every digest and register is the same` : `MISMATCH: ${rows.filter((r) => !r.ok).length} of ${rows.length} differ`);
       }
       return ok ? EXIT.OK : EXIT.MISMATCH;

@@ -8,7 +8,7 @@
  * Config (pulumi config set …):
  *   cmdline   extra kernel command-line words (in the UKI: `pulumi preview` lists the registers that change)
  *   motd      /etc/motd (in the root file system: its verity root hash, and so PCR 9/11 and RTMR2, change)
- *   frozen    bake only against the committed build/tdx.lock
+ *   frozen    bake only against the committed tdx.lock (beside recipe.ts)
  *   memoryMiB VM memory
  *   apiToken  (secret) the image's API_TOKEN: delivered to the VM only after it proved, with a swtpm quote
  *             bound to a fresh nonce and its agent's TLS key, that it runs this image; never baked

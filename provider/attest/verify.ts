@@ -285,7 +285,10 @@ async function verifyTdx(input: EvidenceInput, opts: VerifyOptions, checks: Chec
   const dcap = await checks.guard("dcap", () => verifyDcap(quote, { ...opts.dcap, now }));
   if (dcap) checks.pass("dcap", `PCK chain to Intel's SGX root, QE identity, quote signature; TCB ${dcap.status}${dcap.advisoryIds.length ? ` (${dcap.advisoryIds.join(", ")})` : ""}; collateral ${dcap.collateralSource}`);
   const binding = attestBinding("sha512", input.nonce, input.channelSpkiSha256);
-  if (!sameBytes(parsed.body.reportData, binding)) checks.fail("channel-binding", "REPORTDATA is not H(label ‖ nonce ‖ SHA-256 of this TLS connection's key): a stale quote, another nonce, or a relay with its own TLS key");
+  // Domain separation from tdxs (whose REPORTDATA is SHA-256(…) ‖ 32 zero bytes): a binding that
+  // ends in 32 zero bytes is refused even if it matches, so no tdxs quote can ever pass as one.
+  if (parsed.body.reportData.subarray(32).every((b) => b === 0)) checks.fail("channel-binding", "REPORTDATA ends in 32 zero bytes, the form of a tdxs application quote: never an attestation binding");
+  else if (!sameBytes(parsed.body.reportData, binding)) checks.fail("channel-binding", "REPORTDATA is not H(label ‖ nonce ‖ SHA-256 of this TLS connection's key): a stale quote, another nonce, or a relay with its own TLS key");
   else checks.pass("channel-binding", "REPORTDATA = SHA-512(\"tdxvm-attest-v1\" ‖ 0 ‖ nonce ‖ SPKI hash of this TLS connection)");
   const ccel = b64(input.evidence.eventLogs.ccel);
   let measured: MeasuredVerdict[];

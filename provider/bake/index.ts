@@ -15,7 +15,7 @@ import { DEFAULT_PROFILE, resolveProfile } from "../recipe/resolve";
 import { Target, RootFs } from "../recipe/schema";
 import { treeDigest, BASE_PACKAGES } from "../compile";
 import { linkOrCopy } from "../lock/files";
-import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, profilePins, LOCK_FILE, Lock } from "../lock";
+import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, withPins, profilePins, LOCK_FILE, Lock } from "../lock";
 import { pinKey, unobtainablePins, pinsUnavailable } from "../fetch/debian";
 import { gatherDebs, serveFlatRepository, flatRepositorySource, DebPin } from "../fetch/archive";
 import { emitRecipe, compileRecipe, compileFromStore, defaultCacheDir, ProjectContext } from "../pipeline";
@@ -221,7 +221,8 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
       hint: "Review the changes, then run `tdxvm lock --refresh` (it re-pins the packages and shows which registers move) and commit tdx.lock; or bake from a package archive holding the pinned versions (--archive).",
       details: { drift },
     });
-    const finish = async (result: BakeResult, cacheHit: boolean): Promise<BakeResult> => {
+    const finish = async (baked: BakeResult, cacheHit: boolean): Promise<BakeResult> => {
+      let result = baked;
       if (cacheHit) await markUsed(entry);
       // Package pinning: a non-frozen bake records what it installed (image and default initrd,
       // with the .deb digests) and bakes with those pins from then on; a frozen bake must install
@@ -231,15 +232,21 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
         if (drift.length) throw driftError(drift);
       } else if (pins.length && (JSON.stringify(emitted.lock.packages?.[profile]) !== JSON.stringify(pins) || (initrdPins && JSON.stringify(emitted.lock.initrdPackages?.[profile]) !== JSON.stringify(initrdPins)))) {
         const debs = await debDigests(cacheDir, [...pins, ...(initrdPins ?? [])]);
-        const pinned = await pinPackages(path.join(ctx.projectDir, LOCK_FILE), profile, pins, initrdPins, debs);
+        await pinPackages(path.join(ctx.projectDir, LOCK_FILE), profile, pins, initrdPins, debs);
         // The pins are in the tree (apt preferences), so the pinned lock names another cache key
-        // for the very same image: file this bake under it too (hard links), so the next bake is a hit.
+        // for the very same image: file this bake under it too (hard links), so the next bake is a
+        // hit. From this bake's own lock: the file may meanwhile hold another image's of the project.
+        const pinned = withPins(emitted.lock, profile, pins, initrdPins, debs);
         const key2 = bakeKey({ treeDigest: treeDigest(compileFromStore(ctx.recipe, pinned, cacheDir)), profile, targets, tools: exec.versions });
         if (key2 !== key) {
           await aliasEntry(entries, key, key2, { lockIntegrity: pinned.integrity }).catch(() => undefined);
-          // Installed other versions than its key's pins (they were no longer offered): an entry under
-          // that key would answer every later bake of those pins, frozen ones with an archive included.
-          if (drift.length && !cacheHit && existsSync(path.join(entries, key2))) await fs.rm(entry, { recursive: true, force: true });
+          // Installed another version than a pin of its key (no source offered it): an entry under that
+          // key would answer every later bake of those pins, frozen ones given an archive included.
+          const moved = await readEntry(path.join(entries, key2));
+          if (!cacheHit && moved && overridden(emitted.lock, profile, [...pins, ...(initrdPins ?? [])]).length) {
+            await fs.rm(entry, { recursive: true, force: true });
+            result = moved;
+          }
         }
       }
       const out = { ...result, cacheHit, durations: { ...result.durations } };
@@ -304,6 +311,15 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
   } finally {
     progress.done();
   }
+}
+
+/** The pins of the lock (profile: image and initrd) that the installed packages `installed` contradict: same name, another version. */
+export function overridden(lock: Lock, profile: string, installed: string[]): string[] {
+  const have = new Map(installed.map((p) => [p.slice(0, p.indexOf("=")), p]));
+  return profilePins(lock, profile).filter((p) => {
+    const now = have.get(p.slice(0, p.indexOf("=")));
+    return now !== undefined && now !== p;
+  });
 }
 
 /**

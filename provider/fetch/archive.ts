@@ -116,7 +116,8 @@ export async function importArchive(dir: string, opts: { cacheDir: string }): Pr
   let imported = 0;
   const refused: string[] = [];
   for (const n of names.sort()) {
-    if (!/^[0-9a-f]{64}$/.test(n)) continue;
+    // Regular files only: a link would have the store read (and copy) whatever it points at.
+    if (!/^[0-9a-f]{64}$/.test(n) || !(await fs.lstat(path.join(dir, "sha256", n))).isFile()) continue;
     const ok = await fetchInput(store, path.join(dir, "sha256", n), { integrity: sri(n) }).then(() => true, (e) => {
       if (!(e instanceof TdxError)) throw e;
       return false;
@@ -139,11 +140,17 @@ export async function serveFlatRepository(debs: Array<DebPin & { path: string; c
   const release = ["Origin: tdxvm", "Label: tdxvm package archive", "Date: Thu, 01 Jan 1970 00:00:00 UTC", "SHA256:", ` ${createHash("sha256").update(index).digest("hex")} ${Buffer.byteLength(index)} Packages`, ""].join("\n");
   const texts: Record<string, string> = { "/Packages": index, "/Release": release };
   const server = http.createServer((req, res) => {
-    const url = (req.url ?? "/").split("?")[0];
+    // apt asks for a flat repository's files as "/./Packages", "/./hello_2.10-3_amd64.deb".
+    let url: string;
+    try {
+      url = path.posix.normalize(decodeURIComponent((req.url ?? "/").split("?")[0]));
+    } catch {
+      return void res.writeHead(400).end();
+    }
     if (req.method !== "GET" && req.method !== "HEAD") return void res.writeHead(405).end();
     const text = texts[url];
     if (text !== undefined) return void res.writeHead(200, { "content-type": "text/plain", "content-length": Buffer.byteLength(text) }).end(req.method === "HEAD" ? undefined : text);
-    const d = files.get(decodeURIComponent(url));
+    const d = files.get(url);
     if (!d) return void res.writeHead(404).end();
     res.writeHead(200, { "content-type": "application/vnd.debian.binary-package", "content-length": d.size });
     if (req.method === "HEAD") return void res.end();

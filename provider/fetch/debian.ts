@@ -100,14 +100,14 @@ export function pinKey(pin: string): string {
  * The pins no source of the lock offers (the form `name=version`), or undefined when an index
  * could not be fetched (nothing is known then).
  */
-export async function unobtainablePins(lock: { debian: Parameters<typeof indexUrls>[0] }, pins: string[], extra: DebEntry[][] = []): Promise<string[] | undefined> {
+export async function unobtainablePins(lock: { debian: Parameters<typeof indexUrls>[0] }, pins: string[]): Promise<string[] | undefined> {
   let indices: DebEntry[][];
   try {
     indices = await Promise.all(indexUrls(lock.debian).map((u) => fetchIndex(u)));
   } catch {
     return undefined;
   }
-  const have = offered([...indices, ...extra]);
+  const have = offered(indices);
   return pins.filter((p) => !have.has(pinKey(p)));
 }
 

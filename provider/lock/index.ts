@@ -242,7 +242,13 @@ export function profilePins(lock: Lock, profile: string): string[] {
  * them) in the lock at `file`: atomic rewrite, resealed.
  */
 export async function pinPackages(file: string, profile: string, pins: string[], initrdPins?: string[], debs?: NonNullable<Lock["debs"]>): Promise<Lock> {
-  const lock = await readLock(file);
+  const sealed = withPins(await readLock(file), profile, pins, initrdPins, debs);
+  await writeLock(file, sealed);
+  return sealed;
+}
+
+/** `lock` with a profile's pins (and .deb digests) recorded, resealed: pinPackages without the file. */
+export function withPins(lock: Lock, profile: string, pins: string[], initrdPins?: string[], debs?: NonNullable<Lock["debs"]>): Lock {
   const { integrity: _old, ...body } = lock;
   void _old;
   const next: LockBodyT = { ...body, packages: { ...body.packages, [profile]: pins } };
@@ -253,9 +259,7 @@ export async function pinPackages(file: string, profile: string, pins: string[],
     const all = { ...body.debs, ...debs };
     next.debs = Object.fromEntries(Object.entries(all).filter(([k]) => wanted.has(k)).sort(([a], [b]) => (a < b ? -1 : 1)));
   }
-  const sealed = sealLock(next);
-  await writeLock(file, sealed);
-  return sealed;
+  return sealLock(next);
 }
 
 /** Enforce the policy rules that concern a bake. */

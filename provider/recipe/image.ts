@@ -243,7 +243,7 @@ export class Image {
     return allProfileDigests(this.recipe);
   }
 
-  /** Resolve sources and write build/tdx.lock (atomically). */
+  /** Resolve sources and write tdx.lock beside the recipe (atomically); `refresh` drops the package pins. */
   async lock(opts: LockCallOptions = {}): Promise<Lock> {
     const { lockRecipe } = await import("../pipeline");
     return lockRecipe({ recipe: this.recipe, projectDir: this.projectDir }, opts);

@@ -3,7 +3,9 @@
  * use), real artifacts read back. Slow (minutes) by nature; the tools tree and package cache
  * are reused across runs through TDXVM_CACHE_DIR (default ~/.cache/tdxvm).
  */
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
+import * as http from "node:http";
+import { AddressInfo } from "node:net";
 import { promises as fs, existsSync, readFileSync, openSync, readSync, closeSync, statSync } from "node:fs";
 import * as path from "node:path";
 import { crc32, gunzipSync } from "node:zlib";
@@ -12,7 +14,8 @@ import { parseVhdFooter, MiB, GiB } from "../../provider/bake/convert";
 import { createHash } from "node:crypto";
 import { measureBake, readDiskHead, uefiGptEventData, ukiCmdline } from "../../provider/measure";
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
-import { readLock, pinPackages } from "../../provider/lock";
+import { readLock, pinPackages, packagePins } from "../../provider/lock";
+import { fetchIndex, DebEntry } from "../../provider/fetch/debian";
 import { tempDir, tdxErrorOf } from "../helpers";
 
 jest.setTimeout(30 * 60_000);
@@ -88,7 +91,7 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
 
   afterAll(async () => {
     // Artifact entries are GBs; drop the ones this run made (tools tree and package cache stay).
-    if (first) await fs.rm(path.join(cacheDir, "artifacts", first.key), { recursive: true, force: true });
+    for (const r of [first, second]) if (r) await fs.rm(path.join(cacheDir, "artifacts", r.key), { recursive: true, force: true });
     await fs.rm(project, { recursive: true, force: true });
   });
 
@@ -285,3 +288,106 @@ describe("real bake (mkosi 25, trixie tools tree)", () => {
     await fs.rm(dir, { recursive: true, force: true }); // its build/artifacts: a GiB of disk per run
   });
 });
+
+/**
+ * Measurements that survive time. The live mirror keeps only current versions; these pins are of
+ * versions no trixie source offers — bookworm's hello (in the image) and less (in the default
+ * initrd) — exactly the state of a lock after Debian moved on. They come from a content-addressed
+ * archive served on 127.0.0.1, downloaded here from Debian's bookworm pool and checked by SHA-256.
+ */
+describe("pinned packages that outlive the mirror (archive, rebuild in another cache, refresh)", () => {
+  let dir: string;
+  let cache2: string;
+  let server: http.Server;
+  let archiveUrl: string;
+  const pins: Record<string, DebEntry> = {};
+  const img = () => new Image({ base: "debian/trixie", hostname: "tdxvm-ci", projectDir: dir }).install("hello").file("/etc/tdxvm-ci", { content: "pinned\n" }).outputTargets("qemu");
+  const pin = (name: string) => `${name}=${pins[name].version}`;
+
+  beforeAll(async () => {
+    dir = await tempDir("tdxvm-pinned-");
+    cache2 = await tempDir("tdxvm-cache2-");
+    const bookworm = await fetchIndex("http://deb.debian.org/debian/dists/bookworm/main/binary-amd64/Packages.gz");
+    const archive = path.join(dir, "archive");
+    await fs.mkdir(path.join(archive, "sha256"), { recursive: true });
+    for (const name of ["hello", "less"]) {
+      pins[name] = bookworm.find((e) => e.name === name)!;
+      const deb = Buffer.from(await (await fetch(`http://deb.debian.org/debian/${pins[name].filename}`)).arrayBuffer());
+      expect(createHash("sha256").update(deb).digest("hex")).toBe(pins[name].sha256);
+      await fs.writeFile(path.join(archive, "sha256", pins[name].sha256), deb);
+    }
+    // The archive as a bucket or an internal web server would serve it: static files, nothing else.
+    server = http.createServer((req, res) => {
+      const m = /^\/pkgs\/sha256\/([0-9a-f]{64})$/.exec(req.url ?? "");
+      if (!m || !existsSync(path.join(archive, "sha256", m[1]))) return void res.writeHead(404).end();
+      res.writeHead(200).end(readFileSync(path.join(archive, "sha256", m[1])));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    archiveUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/pkgs`;
+    await img().lock({ cacheDir });
+    const deb = (e: DebEntry) => ({ file: path.basename(e.filename), sha256: e.sha256, size: e.size });
+    await pinPackages(path.join(dir, "tdx.lock"), "default", [pin("hello")], [pin("less")], { [pin("hello")]: deb(pins.hello), [pin("less")]: deb(pins.less) });
+    // Another machine: its own cache directory; only the tools tree is shared (hard links), so its bake is cold.
+    await fs.mkdir(path.join(cache2, "tools"), { recursive: true });
+    execFileSync("cp", ["-al", path.join(cacheDir, "tools", "trixie"), path.join(cache2, "tools", "trixie")]);
+    await fs.copyFile(path.join(cacheDir, "tools", "trixie.json"), path.join(cache2, "tools", "trixie.json"));
+  });
+
+  afterAll(async () => {
+    await new Promise((r) => server?.close(r));
+    // Every entry this project's bakes made (aliases under their pinned keys included): their logs are in its build/.
+    for (const n of await fs.readdir(path.join(cacheDir, "artifacts"))) {
+      const r = await fs.readFile(path.join(cacheDir, "artifacts", n, "result.json"), "utf8").then((t) => JSON.parse(t) as BakeResult, () => undefined);
+      if (r?.mkosiLog.startsWith(`${dir}/`)) await fs.rm(path.join(cacheDir, "artifacts", n), { recursive: true, force: true });
+    }
+    await fs.rm(cache2, { recursive: true, force: true });
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("installs the pins from the archive, pins everything; then, nowhere to be had, a frozen bake is E_PACKAGES; another cache directory rebuilds it byte-identical from the lock and the archive; lock --refresh names the initrd package beside the register it moves", async () => {
+    // 1. A bake given the archive installs the pinned versions (image and initrd) and pins the rest.
+    const a = await img().bake({ cacheDir, quiet: true, archive: archiveUrl });
+    expect(a.packages).toContainEqual(expect.objectContaining({ name: "hello", version: pins.hello.version }));
+    expect(a.initrdPackages).toContainEqual(expect.objectContaining({ name: "less", version: pins.less.version }));
+    const lock = await readLock(path.join(dir, "tdx.lock"));
+    expect(lock.packages!.default).toContain(pin("hello"));
+    expect(lock.initrdPackages!.default).toContain(pin("less"));
+    expect(lock.debs![pin("less")]).toEqual({ file: path.basename(pins.less.filename), sha256: pins.less.sha256, size: pins.less.size });
+    expect(lock.packages!.default.length).toBeGreaterThan(50); // every package of the image, not only the two pins
+
+    // 2. Without the archive and with this machine's copies gone (apt's caches, the content store): refused before building.
+    for (const name of ["hello", "less"]) {
+      for (const c of ["packages", "packages-initrd"]) await fs.rm(path.join(cacheDir, c, "cache", "apt", "archives", path.basename(pins[name].filename)), { force: true });
+      const digests = { sha256: pins[name].sha256, sha384: "", sha512: "" };
+      const deb = readFileSync(path.join(dir, "archive", "sha256", pins[name].sha256));
+      digests.sha384 = createHash("sha384").update(deb).digest("hex");
+      digests.sha512 = createHash("sha512").update(deb).digest("hex");
+      for (const [alg, hex] of Object.entries(digests)) await fs.rm(path.join(cacheDir, "content", alg, hex), { force: true });
+    }
+    const e = await tdxErrorOf(() => img().bake({ cacheDir, quiet: true, frozen: true, useCache: false }));
+    expect(e.code).toBe("E_PACKAGES");
+    expect(e.details).toEqual({ missing: [pin("hello"), pin("less")].sort() });
+    expect(e.hint).toMatch(/--archive DIR\|URL.*snapshot/s);
+
+    // 3. A third party: another cache directory, frozen from the lock and the archive: the same UKI and disk.
+    const b = await img().bake({ cacheDir: cache2, quiet: true, frozen: true, archive: archiveUrl });
+    expect(b.cacheHit).toBe(false);
+    for (const t of ["uki", "disk"] as const) expect(artifact(b, t)!.sha256).toBe(artifact(a, t)!.sha256);
+    expect(packagePins(b.initrdPackages!)).toEqual(lock.initrdPackages!.default);
+
+    // 4. Taking Debian's updates: the refresh names each package change and the registers it moves.
+    const { refreshLock } = await import("../../provider/lock/refresh");
+    const r = await refreshLock(img(), { cacheDir, quiet: true });
+    expect(r.packages.image).toContainEqual({ name: "hello", old: pins.hello.version, new: expect.not.stringMatching(pins.hello.version) });
+    expect(r.packages.initrd).toContainEqual({ name: "less", old: pins.less.version, new: expect.any(String) });
+    const newLess = r.packages.initrd.find((c) => c.name === "less")!.new!;
+    const rtmr2 = r.registers.find((g) => g.backend === "rtmr")!.diffs.find((d) => d.register === "RTMR2")!;
+    expect(rtmr2.changes).toContainEqual(expect.stringMatching(new RegExp(`^RTMR2: Linux initrd changed — .*less ${escape(pins.less.version)} → ${escape(newLess)} \\(in the initrd\\)`)));
+    expect(rtmr2.changes).toContainEqual(expect.stringMatching(new RegExp(`root file system changed .* — .*hello ${escape(pins.hello.version)} → `)));
+    const pcr9 = r.registers.find((g) => g.backend === "azure")!.diffs.find((d) => d.register === "PCR9")!;
+    expect(pcr9.changes.join("\n")).toContain(`less ${pins.less.version} → ${newLess} (in the initrd)`);
+  });
+});
+
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+

@@ -4,7 +4,8 @@
  * with one more kernel command-line word — cache hits once baked (the provider tests bake both).
  * `run` and `verify` on a booted guest's evidence are in run.test.ts (one boot for both).
  */
-import { promises as fs, existsSync, statSync } from "node:fs";
+import { promises as fs, existsSync, statSync, readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
 import * as path from "node:path";
 import { spawn, ChildProcess } from "node:child_process";
 import * as net from "node:net";
@@ -43,7 +44,7 @@ describe("usage", () => {
     // Only the command argv names is built; help without one lists them all.
     const all = await runTdxvm(["--help"]);
     for (const c of Object.keys(COMMANDS)) expect(all.stdout).toMatch(new RegExp(`^  ${c} `, "m"));
-    expect(Object.keys(COMMANDS).sort()).toEqual(["attest", "bake", "cache", "diff", "emit", "lock", "measure", "run", "verify"]);
+    expect(Object.keys(COMMANDS).sort()).toEqual(["archive", "attest", "bake", "cache", "diff", "emit", "lock", "measure", "rebuild", "run", "verify"]);
     const mh = await runTdxvm(["--cache-dir", dir, "-q", "measure", "--help"]);
     expect([mh.code, mh.stdout]).toEqual([0, expect.stringContaining("Usage: tdxvm measure [options] [recipe]")]);
     expect([commandNamed(["--cache-dir", "bake", "measure"]), commandNamed(["--cache-dir=/c", "-q", "cache", "ls"]), commandNamed(["--help"]), commandNamed(["mesure"]), commandNamed(["help", "bake"])])
@@ -80,6 +81,43 @@ describe("lock, emit, bake", () => {
     const r = JSON.parse(bake.stdout) as BakeResult;
     expect(r.artifacts.map((a) => `${a.target}.${a.kind}`)).toEqual(expect.arrayContaining(["uki.efi", "disk.raw", "azure.vhd", "gcp.tar.gz"]));
     for (const a of r.artifacts) expect(statSync(a.path).size).toBe(a.size);
+  });
+});
+
+describe("rebuild, archive", () => {
+  it("rebuild confirms measurements files (frozen from the lock: UKI, disk and every register the same); a file that differs is exit 3 naming the row", async () => {
+    // Files as a release would publish them (the gate in .ci/run checks the committed ones).
+    const files = ["rtmr", "azure"].map((b) => path.join(dir, `published.${b}.json`));
+    for (const [i, b] of ["rtmr", "azure"].entries()) expect((await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", b, "--out", files[i]])).code).toBe(0);
+    const ok = await runTdxvm(["--quiet", "rebuild", EXAMPLE, "--expect", ...files, "--json"]);
+    expect(ok.code).toBe(0);
+    const rows = (JSON.parse(ok.stdout) as { ok: boolean; rows: Array<{ what: string; ok: boolean }> }).rows;
+    expect(rows.map((r) => r.what)).toEqual(expect.arrayContaining(["UKI sha256", "disk sha256", "rtmr RTMR1", "rtmr RTMR2", "azure PCR11"]));
+    expect(rows.every((r) => r.ok)).toBe(true);
+    // A published file whose RTMR2 is not this image's.
+    const m = JSON.parse(await fs.readFile(files[0], "utf8")) as { registers: Record<string, { value: string }> };
+    m.registers.RTMR2.value = "00".repeat(48);
+    const other = path.join(dir, "other.rtmr.json");
+    await fs.writeFile(other, JSON.stringify(m));
+    const bad = await runTdxvm(["--quiet", "rebuild", EXAMPLE, "--expect", other]);
+    expect(bad.code).toBe(3);
+    expect(bad.stdout).toMatch(/^other\.rtmr\.json\s+rtmr RTMR2\s+0{16}…\s+[0-9a-f]{16}…\s+DIFFERENT$/m);
+    expect(bad.stdout).toMatch(/^other\.rtmr\.json\s+rtmr RTMR0\s+platform-defined\s+platform-defined\s+same$/m);
+    expect(bad.stdout).toMatch(/MISMATCH: 1 of \d+ differ/);
+  });
+
+  it("archive export writes the lock's pinned .debs as a tarball; import into an empty cache takes each one, checked against its name", async () => {
+    const tar = path.join(dir, "archive.tar");
+    const exp = await runTdxvm(["archive", "export", EXAMPLE, tar]);
+    expect(exp.code).toBe(0);
+    const lock = JSON.parse(await fs.readFile(path.join(repo, "examples/local-qemu/tdx.lock"), "utf8")) as { debs: Record<string, { sha256: string }> };
+    const n = Object.keys(lock.debs).length;
+    expect(exp.stdout).toContain(`${tar}: ${n} package(s)`);
+    const cache = await tempDir("tdxvm-import-");
+    const imp = await runTdxvm(["--cache-dir", cache, "archive", "import", tar]);
+    expect([imp.code, imp.stdout.trim()]).toEqual([0, `imported ${n} package(s) into ${path.join(cache, "content")}`]);
+    for (const d of Object.values(lock.debs).slice(0, 5)) expect(createHash("sha256").update(readFileSync(path.join(cache, "content", "sha256", d.sha256))).digest("hex")).toBe(d.sha256);
+    await fs.rm(cache, { recursive: true, force: true });
   });
 });
 

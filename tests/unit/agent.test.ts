@@ -12,7 +12,7 @@ import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import { newTlsIdentity, spkiSha256Of } from "../../agent/tls";
 import { agentServer, LIMITS } from "../../agent/server";
 import { SecretsReceiver, Contract } from "../../agent/secrets";
-import { handleTdxs, tdxsServer } from "../../agent/tdxs";
+import { handleTdxs, tdxsServer, TDXS_LIMITS } from "../../agent/tdxs";
 import { attestBinding, tdxsReportData, Evidence } from "../../agent/protocol";
 import { TdxIssuer, TsmOps } from "../../agent/issuers/tdx";
 import { chooseIssuer, IssuerImpl } from "../../agent/issuers";
@@ -161,6 +161,43 @@ describe("agent HTTPS API", () => {
     expect(statuses.filter((x) => x === 200)).toHaveLength(LIMITS.concurrent);
     expect(statuses.filter((x) => x === 503)).toHaveLength(3);
   });
+
+  it("slow clients hold no slot: twelve bodies trickling a byte at a time leave /v1/health and /v1/attest answering; a body too slow is 408", async () => {
+    const bodyMs = LIMITS.bodyMs;
+    LIMITS.bodyMs = 1500;
+    const s = agentServer({ issuer: fakeIssuer(), tls, log: () => undefined });
+    await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+    const p = (s.address() as net.AddressInfo).port;
+    const tricklers: Array<{ req: import("node:http").ClientRequest; status: Promise<number> }> = [];
+    const timers: NodeJS.Timeout[] = [];
+    try {
+      for (let i = 0; i < LIMITS.concurrent + 4; i++) {
+        let settle: (n: number) => void = () => undefined;
+        const status = new Promise<number>((r) => (settle = r));
+        const req = https.request({ host: "127.0.0.1", port: p, method: "POST", path: "/v1/attest", rejectUnauthorized: false, agent: false, headers: { "content-type": "application/json", "content-length": 1000 } }, (res) => {
+          settle(res.statusCode ?? 0);
+          res.resume();
+        });
+        req.on("error", () => settle(-1));
+        req.write("{");
+        timers.push(setInterval(() => req.write(" "), 200));
+        tricklers.push({ req, status });
+      }
+      await new Promise((r) => setTimeout(r, 400));
+      expect((await request(p, "GET", "/v1/health")).status).toBe(200);
+      const nonce = randomBytes(32).toString("hex");
+      const a = await request(p, "POST", "/v1/attest", { nonce });
+      expect([a.status, a.json.nonce]).toEqual([200, nonce]);
+      // Past the body deadline every trickler gets 408 (and the connection is closed).
+      expect(await Promise.all(tricklers.map((t) => t.status))).toEqual(tricklers.map(() => 408));
+    } finally {
+      LIMITS.bodyMs = bodyMs;
+      for (const t of timers) clearInterval(t);
+      for (const t of tricklers) t.req.destroy();
+      s.closeAllConnections();
+      await new Promise((r) => s.close(r));
+    }
+  });
 });
 
 describe("tdxs socket protocol", () => {
@@ -206,6 +243,106 @@ describe("tdxs socket protocol", () => {
     await fs.rm(dir, { recursive: true, force: true });
     expect(JSON.parse(lines[0]).data.issuer).toBe("tdx");
     expect(JSON.parse(lines[1]).data.document).toHaveLength(128);
+  });
+
+  it("never signs the attestation binding's preimage: userData ‖ nonce beginning with the attest label is refused, however it is split", async () => {
+    const calls: Buffer[] = [];
+    const rec: IssuerImpl = { ...fakeIssuer("tpm"), document: async (rd) => (calls.push(rd), rd) };
+    const nonce = randomBytes(32);
+    const spki = randomBytes(32);
+    const preimage = Buffer.concat([Buffer.from("tdxvm-attest-v1", "utf8"), Buffer.from([0]), nonce, spki]);
+    // The relay's request: exactly the bytes /v1/attest has the TPM sign (SHA-256 of the preimage) …
+    expect(tdxsReportData(preimage, Buffer.alloc(0)).subarray(0, 32).equals(attestBinding("sha256", nonce, spki))).toBe(true);
+    for (const [userData, n] of [[preimage, Buffer.alloc(0)], [preimage.subarray(0, 5), preimage.subarray(5)], [Buffer.alloc(0), preimage], [preimage.subarray(0, 16), Buffer.alloc(0)]]) {
+      const r = await handleTdxs(rec, JSON.stringify({ method: "issue", data: { userData: userData.toString("hex"), nonce: n.toString("hex") } }));
+      expect([r.data, r.error]).toEqual([null, expect.stringMatching(/must not begin with "tdxvm-attest-v1\\0"/)]);
+    }
+    expect(calls).toEqual([]);
+    // … while the label without its separator, or elsewhere, is ordinary user data.
+    for (const u of [Buffer.from("tdxvm-attest-v1"), Buffer.concat([Buffer.from([1]), preimage])]) expect((await handleTdxs(rec, JSON.stringify({ method: "issue", data: { userData: u.toString("hex") } }))).error).toBeNull();
+    expect(calls).toHaveLength(2);
+  });
+
+  it("JSON that is no request object (null, numbers, arrays, a null data) is an error answer, not a crash", async () => {
+    for (const line of ["null", "42", "[]", '"issue"', '{"method":"issue","data":null}', '{"method":"issue","data":[1]}']) {
+      const r = await handleTdxs(issuer, line);
+      expect(r.data === null || line.includes("data")).toBe(true);
+      if (!line.includes('"method"')) expect(r).toEqual({ data: null, error: "request must be a JSON object" });
+    }
+    // On the socket: the server answers each and keeps serving the next line.
+    const dir = await tempDir("tdxvm-tdxs-");
+    const sockPath = path.join(dir, "tdxs.sock");
+    const srv = tdxsServer(issuer, () => undefined);
+    await new Promise<void>((r) => srv.listen(sockPath, r));
+    try {
+      const lines = await new Promise<string[]>((resolve) => {
+        const c = net.connect(sockPath);
+        let buf = "";
+        c.on("data", (d) => {
+          buf += d;
+          if (buf.split("\n").length > 3) {
+            c.end();
+            resolve(buf.trim().split("\n"));
+          }
+        });
+        c.write('null\n[]\n{"method":"metadata"}\n');
+      });
+      expect(lines.map((l) => JSON.parse(l).error)).toEqual(["request must be a JSON object", "request must be a JSON object", null]);
+    } finally {
+      await new Promise((r) => srv.close(r));
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("bounded: a flooding client is paused (its requests wait in the socket, not in memory), quotes run at most TDXS_LIMITS.concurrent at once, and a client that leaves drops what it queued", async () => {
+    let started = 0;
+    let running = 0;
+    let maxRunning = 0;
+    const gates: Array<() => void> = [];
+    const slow: IssuerImpl = {
+      ...fakeIssuer("tdx"),
+      document: async (rd) => {
+        started++;
+        maxRunning = Math.max(maxRunning, ++running);
+        await new Promise<void>((r) => gates.push(r));
+        running--;
+        return rd;
+      },
+    };
+    const dir = await tempDir("tdxvm-tdxs-");
+    const sockPath = path.join(dir, "tdxs.sock");
+    const srv = tdxsServer(slow, () => undefined);
+    await new Promise<void>((r) => srv.listen(sockPath, r));
+    const until = async (f: () => boolean) => {
+      for (let i = 0; i < 200 && !f(); i++) await new Promise((r) => setTimeout(r, 10));
+    };
+    try {
+      // One client floods 20,000 requests (1.2 MB); ten others send one each.
+      const flood = net.connect(sockPath);
+      const line = '{"method":"issue","data":{"userData":"01"}}\n';
+      await new Promise<void>((r) => flood.once("connect", r));
+      flood.write(line.repeat(20_000));
+      const others = Array.from({ length: 10 }, () => net.connect(sockPath, function (this: net.Socket) { this.write(line); }));
+      await until(() => started >= TDXS_LIMITS.concurrent);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(maxRunning).toBe(TDXS_LIMITS.concurrent);
+      // The flooding client's bytes sit unread: most of them are still in its own write buffer.
+      expect(flood.writableLength).toBeGreaterThan(line.length * 1000);
+      flood.destroy();
+      // Let everything run: the flood adds at most what it had queued, the others one each.
+      for (let i = 0; i < 400 && (gates.length || running); i++) {
+        while (gates.length) gates.shift()!();
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(started).toBeLessThanOrEqual(1 + TDXS_LIMITS.queuedPerClient + 10);
+      expect(started).toBeGreaterThanOrEqual(10);
+      expect(maxRunning).toBe(TDXS_LIMITS.concurrent);
+      for (const o of others) o.destroy();
+    } finally {
+      while (gates.length) gates.shift()!();
+      await new Promise((r) => srv.close(r));
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

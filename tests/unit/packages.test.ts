@@ -203,6 +203,8 @@ describe("content-addressed package archive", () => {
       expect(release).toContain(` ${createHash("sha256").update(index).digest("hex")} ${index.length} Packages`);
       expect(Buffer.from(await (await fetch(`${repo.url}hello_1.0_amd64.deb`)).arrayBuffer())).toEqual(debBytes("hello"));
       expect((await fetch(`${repo.url}..%2Fhello.deb`)).status).toBe(404);
+      expect((await fetch(`${repo.url}./Packages`)).status).toBe(200); // apt asks for "./Packages"
+      expect((await fetch(`${repo.url}%E0%A4%A`)).status).toBe(400);
       expect((await fetch(`${repo.url}Packages`, { method: "POST" })).status).toBe(405);
     } finally {
       await repo.close();
@@ -242,6 +244,21 @@ describe("frozen by default in CI", () => {
       await pinPackages(p.lockFile, "default", ["hello=2.10-3"], undefined, { "hello=2.10-3": { file: "hello_2.10-3_amd64.deb", sha256: "cd".repeat(32), size: 5 } });
       expect(await run(["--cache-dir", p.dir, "archive", "export", recipe, path.join(p.dir, "out")])).toBe(4);
       expect(logs.join("\n")).toContain("E_PACKAGES");
+      // A hostile tarball: a link in sha256/ (it would have the store copy what it points at), a path outside; and not a tarball at all.
+      const evil = path.join(p.dir, "evil");
+      await fs.mkdir(path.join(evil, "sha256"), { recursive: true });
+      await fs.symlink("/etc/hostname", path.join(evil, "sha256", createHash("sha256").update(readFileSync("/etc/hostname")).digest("hex")));
+      execFileSync("tar", ["-cf", path.join(p.dir, "evil.tar"), "-C", evil, "sha256"]);
+      execFileSync("tar", ["-cf", path.join(p.dir, "evil2.tar"), "-C", p.dir, "tdx.lock"]);
+      await fs.writeFile(path.join(p.dir, "evil3.tar"), "not a tarball");
+      for (const t of ["evil.tar", "evil2.tar", "evil3.tar"]) {
+        logs.length = 0;
+        expect(await run(["--cache-dir", path.join(p.dir, "c2"), "archive", "import", path.join(p.dir, t)])).toBe(2);
+        expect(logs.join("\n")).toMatch(/E_VALIDATION: .*(not a tdxvm package archive|cannot list)/);
+      }
+      expect(existsSync(path.join(p.dir, "c2", "content"))).toBe(false);
+      // As a directory, the link is skipped (regular files only).
+      expect(await importArchive(evil, { cacheDir: path.join(p.dir, "c3") })).toEqual({ imported: 0, refused: [] });
     } finally {
       spy.mockRestore();
     }

@@ -5,6 +5,7 @@
  * (dcapTest.ts). Verification times are pinned.
  */
 import { readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
 import * as path from "node:path";
 import { verifyDcap, Collateral } from "../../../provider/attest/dcap";
 import { verifyEvidence, EvidenceInput } from "../../../provider/attest/verify";
@@ -148,6 +149,15 @@ describe("tdx issuer", () => {
     const other = Buffer.alloc(32, 9);
     const v = await verifyEvidence(input({ nonce: other, evidence: { ...input().evidence, nonce: other.toString("hex") } }), vopts);
     expect(failed(v)).toEqual(["channel-binding"]);
+  });
+
+  it("refuses a tdxs application quote (REPORTDATA = SHA-256(…) ‖ 32 zero bytes) as a binding, by its form", async () => {
+    // What a relay could get from tdxs in the VM: even over the binding's preimage it has tdxs's form.
+    const preimage = Buffer.concat([Buffer.from("tdxvm-attest-v1"), Buffer.from([0]), nonce, spki]);
+    const tdxs = Buffer.concat([createHash("sha256").update(preimage).digest(), Buffer.alloc(32)]);
+    const v = await verifyEvidence(input({}, buildTdQuote(tdBody({ ...body, reportData: tdxs }))), vopts);
+    expect(failed(v)).toEqual(["channel-binding"]);
+    expect(v.checks.find((c) => c.check === "channel-binding")!.detail).toMatch(/ends in 32 zero bytes, the form of a tdxs application quote/);
   });
 
   it("refuses an image whose RTMR2 differs, naming the event", async () => {
