@@ -290,7 +290,10 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
           await fs.writeFile(path.join(tree, "mkosi.sandbox", "etc", "apt", "sources.list.d", "tdxvm-archive.sources"), flatRepositorySource(repo.url));
         }
         const sandboxDigest = treeDigest(new Map([...emitted.tree].filter(([p]) => p.startsWith("mkosi.sandbox/"))));
-        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree, sandboxDigest, kmodsSettings: kmodsSettings(emitted.tree) }).finally(() => repo?.close());
+        // What the default initrd installs with: the apt sources and the pins of its own packages
+        // (pins of packages it does not install change nothing in it).
+        const initrdSandbox = digestOf({ sources: treeDigest(new Map([...emitted.tree].filter(([p]) => p.startsWith("mkosi.sandbox/") && !p.includes("/preferences.d/")))), pins: emitted.lock.initrdPackages?.[profile] ?? [] });
+        const result = await build({ ctx, opts, exec, profile, targets, tmp, cacheDir, logFile, progress, emittedDir: tree, sandboxDigest, initrdSandbox, kmodsSettings: kmodsSettings(emitted.tree) }).finally(() => repo?.close());
         const final: BakeResult = {
           ...result, key, cacheHit: false, recipeDigest: emitted.lock.recipe.profiles[profile], lockIntegrity: emitted.lock.integrity, treeDigest: tDigest,
           artifacts: result.artifacts.map((a) => ({ ...a, path: path.join(entry, path.relative(tmp, a.path)) })),
@@ -421,8 +424,10 @@ async function readEntry(entry: string): Promise<BakeResult | undefined> {
 interface BuildArgs {
   ctx: ProjectContext; opts: BakeOptions; exec: Executor; profile: string; targets: Target[];
   tmp: string; cacheDir: string; logFile: string; progress: Progress; emittedDir: string;
-  /** treeDigest of the emitted tree's mkosi.sandbox/ (the apt sources both mkosi runs install with). */
+  /** treeDigest of the emitted tree's mkosi.sandbox/ (the apt sources and pins both mkosi runs install with). */
   sandboxDigest: string;
+  /** The part of it the default initrd depends on: the sources and the pins of the initrd's own packages. */
+  initrdSandbox: string;
   /** The settings that shape the kernel-modules initrd (kmods.ts kmodsSettings); undefined: not reused. */
   kmodsSettings: string[] | undefined;
 }
@@ -482,14 +487,14 @@ async function build(a: BuildArgs): Promise<Omit<BakeResult, "key" | "recipeDige
   // The initrd's reuse key: its argv without this bake's temp paths, the sandbox tree it installs
   // with, the tools, and the state of its incremental cache.
   const initrdKey = initrd && a.opts.incremental !== false
-    ? async () => initrdReuseKey(initrdCache, { argv: initrd.map((x) => x.split(inCache(a.tmp)).join("<tmp>")), sandbox: a.sandboxDigest, tools: exec.versions })
+    ? async () => initrdReuseKey(initrdCache, { argv: initrd.map((x) => x.split(inCache(a.tmp)).join("<tmp>")), sandbox: a.initrdSandbox, tools: exec.versions })
     : undefined;
   return withFileLock(path.join(a.cacheDir, "mkosi.lock"), async () => {
     await enterCacheSlot(mkcache, slot);
     try {
       // The same initrd as a previous bake built: put it at the gate, and skip its mkosi run.
       // Both best effort: a kept initrd that cannot be used is a miss, one that cannot be kept is not kept.
-      if (initrd) await matchInitrdCache(initrdCache, a.sandboxDigest);
+      if (initrd) await matchInitrdCache(initrdCache, a.initrdSandbox);
       const initrdManifest = path.join(a.tmp, "initrd", "initrd.manifest");
       const reused = initrdKey && (await reuseInitrd(initrdCache, await initrdKey(), gate, initrdManifest).catch(() => false));
       if (initrd && !reused) await seedPackageCache(pkgcache, initrdPkgcache);
@@ -756,7 +761,8 @@ export function cacheSlotKey(a: Pick<BuildArgs, "ctx" | "profile" | "sandboxDige
 
 /**
  * The default initrd's incremental cache is one per cache directory and mkosi reuses it whatever
- * the apt sources and pins say: drop it when the sandbox tree differs from the one it was built with.
+ * the apt sources and pins say: drop it when those (BuildArgs.initrdSandbox) differ from the ones
+ * it was built with.
  */
 async function matchInitrdCache(initrdCache: string, sandboxDigest: string): Promise<void> {
   const marker = path.join(initrdCache, "tdxvm-sandbox");

@@ -1,4 +1,4 @@
-import { promises as fs, readFileSync } from "node:fs";
+import { promises as fs, readFileSync, existsSync } from "node:fs";
 import * as path from "node:path";
 import { crc32, gunzipSync, inflateRawSync } from "node:zlib";
 import { execFileSync } from "node:child_process";
@@ -331,6 +331,29 @@ describe("mkosi runs: the default initrd beside the image", () => {
     await buildOne("k10");
     await buildOne("k11");
     expect((await fs.readdir(path.join(cache, "outputs"))).sort()).toEqual(["k10.cpio.zst", "k11.cpio.zst", "k3.cpio.zst", "k9.cpio.zst"]);
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("a kept initrd keeps its package manifest beside it: reuse hands both over, and is a miss when the manifest is wanted but was not kept", async () => {
+    const dir = await tempDir("tdxvm-keep-manifest-");
+    const cache = path.join(dir, "mkosi-initrd-cache");
+    const gate = initrdGate(path.join(dir, "tree"));
+    await fs.mkdir(gate.dir, { recursive: true });
+    await fs.writeFile(gate.initrd, "");
+    const built = path.join(dir, "initrd.cpio.zst");
+    const manifest = path.join(dir, "initrd.manifest");
+    await fs.writeFile(built, "initrd bytes");
+    await fs.writeFile(manifest, '{"packages":[{"name":"kmod","version":"34.2-2"}]}');
+    await keepInitrd(cache, "old", built); // kept before manifests were
+    await keepInitrd(cache, "new", built, manifest);
+    expect((await fs.readdir(path.join(cache, "outputs"))).sort()).toEqual(["new.cpio.zst", "new.manifest", "old.cpio.zst"]);
+    const out = path.join(dir, "out", "initrd.manifest");
+    await fs.mkdir(path.dirname(out), { recursive: true });
+    expect(await reuseInitrd(cache, "old", gate, out)).toBe(false);
+    expect(existsSync(out)).toBe(false);
+    expect(await reuseInitrd(cache, "new", gate, out)).toBe(true);
+    expect(readFileSync(out, "utf8")).toContain("kmod");
+    expect(readFileSync(gate.initrd, "utf8")).toBe("initrd bytes");
     await fs.rm(dir, { recursive: true, force: true });
   });
 
