@@ -13,6 +13,7 @@ import { promises as fs } from "node:fs";
 import { z } from "zod";
 import { TdxError, formatIssues } from "../errors";
 import { attestationError } from "./tpm2";
+import { parseTdxQuote } from "../measure/quote";
 
 // The library is CommonJS without an exports map; load it lazily (it is only needed for TDX).
 type Dcap = typeof import("@phala/dcap-qvl");
@@ -133,8 +134,59 @@ export async function verifyDcap(quote: Buffer, opts: DcapOptions = {}): Promise
       : "The TD quote is not genuine Intel TDX evidence for this collateral (or the collateral is stale): check the quote bytes, the collateral source and the verification time.");
   }
   const accepted = opts.acceptedTcbStatuses ?? DEFAULT_ACCEPTED_TCB;
+  checkTdxModule(quote, collateral, accepted);
   if (!accepted.includes(report.status)) {
     throw attestationError("tcb-status", `the platform's TCB status is ${report.status}${report.advisory_ids.length ? ` (${report.advisory_ids.join(", ")})` : ""}; accepted: ${accepted.join(", ")}`, "Update the host (microcode, TDX module) or accept this status deliberately (acceptedTcbStatuses / --tcb-status).");
   }
   return { status: report.status, advisoryIds: [...report.advisory_ids], collateralSource: source };
+}
+
+const TdxModuleIdentity = z.object({
+  mrsigner: z.string().regex(/^[0-9a-fA-F]{96}$/),
+  attributes: z.string().regex(/^[0-9a-fA-F]{16}$/),
+  attributesMask: z.string().regex(/^[0-9a-fA-F]{16}$/),
+});
+const TcbInfoModules = z.object({
+  tdxModule: TdxModuleIdentity.optional(),
+  tdxModuleIdentities: z.array(TdxModuleIdentity.extend({
+    id: z.string().max(16),
+    tcbLevels: z.array(z.object({ tcb: z.object({ isvsvn: z.number().int().min(0).max(255) }), tcbStatus: z.string().max(64) })).max(256),
+  })).max(64).optional(),
+});
+
+/**
+ * The TDX module's identity (dcap-qvl 0.3.9 does not check it): the quote's MRSIGNERSEAM and
+ * SEAMATTRIBUTES against the signed TCB info — Intel's TDX module (signer all zeros), no debug
+ * module — and the module's own SVN against its identity's TCB levels. Per Intel's TDX TCB Info
+ * (v3) and its quote verification rules: a module whose major version (TEE_TCB_SVN[1]) is above 0
+ * is matched with `tdxModuleIdentities` entry `TDX_<major, 2 hex digits>` and its isvsvn
+ * (TEE_TCB_SVN[0]); major version 0 with `tdxModule`. Runs after dcap-qvl verified the TCB info's
+ * signature, so these fields are Intel's.
+ */
+export function checkTdxModule(quote: Buffer, collateral: Collateral, accepted: readonly string[]): void {
+  const body = parseTdxQuote(quote).body;
+  let info: z.infer<typeof TcbInfoModules>;
+  try {
+    info = TcbInfoModules.parse(JSON.parse(collateral.tcb_info));
+  } catch (e) {
+    throw attestationError("tdx-module", `the TCB info's TDX module identity is malformed (${(e as Error).message.slice(0, 200)})`);
+  }
+  const major = body.teeTcbSvn[1];
+  const id = `TDX_${major.toString(16).toUpperCase().padStart(2, "0")}`;
+  const listed = major === 0 ? undefined : info.tdxModuleIdentities?.find((m) => m.id.toUpperCase() === id);
+  const identity = major === 0 ? info.tdxModule : listed;
+  if (!identity) throw attestationError("tdx-module", `the TCB info names no identity for the quote's TDX module (${major === 0 ? "tdxModule" : id})`, "Use current collateral for this platform (its TCB info lists the TDX module identities Intel supports).");
+  const signer = body.mrSignerSeam.toString("hex");
+  if (signer !== identity.mrsigner.toLowerCase()) throw attestationError("tdx-module", `MRSIGNERSEAM ${signer.slice(0, 16)}… is not the TDX module signer the TCB info names (${identity.mrsigner.slice(0, 16)}…): not Intel's TDX module`);
+  const mask = Buffer.from(identity.attributesMask, "hex");
+  const masked = Buffer.from(body.seamAttributes.map((b, i) => b & mask[i]));
+  if (!masked.equals(Buffer.from(Buffer.from(identity.attributes, "hex").map((b, i) => b & mask[i])))) {
+    throw attestationError("tdx-module", `SEAMATTRIBUTES ${body.seamAttributes.toString("hex")} are not the TDX module attributes the TCB info names (${identity.attributes.toLowerCase()}, mask ${identity.attributesMask.toLowerCase()}): e.g. a debug TDX module`);
+  }
+  if (listed) {
+    const svn = body.teeTcbSvn[0];
+    const level = listed.tcbLevels.find((l) => svn >= l.tcb.isvsvn);
+    if (!level) throw attestationError("tcb-status", `the TDX module's SVN ${svn} is below every TCB level of ${id}`, "Update the host's TDX module.");
+    if (!accepted.includes(level.tcbStatus)) throw attestationError("tcb-status", `the TDX module's TCB status is ${level.tcbStatus} (${id}, SVN ${svn}); accepted: ${accepted.join(", ")}`, "Update the host's TDX module, or accept this status deliberately (acceptedTcbStatuses / --tcb-status).");
+  }
 }

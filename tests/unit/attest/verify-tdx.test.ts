@@ -110,6 +110,25 @@ describe("DCAP on quotes signed by the test PKI", () => {
   });
 });
 
+describe("the TDX module's identity (checked by tdxvm: dcap-qvl 0.3.9 does not)", () => {
+  const opts = (c = buildCollateral()) => ({ collateral: c, rootCaDer: TEST_ROOT_DER, now: TEST_NOW });
+  it("refuses a module not signed by Intel, a debug module, a module version the TCB info does not list, a module SVN below its levels", async () => {
+    await expect(verifyDcap(buildTdQuote(tdBody()), opts())).resolves.toMatchObject({ status: "UpToDate" });
+    const cases: Array<[string, Buffer, ReturnType<typeof buildCollateral> | undefined, string, RegExp]> = [
+      ["another signer", buildTdQuote(tdBody({ mrSignerSeam: Buffer.alloc(48, 0xab) })), undefined, "tdx-module", /MRSIGNERSEAM abababab.* not Intel's TDX module/],
+      ["debug SEAM attributes", buildTdQuote(tdBody({ seamAttributes: Buffer.from("0100000000000000", "hex") })), undefined, "tdx-module", /SEAMATTRIBUTES 0100000000000000 .*debug TDX module/],
+      ["major version 2, unlisted", buildTdQuote(tdBody({ teeTcbSvn: Buffer.from("04020700000000000000000000000000", "hex") })), undefined, "tdx-module", /no identity for the quote's TDX module \(TDX_02\)/],
+      ["module SVN 1 below every level", buildTdQuote(tdBody({ teeTcbSvn: Buffer.from("01010700000000000000000000000000", "hex") })), buildCollateral({ tdxSvn: [1, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }), "tcb-status", /TDX module's SVN 1 is below every TCB level of TDX_01/],
+      ["module SVN 3: OutOfDate", buildTdQuote(tdBody({ teeTcbSvn: Buffer.from("03010700000000000000000000000000", "hex") })), buildCollateral({ tdxSvn: [3, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }), "tcb-status", /TDX module's TCB status is OutOfDate \(TDX_01, SVN 3\)/],
+      ["no identities in the TCB info", buildTdQuote(tdBody()), buildCollateral({ tdxModuleIdentities: [] }), "tdx-module", /no identity .*TDX_01/],
+    ];
+    for (const [what, q, c, check, reason] of cases) {
+      const e = await tdxErrorOf(() => verifyDcap(q, opts(c)));
+      expect([what, e.details, e.message]).toEqual([what, { check }, expect.stringMatching(reason)]);
+    }
+  });
+});
+
 describe("tdx issuer", () => {
   const nonce = Buffer.alloc(32, 3);
   const spki = Buffer.alloc(32, 4);
