@@ -72,7 +72,12 @@ function seedFor(ek: TpmPublic, ephemeralPrivate?: Buffer): { seed: Buffer; encr
   const size = HASH_SIZE[ek.nameAlg];
   if (ek.type === "rsa") {
     const seed = randomBytes(size);
-    const encrypted = publicEncrypt({ key: publicKeyOf(ek), padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING, oaepHash: ek.nameAlg, oaepLabel: label("IDENTITY") }, seed);
+    let encrypted: Buffer;
+    try {
+      encrypted = publicEncrypt({ key: publicKeyOf(ek), padding: cryptoConstants.RSA_PKCS1_OAEP_PADDING, oaepHash: ek.nameAlg, oaepLabel: label("IDENTITY") }, seed);
+    } catch (e) {
+      throw attestationError("ek-public", `the EK's RSA key cannot encrypt the credential seed (${(e as Error).message})`);
+    }
     return { seed, encrypted };
   }
   const curve = ECC_CURVES[ek.curveId!]!;

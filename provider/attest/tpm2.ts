@@ -183,6 +183,10 @@ function parseTpmtPublic(r: TpmReader): TpmPublic {
     const exponent = r.u32("exponent");
     const modulus = r.tpm2b("unique.rsa", 512);
     if (keyBits < 2048 || keyBits > 4096 || modulus.length * 8 !== keyBits) throw attestationError("tpm-structure", `${r.what}: RSA key of ${keyBits} bits with a ${modulus.length}-byte modulus`);
+    // A real RSA modulus has its top bit set (keyBits long) and is odd; a real exponent is odd and
+    // above 1. Anything else (0, 3, an even number) is hostile: refused here, not by OpenSSL later.
+    if (!(modulus[0] & 0x80) || !(modulus[modulus.length - 1] & 1)) throw attestationError("tpm-structure", `${r.what}: the RSA modulus is not a ${keyBits}-bit odd number`);
+    if (exponent !== 0 && (exponent < 3 || exponent % 2 === 0)) throw attestationError("tpm-structure", `${r.what}: RSA exponent ${exponent} is not an odd number above 1`);
     return { type: "rsa", nameAlg, attributes, authPolicy, symmetric, scheme: sch, keyBits, exponent: exponent === 0 ? 65537 : exponent, modulus, raw: r.buf.subarray(start, r.pos) };
   }
   if (typeAlg === TPM_ALG.ECC) {

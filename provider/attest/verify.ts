@@ -119,6 +119,16 @@ function withStatus(expected: Measurements, verdicts: MeasuredVerdict[]): Regist
   return verdicts.map((v) => ({ ...v, status: expected.registers[v.register]!.status }));
 }
 
+/**
+ * A register whose prediction names firmware events is judged event by event, so the log that
+ * records them must be there: without it a matching value would pass unexplained.
+ */
+function requireLog(expected: Measurements, names: RegExp, log: Buffer | undefined, what: string, checks: Checks): void {
+  if (log) return;
+  const need = Object.entries(expected.registers).filter(([n, r]) => names.test(n) && r.status === "exact" && r.events.some((e) => e.log !== "userspace")).map(([n]) => n);
+  if (need.length) checks.fail("event-log", `the evidence carries no ${what}, but the expected measurement predicts firmware events for ${need.join(", ")}: they cannot be checked event by event`);
+}
+
 /** PCR registers of a TPM quote (only the values the quote's digest covers). */
 function pcrRegisters(expected: Measurements, quoted: Bank, logs: Evidence["eventLogs"], checks: Checks): RegisterVerdict[] {
   const eventLog = b64(logs.tcg);
@@ -131,6 +141,7 @@ function pcrRegisters(expected: Measurements, quoted: Bank, logs: Evidence["even
     checks.fail("event-log", `the TCG event log does not parse: ${(e as Error).message}`);
     return [];
   }
+  requireLog(expected, /^PCR\d+$/, eventLog, "TCG event log", checks);
   const missing = Object.entries(expected.registers).filter(([n, r]) => r.status !== "platform-defined" && /^PCR\d+$/.test(n) && quoted[n.slice(3)] === undefined).map(([n]) => n);
   if (missing.length) checks.fail("quote-coverage", `the quote does not cover ${missing.join(", ")}, which the expected measurement predicts`);
   const pcrs: Record<string, Record<number, string>> = { sha256: Object.fromEntries(Object.entries(quoted).map(([k, v]) => [Number(k), v])) };
@@ -291,6 +302,7 @@ async function verifyTdx(input: EvidenceInput, opts: VerifyOptions, checks: Chec
   else if (!sameBytes(parsed.body.reportData, binding)) checks.fail("channel-binding", "REPORTDATA is not H(label ‖ nonce ‖ SHA-256 of this TLS connection's key): a stale quote, another nonce, or a relay with its own TLS key");
   else checks.pass("channel-binding", "REPORTDATA = SHA-512(\"tdxvm-attest-v1\" ‖ 0 ‖ nonce ‖ SPKI hash of this TLS connection)");
   const ccel = b64(input.evidence.eventLogs.ccel);
+  requireLog(input.expected, /^RTMR\d$/, ccel, "CCEL (the TD's event log)", checks);
   let measured: MeasuredVerdict[];
   let ccelEvents: ReturnType<typeof parseCcel>["events"] = [];
   try {

@@ -60,7 +60,9 @@ export const AzureBlobArgs = z.object({
   endpoint: Endpoint,
   accountKey: z.string().min(1),
   containerName: z.string().regex(/^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$/),
-  blobName: z.string().regex(/^[A-Za-z0-9._/-]{1,1024}\.vhd$/, "a .vhd name"),
+  // Path segments only of name characters: no "", "." or ".." (the blob URL is built from the name:
+  // "../other-container/x.vhd" would write, and on destroy delete, outside the container).
+  blobName: z.string().regex(/^[A-Za-z0-9._/-]{1,1024}\.vhd$/, "a .vhd name").refine((n) => n.split("/").every((seg) => seg !== "" && seg !== "." && seg !== ".."), "a .vhd name without empty, \".\" or \"..\" path segments"),
   timeoutMinutes: z.number().positive().default(180),
 }).loose();
 export type AzureBlobArgsT = z.infer<typeof AzureBlobArgs>;

@@ -170,6 +170,11 @@ export class SecretsDelivery {
         continue;
       }
       const errs = new SecretSchema(d.schema).check(obj[d.name]);
+      // A value an environment target cannot carry is bad input (400 at the agent), found before anything is written.
+      if (!errs.length && d.targets.some((t) => t.kind === "env")) {
+        const problem = envValueProblem(valueBytes(d.schema.kind, obj[d.name]));
+        if (problem) errs.push(`${problem}, so it cannot go into an environment variable (use a file target for such secrets)`);
+      }
       if (errs.length) errors.push([d.name, errs]);
     }
     // fromEntries defines own properties: assigning errors["__proto__"] (a valid secret name)

@@ -162,6 +162,38 @@ describe("agent HTTPS API", () => {
     expect(statuses.filter((x) => x === 503)).toHaveLength(3);
   });
 
+  it("bad input is 400, not 500: a NUL in an env-targeted secret (nothing written, the value not echoed); an oversized chunked body is 413", async () => {
+    const root2 = await tempDir("tdxvm-agent-root-");
+    const rec = new SecretsReceiver(contract(), { root: root2, log: () => undefined });
+    const s = agentServer({ issuer: fakeIssuer(), tls, secrets: rec, log: () => undefined });
+    await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+    const p = (s.address() as net.AddressInfo).port;
+    try {
+      const value = "a-token-of-16-bytes\u0000tail";
+      const r = await request(p, "POST", "/v1/secrets", { API_TOKEN: value });
+      expect(r.status).toBe(400);
+      expect(JSON.stringify(r.json)).toContain("NUL");
+      expect(JSON.stringify(r.json)).not.toContain("a-token-of-16-bytes");
+      expect(Object.keys(r.json.invalid as object)).toEqual(["API_TOKEN"]);
+      expect(existsSync(path.join(root2, "run"))).toBe(false);
+      // No content-length: the body streams in chunks past the 16 KiB attest limit.
+      const status = await new Promise<number>((resolve, reject) => {
+        const req = https.request({ host: "127.0.0.1", port: p, method: "POST", path: "/v1/attest", rejectUnauthorized: false, agent: false, headers: { "content-type": "application/json", "transfer-encoding": "chunked" } }, (res) => {
+          resolve(res.statusCode ?? 0);
+          res.resume();
+        });
+        req.on("error", (e) => (/ECONNRESET|EPIPE/.test(String(e)) ? resolve(-1) : reject(e)));
+        for (let i = 0; i < 8; i++) req.write(Buffer.alloc(4096, 0x20));
+        req.end();
+      });
+      expect(status).toBe(413);
+    } finally {
+      s.closeAllConnections();
+      await new Promise((r) => s.close(r));
+      await fs.rm(root2, { recursive: true, force: true });
+    }
+  });
+
   it("slow clients hold no slot: twelve bodies trickling a byte at a time leave /v1/health and /v1/attest answering; a body too slow is 408", async () => {
     const bodyMs = LIMITS.bodyMs;
     LIMITS.bodyMs = 1500;

@@ -10,6 +10,7 @@ import { createDecipheriv, createECDH, createHmac, generateKeyPairSync, privateD
 import { kdfa, kdfe, makeCredential } from "../../../provider/attest/credential";
 import { objectName, parseTpm2bPublic, TpmPublic } from "../../../provider/attest/tpm2";
 import { fx } from "./fixtures";
+import type { TdxError } from "../../../provider/errors";
 
 type KdfCall = [kind: "kdfa" | "kdfe", hash: string, key: string, label: string, u: string, v: string, bits: number];
 /** Run independent/kdf.py once for a batch of KDF calls. */
@@ -89,6 +90,25 @@ describe("makeCredential", () => {
     const z = ek.computeSecret(Buffer.concat([Buffer.from([4]), ex, ey]));
     const [seed] = independent([["kdfe", "sha256", z.toString("hex"), "IDENTITY", ex.toString("hex"), p.subarray(1, 33).toString("hex"), 256]]);
     expect(activate(seed, name, c.idObject).equals(secret)).toBe(true);
+  });
+
+  it("a hostile RSA EK (modulus 0, 3 or even; exponent 1 or even) is a refused check with a code, never a raw OpenSSL error", () => {
+    const good = generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey.export({ format: "jwk" });
+    const n = Buffer.from(good.n!, "base64url");
+    const mod = (f: (b: Buffer) => void) => {
+      const b = Buffer.from(n);
+      f(b);
+      return b;
+    };
+    for (const [what, m] of [["zero", Buffer.alloc(256)], ["three", mod((b) => (b.fill(0), (b[255] = 3)))], ["even", mod((b) => (b[255] &= 0xfe))], ["short top bit", mod((b) => (b[0] &= 0x7f))]] as const) {
+      let err: unknown;
+      try {
+        makeCredential(ekPublic("rsa", { n: m }), name, secret);
+      } catch (e) {
+        err = e;
+      }
+      expect([what, (err as TdxError).code, (err as TdxError).details]).toEqual([what, "E_ATTESTATION", { check: "tpm-structure" }]);
+    }
   });
 
   it("uses a fresh seed each time", () => {

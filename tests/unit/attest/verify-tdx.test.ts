@@ -179,6 +179,15 @@ describe("tdx issuer", () => {
     expect(v.checks.find((c) => c.check === "channel-binding")!.detail).toMatch(/ends in 32 zero bytes, the form of a tdxs application quote/);
   });
 
+  it("refuses evidence without a CCEL when RTMR1/2 are predicted event by event", async () => {
+    const i = input();
+    i.evidence.eventLogs = {};
+    const v = await verifyEvidence(i, vopts);
+    expect(failed(v)).toContain("event-log");
+    expect(v.checks.find((c) => c.check === "event-log")!.detail).toMatch(/no CCEL .* firmware events for RTMR1, RTMR2/);
+    expect(v.ok).toBe(false);
+  });
+
   it("refuses an image whose RTMR2 differs, naming the event", async () => {
     const exp = expected();
     exp.registers.RTMR2!.events[3] = { ...exp.registers.RTMR2!.events[3]!, digest: "ab".repeat(48), description: "UKI section .cmdline" };

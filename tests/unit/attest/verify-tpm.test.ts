@@ -93,6 +93,15 @@ describe("tpm issuer (dev VM)", () => {
     expect(v.registers.find((r) => r.register === "PCR4")).toMatchObject({ ok: false, problems: [`reported value ${pcr4} ≠ expected ${"22".repeat(32)}`] });
   });
 
+  it("refuses evidence without the TCG log when the prediction names firmware events (the value alone would pass unexplained)", async () => {
+    const withEvents = expected();
+    withEvents.registers.PCR4.events = [{ type: "EV_EFI_ACTION", description: "test event", origin: "fixture", digest: createHash("sha256").update("tdxvm test").digest("hex") }];
+    const v = await verifyEvidence(input({ expected: withEvents }), opts);
+    expect(failed(v)).toEqual(["event-log"]);
+    expect(v.checks.find((c) => c.check === "event-log")!.detail).toMatch(/no TCG event log, but the expected measurement predicts firmware events for PCR4/);
+    expect(v.ok).toBe(false);
+  });
+
   it("never throws on garbage: a malformed AK is a failed check", async () => {
     const i = input();
     i.keys!.tpm!.akPublic = Buffer.from("not a key").toString("base64");
