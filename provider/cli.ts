@@ -325,6 +325,13 @@ function verifyCommand(program: Command, act: Act): void {
 
 interface AttestOpts { expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; allowSimulator?: boolean }
 
+/** A commander parser for a positive number of seconds (at most a day). */
+const seconds = (flag: string) => (v: string): number => {
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0) || n > 86_400) throw new TdxError("E_VALIDATION", `${flag} takes seconds (0 < n ≤ 86400), not ${JSON.stringify(v.slice(0, 20))}`);
+  return n;
+};
+
 function attestCommand(program: Command, act: Act): void {
   program.command("attest").description("challenge a running VM's agent and verify its signed evidence against expected measurements (exit 3 unless everything matches)")
     .argument("<endpoint>", "the agent's host:port")
@@ -335,11 +342,15 @@ function attestCommand(program: Command, act: Act): void {
     .option("--pccs-url <url>", "PCCS to fetch DCAP collateral from")
     .option("--tcb-status <list>", "accepted TCB statuses, comma-separated (default UpToDate)")
     .option("--allow-simulator", "accept the agent's simulator issuer (labelled SIMULATOR in every row)")
-    .action(act(async (ctx, endpoint: string, o: AttestOpts) => {
-      const { attest } = await import("./attest/client");
+    .option("--timeout <seconds>", "one deadline for the whole attestation, every request included (default 120)", seconds("--timeout"))
+    .option("--wait <seconds>", "keep asking an agent that cannot be asked yet (no connection, 503: still booting) this long (default 0: ask once)", seconds("--wait"))
+    .action(act(async (ctx, endpoint: string, o: AttestOpts & { timeout?: number; wait?: number }) => {
+      const { attestUntil } = await import("./attest/client");
       const { readExpected, formatVerdict } = await import("./attest/cli");
       const expected = await readExpected(o.expected);
-      const v = await attest(endpoint, expected, {
+      const v = await attestUntil(endpoint, expected, {
+        timeoutMs: (o.timeout ?? 120) * 1000,
+        waitMs: (o.wait ?? 0) * 1000,
         allowSimulator: o.allowSimulator === true,
         cacheDir: ctx.cacheDir,
         ...(o.ca ? { localCaPem: (await readInput(o.ca, "--ca", 1024 * 1024)).toString("utf8") } : {}),

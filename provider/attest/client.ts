@@ -35,11 +35,23 @@ export interface Verdict extends Omit<EvidenceVerdict, "issuer"> {
   evidence?: Evidence;
   /** Nonce → verdict, milliseconds. */
   durationMs: number;
+  /**
+   * The agent could not be asked yet: no connection, or it answered 503 (busy or starting) before
+   * any evidence. Worth asking again until the caller's deadline; any other failed verdict is final.
+   */
+  retryable?: boolean;
 }
 
 export interface AttestOptions extends VerifyOptions {
-  /** Per request (the agent creates TPM keys on first use: slow under emulation). Default 120 s. */
+  /**
+   * One deadline for the whole attestation, every request included (the agent creates TPM keys on
+   * first use: slow under emulation). Default 120 s. A trickling agent cannot stretch it.
+   */
   timeoutMs?: number;
+  /** With `attestUntil`: how long to keep asking an agent that cannot be asked yet (default 10 min). */
+  waitMs?: number;
+  /** With `attestUntil`: the longest pause between two asks (default 5 s). */
+  maxDelayMs?: number;
   /** Where the local EK CA lives when `localCaPem` is not given (default: the tdxvm cache). */
   cacheDir?: string;
 }
@@ -87,7 +99,10 @@ function request(host: string, port: number, spec: RequestSpec, tls: https.Reque
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
       res.on("error", fail);
     });
+    // Idle and absolute: an agent that trickles a byte now and then is cut off at the deadline too.
     req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    const deadline = setTimeout(() => req.destroy(new Error(`no complete answer within ${timeoutMs} ms`)), timeoutMs);
+    req.on("close", () => clearTimeout(deadline));
     req.on("error", fail);
     req.end(payload);
   });
@@ -117,7 +132,9 @@ async function json<T>(r: { status: number; body: Buffer }, path: string, parse:
     } catch {
       // not JSON
     }
-    throw attestationError("agent", `the agent answered ${path} with HTTP ${r.status}${why}`);
+    const e = attestationError("agent", `the agent answered ${path} with HTTP ${r.status}${why}`);
+    if (r.status === 503) (e.details as Record<string, unknown>).status = 503;
+    throw e;
   }
   let v: unknown;
   try {
@@ -139,14 +156,20 @@ export async function attest(endpoint: string, expected: Measurements, opts: Att
   const extra: Check[] = [];
   let channel: Channel | undefined;
   let evidence: Evidence | undefined;
+  const end = Date.now() + (opts.timeoutMs ?? 120_000);
+  const left = () => {
+    const ms = end - Date.now();
+    if (ms <= 0) throw attestationError("timeout", `no verdict within ${opts.timeoutMs ?? 120_000} ms`, "Raise the timeout (--timeout) for a slow agent, or check that the VM is up.");
+    return ms;
+  };
   try {
     // 1. Learn the agent's certificate (no secret travels on this connection).
     let peer: X509Certificate | undefined;
-    const health = await request(host, port, { method: "GET", path: "/v1/health", timeoutMs: opts.timeoutMs, maxBytes: 64 * 1024 }, { rejectUnauthorized: false }, (c) => (peer = c));
+    const health = await request(host, port, { method: "GET", path: "/v1/health", timeoutMs: left(), maxBytes: 64 * 1024 }, { rejectUnauthorized: false }, (c) => (peer = c));
     await json(health, "/v1/health", parseHealthResponse);
     channel = { host, port, spkiSha256: spkiHash(peer!), certificatePem: peer!.toString() };
     // 2. Everything else on connections pinned to that key.
-    const keys: KeysResponse = await json(await pinnedRequest(channel, { method: "GET", path: "/v1/keys", timeoutMs: opts.timeoutMs, maxBytes: 256 * 1024 }), "/v1/keys", parseKeysResponse);
+    const keys: KeysResponse = await json(await pinnedRequest(channel, { method: "GET", path: "/v1/keys", timeoutMs: left(), maxBytes: 256 * 1024 }), "/v1/keys", parseKeysResponse);
     const nonce = randomBytes(NONCE_BYTES);
     let secret: Buffer | undefined;
     let credential: { idObject: string; encSecret: string } | undefined;
@@ -155,7 +178,7 @@ export async function attest(endpoint: string, expected: Measurements, opts: Att
       const c = makeCredential(parseTpm2bPublic(Buffer.from(keys.tpm.ekPublic, "base64"), "EK TPM2B_PUBLIC"), objectName(parseTpm2bPublic(Buffer.from(keys.tpm.akPublic, "base64"), "AK TPM2B_PUBLIC")), secret);
       credential = { idObject: c.idObject.toString("base64"), encSecret: c.encSecret.toString("base64") };
     }
-    evidence = await json(await pinnedRequest(channel, { method: "POST", path: "/v1/attest", body: { nonce: nonce.toString("hex"), ...(credential ? { credential } : {}) }, timeoutMs: opts.timeoutMs }), "/v1/attest", parseEvidence);
+    evidence = await json(await pinnedRequest(channel, { method: "POST", path: "/v1/attest", body: { nonce: nonce.toString("hex"), ...(credential ? { credential } : {}) }, timeoutMs: left() }), "/v1/attest", parseEvidence);
     const localCaPem = opts.localCaPem ?? (keys.issuer === "tpm" ? localCaCertificate(opts.cacheDir ?? defaultCacheDir()) : undefined);
     const verdict = await verifyEvidence({ evidence, keys, nonce, channelSpkiSha256: Buffer.from(channel.spkiSha256, "hex"), credentialSecret: secret, expected }, { ...opts, localCaPem });
     return { ...verdict, channel, evidence, durationMs: performance.now() - t0 };
@@ -163,7 +186,25 @@ export async function attest(endpoint: string, expected: Measurements, opts: Att
     if (!(e instanceof TdxError) || e.code !== "E_ATTESTATION") throw e;
     const check = typeof e.details?.check === "string" ? e.details.check : "attest";
     extra.push({ check, ok: false, detail: e.message.startsWith(`${check}: `) ? e.message.slice(check.length + 2) : e.message });
-    return { ok: false, issuer: evidence?.issuer ?? "unknown", checks: extra, registers: [], ...(channel ? { channel } : {}), ...(evidence ? { evidence } : {}), durationMs: performance.now() - t0 };
+    const retryable = !evidence && (check === "connect" || (check === "agent" && e.details?.status === 503));
+    return { ok: false, issuer: evidence?.issuer ?? "unknown", checks: extra, registers: [], ...(channel ? { channel } : {}), ...(evidence ? { evidence } : {}), durationMs: performance.now() - t0, ...(retryable ? { retryable } : {}) };
+  }
+}
+
+/**
+ * attest(), asked again with backoff (0.5 s doubling to `maxDelayMs`, default 5 s) while the agent cannot be asked yet —
+ * the VM still booting, its agent starting or busy — until `waitMs` (default 10 min) has passed.
+ * Every other verdict, ok or not, is returned at once: a VM that proved the wrong thing does not
+ * get better by waiting.
+ */
+export async function attestUntil(endpoint: string, expected: Measurements, opts: AttestOptions = {}): Promise<Verdict & { attempts: number }> {
+  const until = Date.now() + (opts.waitMs ?? 600_000);
+  let delay = 500;
+  for (let attempts = 1; ; attempts++) {
+    const v = await attest(endpoint, expected, opts);
+    if (!v.retryable || Date.now() + delay >= until) return { ...v, attempts };
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, opts.maxDelayMs ?? 5_000);
   }
 }
 

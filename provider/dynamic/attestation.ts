@@ -81,7 +81,7 @@ function checkSecrets(a: AttestationArgsT): void {
 }
 
 async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Record<string, unknown>> {
-  const { attest, pinnedRequest } = await import("../attest");
+  const { attestUntil, pinnedRequest } = await import("../attest");
   const expected = fromComputed(a.expected, a.expected.backend)!;
   const t = a.trust;
   const opts = {
@@ -90,21 +90,10 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
     dcap: { pccsUrl: t.pccsUrl, collateralFile: t.collateral ? loadPath(t.collateral) : undefined, acceptedTcbStatuses: t.acceptedTcbStatuses },
   };
   const t0 = Date.now();
-  // The agent may still be starting: retry until the deadline on connection errors only. A verdict
-  // that says "no" is final: a VM that proved the wrong thing does not get better by waiting.
-  const verdict = await withTimeout(a.timeoutSeconds * 1000, `attestation of ${a.endpoint}`, async (signal) => {
-    let last: unknown;
-    while (!signal.aborted) {
-      try {
-        return await attest(a.endpoint, expected, opts);
-      } catch (e) {
-        if (e instanceof TdxError && e.code === "E_ATTESTATION") throw e;
-        last = e;
-      }
-      await new Promise((r) => setTimeout(r, a.intervalSeconds * 1000));
-    }
-    throw last;
-  });
+  // The agent may still be starting: ask again while it cannot be asked (no connection, 503) until
+  // the deadline. A verdict that says "no" is final: a VM that proved the wrong thing does not get
+  // better by waiting.
+  const verdict = await withTimeout(a.timeoutSeconds * 1000 + 5_000, `attestation of ${a.endpoint}`, () => attestUntil(a.endpoint, expected, { ...opts, waitMs: a.timeoutSeconds * 1000, maxDelayMs: a.intervalSeconds * 1000 }));
   const failed = verdict.checks.filter((c) => !c.ok).map((c) => `${c.check}: ${c.detail}`);
   const registers = verdict.registers.filter((r) => !r.ok).map((r) => `${r.register}: ${r.problems.join("; ")}`);
   if (!verdict.ok) {
