@@ -93,7 +93,9 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
   // The agent may still be starting: ask again while it cannot be asked (no connection, 503) until
   // the deadline. A verdict that says "no" is final: a VM that proved the wrong thing does not get
   // better by waiting.
-  const verdict = await withTimeout(a.timeoutSeconds * 1000 + 5_000, `attestation of ${a.endpoint}`, () => attestUntil(a.endpoint, expected, { ...opts, waitMs: a.timeoutSeconds * 1000, maxDelayMs: a.intervalSeconds * 1000 }));
+  // Asking stops at the deadline; an attempt under way may take its own deadline (at most 120 s) more.
+  const perAttempt = Math.min(120_000, a.timeoutSeconds * 1000);
+  const verdict = await withTimeout(a.timeoutSeconds * 1000 + perAttempt + 5_000, `attestation of ${a.endpoint}`, () => attestUntil(a.endpoint, expected, { ...opts, timeoutMs: perAttempt, waitMs: a.timeoutSeconds * 1000, maxDelayMs: a.intervalSeconds * 1000 }));
   const failed = verdict.checks.filter((c) => !c.ok).map((c) => `${c.check}: ${c.detail}`);
   const registers = verdict.registers.filter((r) => !r.ok).map((r) => `${r.register}: ${r.problems.join("; ")}`);
   if (!verdict.ok) {
