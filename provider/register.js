@@ -13,7 +13,7 @@
 const path = require("node:path");
 const os = require("node:os");
 const fs = require("node:fs");
-const { createHash } = require("node:crypto");
+const { createHash, randomBytes } = require("node:crypto");
 
 const root = path.join(__dirname, "..");
 const ours = (file) => file.startsWith(root + path.sep) && !file.slice(root.length).includes(`${path.sep}node_modules${path.sep}`);
@@ -32,13 +32,24 @@ const sha256 = (s) => createHash("sha256").update(s).digest("hex");
  * us and nobody else may write them (the stamp proves the source it came from, not who wrote it).
  * Anything else — missing, a link, another owner, group/other-writable — reads as "not cached".
  */
-function trustedRead(dir, entry) {
-  const uid = typeof process.geteuid === "function" ? process.geteuid() : undefined;
-  const ours = (st) => uid === undefined || (st.uid === uid && (st.mode & 0o022) === 0);
-  let fd;
+const uid = typeof process.geteuid === "function" ? process.geteuid() : undefined;
+const ownedByUs = (st) => uid === undefined || (st.uid === uid && (st.mode & 0o022) === 0);
+
+/** The cache directory is ours: a real directory (not a link), our owner, nobody else may write it. */
+function trustedDir(dir) {
   try {
     const d = fs.lstatSync(dir);
-    if (!d.isDirectory() || !ours(d)) return undefined;
+    return d.isDirectory() && ownedByUs(d);
+  } catch {
+    return false;
+  }
+}
+
+function trustedRead(dir, entry) {
+  const ours = ownedByUs;
+  let fd;
+  try {
+    if (!trustedDir(dir)) return undefined;
     fd = fs.openSync(entry, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     const st = fs.fstatSync(fd);
     if (!st.isFile() || !ours(st)) return undefined;
@@ -73,11 +84,20 @@ function transform(code, filename, opts = {}) {
   const out = require("@swc/core").transformSync(code, options).code;
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const tmp = `${entry}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, stamp + out, { mode: 0o600 });
-    fs.renameSync(tmp, entry);
+    // Write only where we would read (a directory another user can write is not a cache of ours),
+    // through a temp name nobody can guess or pre-place: created exclusively, so never through a link.
+    if (trustedDir(dir)) {
+      const tmp = `${entry}.${randomBytes(8).toString("hex")}.tmp`;
+      try {
+        fs.writeFileSync(tmp, stamp + out, { mode: 0o600, flag: "wx" });
+        fs.renameSync(tmp, entry);
+      } catch (e) {
+        fs.rmSync(tmp, { force: true });
+        throw e;
+      }
+    }
   } catch {
-    // a read-only cache: compile again next time
+    // a read-only or foreign cache: compile again next time
   }
   return out;
 }

@@ -79,6 +79,18 @@ describe("compiled TypeScript cache (register.js)", () => {
     expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true }); // a world-writable directory: nothing read
   });
 
+  it("writes only where it would read: nothing into a directory others may write", async () => {
+    const { cache, file, p } = await compiledOnce();
+    const js = path.join(cache, "js");
+    await fs.rm(p);
+    await fs.chmod(js, 0o777);
+    expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true });
+    expect(await fs.readdir(js)).toEqual([]); // it would never be read back: no entry, no temp file
+    await fs.chmod(js, 0o700);
+    expect(load(file, cache)).toEqual({ value: "real", swcLoaded: true });
+    expect(await fs.readdir(js)).toEqual([path.basename(p)]);
+  });
+
   it("works (compiling every time) when the cache cannot be written", async () => {
     const dir = await tempDir("tdxvm-register-");
     const notADir = path.join(dir, "file");
