@@ -1,7 +1,8 @@
 /**
- * Live progress for long work on stderr: phase, elapsed time, and mkosi's current step
- * (its "‣ …" lines), as one status line redrawn on a TTY. Quiet when stderr is not a TTY (CI
- * logs stay clean; the full mkosi log is in build/bake-<profile>.log) or when `quiet` is set.
+ * Progress for long work on stderr. On a TTY: phase, elapsed time, and mkosi's current step (its
+ * "‣ …" lines), as one status line redrawn in place. Elsewhere (CI logs): a line when a phase
+ * starts and one with its duration when it ends — no redraws, no mkosi chatter (the full mkosi log
+ * is in build/bake-<profile>.log). Nothing when `quiet` is set.
  */
 export class Progress {
   private started = Date.now();
@@ -31,7 +32,7 @@ export class Progress {
       this.timer ??= setInterval(() => this.draw(), 1000);
       this.timer.unref?.();
       this.draw();
-    }
+    } else this.stream.write(`tdxvm: ${name} …\n`);
   }
 
   /** A line of tool output; mkosi's step lines start with "‣". */
@@ -49,7 +50,10 @@ export class Progress {
   }
 
   private endPhase(): void {
-    if (this.current) this.durations[this.current] = (this.durations[this.current] ?? 0) + (Date.now() - this.phaseStarted) / 1000;
+    if (!this.current) return;
+    const took = (Date.now() - this.phaseStarted) / 1000;
+    this.durations[this.current] = (this.durations[this.current] ?? 0) + took;
+    if (!this.opts.quiet && !this.tty) this.stream.write(`tdxvm: ${this.current}: ${took.toFixed(1)} s\n`);
   }
 
   done(): Record<string, number> {

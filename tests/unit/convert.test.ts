@@ -399,10 +399,21 @@ describe("progress", () => {
     expect(Object.keys(d)).toEqual(["mkosi build"]);
   });
 
-  it("is silent when not a TTY or when quiet", () => {
-    for (const [tty, quiet] of [[false, false], [true, true]] as const) {
+  it("in a CI log (no TTY): one line when a phase starts, one with its duration when it ends; no redraws, no mkosi steps", () => {
+    const { out, stream } = fake(false);
+    const p = new Progress({ stream });
+    p.phase("mkosi build");
+    p.line("‣  Installing Debian");
+    p.phase("convert");
+    p.done();
+    expect(out.map((l) => l.replace(/\d+\.\d s/, "N s"))).toEqual(["tdxvm: mkosi build …\n", "tdxvm: mkosi build: N s\n", "tdxvm: convert …\n", "tdxvm: convert: N s\n"]);
+    expect(out.join("")).not.toContain("\r");
+  });
+
+  it("is silent when quiet", () => {
+    for (const tty of [false, true]) {
       const { out, stream } = fake(tty);
-      const p = new Progress({ stream, quiet });
+      const p = new Progress({ stream, quiet: true });
       p.phase("x");
       p.line("‣ step");
       p.done();
