@@ -46,13 +46,12 @@ function trustedDir(dir) {
 }
 
 function trustedRead(dir, entry) {
-  const ours = ownedByUs;
   let fd;
   try {
     if (!trustedDir(dir)) return undefined;
     fd = fs.openSync(entry, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     const st = fs.fstatSync(fd);
-    if (!st.isFile() || !ours(st)) return undefined;
+    if (!st.isFile() || !ownedByUs(st)) return undefined;
     return fs.readFileSync(fd, "utf8");
   } catch {
     return undefined;

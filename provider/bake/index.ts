@@ -14,9 +14,9 @@ import { digestOf } from "../recipe/digest";
 import { DEFAULT_PROFILE, resolveProfile } from "../recipe/resolve";
 import { Target, RootFs } from "../recipe/schema";
 import { treeDigest, BASE_PACKAGES } from "../compile";
-import { linkOrCopy } from "../lock/files";
-import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, withPins, profilePins, LOCK_FILE, Lock } from "../lock";
-import { pinKey, unobtainablePins, pinsUnavailable } from "../fetch/debian";
+import { linkOrCopy, linkOrCopyAtomic } from "../lock/files";
+import { writeFileAtomic, stableJson, packagePins, packageDrift, pinPackages, withPins, profilePins, pinKey, LOCK_FILE, Lock } from "../lock";
+import { unobtainablePins, pinsUnavailable } from "../fetch/debian";
 import { gatherDebs, serveFlatRepository, flatRepositorySource, DebPin } from "../fetch/archive";
 import { emitRecipe, compileRecipe, compileFromStore, defaultCacheDir, ProjectContext } from "../pipeline";
 import { writeTree } from "../compile/write";
@@ -299,7 +299,8 @@ export async function bake(ctx: ProjectContext, opts: BakeOptions = {}): Promise
           artifacts: result.artifacts.map((a) => ({ ...a, path: path.join(entry, path.relative(tmp, a.path)) })),
         };
         // Frozen: a build that did not install the pins is refused before it becomes a cache entry.
-        if (opts.frozen && pinsOf(final).drift.length) throw driftError(pinsOf(final).drift);
+        const { drift } = pinsOf(final);
+        if (opts.frozen && drift.length) throw driftError(drift);
         await fs.writeFile(path.join(tmp, "result.json"), stableJson(final));
         await fs.rm(path.join(tmp, "ws"), { recursive: true, force: true });
         await fs.rm(tree, { recursive: true, force: true });
@@ -859,8 +860,8 @@ export async function reuseInitrd(initrdCache: string, key: string, gate: Return
   if (!existsSync(kept) || (manifest && !existsSync(keptManifest))) return false;
   const now = new Date();
   await fs.utimes(kept, now, now); // the newest is kept longest
-  if (manifest) await putInPlace(keptManifest, manifest);
-  await putInPlace(kept, gate.initrd);
+  if (manifest) await linkOrCopyAtomic(keptManifest, manifest);
+  await linkOrCopyAtomic(kept, gate.initrd);
   await fs.writeFile(gate.ready, ""); // last: the image's UKI step takes the initrd once this exists
   return true;
 }
@@ -869,23 +870,11 @@ export async function reuseInitrd(initrdCache: string, key: string, gate: Return
 export async function keepInitrd(initrdCache: string, key: string, built: string, manifest?: string): Promise<void> {
   const dir = path.join(initrdCache, KEPT_INITRDS);
   await fs.mkdir(dir, { recursive: true });
-  if (manifest) await putInPlace(manifest, path.join(dir, `${key}.manifest`));
-  await putInPlace(built, path.join(dir, `${key}.cpio.zst`));
+  if (manifest) await linkOrCopyAtomic(manifest, path.join(dir, `${key}.manifest`));
+  await linkOrCopyAtomic(built, path.join(dir, `${key}.cpio.zst`));
   await keepNewest(dir, MAX_KEPT_INITRDS, (n) => n.endsWith(".cpio.zst"));
   for (const n of await fs.readdir(dir)) {
     if (n.endsWith(".manifest") && !existsSync(path.join(dir, n.replace(/\.manifest$/, ".cpio.zst")))) await fs.rm(path.join(dir, n), { force: true });
-  }
-}
-
-/** A hard link to (or copy of) `src` at `dst`, through a temp file and a rename: never half-written. */
-async function putInPlace(src: string, dst: string): Promise<void> {
-  const tmp = `${dst}.${process.pid}.tmp`;
-  try {
-    await linkOrCopy(src, tmp);
-    await fs.rename(tmp, dst);
-  } catch (e) {
-    await fs.rm(tmp, { force: true });
-    throw e;
   }
 }
 

@@ -15,7 +15,7 @@ import { createHash } from "node:crypto";
 import { Recipe, Phase, PHASES, LayerData, FileEntryData, RootFs } from "../recipe/schema";
 import { profileNames, resolveProfile, DEFAULT_PROFILE } from "../recipe/resolve";
 import { digestOf } from "../recipe/digest";
-import { Lock } from "../lock/schema";
+import { Lock, pinKey } from "../lock/schema";
 import { TdxError } from "../errors";
 import { debloatRemovePaths, systemdMinimizeScript } from "./debloat";
 import { shQuote } from "./shell";
@@ -154,10 +154,9 @@ export function aptPreferences(lock: Lock): string | undefined {
   const byName = new Map<string, string>();
   const profiles = Object.keys({ ...lock.packages, ...lock.initrdPackages }).sort((a, b) => (a === DEFAULT_PROFILE ? -1 : b === DEFAULT_PROFILE ? 1 : a < b ? -1 : a > b ? 1 : 0));
   for (const p of profiles) {
-    for (const pin of [...(lock.packages?.[p] ?? []), ...(lock.initrdPackages?.[p] ?? [])]) {
+    for (const pin of [...(lock.packages?.[p] ?? []), ...(lock.initrdPackages?.[p] ?? [])].map(pinKey)) {
       const eq = pin.indexOf("=");
-      const name = pin.slice(0, eq).replace(/:[a-z0-9]+$/, "");
-      if (!byName.has(name)) byName.set(name, pin.slice(eq + 1));
+      if (!byName.has(pin.slice(0, eq))) byName.set(pin.slice(0, eq), pin.slice(eq + 1));
     }
   }
   if (!byName.size) return undefined;

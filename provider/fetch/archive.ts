@@ -18,10 +18,9 @@ import * as path from "node:path";
 import { AddressInfo } from "node:net";
 import { createHash } from "node:crypto";
 import { TdxError } from "../errors";
-import { stableJson, writeFileAtomic } from "../lock/files";
-import type { Lock } from "../lock/schema";
+import { linkOrCopyAtomic, stableJson, writeFileAtomic } from "../lock/files";
+import { pinKey, type Lock } from "../lock/schema";
 import { ContentStore, fetchInput } from ".";
-import { pinKey } from "./debian";
 
 export type DebPin = NonNullable<Lock["debs"]>[string] & { pin: string };
 
@@ -90,11 +89,7 @@ export async function exportArchive(lock: Lock, out: string, opts: { cacheDir: s
   let bytes = 0;
   for (const d of found.values()) {
     const dst = path.join(out, "sha256", d.sha256);
-    if (!existsSync(dst)) {
-      const tmp = `${dst}.${process.pid}.tmp`;
-      await fs.link(d.path, tmp).catch(() => fs.copyFile(d.path, tmp));
-      await fs.rename(tmp, dst);
-    }
+    if (!existsSync(dst)) await linkOrCopyAtomic(d.path, dst);
     bytes += d.size;
   }
   const index = path.join(out, "index.json");

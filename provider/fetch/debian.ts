@@ -11,7 +11,9 @@
 import { gunzipSync } from "node:zlib";
 import { spawnSync } from "node:child_process";
 import { TdxError } from "../errors";
-import type { Lock } from "../lock/schema";
+import { pinKey, type Lock } from "../lock/schema";
+
+export { pinKey };
 
 export interface DebEntry { name: string; version: string; arch: string; filename: string; sha256: string; size: number }
 
@@ -88,12 +90,6 @@ export function offered(indices: DebEntry[][]): Map<string, DebEntry> {
   const m = new Map<string, DebEntry>();
   for (const idx of indices) for (const e of idx) m.set(`${e.name}=${e.version}`, e);
   return m;
-}
-
-/** The pin without its :arch qualifier, as apt and the indices name it. */
-export function pinKey(pin: string): string {
-  const eq = pin.indexOf("=");
-  return `${pin.slice(0, eq).replace(/:[a-z0-9]+$/, "")}${pin.slice(eq)}`;
 }
 
 /**

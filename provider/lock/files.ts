@@ -18,6 +18,21 @@ export async function linkOrCopy(src: string, dst: string): Promise<void> {
   await fs.link(src, dst).catch(() => fs.copyFile(src, dst));
 }
 
+/**
+ * A hard link to (or copy of) `src` at `dst`, through a temp file and a rename: `dst` is never
+ * half-written, and a failure leaves no temp file.
+ */
+export async function linkOrCopyAtomic(src: string, dst: string): Promise<void> {
+  const tmp = `${dst}.${randomBytes(6).toString("hex")}.tmp`;
+  try {
+    await linkOrCopy(src, tmp);
+    await fs.rename(tmp, dst);
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
+}
+
 /** Write a file atomically: temp file in the same directory, fsync, rename. */
 export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
   await fs.mkdir(path.dirname(file), { recursive: true });

@@ -18,10 +18,9 @@ import { allProfileDigests, sourceRefs } from "../recipe/resolve";
 import { digestOf } from "../recipe/digest";
 import { ContentStore, fetchInput, redactRef, sameDigest } from "../fetch";
 import { checkSources, PolicyWarning, policyError } from "./policy";
-import { Lock, LockBodyT, LockSchema, LOCK_VERSION } from "./schema";
-import { pinKey } from "../fetch/debian";
+import { Lock, LockBodyT, LockSchema, LOCK_VERSION, pinKey } from "./schema";
 
-export { Lock, LockInput, LockSchema } from "./schema";
+export { Lock, LockInput, LockSchema, pinKey } from "./schema";
 
 export const DEFAULT_DEBIAN: LockBodyT["debian"] = {
   release: "trixie",

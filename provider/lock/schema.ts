@@ -13,6 +13,12 @@ export const LOCK_VERSION = 1 as const;
 /** A pinned Debian package, `name=version` (the name may carry an `:arch` qualifier). */
 const Pin = z.string().regex(/^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+$/);
 
+/** A pin without its :arch qualifier (`name=version`), as apt and the archive indices name it. */
+export function pinKey(pin: string): string {
+  const eq = pin.indexOf("=");
+  return `${pin.slice(0, eq).replace(/:[a-z0-9]+$/, "")}${pin.slice(eq)}`;
+}
+
 export const LockBody = z
   .object({
     lockVersion: z.literal(LOCK_VERSION),
