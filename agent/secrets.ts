@@ -8,7 +8,9 @@
  */
 import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
+import type { KeyObject } from "node:crypto";
 import { SecretsDelivery, describePayloadReport } from "../provider/secrets";
+import { Challenges, DeliveryRefused, openDelivery } from "../provider/secrets/owner";
 import type { SecretDeclData } from "../provider/recipe/schema";
 import { Exec, Mutex } from "./exec";
 
@@ -20,17 +22,21 @@ export interface Contract {
   delivery: { method: "http_post"; completion: "required" | "all"; rejectUnknown: boolean };
   handoff: string | null;
   secrets: SecretDeclData[];
+  /** The image's owner ("ed25519:<base64>"): the only key whose sealed deliveries are accepted. Absent or null: none are. */
+  owner?: string | null;
 }
 
 export type Outcome =
   | { status: 200; body: { status: "complete"; secrets: string[] } }
   | { status: 400; body: { error: string; missing?: string[]; unknown?: string[]; invalid?: Record<string, string[]> } }
+  | { status: 401; body: { error: string } }
   | { status: 409; body: { error: string } }
   | { status: 500; body: { error: string } };
 
 export class SecretsReceiver {
   private readonly mutex = new Mutex();
   private readonly delivery: SecretsDelivery;
+  private readonly challenges = new Challenges();
 
   constructor(
     readonly contract: Contract,
@@ -47,7 +53,28 @@ export class SecretsReceiver {
     return existsSync(this.readyFile);
   }
 
-  /** Handle one delivery: validate, write everything or nothing, hand off. */
+  /** A fresh single-use challenge for the owner's next delivery (GET /v1/challenge). */
+  challenge(): { status: 200; body: { challenge: string; owner: string | null } } | { status: 409; body: { error: string } } {
+    if (this.complete) return { status: 409, body: { error: "secrets were already delivered; reboot the VM to start over" } };
+    return { status: 200, body: { challenge: this.challenges.issue(), owner: this.contract.owner ?? null } };
+  }
+
+  /**
+   * Handle one sealed delivery (POST /v1/secrets): only the image's owner, for this agent's TLS key
+   * and one of its open challenges (401 otherwise, nothing stored); then as `receive`.
+   */
+  async receiveSealed(body: Record<string, unknown>, tls: { privateKey: KeyObject; spkiSha256: Buffer }): Promise<Outcome> {
+    let payload: unknown;
+    try {
+      payload = openDelivery(body, { owner: this.contract.owner ?? null, tlsKey: tls.privateKey, spkiSha256: tls.spkiSha256, takeChallenge: (c) => this.challenges.take(c) });
+    } catch (e) {
+      if (e instanceof DeliveryRefused) return { status: e.status, body: { error: e.message } } as Outcome;
+      throw e;
+    }
+    return this.receive(payload);
+  }
+
+  /** Handle one delivery's payload: validate, write everything or nothing, hand off. */
   receive(payload: unknown): Promise<Outcome> {
     return this.mutex.lock(async () => {
       if (this.complete) return { status: 409, body: { error: "secrets were already delivered; a second delivery is refused (reboot the VM to start over)" } };

@@ -3,7 +3,10 @@
  *   GET  /v1/health   {status, issuer, secrets: "none" | "pending" | "complete"}
  *   GET  /v1/keys     the issuer's long-lived keys (TPM EK/AK, certificates) for the verifier's challenge
  *   POST /v1/attest   {nonce: hex, credential?: {idObject, encSecret}} → Evidence bound to nonce + this TLS key
- *   POST /v1/secrets  {NAME: value, …} → 200 once; 400 (bad payload, names only), 409 (already done), 413 (too big)
+ *   GET  /v1/challenge {challenge: hex, owner} — single use, for the owner's next delivery
+ *   POST /v1/secrets  a sealed delivery (provider/secrets/owner.ts): encrypted to this TLS key, signed by the
+ *                     image's owner over it and a challenge → 200 once; 401 (not the owner's, not for this
+ *                     key, no open challenge: nothing stored), 400 (bad payload, names only), 409 (already done), 413 (too big)
  * Bounded: request bodies (413), time to send headers and body (408), requests being worked on at
  * once (503) — a request takes one of those slots only once its body has arrived, so clients that
  * trickle bytes cannot starve attestation or delivery — and connections. Only method, path and
@@ -111,12 +114,20 @@ export function agentServer(d: ServerDeps): https.Server {
         const credential = c === undefined ? undefined : { idObject: b64(c?.idObject, "credential.idObject"), encSecret: b64(c?.encSecret, "credential.encSecret") };
         return await slot(async () => send(200, await d.issuer.evidence(nonce, d.tls.spkiSha256, credential)));
       }
+      if (route === "GET /v1/challenge") {
+        if (!d.secrets) throw new HttpError(404, "this image declares no secrets receiver (Init module)");
+        const secrets = d.secrets;
+        return await slot(async () => {
+          const out = secrets.challenge();
+          send(out.status, out.body);
+        });
+      }
       if (route === "POST /v1/secrets") {
         if (!d.secrets) throw new HttpError(404, "this image declares no secrets receiver (Init module)");
         const secrets = d.secrets;
         const body = json(await readBody(req, LIMITS.secretsBody));
         return await slot(async () => {
-          const out = await secrets.receive(body);
+          const out = await secrets.receiveSealed(body, d.tls);
           send(out.status, out.body);
         });
       }

@@ -6,7 +6,7 @@
  * DER encoding written from ITU-T X.690 (definite lengths) and the certificate structure from
  * RFC 5280 §4.1; ecdsa-with-SHA256 = 1.2.840.10045.4.3.2 (RFC 5758 §3.2).
  */
-import { createHash, generateKeyPairSync, randomBytes, sign, X509Certificate } from "node:crypto";
+import { createHash, generateKeyPairSync, KeyObject, randomBytes, sign, X509Certificate } from "node:crypto";
 
 function len(n: number): Buffer {
   if (n < 0x80) return Buffer.from([n]);
@@ -38,6 +38,8 @@ const time = (d: Date) => {
 export interface TlsIdentity {
   /** PKCS#8 PEM of the private key (Node's TLS takes keys as PEM); held in memory only. */
   keyPem: string;
+  /** The same key: sealed secrets deliveries are encrypted to it (provider/secrets/owner.ts). */
+  privateKey: KeyObject;
   certPem: string;
   /** SHA-256 of the DER SubjectPublicKeyInfo: what the evidence binds. */
   spkiSha256: Buffer;
@@ -68,5 +70,5 @@ export function newTlsIdentity(commonName = "tdxvm-agent", now = new Date()): Tl
   const signature = sign("sha256", tbs, privateKey);
   const der = seq(tbs, algorithm, tlv(0x03, Buffer.concat([Buffer.from([0]), signature])));
   const certPem = `-----BEGIN CERTIFICATE-----\n${der.toString("base64").replace(/.{1,64}/g, "$&\n")}-----END CERTIFICATE-----\n`;
-  return { keyPem: privateKey.export({ type: "pkcs8", format: "pem" }) as string, certPem, spkiSha256: createHash("sha256").update(spki).digest() };
+  return { keyPem: privateKey.export({ type: "pkcs8", format: "pem" }) as string, privateKey, certPem, spkiSha256: createHash("sha256").update(spki).digest() };
 }

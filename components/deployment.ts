@@ -51,7 +51,8 @@ export class VmAttestation extends pulumi.dynamic.Resource {
     // Secret values never come back in outputs; the digest that detects their change is kept encrypted.
     // The secrets input is secret in state even when a program passes a plain value.
     const secrets = props.secrets === undefined ? undefined : pulumi.secret(props.secrets);
-    super(providerShim("attestation"), name, { ...props, secrets, ...computed }, { ...opts, additionalSecretOutputs: ["secrets", "secretsDigest"] }, "tdxvm", "VmAttestation");
+    const ownerKey = props.ownerKey === undefined ? undefined : pulumi.secret(props.ownerKey);
+    super(providerShim("attestation"), name, { ...props, secrets, ownerKey, ...computed }, { ...opts, additionalSecretOutputs: ["secrets", "ownerKey", "secretsDigest"] }, "tdxvm", "VmAttestation");
   }
 }
 
@@ -78,6 +79,12 @@ export interface TdxDeploymentArgs {
    * evidence is bound to (the image needs the Init module, which runs the agent).
    */
   secrets?: pulumi.Input<Record<string, pulumi.Input<string>>>;
+  /**
+   * The private key (PKCS#8 PEM, a Pulumi secret) of the image's owner, which signs every delivery
+   * (the VM accepts secrets from no one else). Default: the image's own `ownerKey` — the key
+   * TdxImage generated or was given. Needed with `secrets` when the image's owner is external.
+   */
+  ownerKey?: pulumi.Input<string>;
   /**
    * Attest every VM against `measurement` (implied by `secrets` and by attesting gates): its agent
    * (Agent/Init/Tdxs module) must answer on `port` (default 8443). `trust` sets the anchors:
@@ -200,6 +207,7 @@ export class TdxDeployment extends pulumi.ComponentResource {
           expected: pulumi.all([m.backend, m.registers, m.status, m.ledger, m.assumptions]).apply(([backend, registers, status, ledger, assumptions]) => ({ backend, registers, status, ledger, assumptions })),
           trust: { cacheDir: args.qemu?.cacheDir, ...attestOpts.trust },
           secrets: args.secrets === undefined ? undefined : pulumi.secret(args.secrets), secretDecls: args.image.secretDecls,
+          ownerKey: args.secrets === undefined ? undefined : pulumi.secret(args.ownerKey ?? args.image.ownerKey),
           timeoutSeconds: attestOpts.timeoutSeconds ?? g?.timeoutSeconds ?? 900, intervalSeconds: g?.intervalSeconds ?? 5,
         }, { parent: this, dependsOn: [r.resource] });
       }

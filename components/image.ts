@@ -11,6 +11,8 @@ import * as pulumi from "@pulumi/pulumi";
 import { Image } from "../provider/recipe/image";
 import type { SecretDeclData, Target } from "../provider/recipe/schema";
 import { providerShim } from "../provider/dynamic/shim";
+import { contractOwner, withOwner } from "../provider/modules/init";
+import { ownerPublicKey, ownerSigningKey } from "../provider/secrets/owner";
 import type { ArtifactOut } from "../provider/dynamic/image";
 
 export type { ArtifactOut };
@@ -30,6 +32,27 @@ export interface TdxImageArgs {
   cacheDir?: pulumi.Input<string>;
   /** Give up on a bake after this long (default 120). */
   timeoutMinutes?: pulumi.Input<number>;
+  /**
+   * The image's owner — the only key whose secrets deliveries its VMs accept — when the recipe
+   * names none (Init({owner})): an Ed25519 public key (PEM or ed25519:<base64>). It is baked into
+   * the image, so changing it changes the measurement (a preview says so).
+   */
+  owner?: pulumi.Input<string>;
+  /**
+   * The owner's private key (PKCS#8 PEM; pass a config secret). Without `owner` its public half
+   * is the owner. Without either, TdxImage generates an owner key once per stack and keeps it in
+   * state as a Pulumi secret (output `ownerKey`), for TdxDeployment to sign deliveries with.
+   */
+  ownerKey?: pulumi.Input<string>;
+}
+
+/** A generated image owner key (pulumi-nodejs:dynamic/tdxvm:OwnerKey); the private half is secret in state. */
+export class OwnerKey extends pulumi.dynamic.Resource {
+  declare readonly publicKey: pulumi.Output<string>;
+  declare readonly privateKey: pulumi.Output<string>;
+  constructor(name: string, opts?: pulumi.CustomResourceOptions) {
+    super(providerShim("ownerKey"), name, { stateVersion: undefined, publicKey: undefined, privateKey: undefined }, { ...opts, additionalSecretOutputs: ["privateKey"] }, "tdxvm", "OwnerKey");
+  }
 }
 
 const COMPUTED = { stateVersion: undefined, recipeDigest: undefined, bakeKey: undefined, lockDigest: undefined, artifacts: undefined, reportPath: undefined, systemdStub: undefined, rootfs: undefined, rootHash: undefined };
@@ -68,15 +91,44 @@ export class TdxImage extends pulumi.ComponentResource {
   /** The output targets this image is baked for. */
   readonly targets: pulumi.Output<Target[]>;
   readonly bake: ImageBake;
+  /** The owner baked into the image ("ed25519:<base64>"); undefined when the recipe has no secrets contract. */
+  readonly ownerPublicKey?: pulumi.Output<string>;
+  /** The owner's private key (secret), when TdxImage generated it or was given it; TdxDeployment signs deliveries with it. */
+  readonly ownerKey?: pulumi.Output<string>;
+  /** The generated owner key resource, when the recipe and the arguments named no owner. */
+  readonly generatedOwner?: OwnerKey;
 
   constructor(name: string, args: TdxImageArgs, opts?: pulumi.ComponentResourceOptions) {
     super("tdxvm:index:TdxImage", name, {}, opts);
     if (!(args.recipe instanceof Image)) throw new Error(`TdxImage ${name}: recipe must be an Image (new Image({...}))`);
     const recipe = args.recipe.recipe;
     this.secretDecls = recipe.secrets;
+    // Who may provision the image's VMs: the recipe's owner, else the one given here, else a generated one.
+    const named = contractOwner(recipe);
+    let baked: pulumi.Input<typeof recipe> = recipe;
+    if (named !== undefined) {
+      if (named !== null) {
+        if (args.owner !== undefined) throw new Error(`TdxImage ${name}: the recipe already names its owner (Init({owner})); do not pass owner as well`);
+        this.ownerPublicKey = pulumi.output(named);
+        this.ownerKey = args.ownerKey === undefined ? undefined : pulumi.secret(args.ownerKey);
+      } else {
+        let owner: pulumi.Output<string>;
+        if (args.owner !== undefined) owner = pulumi.output(args.owner).apply((o) => ownerPublicKey(o));
+        else if (args.ownerKey !== undefined) owner = pulumi.secret(args.ownerKey).apply((k) => ownerPublicKey(ownerSigningKey(k)));
+        else {
+          this.generatedOwner = new OwnerKey(`${name}-owner`, { parent: this });
+          owner = this.generatedOwner.publicKey;
+        }
+        // The public key is not secret (it is in the image); unsecret it so the recipe stays readable in state.
+        owner = pulumi.unsecret(owner);
+        this.ownerPublicKey = owner;
+        this.ownerKey = args.ownerKey !== undefined ? pulumi.secret(args.ownerKey) : this.generatedOwner?.privateKey;
+        baked = owner.apply((o) => withOwner(recipe, o));
+      }
+    }
     const projectDir = args.recipe.projectDir; // absolute: the program and the provider host may run in different directories
     this.bake = new ImageBake(name, {
-      recipe, projectDir, profile: args.profile ?? "default", targets: args.targets, frozen: args.frozen ?? false,
+      recipe: baked, projectDir, profile: args.profile ?? "default", targets: args.targets, frozen: args.frozen ?? false,
       bakeOnPreview: args.bakeOnPreview ?? true, cacheDir: args.cacheDir, timeoutMinutes: args.timeoutMinutes ?? 120,
     }, { parent: this });
     this.recipeDigest = this.bake.recipeDigest;

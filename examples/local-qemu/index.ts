@@ -11,7 +11,10 @@
  *   frozen    bake only against the committed tdx.lock (beside recipe.ts)
  *   memoryMiB VM memory
  *   apiToken  (secret) the image's API_TOKEN: delivered to the VM only after it proved, with a swtpm quote
- *             bound to a fresh nonce and its agent's TLS key, that it runs this image; never baked
+ *             bound to a fresh nonce and its agent's TLS key, that it runs this image; never baked.
+ *             Sealed to that key and signed by the image's owner: the VM accepts it from no one else
+ *   ownerKey  (secret) the image owner's Ed25519 private key (`tdxvm owner-key new owner`); its public
+ *             half is baked into the image. Unset: TdxImage generates one and keeps it in the stack's state
  */
 import * as pulumi from "@pulumi/pulumi";
 import { TdxImage, TdxMeasurement, TdxDeployment } from "../../components";
@@ -23,6 +26,7 @@ const config = new pulumi.Config();
 const image = new TdxImage("demo", {
   recipe: recipe(__dirname, { motd: config.get("motd"), cmdline: config.get("cmdline")?.split(/\s+/).filter(Boolean) }),
   frozen: config.getBoolean("frozen") ?? false,
+  ownerKey: config.getSecret("ownerKey"),
 });
 
 // What a TD on QEMU/KVM with Debian's OVMF reports (MRTD, RTMR0–3) …
@@ -57,3 +61,4 @@ export const serialLog = vm.serialLog;
 export const warning = vm.warning;
 export const attestation = vm.vms[0].attestation?.checks;
 export const agentEndpoint = vm.vms[0].endpoint(8443);
+export const owner = image.ownerPublicKey;

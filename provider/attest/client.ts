@@ -217,3 +217,59 @@ export function assertAttested(v: Verdict, what = "the VM"): void {
     details: { check: v.checks.find((c) => !c.ok)?.check ?? "registers", failed: failed.slice(0, 20) },
   });
 }
+
+/**
+ * Provision an attested VM: ask its agent for a fresh challenge and POST `payload` sealed to the
+ * attested TLS key and signed by the image's owner (provider/secrets/owner.ts) — both over
+ * connections pinned to that key. A challenge lost to a busy agent (evicted by others' requests)
+ * is asked for once more. Throws E_DEPLOYMENT with the agent's answer when it refuses.
+ */
+export async function deliverSecrets(channel: Channel, payload: Record<string, unknown>, ownerKeyPem: string, opts: { timeoutMs?: number } = {}): Promise<{ secrets: string[] }> {
+  const { sealDelivery, ownerSigningKey } = await import("../secrets/owner");
+  const key = ownerSigningKey(ownerKeyPem);
+  let last: { status: number; body: Buffer } | undefined;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const c = await pinnedRequest(channel, { method: "GET", path: "/v1/challenge", timeoutMs: opts.timeoutMs ?? 30_000, maxBytes: 4096 });
+    if (c.status === 200) {
+      const challenge = (JSON.parse(c.body.toString("utf8")) as { challenge?: unknown }).challenge;
+      if (typeof challenge !== "string") throw new TdxError("E_DEPLOYMENT", "the agent's challenge answer has no challenge");
+      last = await pinnedRequest(channel, { method: "POST", path: "/v1/secrets", body: sealDelivery(payload, { certificatePem: channel.certificatePem, challenge }, key), timeoutMs: opts.timeoutMs ?? 30_000, maxBytes: 64 * 1024 });
+    } else last = c;
+    if (last.status === 200) {
+      const names = (JSON.parse(last.body.toString("utf8")) as { secrets?: unknown }).secrets;
+      return { secrets: Array.isArray(names) ? names.filter((n): n is string => typeof n === "string") : [] };
+    }
+    if (!(last.status === 401 && /challenge/.test(last.body.toString("utf8")))) break;
+  }
+  let why = "";
+  try {
+    why = String((JSON.parse(last!.body.toString("utf8")) as { error?: unknown }).error ?? "").slice(0, 300);
+  } catch {
+    // not JSON
+  }
+  const status = last!.status;
+  throw new TdxError("E_DEPLOYMENT", `the attested VM refused the secrets (HTTP ${status}: ${why})`, {
+    hint: status === 409 ? "The VM already received secrets (they are delivered once per boot): replace or reboot the VM to deliver new ones."
+      : status === 401 ? "The VM's image names another owner: deliver with the private key whose public half the image was baked with (TdxImage's ownerKey, or the key you passed as its owner)."
+      : "Check the secrets against the image's declared schemas.",
+    details: { status },
+  });
+}
+
+/**
+ * What the agent at `endpoint` says about itself now (GET /v1/health, not pinned — nothing is sent):
+ * its TLS key and whether it still waits for secrets; undefined when it cannot be asked within
+ * `timeoutMs`. A provider compares this with its state to notice a rebooted VM (new key, secrets
+ * pending on its fresh tmpfs).
+ */
+export async function probeAgent(endpoint: string, timeoutMs = 3_000): Promise<{ spkiSha256: string; secrets: "none" | "pending" | "complete" } | undefined> {
+  const { host, port } = parseEndpoint(endpoint);
+  let peer: X509Certificate | undefined;
+  try {
+    const r = await request(host, port, { method: "GET", path: "/v1/health", timeoutMs, maxBytes: 64 * 1024 }, { rejectUnauthorized: false }, (c) => (peer = c));
+    const h = await json(r, "/v1/health", parseHealthResponse);
+    return { spkiSha256: spkiHash(peer!), secrets: h.secrets };
+  } catch {
+    return undefined;
+  }
+}

@@ -86,7 +86,7 @@ export const EvidenceSchema = z.object({
   }),
 });
 
-export const HealthResponseSchema = z.object({ status: z.literal("ok"), issuer: IssuerSchema });
+export const HealthResponseSchema = z.object({ status: z.literal("ok"), issuer: IssuerSchema, secrets: z.enum(["none", "pending", "complete"]).default("none") });
 export const KeysResponseSchema = z.object({ issuer: IssuerSchema, tpm: TpmKeysSchema.optional() });
 export const AttestRequestSchema = z.object({
   nonce: NonceHex,

@@ -3,7 +3,7 @@
  * evidence against the expected Measurements, and talk to it only over the attested TLS key.
  */
 export * from "./evidence";
-export { attest, attestUntil, assertAttested, pinnedRequest, parseEndpoint } from "./client";
+export { attest, attestUntil, assertAttested, pinnedRequest, deliverSecrets, probeAgent, parseEndpoint } from "./client";
 export type { AttestOptions, Channel, Verdict } from "./client";
 export { verifyEvidence } from "./verify";
 export type { Check, RegisterVerdict, EvidenceVerdict, VerifyOptions, EvidenceInput } from "./verify";

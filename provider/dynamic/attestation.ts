@@ -7,8 +7,10 @@
  * attestation fails the `up` with E_ATTESTATION naming the failed checks; nothing is sent.
  *
  * State keeps the verdict summary, the secret names and a digest marked secret — never a value.
- * Any change of the VM, the expected registers or the secrets replaces the resource (attest and
- * deliver again); delete has nothing to undo (the VM holds the secrets on tmpfs and goes with it).
+ * Deliveries are sealed to the attested key and signed with the image owner's key (ownerKey, secret
+ * in state). Any change of the VM, the expected registers or the secrets replaces the resource
+ * (attest and deliver again), and so does a VM that lost its secrets — diff asks the agent's health:
+ * another TLS key or "pending" again means it rebooted; delete has nothing to undo (the VM holds the secrets on tmpfs and goes with it).
  */
 import { createHash } from "node:crypto";
 import { z } from "zod";
@@ -43,6 +45,8 @@ export const AttestationArgs = z.object({
     allowSimulator: z.boolean().default(false),
   }).default({ allowSimulator: false }),
   secrets: z.record(z.string(), z.string()).optional(),
+  /** The image owner's private key (PKCS#8 PEM; secret in state): deliveries are signed with it. */
+  ownerKey: z.string().min(1).optional(),
   secretDecls: z.array(SecretDecl).default([]),
   timeoutSeconds: z.number().positive().default(300),
   intervalSeconds: z.number().positive().default(5),
@@ -74,6 +78,9 @@ export function secretsDigest(secrets: Record<string, string> | undefined): stri
 /** The payload must fit the image's declared secrets; the error names secrets, never values. */
 function checkSecrets(a: AttestationArgsT): void {
   if (!a.secrets) return;
+  if (a.ownerKey === undefined) {
+    throw new TdxError("E_VALIDATION", "secrets for the VM need the image owner's key to sign the delivery", { hint: "TdxDeployment passes the image's ownerKey (TdxImage generates one, or takes yours with {owner, ownerKey}); the VM accepts secrets only from its owner." });
+  }
   const report = new SecretsDelivery(a.secretDecls, {}).validatePayload(a.secrets);
   if (!report.ready) {
     throw new TdxError("E_SECRET", `secrets for the VM are not ready (${describePayloadReport(report, "not declared by the image")})`, { hint: "Pass every required secret (pulumi config set --secret …) in the shape the image declares; values are never shown." });
@@ -81,7 +88,7 @@ function checkSecrets(a: AttestationArgsT): void {
 }
 
 async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Record<string, unknown>> {
-  const { attestUntil, pinnedRequest } = await import("../attest");
+  const { attestUntil } = await import("../attest");
   const expected = fromComputed(a.expected, a.expected.backend)!;
   const t = a.trust;
   const opts = {
@@ -108,25 +115,23 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
   const channel = verdict.channel!;
   const names = Object.keys(a.secrets ?? {}).sort();
   if (names.length) {
-    // Over a new connection pinned to the attested key: a relay or a restarted agent gets nothing.
-    const r = await pinnedRequest(channel, { method: "POST", path: "/v1/secrets", body: a.secrets, maxBytes: 64 * 1024 });
-    if (r.status !== 200) {
-      let why = "";
-      try {
-        why = String((JSON.parse(r.body.toString("utf8")) as { error?: unknown }).error ?? "").slice(0, 300);
-      } catch {
-        // not JSON
-      }
-      throw new TdxError("E_DEPLOYMENT", `the attested VM refused the secrets (HTTP ${r.status}: ${why})`, {
-        hint: r.status === 409 ? "The VM already received secrets (they are delivered once per boot): replace the VM to deliver new ones." : "Check the secrets against the image's declared schemas.",
-      });
-    }
+    // Sealed to the attested key and signed by the owner, over connections pinned to that key:
+    // a relay, a TLS terminator or a restarted agent gets nothing it can use.
+    const { deliverSecrets } = await import("../attest");
+    await deliverSecrets(channel, a.secrets!, a.ownerKey!);
     log(name, `${a.endpoint}: delivered ${names.length} secret(s) (${names.join(", ")}) over the attested TLS key`);
   }
   return {
     attested: true, issuer: verdict.issuer, checks: verdict.checks.map((c) => `${c.ok ? "ok" : "FAIL"} ${c.check}`), spkiSha256: channel.spkiSha256,
     attestedAt: new Date().toISOString(), attestSeconds: Math.round((Date.now() - t0) / 100) / 10, secretNames: names, secretsDigest: secretsDigest(a.secrets),
   };
+}
+
+/** The agent now has another TLS key than the one attested, or waits for secrets again: it lost what was delivered. */
+async function agentLostSecrets(endpoint: string, attestedSpki: string | undefined): Promise<boolean> {
+  const { probeAgent } = await import("../attest");
+  const now = await probeAgent(endpoint);
+  return !!now && (now.secrets === "pending" || (attestedSpki !== undefined && now.spkiSha256 !== attestedSpki));
 }
 
 export const attestationProvider = {
@@ -149,6 +154,10 @@ export const attestationProvider = {
     const replaces = ["target", "endpoint", "expected", "trust"].filter((k) => isUnknown(n[k]) || !same(k));
     const secrets = n.secrets as Record<string, string> | undefined;
     if (isUnknown(secrets) || (old.secretsDigest ?? null) !== secretsDigest(secrets)) replaces.push("secrets");
+    else if (!replaces.length && old.secretsDigest && typeof n.endpoint === "string" && (await agentLostSecrets(n.endpoint, old.spkiSha256))) {
+      // The VM rebooted (secrets live on tmpfs) or its agent restarted: attest again, then deliver again.
+      replaces.push("secrets");
+    }
     return { changes: replaces.length > 0 || !same("timeoutSeconds"), replaces, deleteBeforeReplace: false };
   },
 
@@ -176,7 +185,8 @@ export const attestationProvider = {
 
 /** Inputs carried into the outputs: never the secret values. */
 function publicInputs(inputs: Record<string, unknown>): Record<string, unknown> {
-  const { secrets: _s, ...rest } = inputsOnly(inputs);
+  const { secrets: _s, ownerKey: _k, ...rest } = inputsOnly(inputs);
   void _s;
+  void _k;
   return rest;
 }

@@ -16,6 +16,7 @@ import { azureBlobProvider, AZURE_BLOB_STATE_VERSION } from "./azureBlob";
 import { gateProvider } from "./gate";
 import { attestationProvider } from "./attestation";
 import { uniqueNameProvider, UNIQUE_NAME_STATE_VERSION } from "./uniqueName";
+import { ownerKeyProvider, OWNER_KEY_STATE_VERSION } from "./ownerKey";
 import { TdxError } from "../errors";
 import { failureOf, userError } from "./common";
 
@@ -38,6 +39,7 @@ export const STATE_VERSIONS = {
   gate: 1,
   attestation: 1,
   uniqueName: UNIQUE_NAME_STATE_VERSION,
+  ownerKey: OWNER_KEY_STATE_VERSION,
 };
 
 /** E_STATE when `state` was written by a newer tdxvm than this one. */
@@ -96,6 +98,7 @@ export const providers = {
   gate: versionGuard("gate", gateProvider),
   uniqueName: versionGuard("uniqueName", uniqueNameProvider),
   attestation: versionGuard("attestation", attestationProvider),
+  ownerKey: versionGuard("ownerKey", ownerKeyProvider),
 };
 
 export type ProviderKind = keyof typeof providers;

@@ -10,7 +10,8 @@
 import { TdxError } from "../errors";
 import type { Image, TdxModule } from "../recipe/image";
 import { DeliveryOptions, SecretOptions, SecretsDelivery, declareSecret, SECRETS_ENV_FILE, unitEnvFile } from "../secrets";
-import { SecretDeclData } from "../recipe/schema";
+import { SecretDeclData, Recipe as RecipeData, FileEntryData } from "../recipe/schema";
+import { ownerPublicKey } from "../secrets/owner";
 import { ensureAgent, AgentOptions, AGENT_UNIT } from "./agent";
 
 export const CONTRACT_PATH = "/etc/tdxvm/secrets-contract.json";
@@ -24,6 +25,13 @@ export interface InitOptions extends AgentOptions {
   secrets?: Record<string, SecretOptions>;
   /** systemd unit started once every required secret is in place (e.g. "app.service"). */
   handoff?: string;
+  /**
+   * The image's owner: an Ed25519 public key (PEM, or ed25519:<base64>). Only deliveries this key
+   * signed are accepted (provider/secrets/owner.ts); it is baked into the contract, so it is
+   * measured. Without one the image accepts no secrets — TdxImage fills in its `owner` (or a key
+   * it generates) when the recipe names none.
+   */
+  owner?: string;
 }
 
 export class Init implements TdxModule {
@@ -31,6 +39,7 @@ export class Init implements TdxModule {
   readonly version = "2";
   readonly decls: SecretDeclData[];
   readonly handoff: string | undefined;
+  readonly owner: string | null;
   private delivery: SecretsDelivery | undefined;
 
   constructor(private readonly opts: InitOptions = {}) {
@@ -39,6 +48,7 @@ export class Init implements TdxModule {
       throw new TdxError("E_VALIDATION", `Init handoff ${JSON.stringify(opts.handoff)} is not a .service or .target unit`, { hint: 'Use e.g. {handoff: "app.service"}.' });
     }
     this.handoff = opts.handoff;
+    this.owner = opts.owner === undefined ? null : ownerPublicKey(opts.owner);
   }
 
   /** Choose how secrets reach the VM. Only "http_post" (a POST of {name: value} JSON) exists today. */
@@ -66,6 +76,7 @@ export class Init implements TdxModule {
       delivery: { method: "http_post", completion: this.delivery?.completion ?? "required", rejectUnknown: this.delivery?.rejectUnknown ?? true },
       handoff: this.handoff ?? null,
       secrets: recipe.secrets,
+      owner: this.owner,
     };
     img.file(CONTRACT_PATH, { content: JSON.stringify(contract, null, 2) + "\n", mode: 0o644 });
     ensureAgent(img, this.opts, (c) => (c.secretsContract = CONTRACT_PATH));
@@ -92,4 +103,28 @@ export class Init implements TdxModule {
       img.file(`/etc/systemd/system/${this.handoff}.d/10-tdxvm-secrets.conf`, { content: `[Unit]\nConditionPathExists=${READY_FILE}\nAfter=${READY_TARGET}\n` });
     }
   }
+}
+
+/** The owner the recipe's secrets contract names (null: none, undefined: the recipe has no contract). */
+export function contractOwner(recipe: RecipeData): string | null | undefined {
+  const f = [recipe.base_layer, ...Object.values(recipe.profiles)].flatMap((l) => l.files).find((x) => x.path === CONTRACT_PATH);
+  if (!f || f.source.kind !== "inline" || f.source.encoding !== "utf8") return undefined;
+  return (JSON.parse(f.source.data) as { owner?: string | null }).owner ?? null;
+}
+
+/**
+ * The recipe with `owner` written into its secrets contract (every layer that bakes one): how
+ * TdxImage names the owner of a recipe that names none. A changed owner is a changed image.
+ */
+export function withOwner(recipe: RecipeData, owner: string): RecipeData {
+  const key = ownerPublicKey(owner);
+  const layer = (l: RecipeData["base_layer"]) => ({
+    ...l,
+    files: l.files.map((f: FileEntryData) => {
+      if (f.path !== CONTRACT_PATH || f.source.kind !== "inline" || f.source.encoding !== "utf8") return f;
+      const contract = JSON.parse(f.source.data) as Record<string, unknown>;
+      return { ...f, source: { ...f.source, data: JSON.stringify({ ...contract, owner: key }, null, 2) + "\n" } };
+    }),
+  });
+  return { ...recipe, base_layer: layer(recipe.base_layer), profiles: Object.fromEntries(Object.entries(recipe.profiles).map(([n, l]) => [n, layer(l)])) };
 }

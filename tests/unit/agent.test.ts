@@ -20,6 +20,7 @@ import { parseHclReport, HCL_DATA_OFFSET } from "../../agent/issuers/azure";
 import { credentialFile } from "../../agent/issuers/tpm";
 import { parseConfig } from "../../agent/main";
 import { SecretSchema, SecretTarget, declareSecret } from "../../provider/secrets";
+import { newOwnerKey, ownerSigningKey, sealDelivery } from "../../provider/secrets/owner";
 import { parseTdxQuote } from "../../provider/measure";
 import { tempDir } from "../helpers";
 
@@ -55,10 +56,20 @@ function request(port: number, method: string, p: string, body?: unknown, raw?: 
   });
 }
 
+const OWNER = newOwnerKey();
+const owner = ownerSigningKey(OWNER.privateKeyPem);
+
+/** The owner's delivery: a challenge from the agent, then the payload sealed to `certPem` and signed by `key`. */
+async function deliver(port: number, payload: Record<string, unknown>, certPem: string, key = owner) {
+  const c = await request(port, "GET", "/v1/challenge");
+  if (c.status !== 200) return c;
+  return request(port, "POST", "/v1/secrets", sealDelivery(payload, { certificatePem: certPem, challenge: c.json.challenge as string }, key));
+}
+
 const contract = (secrets = [
   declareSecret("API_TOKEN", { schema: SecretSchema.string({ minLength: 16 }), targets: [SecretTarget.file("/run/app/token", { mode: 0o440, owner: "root" }), SecretTarget.env("API_TOKEN")] }),
   declareSecret("EXTRA", { required: false, targets: [SecretTarget.file("/run/app/extra")] }),
-]): Contract => ({ contractVersion: 1, delivery: { method: "http_post", completion: "required", rejectUnknown: true }, handoff: "app.service", secrets });
+]): Contract => ({ contractVersion: 1, delivery: { method: "http_post", completion: "required", rejectUnknown: true }, handoff: "app.service", secrets, owner: OWNER.publicKey });
 
 describe("agent TLS identity", () => {
   it("is a valid self-signed P-256 certificate whose SPKI digest the agent reports", () => {
@@ -121,7 +132,7 @@ describe("agent HTTPS API", () => {
 
   it("secrets: a bad payload is refused with its problems named (never a value) and changes nothing", async () => {
     const value = "short-secret-value";
-    const r = await request(port, "POST", "/v1/secrets", { API_TOKEN: "x", UNKNOWN_NAME: value });
+    const r = await deliver(port, { API_TOKEN: "x", UNKNOWN_NAME: value }, tls.certPem);
     expect(r.status).toBe(400);
     expect(r.json.error).toMatch(/not declared by the image: UNKNOWN_NAME.*API_TOKEN: shorter than minLength 16/);
     expect(JSON.stringify(r.json)).not.toContain(value);
@@ -129,9 +140,42 @@ describe("agent HTTPS API", () => {
     expect((await request(port, "POST", "/v1/secrets", undefined, Buffer.alloc(LIMITS.secretsBody + 10, 0x20))).status).toBe(413);
   });
 
+  it("secrets: only the image's owner provisions — unsigned, another key, another agent's key, a replayed or unknown challenge, a tampered envelope: refused, nothing written", async () => {
+    const token = `tok-${randomBytes(16).toString("hex")}`;
+    // Unsigned (the old first-come POST): 401.
+    const plain = await request(port, "POST", "/v1/secrets", { API_TOKEN: token });
+    expect(plain.status).toBe(401);
+    expect(plain.json.error).toMatch(/sealed and signed by the image's owner/);
+    // Signed by someone else: 401.
+    const other = ownerSigningKey(newOwnerKey().privateKeyPem);
+    expect((await deliver(port, { API_TOKEN: token }, tls.certPem, other)).status).toBe(401);
+    // Sealed to another agent's key (a relay asking the owner for its own key): the signature names that key → 401.
+    expect((await deliver(port, { API_TOKEN: token }, newTlsIdentity().certPem)).status).toBe(401);
+    // A challenge the agent never issued.
+    expect((await request(port, "POST", "/v1/secrets", sealDelivery({ API_TOKEN: token }, { certificatePem: tls.certPem, challenge: "ab".repeat(32) }, owner))).status).toBe(401);
+    // A tampered ciphertext breaks the signature; a signed envelope with its challenge changed too.
+    const c = (await request(port, "GET", "/v1/challenge")).json.challenge as string;
+    const env = sealDelivery({ API_TOKEN: token }, { certificatePem: tls.certPem, challenge: c }, owner);
+    const ct = Buffer.from(env.ciphertext, "base64");
+    ct[0] ^= 1;
+    expect((await request(port, "POST", "/v1/secrets", { ...env, ciphertext: ct.toString("base64") })).status).toBe(401);
+    expect((await request(port, "POST", "/v1/secrets", { ...env, signature: Buffer.alloc(64).toString("base64") })).status).toBe(401);
+    expect((await request(port, "POST", "/v1/secrets", { ...env, sealed: 2 })).status).toBe(401);
+    expect(existsSync(path.join(root, "run"))).toBe(false);
+    expect((await request(port, "GET", "/v1/health")).json.secrets).toBe("pending");
+    // The owner's envelope still works afterwards… once: a replay of it is refused (the challenge was spent).
+    // (Shown with a payload the contract refuses, so nothing is written and the next test delivers.)
+    const bad = sealDelivery({ API_TOKEN: "short" }, { certificatePem: tls.certPem, challenge: (await request(port, "GET", "/v1/challenge")).json.challenge as string }, owner);
+    expect((await request(port, "POST", "/v1/secrets", bad)).status).toBe(400);
+    const replay = await request(port, "POST", "/v1/secrets", bad);
+    expect(replay.status).toBe(401);
+    expect(replay.json.error).toMatch(/challenge/);
+    expect(existsSync(path.join(root, "run"))).toBe(false);
+  });
+
   it("secrets: delivered once with the declared modes, handed off, 409 afterwards — also for a restarted agent", async () => {
     const token = `tok-${randomBytes(16).toString("hex")}`;
-    const r = await request(port, "POST", "/v1/secrets", { API_TOKEN: token });
+    const r = await deliver(port, { API_TOKEN: token }, tls.certPem);
     expect(r.status).toBe(200);
     expect(r.json).toEqual({ status: "complete", secrets: ["API_TOKEN"] });
     const st = await fs.stat(path.join(root, "run/app/token"));
@@ -140,7 +184,7 @@ describe("agent HTTPS API", () => {
     expect(await fs.readFile(path.join(root, "run/tdxvm/secrets.env"), "utf8")).toBe(`API_TOKEN="${token}"\n`);
     expect(systemctl).toEqual([["systemctl", "start", "--no-block", "tdxvm-secrets-ready.target"]]);
     expect((await request(port, "GET", "/v1/health")).json.secrets).toBe("complete");
-    const again = await request(port, "POST", "/v1/secrets", { API_TOKEN: "y".repeat(20) });
+    const again = await deliver(port, { API_TOKEN: "y".repeat(20) }, tls.certPem);
     expect(again.status).toBe(409);
     expect(await fs.readFile(path.join(root, "run/app/token"), "utf8")).toBe(token);
     // A restarted agent finds the delivery on the tmpfs and keeps refusing.
@@ -170,7 +214,7 @@ describe("agent HTTPS API", () => {
     const p = (s.address() as net.AddressInfo).port;
     try {
       const value = "a-token-of-16-bytes\u0000tail";
-      const r = await request(p, "POST", "/v1/secrets", { API_TOKEN: value });
+      const r = await deliver(p, { API_TOKEN: value }, tls.certPem);
       expect(r.status).toBe(400);
       expect(JSON.stringify(r.json)).toContain("NUL");
       expect(JSON.stringify(r.json)).not.toContain("a-token-of-16-bytes");

@@ -955,8 +955,9 @@ describe("Init module and Image.secret(): the recipe carries the contract, never
     expect(recipe.modules).toEqual([{ name: "init", version: "2" }]);
 
     const { json } = contractOf(img);
-    expect(Object.keys(json).sort()).toEqual(["contractVersion", "delivery", "handoff", "secrets"]);
+    expect(Object.keys(json).sort()).toEqual(["contractVersion", "delivery", "handoff", "owner", "secrets"]);
     expect(json.contractVersion).toBe(1);
+    expect(json.owner).toBeNull(); // none named: the agent accepts no delivery until TdxImage (or Init({owner})) names one
     expect(json.delivery).toEqual({ method: "http_post", completion: "all", rejectUnknown: false });
     expect(json.handoff).toBe("app.service");
     expect(json.secrets).toEqual(recipe.secrets);
