@@ -123,7 +123,8 @@ export class TdxImage extends pulumi.ComponentResource {
         owner = pulumi.unsecret(owner);
         this.ownerPublicKey = owner;
         this.ownerKey = args.ownerKey !== undefined ? pulumi.secret(args.ownerKey) : this.generatedOwner?.privateKey;
-        baked = owner.apply((o) => withOwner(recipe, o));
+        // (Under mocks a generated key has no value: the recipe then keeps owner null, which accepts no delivery.)
+        baked = owner.apply((o) => (o ? withOwner(recipe, o) : recipe));
       }
     }
     const projectDir = args.recipe.projectDir; // absolute: the program and the provider host may run in different directories
@@ -144,6 +145,7 @@ export class TdxImage extends pulumi.ComponentResource {
     this.registerOutputs({
       recipeDigest: this.recipeDigest, bakeKey: this.bakeKey, lockDigest: this.lockDigest, artifacts: this.artifacts,
       reportPath: this.reportPath, systemdStub: this.systemdStub, rootfs: this.rootfs, rootHash: this.rootHash,
+      ...(this.ownerPublicKey ? { ownerPublicKey: this.ownerPublicKey } : {}),
     });
   }
 

@@ -10,7 +10,7 @@
  * as default, as `recipe` or as module.exports.
  */
 import * as path from "node:path";
-import { promises as fs } from "node:fs";
+import { promises as fs, existsSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { TdxError } from "./errors";
 import type { Image } from "./recipe/image";
@@ -333,8 +333,7 @@ const seconds = (flag: string) => (v: string): number => {
 };
 
 function attestCommand(program: Command, act: Act): void {
-  program.command("attest").description("challenge a running VM's agent and verify its signed evidence against expected measurements (exit 3 unless everything matches)")
-    .argument("<endpoint>", "the agent's host:port")
+  const attestOptions = (c: Command) => c
     .requiredOption("--expected <file>", "tdxvm measurements file (tdxvm measure --out)")
     .option("--json", "the verdict as JSON")
     .option("--ca <pem>", "the local EK CA of dev VMs (default: the one in the cache)")
@@ -343,25 +342,54 @@ function attestCommand(program: Command, act: Act): void {
     .option("--tcb-status <list>", "accepted TCB statuses, comma-separated (default UpToDate)")
     .option("--allow-simulator", "accept the agent's simulator issuer (labelled SIMULATOR in every row)")
     .option("--timeout <seconds>", "one deadline for the whole attestation, every request included (default 120)", seconds("--timeout"))
-    .option("--wait <seconds>", "keep asking an agent that cannot be asked yet (no connection, 503: still booting) this long (default 0: ask once)", seconds("--wait"))
-    .action(act(async (ctx, endpoint: string, o: AttestOpts & { timeout?: number; wait?: number }) => {
-      const { attestUntil } = await import("./attest/client");
-      const { readExpected, formatVerdict } = await import("./attest/cli");
-      const expected = await readExpected(o.expected);
-      const v = await attestUntil(endpoint, expected, {
-        timeoutMs: (o.timeout ?? 120) * 1000,
-        waitMs: (o.wait ?? 0) * 1000,
-        allowSimulator: o.allowSimulator === true,
-        cacheDir: ctx.cacheDir,
-        ...(o.ca ? { localCaPem: (await readInput(o.ca, "--ca", 1024 * 1024)).toString("utf8") } : {}),
-        dcap: {
-          ...(o.collateral ? { collateralFile: o.collateral } : {}),
-          ...(o.pccsUrl ? { pccsUrl: o.pccsUrl } : {}),
-          ...(o.tcbStatus ? { acceptedTcbStatuses: o.tcbStatus.split(",").map((x) => x.trim()).filter(Boolean) } : {}),
-        },
-      });
-      console.log(o.json ? JSON.stringify({ ...v, evidence: undefined }, null, 2) : formatVerdict(v));
-      return v.ok ? EXIT.OK : EXIT.MISMATCH;
+    .option("--wait <seconds>", "keep asking an agent that cannot be asked yet (no connection, 503: still booting) this long (default 0: ask once)", seconds("--wait"));
+  const attestNow = async (ctx: Ctx, endpoint: string, o: AttestOpts & { timeout?: number; wait?: number }) => {
+    const { attestUntil } = await import("./attest/client");
+    const { readExpected, formatVerdict } = await import("./attest/cli");
+    const expected = await readExpected(o.expected);
+    const v = await attestUntil(endpoint, expected, {
+      timeoutMs: (o.timeout ?? 120) * 1000,
+      waitMs: (o.wait ?? 0) * 1000,
+      allowSimulator: o.allowSimulator === true,
+      cacheDir: ctx.cacheDir,
+      ...(o.ca ? { localCaPem: (await readInput(o.ca, "--ca", 1024 * 1024)).toString("utf8") } : {}),
+      dcap: {
+        ...(o.collateral ? { collateralFile: o.collateral } : {}),
+        ...(o.pccsUrl ? { pccsUrl: o.pccsUrl } : {}),
+        ...(o.tcbStatus ? { acceptedTcbStatuses: o.tcbStatus.split(",").map((x) => x.trim()).filter(Boolean) } : {}),
+      },
+    });
+    console.log(o.json ? JSON.stringify({ ...v, evidence: undefined }, null, 2) : formatVerdict(v));
+    return v;
+  };
+  attestOptions(program.command("attest").description("challenge a running VM's agent and verify its signed evidence against expected measurements (exit 3 unless everything matches)")
+    .argument("<endpoint>", "the agent's host:port"))
+    .action(act(async (ctx, endpoint: string, o: AttestOpts & { timeout?: number; wait?: number }) => ((await attestNow(ctx, endpoint, o)).ok ? EXIT.OK : EXIT.MISMATCH)));
+  attestOptions(program.command("provision").description("attest a running VM, then deliver its secrets sealed to the attested key and signed by the image's owner (exit 3, nothing sent, unless the attestation passes)")
+    .argument("<endpoint>", "the agent's host:port")
+    .requiredOption("--owner-key <file>", "the image owner's private key (tdxvm owner-key new)")
+    .requiredOption("--secrets <file>", "JSON object of secret name → value (never printed)"))
+    .action(act(async (ctx, endpoint: string, o: AttestOpts & { timeout?: number; wait?: number; ownerKey: string; secrets: string }) => {
+      const ownerKey = (await readInput(o.ownerKey, "--owner-key", 64 * 1024)).toString("utf8");
+      let payload: unknown;
+      try {
+        payload = JSON.parse((await readInput(o.secrets, "--secrets", 16 * 1024 * 1024)).toString("utf8"));
+      } catch (e) {
+        if (e instanceof TdxError) throw e;
+        throw new TdxError("E_VALIDATION", `--secrets ${o.secrets} is not JSON`, { hint: 'Write the secrets as {"NAME": "value", …}.' });
+      }
+      if (!payload || typeof payload !== "object" || Array.isArray(payload)) throw new TdxError("E_VALIDATION", `--secrets ${o.secrets} must hold a JSON object of name → value`, { hint: 'Write the secrets as {"NAME": "value", …}.' });
+      const { ownerSigningKey } = await import("./secrets/owner");
+      ownerSigningKey(ownerKey); // a bad key fails before anything is asked
+      const v = await attestNow(ctx, endpoint, o);
+      if (!v.ok) {
+        console.error("not provisioned: the VM failed attestation; nothing was sent");
+        return EXIT.MISMATCH;
+      }
+      const { deliverSecrets } = await import("./attest/client");
+      const r = await deliverSecrets(v.channel!, payload as Record<string, unknown>, ownerKey);
+      console.error(`provisioned: ${r.secrets.length} secret(s) (${r.secrets.join(", ")}) sealed to ${v.channel!.spkiSha256.slice(0, 16)}…`);
+      return EXIT.OK;
     }));
 }
 
@@ -377,6 +405,27 @@ async function runTar(args: string[]): Promise<void> {
 }
 
 function archiveCommand(program: Command, act: Act): void {
+  const ownerKey = program.command("owner-key").description("the image owner's key: the only key whose secrets deliveries the image's VMs accept");
+  ownerKey.command("new").description("write a new Ed25519 owner key: <prefix>.key (private, 0600; keep it secret) and <prefix>.pub (bake it: Init({owner}) or TdxImage's owner)")
+    .argument("<prefix>", "path prefix, e.g. owner → owner.key, owner.pub")
+    .action(act(async (_ctx, prefix: string) => {
+      const { newOwnerKey } = await import("./secrets/owner");
+      const k = newOwnerKey();
+      const [keyFile, pubFile] = [`${prefix}.key`, `${prefix}.pub`];
+      for (const f of [keyFile, pubFile]) {
+        if (existsSync(f)) throw new TdxError("E_VALIDATION", `${f} exists; an owner key is never overwritten`, { hint: "Choose another prefix, or remove the old key knowingly: images baked with it accept secrets only from it." });
+      }
+      // Exclusive creation, private from the first byte (no window with a wider mode).
+      const fh = await fs.open(keyFile, "wx", 0o600);
+      try {
+        await fh.writeFile(k.privateKeyPem);
+      } finally {
+        await fh.close();
+      }
+      await fs.writeFile(pubFile, `${k.publicKey}\n`, { flag: "wx", mode: 0o644 });
+      console.log(`${keyFile}: private owner key (0600; keep it secret, e.g. pulumi config set --secret ownerKey "$(cat ${keyFile})")`);
+      console.log(`${pubFile}: ${k.publicKey}`);
+    }));
   const archive = program.command("archive").description("a content-addressed archive of the .debs a lock pins (by SHA-256): bakes from it outlive the Debian mirror");
   archive.command("export").description("write the lock's pinned .debs (from this machine's caches, checked against the lock) to a directory or a .tar/.tar.gz")
     .argument("<recipe>", "recipe module (.ts/.js) whose tdx.lock names the packages").argument("<out>", "directory, or a file ending in .tar, .tar.gz or .tgz")

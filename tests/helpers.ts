@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { promises as fs } from "node:fs";
+import { promises as fs, readFileSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { TdxError } from "../provider";
@@ -106,3 +106,6 @@ export async function startAzurite(dir: string, account = "tdxvmtest"): Promise<
     },
   };
 }
+
+/** The test-only image owner key (tests/fixtures/owner): keeps harness-baked images the same run to run. Public: never deploy with it. */
+export const TEST_OWNER_KEY = readFileSync(path.join(__dirname, "fixtures", "owner", "test-owner.key"), "utf8");

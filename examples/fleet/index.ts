@@ -16,6 +16,8 @@ const target = (config.get("target") ?? "qemu") as "qemu" | "azure" | "gcp";
 const image = new TdxImage("fleet", {
   recipe: recipe(`${__dirname}/../local-qemu`, { cmdline: config.get("cmdline")?.split(/\s+/).filter(Boolean) }),
   frozen: config.getBoolean("frozen") ?? false,
+  // The only key the VMs accept secrets from (config secret ownerKey; unset: generated once, kept in state).
+  ownerKey: config.getSecret("ownerKey"),
 });
 // What the VMs must prove: the vTPM registers on local VMs and Azure, the RTMRs on GCP. Normally
 // the measurement of the image being deployed; `expectedCmdline` measures another image instead —
@@ -23,6 +25,7 @@ const image = new TdxImage("fleet", {
 const expectedCmdline = config.get("expectedCmdline");
 const approved = expectedCmdline === undefined ? image : new TdxImage("fleet-approved", {
   recipe: recipe(`${__dirname}/../local-qemu`, { cmdline: expectedCmdline.split(/\s+/).filter(Boolean) }),
+  owner: image.ownerPublicKey, // the same owner: an approved image differs only where the reviewer said
 });
 const expected = new TdxMeasurement("fleet-expected", { image: approved, backend: target === "gcp" ? "gcp" : "azure" });
 const attest = config.getBoolean("gateAttest") ?? true;

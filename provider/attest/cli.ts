@@ -32,8 +32,3 @@ export function formatVerdict(v: Verdict): string {
   rows.push("", `${v.ok ? "OK" : "FAILED"}: ${who}, issuer ${v.issuer}, ${v.checks.filter((c) => c.ok).length}/${v.checks.length} checks, ${v.registers.filter((r) => r.ok).length}/${v.registers.length} registers, ${(v.durationMs / 1000).toFixed(2)} s`);
   return rows.join("\n");
 }
-
-/** `tdxvm attest …` (the command is registered in provider/cli.ts): the exit code. */
-export async function attestCommand(argv: string[]): Promise<number> {
-  return (await import("../cli")).main(["attest", ...argv]);
-}

@@ -14,4 +14,4 @@ export { verifyDcap, loadCollateral, DEFAULT_ACCEPTED_TCB, TCB_STATUSES } from "
 export type { Collateral, DcapOptions, DcapResult } from "./dcap";
 export { AZURE_VTPM_ROOT_CA_PEM } from "./azure";
 export { parseTpm2bPublic, parseQuoteAttest, parseSignature, objectName, verifySignature, pcrSelectionDigest } from "./tpm2";
-export { formatVerdict, readExpected, attestCommand } from "./cli";
+export { formatVerdict, readExpected } from "./cli";

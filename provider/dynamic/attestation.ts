@@ -78,12 +78,12 @@ export function secretsDigest(secrets: Record<string, string> | undefined): stri
 /** The payload must fit the image's declared secrets; the error names secrets, never values. */
 function checkSecrets(a: AttestationArgsT): void {
   if (!a.secrets) return;
-  if (a.ownerKey === undefined) {
-    throw new TdxError("E_VALIDATION", "secrets for the VM need the image owner's key to sign the delivery", { hint: "TdxDeployment passes the image's ownerKey (TdxImage generates one, or takes yours with {owner, ownerKey}); the VM accepts secrets only from its owner." });
-  }
   const report = new SecretsDelivery(a.secretDecls, {}).validatePayload(a.secrets);
   if (!report.ready) {
     throw new TdxError("E_SECRET", `secrets for the VM are not ready (${describePayloadReport(report, "not declared by the image")})`, { hint: "Pass every required secret (pulumi config set --secret …) in the shape the image declares; values are never shown." });
+  }
+  if (a.ownerKey === undefined) {
+    throw new TdxError("E_VALIDATION", "secrets for the VM need the image owner's key to sign the delivery", { hint: "TdxDeployment passes the image's ownerKey (TdxImage generates one, or takes yours with {owner, ownerKey}); the VM accepts secrets only from its owner." });
   }
 }
 

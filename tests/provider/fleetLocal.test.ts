@@ -10,7 +10,7 @@ import * as path from "node:path";
 import { pulumiOp, OpResult } from "../harness";
 import { loadState } from "../harness/engine";
 import { vmRunning } from "../../provider/deploy/qemu";
-import { tempDir } from "../helpers";
+import { tempDir, TEST_OWNER_KEY } from "../helpers";
 
 jest.setTimeout(90 * 60_000);
 
@@ -19,7 +19,7 @@ describe("fleet on local VMs: waves gated by attestation", () => {
   const token = "fleet-api-token-0123456789";
   const op = (o: "up" | "destroy", config: Record<string, string> = {}) => pulumiOp(o, {
     program: "examples/fleet/index.ts", project: "tdxvm-fleet", dir,
-    config: { target: "qemu", replicas: "2", batchSize: "1", gateIntervalSeconds: "2", ...config }, secretConfig: { apiToken: token },
+    config: { target: "qemu", replicas: "2", batchSize: "1", gateIntervalSeconds: "2", ...config }, secretConfig: { apiToken: token, ownerKey: TEST_OWNER_KEY },
   });
   const vms = async () => (await loadState(path.join(dir, "state.json"))).resources.filter((r) => r.type.endsWith("tdxvm:QemuVm"));
   const at = (r: OpResult, urnEnd: string, step: string) => r.events.find((e) => e.urn.endsWith(`::${urnEnd}`) && e.step === step)?.at ?? -1;

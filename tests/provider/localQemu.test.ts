@@ -1,8 +1,10 @@
 /**
  * The default example (examples/local-qemu, the root Pulumi.yaml's program) through the
  * engine-free harness: the real program, the real @pulumi/pulumi dynamic-provider host, real
- * bakes, real QEMU VMs running tdxvm's agent under swtpm. up (bake → measure → boot → attest with a
- * real TPM quote → deliver the secret → the handoff unit runs with it) → a relay and a wrong
+ * bakes, real QEMU VMs running tdxvm's agent under swtpm. up without the secret (bake → measure →
+ * boot → attest with a real TPM quote; the VM waits for its owner) → unsigned and foreign deliveries
+ * refused by the booted VM → up with the secret (the owner's sealed delivery; the handoff unit runs
+ * with it) → a relay and a wrong
  * expectation refused → preview (unchanged) → preview after a root-file-system change → up →
  * refresh after the VM died → destroy. Slow (two bakes, two boots under TCG) by nature.
  */
@@ -15,11 +17,12 @@ import { pulumiOp, stepsOf, OpResult } from "../harness";
 import { loadState, unwrap } from "../harness/engine";
 import { parseGuestReport } from "../../provider";
 import { vmRunning } from "../../provider/deploy/qemu";
-import { attest } from "../../provider/attest";
+import { attest, pinnedRequest } from "../../provider/attest";
 import { fromComputed } from "../../provider/dynamic/measurement";
 import { newTlsIdentity } from "../../agent/tls";
 import { DEMO_QUOTE_LINE, DEMO_SECRET_LINE, DEMO_USER_DATA } from "../../examples/local-qemu/recipe";
-import { tempDir } from "../helpers";
+import { tempDir, TEST_OWNER_KEY } from "../helpers";
+import { newOwnerKey, ownerPublicKey, ownerSigningKey, sealDelivery } from "../../provider/secrets/owner";
 
 jest.setTimeout(90 * 60_000);
 
@@ -65,10 +68,14 @@ async function relay(target: string): Promise<{ endpoint: string; close: () => v
   return { endpoint: `127.0.0.1:${(server.address() as net.AddressInfo).port}`, close: () => server.close() };
 }
 
+const ownerPublicKeyOf = (pem: string) => ownerPublicKey(ownerSigningKey(pem));
+
 describe("local-qemu program through the real dynamic-provider host", () => {
   let dir: string;
   const token = `tok-${randomBytes(12).toString("hex")}`; // a secret: must never appear in state, outputs or logs
-  const cfg = (extra: Record<string, string> = {}) => ({ program: PROGRAM, dir, config: extra, secretConfig: { apiToken: token } });
+  // The image's owner: the test-only key, so that the baked image (and its cache entry) is the same every run.
+  const cfg = (extra: Record<string, string> = {}, withToken = true) => ({ program: PROGRAM, dir, config: extra, secretConfig: { ownerKey: TEST_OWNER_KEY, ...(withToken ? { apiToken: token } : {}) } });
+  let waiting: OpResult;
   let first: OpResult;
   let second: OpResult;
   const before = vmProcesses();
@@ -83,17 +90,50 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     if (dir) await fs.rm(dir, { recursive: true, force: true });
   });
 
-  it("up: bakes, measures, boots, attests the VM with its swtpm quote, then delivers the secret and the handoff unit runs with it", async () => {
+  it("up without the secret: bakes, measures, boots and attests the VM with its swtpm quote; the VM waits for its owner", async () => {
+    waiting = await pulumiOp("up", cfg({}, false));
+    expect(waiting.error).toBeUndefined();
+    expect(waiting.ok).toBe(true);
+    expect(stepsOf(waiting, "ImageBake").map((e) => e.step)).toEqual(["create"]);
+    expect(stepsOf(waiting, "Measurement").map((e) => e.step)).toEqual(["create", "create"]);
+    expect(stepsOf(waiting, "QemuVm").map((e) => e.step)).toEqual(["create"]);
+    expect(stepsOf(waiting, "VmAttestation").map((e) => e.step)).toEqual(["create"]);
+    expect(outputs(waiting).owner).toBe(ownerPublicKeyOf(TEST_OWNER_KEY));
+  });
+
+  it("the booted VM refuses an unsigned delivery and one signed by another key (401, nothing stored, still pending)", async () => {
+    const st = await loadState(path.join(dir, "state.json"));
+    const att = unwrap(st.resources.find((r) => r.type.endsWith("VmAttestation"))!.outputs) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+    const verdict = await attest(att.endpoint, fromComputed(att.expected, att.expected.backend)!);
+    expect(verdict.ok).toBe(true);
+    const channel = verdict.channel!;
+    const post = async (body: unknown) => {
+      const r = await pinnedRequest(channel, { method: "POST", path: "/v1/secrets", body });
+      return { status: r.status, error: String(JSON.parse(r.body.toString("utf8")).error ?? "") };
+    };
+    // The first-come POST of old: refused.
+    expect(await post({ API_TOKEN: "x".repeat(32) })).toEqual({ status: 401, error: expect.stringMatching(/signed by the image's owner/) });
+    // Sealed correctly to the attested key, but signed by someone who is not the owner: refused.
+    const c = await pinnedRequest(channel, { method: "GET", path: "/v1/challenge" });
+    const challenge = JSON.parse(c.body.toString("utf8"));
+    expect(challenge.owner).toBe(ownerPublicKeyOf(TEST_OWNER_KEY));
+    const intruder = sealDelivery({ API_TOKEN: "y".repeat(32) }, { certificatePem: channel.certificatePem, challenge: challenge.challenge }, ownerSigningKey(newOwnerKey().privateKeyPem));
+    expect((await post(intruder)).status).toBe(401);
+    const health = JSON.parse((await pinnedRequest(channel, { method: "GET", path: "/v1/health" })).body.toString("utf8"));
+    expect(health.secrets).toBe("pending");
+    expect(demoSecretLine(readFileSync(outputs(waiting).serialLog, "utf8"))).toBeUndefined(); // the handoff unit has not run
+  });
+
+  it("up with the secret: the same VM is attested again and the owner's sealed delivery is accepted; the handoff unit runs with it", async () => {
     first = await pulumiOp("up", cfg());
     expect(first.error).toBeUndefined();
     expect(first.ok).toBe(true);
-    expect(stepsOf(first, "ImageBake").map((e) => e.step)).toEqual(["create"]);
-    expect(stepsOf(first, "Measurement").map((e) => e.step)).toEqual(["create", "create"]);
-    expect(stepsOf(first, "QemuVm").map((e) => e.step)).toEqual(["create"]);
-    expect(stepsOf(first, "VmAttestation").map((e) => e.step)).toEqual(["create"]);
+    expect(stepsOf(first, "ImageBake").map((e) => e.step)).toEqual(["same"]);
+    expect(stepsOf(first, "QemuVm").map((e) => e.step)).toEqual(["same"]);
+    expect(stepsOf(first, "VmAttestation").map((e) => e.step)).toEqual(["create-replacement", "delete-replaced"]);
     // The attestation ran after the VM was up.
-    const at = (t: string) => first.events.find((e) => e.type.endsWith(t) && e.step === "create")!.at;
-    expect(at("VmAttestation")).toBeGreaterThan(at("QemuVm"));
+    const at = (r: OpResult, t: string, step: string) => r.events.find((e) => e.type.endsWith(t) && e.step === step)!.at;
+    expect(at(waiting, "VmAttestation", "create")).toBeGreaterThan(at(waiting, "QemuVm", "create"));
     const o = outputs(first);
     expect(o.vmId).toMatch(/^vm-[0-9a-f]{12}$/);
     expect(o.warning).toMatch(/^not a TD: an emulated dev VM/);
@@ -134,6 +174,9 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(att.outputs.secretNames).toEqual(["API_TOKEN"]);
     expect(att.outputs.secretsDigest.ciphertext).toEqual(expect.any(String)); // marked secret → encrypted
     expect(att.inputs.secrets.ciphertext).toEqual(expect.any(String));
+    // The owner's private key is as secret as the secrets it signs for.
+    expect(state).not.toContain(TEST_OWNER_KEY.split("\n")[1]);
+    expect(att.inputs.ownerKey.ciphertext).toEqual(expect.any(String));
     expect(att.outputs.secrets).toBeUndefined();
   });
 

@@ -14,6 +14,7 @@ import { providers, STATE_VERSIONS, ProviderKind } from "../../provider/dynamic/
 import { UNKNOWN } from "../../provider/dynamic/common";
 import { measureBake } from "../../provider/measure";
 import { writeGpt } from "../unit/measure/gpt-writer";
+import { newOwnerKey, ownerPublicKey, ownerSigningKey } from "../../provider/secrets/owner";
 import { secretsDigest } from "../../provider/dynamic/attestation";
 import { Image, SecretSchema, SecretTarget, defaultCacheDir } from "../../provider";
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
@@ -333,6 +334,20 @@ describe.each(via)("unique name provider (%s)", (_how, get) => {
   });
 });
 
+describe.each(via)("owner key provider (%s)", (_how, get) => {
+  it("draws an Ed25519 key once; never changes it by itself; refuses state whose public key is not its private key's", async () => {
+    const p = await get("ownerKey");
+    const a = await p.create({});
+    const b = await p.create({});
+    expect(a.outs.publicKey).toMatch(/^ed25519:[A-Za-z0-9+/]{43}=$/);
+    expect(a.outs.publicKey).toBe(ownerPublicKey(ownerSigningKey(a.outs.privateKey)));
+    expect(b.outs.publicKey).not.toBe(a.outs.publicKey);
+    expect(await p.diff(a.id, a.outs, {})).toEqual({ changes: false, replaces: [], deleteBeforeReplace: false });
+    expect((await p.read(a.id, a.outs)).props.publicKey).toBe(a.outs.publicKey);
+    await expect(p.read(a.id, { ...a.outs, publicKey: b.outs.publicKey })).rejects.toThrow(/not its private key's/);
+  });
+});
+
 describe.each(via)("VM attestation provider (%s)", (_how, get) => {
   const decls = new Image({ base: "debian/trixie" }).secret("API_TOKEN", { schema: SecretSchema.string({ minLength: 16 }), targets: [SecretTarget.env("API_TOKEN")] }).recipe.secrets;
   const expected = { backend: "azure", registers: { PCR4: "a".repeat(64) }, status: { PCR4: "exact" }, ledger: { PCR4: [] }, assumptions: {} };
@@ -349,7 +364,9 @@ describe.each(via)("VM attestation provider (%s)", (_how, get) => {
     expect(JSON.stringify(r.failures)).not.toContain(short);
     expect((await p.check({}, { ...base, secrets: {} })).failures[0].reason).toContain("missing: API_TOKEN");
     expect((await p.check({}, { ...base, endpoint: "no port" })).failures[0]).toEqual({ property: "", reason: expect.stringMatching(/^E_VALIDATION: endpoint: /) });
-    expect((await p.check({}, { ...base, secrets: { API_TOKEN: "0123456789abcdef" } })).failures).toBeUndefined();
+    // A fitting payload still needs the owner's key: the VM accepts secrets from no one else.
+    expect((await p.check({}, { ...base, secrets: { API_TOKEN: "0123456789abcdef" } })).failures[0].reason).toMatch(/^E_VALIDATION: secrets for the VM need the image owner's key/);
+    expect((await p.check({}, { ...base, secrets: { API_TOKEN: "0123456789abcdef" }, ownerKey: newOwnerKey().privateKeyPem })).failures).toBeUndefined();
   });
 
   it("diff: a new VM, expectation or secret replaces (attest and deliver again)", async () => {

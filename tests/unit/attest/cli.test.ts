@@ -9,10 +9,14 @@ import * as path from "node:path";
 import { chooseIssuer } from "../../../agent/issuers";
 import { agentServer } from "../../../agent/server";
 import { newTlsIdentity } from "../../../agent/tls";
-import { attestCommand } from "../../../provider/attest/cli";
+import { main } from "../../../provider/cli";
+import { SecretsReceiver } from "../../../agent/secrets";
+import { SecretTarget, declareSecret } from "../../../provider/secrets";
 import { attest, assertAttested, parseEndpoint } from "../../../provider/attest/client";
 import { measurementsToJson, Measurements, parseEventLog, replayLog } from "../../../provider/measure";
 import { tempDir, tdxErrorOf } from "../../helpers";
+
+const attestCommand = (argv: string[]) => main(["attest", ...argv]);
 
 /** The simulator serves a real TCG event log (measure fixture, google/go-eventlog); PCR 4 as it replays. */
 const TCG_LOG = path.join(__dirname, "..", "measure", "fixtures", "tpm-eventlog-arch-linux.bin");
@@ -30,6 +34,7 @@ const expected: Measurements = {
 };
 
 let dir: string;
+let secretsRoot: string;
 let port: number;
 let stop: () => Promise<unknown>;
 let out: string[];
@@ -38,7 +43,13 @@ let err: string[];
 beforeAll(async () => {
   dir = await tempDir("tdxvm-attest-cli-");
   const issuer = await chooseIssuer("simulator", { exec: async () => ({ code: 1, stdout: Buffer.alloc(0), stderr: "no tools" }), workDir: dir, paths: { tcgLog: TCG_LOG, systemdLog: path.join(dir, "none") } });
-  const server = agentServer({ issuer, tls: newTlsIdentity(), log: () => undefined });
+  // The owner: a key written by `tdxvm owner-key new`, as a user would make it.
+  expect(await main(["owner-key", "new", path.join(dir, "owner")])).toBe(0);
+  const owner = (await fs.readFile(path.join(dir, "owner.pub"), "utf8")).trim();
+  secretsRoot = path.join(dir, "root");
+  await fs.mkdir(secretsRoot);
+  const secrets = new SecretsReceiver({ contractVersion: 1, delivery: { method: "http_post", completion: "required", rejectUnknown: true }, handoff: null, owner, secrets: [declareSecret("TOKEN", { targets: [SecretTarget.file("/run/app/token")] })] }, { root: secretsRoot });
+  const server = agentServer({ issuer, tls: newTlsIdentity(), secrets, log: () => undefined });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   port = (server.address() as net.AddressInfo).port;
   stop = async () => {
@@ -93,6 +104,36 @@ describe("tdxvm attest", () => {
     await fs.writeFile(path.join(dir, "bad.json"), JSON.stringify({ ...expected, registers: { PCR4: { ...expected.registers.PCR4, value: "XYZ" } } }));
     expect(await attestCommand([`127.0.0.1:${port}`, "--expected", path.join(dir, "bad.json")])).toBe(2);
     expect(err.join("\n")).toMatch(/E_VALIDATION: --expected .*registers\.PCR4\.value/);
+  });
+});
+
+describe("tdxvm owner-key and provision", () => {
+  it("owner-key new writes a 0600 private key and its public key, and never overwrites one", async () => {
+    expect(((await fs.stat(path.join(dir, "owner.key"))).mode & 0o777).toString(8)).toBe("600");
+    expect(await fs.readFile(path.join(dir, "owner.pub"), "utf8")).toMatch(/^ed25519:[A-Za-z0-9+/]{43}=\n$/);
+    const before = await fs.readFile(path.join(dir, "owner.key"), "utf8");
+    expect(await main(["owner-key", "new", path.join(dir, "owner")])).toBe(2);
+    expect(err.join("\n")).toMatch(/E_VALIDATION: .*owner\.key exists/);
+    expect(await fs.readFile(path.join(dir, "owner.key"), "utf8")).toBe(before);
+  });
+
+  it("provision sends nothing to a VM that fails attestation, refuses another owner's key, and delivers with the owner's", async () => {
+    const token = "provisioned-token-value";
+    await fs.writeFile(path.join(dir, "secrets.json"), JSON.stringify({ TOKEN: token }));
+    const args = (key: string, ...extra: string[]) => ["provision", `127.0.0.1:${port}`, "--expected", path.join(dir, "m.json"), "--owner-key", key, "--secrets", path.join(dir, "secrets.json"), ...extra];
+    // The simulator is refused: exit 3, nothing sent.
+    expect(await main(args(path.join(dir, "owner.key")))).toBe(3);
+    expect(err.join("\n")).toMatch(/nothing was sent/);
+    // Attested (simulator allowed), but signed by another key: the VM refuses it (401), nothing stored.
+    expect(await main(["owner-key", "new", path.join(dir, "intruder")])).toBe(0);
+    expect(await main(args(path.join(dir, "intruder.key"), "--allow-simulator"))).toBe(2);
+    expect(err.join("\n")).toMatch(/E_DEPLOYMENT: the attested VM refused the secrets \(HTTP 401/);
+    await expect(fs.stat(path.join(secretsRoot, "run/app/token"))).rejects.toMatchObject({ code: "ENOENT" });
+    // The owner's key: delivered.
+    const code = await main(args(path.join(dir, "owner.key"), "--allow-simulator"));
+    expect(code).toBe(0);
+    expect(await fs.readFile(path.join(secretsRoot, "run/app/token"), "utf8")).toBe(token);
+    expect([...out, ...err].join("\n")).not.toContain(token);
   });
 });
 
