@@ -18,7 +18,7 @@ const MAX_LINE = 128 * 1024;
 export const TDXS_LIMITS = { queuedPerClient: 8, concurrent: 4 };
 
 /**
- * Domain separation (docs/design.md §10): the attestation binding the agent has the platform sign
+ * Domain separation (docs/design.md §7): the attestation binding the agent has the platform sign
  * for tdxvm attest is a hash over ATTEST_LABEL ‖ 0x00 ‖ nonce ‖ SHA-256(SPKI). tdxs signs
  * SHA-256(userData ‖ nonce) with the same key, so userData ‖ nonce = that preimage would give the
  * very same signed bytes — a relay's way to attest with its own TLS key. No tdxs request may start

@@ -13,6 +13,9 @@ import * as tls from "node:tls";
 import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import { chooseIssuer } from "../../agent/issuers";
 import { agentServer } from "../../agent/server";
+import { tdxsServer, ATTEST_PREFIX } from "../../agent/tdxs";
+import { attestBinding, Evidence } from "../../agent/protocol";
+import * as https from "node:https";
 import { newTlsIdentity } from "../../agent/tls";
 import { attest, pinnedRequest, Verdict } from "../../provider/attest/client";
 import { ensureLocalCa, LocalCa } from "../../provider/attest/localca";
@@ -70,6 +73,8 @@ describe("attest() against the agent on a real TPM", () => {
   let port: number;
   let close: () => Promise<unknown>;
   let first: Verdict;
+  let tdxsPath: string;
+  let issuerOf: (flavour: "tpm" | "azure", workDir?: string) => ReturnType<typeof chooseIssuer>;
 
   beforeAll(async () => {
     dir = await tempDir("tdxvm-attest-");
@@ -77,13 +82,19 @@ describe("attest() against the agent on a real TPM", () => {
     ca = await ensureLocalCa(path.join(dir, "cache"), toolsRoot);
     tpm = await startSwtpm(path.join(dir, "tpm"), { ekCa: ca });
     expect((await tpm.exec("tpm2_pcrextend", [`4:sha256=${EVENT.toString("hex")}`])).code).toBe(0);
-    const issuer = await chooseIssuer("tpm", { exec: tpm.exec, workDir: path.join(dir, "tpm", "agent"), tpmEnv: tpm.env, paths: { tcgLog: path.join(dir, "none"), systemdLog: path.join(dir, "none") } });
+    issuerOf = (flavour, workDir = path.join(dir, "tpm", "agent")) => chooseIssuer(flavour, { exec: tpm.exec, workDir, tpmEnv: tpm.env, paths: { tcgLog: path.join(dir, "none"), systemdLog: path.join(dir, "none") } });
+    const issuer = await issuerOf("tpm");
     const server = agentServer({ issuer, tls: newTlsIdentity(), log: () => undefined });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     port = (server.address() as net.AddressInfo).port;
+    // The same agent's tdxs socket, as any process in group tdx (e.g. the demo app) reaches it.
+    tdxsPath = path.join(dir, "tdxs.sock");
+    const sock = tdxsServer(issuer, () => undefined);
+    await new Promise<void>((r) => sock.listen(tdxsPath, r));
     close = async () => {
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
+      await new Promise((r) => sock.close(r));
     };
   });
 
@@ -140,6 +151,103 @@ describe("attest() against the agent on a real TPM", () => {
       expect(direct.status).toBe(200);
     } finally {
       await r.close();
+    }
+  });
+
+  it("refuses the tdxs relay: a relay with its own TLS key has the agent's tdxs quote its binding while the honest agent activates the credential — no document, a failed verdict, nothing reaches its /v1/secrets", async () => {
+    const id = newTlsIdentity("relay");
+    const relaySpki = createHash("sha256").update(new X509Certificate(id.certPem).publicKey.export({ type: "spki", format: "der" })).digest();
+    const tdxsAnswers: Array<string | null> = [];
+    let secretsRequests = 0;
+    const issue = (userData: Buffer, nonce: Buffer) => new Promise<{ data: { document: string } | null; error: string | null }>((resolve, reject) => {
+      const c = net.connect(tdxsPath);
+      let buf = "";
+      c.on("data", (d) => {
+        buf += d;
+        if (buf.includes("\n")) {
+          c.end();
+          resolve(JSON.parse(buf.slice(0, buf.indexOf("\n"))));
+        }
+      });
+      c.on("error", reject);
+      c.write(JSON.stringify({ method: "issue", data: { userData: userData.toString("hex"), nonce: nonce.toString("hex") } }) + "\n");
+    });
+    const upstream = (method: string, p: string, body?: Buffer) => new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
+      const req = https.request({ host: "127.0.0.1", port, method, path: p, rejectUnauthorized: false, agent: false, headers: body ? { "content-type": "application/json", "content-length": body.length } : {} }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (x: Buffer) => chunks.push(x));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+      });
+      req.on("error", reject);
+      req.end(body);
+    });
+    const relayServer = https.createServer({ key: id.keyPem, cert: id.certPem }, (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (x: Buffer) => chunks.push(x));
+      req.on("end", async () => {
+        const body = Buffer.concat(chunks);
+        if (req.url === "/v1/secrets") secretsRequests++;
+        if (req.method === "POST" && req.url === "/v1/attest") {
+          // The honest agent activates the credential (it activates anyone's) and quotes for ITS key …
+          const honest = await upstream("POST", "/v1/attest", body);
+          const ev = JSON.parse(honest.body.toString("utf8")) as Evidence;
+          // … and the relay asks tdxs for the bytes /v1/attest signs, bound to the RELAY's key, split every way.
+          const preimage = Buffer.concat([ATTEST_PREFIX, Buffer.from(ev.nonce, "hex"), relaySpki]);
+          for (const cut of [preimage.length, 0, 1, ATTEST_PREFIX.length, ATTEST_PREFIX.length + 5]) {
+            const a = await issue(preimage.subarray(0, cut), preimage.subarray(cut));
+            tdxsAnswers.push(a.error);
+            if (a.data) {
+              const doc = JSON.parse(Buffer.from(a.data.document, "hex").toString("utf8"));
+              ev.tpm = { ...ev.tpm!, quote: doc.quote, signature: doc.signature };
+              ev.spkiSha256 = relaySpki.toString("hex");
+              break;
+            }
+          }
+          res.writeHead(200, { "content-type": "application/json" });
+          return res.end(JSON.stringify(ev));
+        }
+        const r = await upstream(req.method!, req.url!, body.length ? body : undefined);
+        res.writeHead(r.status, { "content-type": "application/json" });
+        res.end(r.body);
+      });
+    });
+    await new Promise<void>((r) => relayServer.listen(0, "127.0.0.1", r));
+    try {
+      const v = await attest(`127.0.0.1:${(relayServer.address() as net.AddressInfo).port}`, expected(), { localCaPem: ca.certificatePem });
+      // tdxs refused every split; without that guard the first would have yielded a quote over exactly the binding.
+      expect(tdxsAnswers).toHaveLength(5);
+      expect(tdxsAnswers.every((e) => /must not begin with "tdxvm-attest-v1\\0"/.test(e ?? ""))).toBe(true);
+      expect(v.ok).toBe(false);
+      expect(v.checks.filter((c) => !c.ok).map((c) => c.check)).toEqual(["channel-binding"]);
+      expect(secretsRequests).toBe(0); // the provider sends nothing after a failed verdict
+    } finally {
+      relayServer.closeAllConnections();
+      await new Promise((r) => relayServer.close(r));
+    }
+  });
+
+  it("the guard is what stops it, for the tpm and the azure issuer alike: the same issuer's document over the binding's preimage would be a quote over exactly the bytes /v1/attest signs", async () => {
+    const nonce = randomBytes(32);
+    const spki = randomBytes(32);
+    const preimage = Buffer.concat([ATTEST_PREFIX, nonce, spki]);
+    const { tdxsReportData } = await import("../../agent/protocol");
+    const { handleTdxs } = await import("../../agent/tdxs");
+    // Azure's vTPM keeps its AK persistent at 0x81000003: give this swtpm one there.
+    const d = path.join(dir, "tpm");
+    const persisted = await tpm.exec("/bin/sh", ["-c", `cd ${d} && tpm2_flushcontext -t && tpm2_createek -c az-ek.ctx -G rsa -u az-ek.pub >/dev/null && tpm2_createak -C az-ek.ctx -c az-ak.ctx -G ecc -g sha256 -s ecdsa -u az-ak.pub -n az-ak.name >/dev/null && tpm2_flushcontext -t && tpm2_evictcontrol -C o -c az-ak.ctx 0x81000003 >/dev/null && tpm2_flushcontext -t`]);
+    expect(persisted.stderr).toBe("");
+    for (const flavour of ["tpm", "azure"] as const) {
+      const issuer = await issuerOf(flavour, path.join(dir, "tpm", `guard-${flavour}`));
+      await issuer.keys(); // as the agent does at start
+      // Through tdxs: refused, whichever issuer serves it.
+      const viaSocket = await handleTdxs(issuer, JSON.stringify({ method: "issue", data: { userData: preimage.toString("hex"), nonce: "" } }));
+      expect({ flavour, error: viaSocket.error }).toEqual({ flavour, error: expect.stringMatching(/attestation binding/) });
+      // Without the guard (the issuer asked directly): the TPM quote's qualifying data is the binding itself.
+      const doc = JSON.parse((await issuer.document(tdxsReportData(preimage, Buffer.alloc(0)))).toString("utf8"));
+      const q = Buffer.from(doc.quote, "base64");
+      const signer = q.readUInt16BE(6);
+      const extra = q.subarray(10 + signer, 10 + signer + q.readUInt16BE(8 + signer));
+      expect({ flavour, extra: extra.toString("hex") }).toEqual({ flavour, extra: attestBinding("sha256", nonce, spki).toString("hex") });
     }
   });
 
