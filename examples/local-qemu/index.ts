@@ -10,6 +10,7 @@
  *   motd      /etc/motd (in the root file system: its verity root hash, and so PCR 9/11 and RTMR2, change)
  *   frozen    bake only against the committed tdx.lock (beside recipe.ts)
  *   memoryMiB VM memory
+ *   readySerial  the serial line after which the VM counts as started (default: the agent's ready line)
  *   apiToken  (secret) the image's API_TOKEN: delivered to the VM only after it proved, with a swtpm quote
  *             bound to a fresh nonce and its agent's TLS key, that it runs this image; never baked.
  *             Sealed to that key and signed by the image's owner: the VM accepts it from no one else
@@ -44,7 +45,8 @@ const vm = new TdxDeployment("demo", {
   qemu: {
     memoryMiB: config.getNumber("memoryMiB") ?? 2048,
     // Ready once the agent listens (it starts after the boot report; its port, 8443, is forwarded for attestation).
-    readiness: { serial: AGENT_READY, timeoutSeconds: 900 },
+    // (readySerial: another serial line to call the VM started — e.g. the firmware's — and let the attestation wait for the agent.)
+    readiness: { serial: config.get("readySerial") ?? AGENT_READY, timeoutSeconds: 900 },
   },
 });
 

@@ -12,6 +12,6 @@ export type { Credential } from "./credential";
 export { ensureLocalCa, localCaCertificate, localCaDir, swtpmEkCertSetup } from "./localca";
 export { verifyDcap, loadCollateral, DEFAULT_ACCEPTED_TCB, TCB_STATUSES } from "./dcap";
 export type { Collateral, DcapOptions, DcapResult } from "./dcap";
-export { AZURE_VTPM_ROOT_CA_PEM } from "./azure";
+export { AZURE_VTPM_ROOT_CA_PEM } from "./issuers/azure";
 export { parseTpm2bPublic, parseQuoteAttest, parseSignature, objectName, verifySignature, pcrSelectionDigest } from "./tpm2";
 export { formatVerdict, readExpected } from "./cli";

@@ -111,7 +111,7 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
       details: { checks: failed, registers },
     });
   }
-  log(name, `${a.endpoint}: attested (${verdict.issuer}; ${verdict.checks.length} checks, ${verdict.registers.length} registers) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  log(name, `${a.endpoint}: attested (${verdict.issuer}; ${verdict.checks.length} checks, ${verdict.registers.length} registers) in ${((Date.now() - t0) / 1000).toFixed(1)} s, ${verdict.attempts} attempt(s)`);
   const channel = verdict.channel!;
   const names = Object.keys(a.secrets ?? {}).sort();
   if (names.length) {

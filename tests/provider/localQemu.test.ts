@@ -74,7 +74,8 @@ describe("local-qemu program through the real dynamic-provider host", () => {
   let dir: string;
   const token = `tok-${randomBytes(12).toString("hex")}`; // a secret: must never appear in state, outputs or logs
   // The image's owner: the test-only key, so that the baked image (and its cache entry) is the same every run.
-  const cfg = (extra: Record<string, string> = {}, withToken = true) => ({ program: PROGRAM, dir, config: extra, secretConfig: { ownerKey: TEST_OWNER_KEY, ...(withToken ? { apiToken: token } : {}) } });
+  // The VM counts as started at the firmware's boot line, so the attestation begins while it boots and must wait for the agent.
+  const cfg = (extra: Record<string, string> = {}, withToken = true) => ({ program: PROGRAM, dir, config: { readySerial: "BdsDxe: starting", ...extra }, secretConfig: { ownerKey: TEST_OWNER_KEY, ...(withToken ? { apiToken: token } : {}) } });
   let waiting: OpResult;
   let first: OpResult;
   let second: OpResult;
@@ -90,7 +91,7 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     if (dir) await fs.rm(dir, { recursive: true, force: true });
   });
 
-  it("up without the secret: bakes, measures, boots and attests the VM with its swtpm quote; the VM waits for its owner", async () => {
+  it("up without the secret: bakes, measures, boots; the attestation, begun while the VM still boots, waits for the agent and passes; the VM waits for its owner", async () => {
     waiting = await pulumiOp("up", cfg({}, false));
     expect(waiting.error).toBeUndefined();
     expect(waiting.ok).toBe(true);
@@ -99,6 +100,9 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(stepsOf(waiting, "QemuVm").map((e) => e.step)).toEqual(["create"]);
     expect(stepsOf(waiting, "VmAttestation").map((e) => e.step)).toEqual(["create"]);
     expect(outputs(waiting).owner).toBe(ownerPublicKeyOf(TEST_OWNER_KEY));
+    // The attestation started while the VM was still booting, asked again until the agent answered, and passed.
+    const attempts = Number(/attested \(tpm;[^\n]*, (\d+) attempt\(s\)/.exec(waiting.hostLog)?.[1]);
+    expect(attempts).toBeGreaterThan(1);
   });
 
   it("the booted VM refuses an unsigned delivery and one signed by another key (401, nothing stored, still pending)", async () => {

@@ -10,7 +10,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { verifyEvidence, EvidenceInput } from "../../../provider/attest/verify";
 import { attestBinding, Evidence } from "../../../provider/attest/evidence";
-import { AZURE_VTPM_INTERMEDIATES_PEM, AZURE_VTPM_ROOT_CA_PEM, chainProblems } from "../../../provider/attest/azure";
+import { AZURE_VTPM_INTERMEDIATES_PEM, AZURE_VTPM_ROOT_CA_PEM, chainProblems } from "../../../provider/attest/issuers/azure";
 import type { Measurements } from "../../../provider/measure";
 import { buildCollateral, buildTdQuote, tdBody, TdBody, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
 

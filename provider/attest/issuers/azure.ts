@@ -22,7 +22,10 @@
  * MRCONFIGID, MROWNER, MROWNERCONFIG, RTMR0–3).
  */
 import { createHash, createPublicKey, X509Certificate } from "node:crypto";
-import { attestationError } from "./tpm2";
+import { parseTdxQuote } from "../../measure";
+import { attestationError, parseTpm2bPublic, spkiOf } from "../tpm2";
+import { verifyDcap } from "../dcap";
+import { b64, Checks, EvidenceInput, pcrRegisters, RegisterVerdict, verifyTpmQuote, VerifyOptions } from "./common";
 
 export const HCL_HW_REPORT_OFFSET = 32;
 export const HCL_HW_REPORT_FIELD = 1184;
@@ -232,4 +235,44 @@ export function chainProblems(leafDer: Buffer, intermediatesPem: readonly string
     cur = next;
   }
   return ["the certificate chain is too long"];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The verdict (agent half: agent/issuers/azure.ts)
+
+export async function verifyAzure(input: EvidenceInput, opts: VerifyOptions, checks: Checks): Promise<RegisterVerdict[]> {
+  const { tpm, azure } = input.evidence;
+  if (!tpm || !tpm.akCertificate || !azure) {
+    checks.fail("evidence", "azure evidence needs the AK, its certificate, a quote and the HCL report");
+    return [];
+  }
+  const now = opts.now ?? new Date();
+  const ak = await checks.guard("ak-public", () => parseTpm2bPublic(Buffer.from(tpm.akPublic, "base64"), "AK TPM2B_PUBLIC"));
+  if (!ak) return [];
+  const akSpki = spkiOf(ak);
+  const certDer = Buffer.from(tpm.akCertificate, "base64");
+  const problems = chainProblems(certDer, opts.azureIntermediatesPem ?? AZURE_VTPM_INTERMEDIATES_PEM, opts.azureRootsPem ?? [AZURE_VTPM_ROOT_CA_PEM], now);
+  if (!problems.length && !new X509Certificate(certDer).publicKey.export({ type: "spki", format: "der" }).equals(akSpki)) problems.push("the certificate certifies another key than the AK");
+  if (problems.length) checks.fail("ak-certificate", problems.join("; "));
+  else checks.pass("ak-certificate", "AK certificate chains to the Azure vTPM root and certifies this AK");
+  const hcl = await checks.guard("hcl-report", () => parseHclReport(Buffer.from(azure.hclReport, "base64")));
+  if (hcl) {
+    const bind = hclAkBindingProblems(hcl, akSpki);
+    if (bind.length) checks.fail("hcl-ak-binding", bind.join("; "));
+    else checks.pass("hcl-ak-binding", `the TD report's REPORTDATA is the ${hcl.hashAlg} of the runtime data, whose HCLAkPub is this AK`);
+    const tdQuote = b64(azure.tdQuote);
+    if (!tdQuote) checks.fail("hcl-td-quote-binding", "no TD quote for the HCL report's TD report");
+    else {
+      const body = await checks.guard("td-quote", () => parseTdxQuote(tdQuote).body);
+      if (body) {
+        const diff = tdQuoteBindingProblems(hcl.tdReport, body);
+        if (diff.length) checks.fail("hcl-td-quote-binding", diff.join("; "));
+        else checks.pass("hcl-td-quote-binding", "the TD quote carries the HCL report's TD report (body and REPORTDATA)");
+        const dcap = await checks.guard("dcap", () => verifyDcap(tdQuote, { ...opts.dcap, now }));
+        if (dcap) checks.pass("dcap", `TD quote verified by DCAP: TCB ${dcap.status}${dcap.advisoryIds.length ? ` (${dcap.advisoryIds.join(", ")})` : ""}, collateral ${dcap.collateralSource}`);
+      }
+    }
+  }
+  const quoted = await checks.guard("quote-structure", () => verifyTpmQuote(tpm, ak, input, checks));
+  return quoted ? pcrRegisters(input.expected, quoted, input.evidence.eventLogs, checks) : [];
 }
