@@ -36,7 +36,7 @@ export interface GateSpec {
 export interface AttestArgs {
   port?: number;
   timeoutSeconds?: number;
-  trust?: { pccsUrl?: string; collateral?: string; acceptedTcbStatuses?: string[]; allowSimulator?: boolean };
+  trust?: { pccsUrl?: string; collateral?: string; acceptedTcbStatuses?: string[]; minTeeTcbSvn?: string; allowSimulator?: boolean };
 }
 
 /** Per-VM attestation (and secrets delivery): pulumi-nodejs:dynamic/tdxvm:VmAttestation. */

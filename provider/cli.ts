@@ -323,7 +323,7 @@ function verifyCommand(program: Command, act: Act): void {
     }));
 }
 
-interface AttestOpts { expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; allowSimulator?: boolean }
+interface AttestOpts { expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; minTeeTcbSvn?: string; allowSimulator?: boolean }
 
 /** A commander parser for a positive number of seconds (at most a day). */
 const seconds = (flag: string) => (v: string): number => {
@@ -340,6 +340,7 @@ function attestCommand(program: Command, act: Act): void {
     .option("--collateral <file>", "DCAP collateral for offline TDX verification")
     .option("--pccs-url <url>", "PCCS to fetch DCAP collateral from")
     .option("--tcb-status <list>", "accepted TCB statuses, comma-separated (default UpToDate)")
+    .option("--min-tee-tcb-svn <hex>", "lowest TEE_TCB_SVN to accept, 32 hex digits, each component ≥ (TD quotes)")
     .option("--allow-simulator", "accept the agent's simulator issuer (labelled SIMULATOR in every row)")
     .option("--timeout <seconds>", "one deadline for the whole attestation, every request included (default 120)", seconds("--timeout"))
     .option("--wait <seconds>", "keep asking an agent that cannot be asked yet (no connection, 503: still booting) this long (default 0: ask once)", seconds("--wait"));
@@ -357,6 +358,7 @@ function attestCommand(program: Command, act: Act): void {
         ...(o.collateral ? { collateralFile: o.collateral } : {}),
         ...(o.pccsUrl ? { pccsUrl: o.pccsUrl } : {}),
         ...(o.tcbStatus ? { acceptedTcbStatuses: o.tcbStatus.split(",").map((x) => x.trim()).filter(Boolean) } : {}),
+        ...(o.minTeeTcbSvn ? { minTeeTcbSvn: o.minTeeTcbSvn } : {}),
       },
     });
     console.log(o.json ? JSON.stringify({ ...v, evidence: undefined }, null, 2) : formatVerdict(v));

@@ -47,6 +47,12 @@ export interface DcapOptions {
   pccsUrl?: string;
   /** TCB statuses to accept (default: UpToDate only). */
   acceptedTcbStatuses?: readonly string[];
+  /**
+   * The lowest TEE_TCB_SVN to accept (16 bytes as 32 hex digits): every component of the quote's
+   * TEE_TCB_SVN must be at least the corresponding one here — e.g. a TDX module SVN floor above
+   * what Intel still rates UpToDate, after an advisory your policy acts on first.
+   */
+  minTeeTcbSvn?: string;
   /** Trust anchor (DER); default Intel's SGX Root CA as shipped by the library. Tests use their own. */
   rootCaDer?: Buffer;
   /** Verification time (certificates, CRLs, TCB info and QE identity validity). */
@@ -135,10 +141,21 @@ export async function verifyDcap(quote: Buffer, opts: DcapOptions = {}): Promise
   }
   const accepted = opts.acceptedTcbStatuses ?? DEFAULT_ACCEPTED_TCB;
   checkTdxModule(quote, collateral, accepted);
+  if (opts.minTeeTcbSvn !== undefined) checkMinTeeTcbSvn(parseTdxQuote(quote).body.teeTcbSvn, opts.minTeeTcbSvn);
   if (!accepted.includes(report.status)) {
     throw attestationError("tcb-status", `the platform's TCB status is ${report.status}${report.advisory_ids.length ? ` (${report.advisory_ids.join(", ")})` : ""}; accepted: ${accepted.join(", ")}`, "Update the host (microcode, TDX module) or accept this status deliberately (acceptedTcbStatuses / --tcb-status).");
   }
   return { status: report.status, advisoryIds: [...report.advisory_ids], collateralSource: source };
+}
+
+/** Component-wise floor on TEE_TCB_SVN (Intel's TCB levels compare TDX TCB components the same way, each ≥). */
+export function checkMinTeeTcbSvn(svn: Buffer, min: string): void {
+  if (!/^[0-9a-fA-F]{32}$/.test(min)) throw new TdxError("E_VALIDATION", `the minimum TEE TCB SVN ${JSON.stringify(min.slice(0, 40))} is not 16 bytes of hex`, { hint: "Give all 16 TEE_TCB_SVN components as 32 hex digits, e.g. 03010700000000000000000000000000 (module SVN 3, major version 1, …)." });
+  const floor = Buffer.from(min, "hex");
+  const low = [...floor].map((f, i) => (svn[i]! < f ? i : -1)).filter((i) => i >= 0);
+  if (low.length) {
+    throw attestationError("tcb-svn", `TEE_TCB_SVN ${svn.toString("hex")} is below the policy's minimum ${floor.toString("hex")} at component${low.length > 1 ? "s" : ""} ${low.join(", ")}`, "Update the host's TDX module / firmware, or lower the minimum deliberately (minTeeTcbSvn / --min-tee-tcb-svn).");
+  }
 }
 
 const TdxModuleIdentity = z.object({

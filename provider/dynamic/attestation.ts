@@ -42,6 +42,7 @@ export const AttestationArgs = z.object({
     pccsUrl: z.string().url().optional(),
     collateral: z.string().optional(),
     acceptedTcbStatuses: z.array(z.string()).optional(),
+    minTeeTcbSvn: z.string().regex(/^[0-9a-fA-F]{32}$/, "32 hex digits").optional(),
     allowSimulator: z.boolean().default(false),
   }).default({ allowSimulator: false }),
   secrets: z.record(z.string(), z.string()).optional(),
@@ -94,7 +95,7 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
   const opts = {
     cacheDir: t.cacheDir ? loadPath(t.cacheDir) : undefined,
     allowSimulator: t.allowSimulator,
-    dcap: { pccsUrl: t.pccsUrl, collateralFile: t.collateral ? loadPath(t.collateral) : undefined, acceptedTcbStatuses: t.acceptedTcbStatuses },
+    dcap: { pccsUrl: t.pccsUrl, collateralFile: t.collateral ? loadPath(t.collateral) : undefined, acceptedTcbStatuses: t.acceptedTcbStatuses, minTeeTcbSvn: t.minTeeTcbSvn },
   };
   const t0 = Date.now();
   // The agent may still be starting: ask again while it cannot be asked (no connection, 503) until

@@ -129,6 +129,20 @@ describe("the TDX module's identity (checked by tdxvm: dcap-qvl 0.3.9 does not)"
   });
 });
 
+describe("a minimum TEE TCB SVN (your policy, on top of Intel's statuses)", () => {
+  const opts = (min?: string) => ({ collateral: buildCollateral(), rootCaDer: TEST_ROOT_DER, now: TEST_NOW, ...(min ? { minTeeTcbSvn: min } : {}) });
+  it("accepts a quote at or above the floor in every component and refuses one below it in any, naming the component", async () => {
+    const svn = tdBody().teeTcbSvn.toString("hex");
+    await expect(verifyDcap(buildTdQuote(tdBody()), opts(svn))).resolves.toMatchObject({ status: "UpToDate" });
+    await expect(verifyDcap(buildTdQuote(tdBody()), opts("00".repeat(16)))).resolves.toMatchObject({ status: "UpToDate" });
+    const higher = Buffer.from(svn, "hex");
+    higher[0] += 1; // the module's SVN one above this quote's
+    const e = await tdxErrorOf(() => verifyDcap(buildTdQuote(tdBody()), opts(higher.toString("hex"))));
+    expect([e.details, e.message]).toEqual([{ check: "tcb-svn" }, expect.stringMatching(/below the policy's minimum .* at component 0$/)]);
+    expect((await tdxErrorOf(() => verifyDcap(buildTdQuote(tdBody()), opts("zz")))).code).toBe("E_VALIDATION");
+  });
+});
+
 describe("tdx issuer", () => {
   const nonce = Buffer.alloc(32, 3);
   const spki = Buffer.alloc(32, 4);
