@@ -7,10 +7,14 @@
  * swtpm-tools' `swtpm_localca` to issue the EK certificates with it (written by swtpm_setup into
  * the TPM's NV indices 0x01c00002 (RSA) and 0x01c00016 (ECC), TCG EK Credential Profile §2.2.1).
  * A verifier on the same host trusts exactly this CA (`localCaCertificate`). The CA key is
- * generated with GnuTLS' certtool from the tools tree and never leaves the directory; the
- * launcher binds it read-only into the VM's sandbox.
+ * generated with GnuTLS' certtool from the tools tree and never leaves the directory; only the
+ * short-lived sandbox that runs `swtpm_setup` sees it (read-only), never a running VM's.
+ *
+ * The directory is a trust anchor: whoever can write it can make the verifier trust their EK
+ * certificates. It is used only when it is a real directory (not a link) owned by this user with
+ * no access for group or others, its files likewise.
  */
-import { promises as fs, existsSync, readFileSync } from "node:fs";
+import { promises as fs, existsSync, lstatSync, readFileSync } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { randomBytes, X509Certificate } from "node:crypto";
@@ -31,9 +35,36 @@ export function localCaDir(cacheDir: string): string {
   return path.join(path.resolve(cacheDir), LOCAL_CA_DIR);
 }
 
+/** E_ATTESTATION unless `dir` and its files are this user's alone (no link, no group/other access). */
+function checkPrivate(dir: string): void {
+  const problems: string[] = [];
+  const uid = process.getuid?.();
+  for (const [p, kind] of [[dir, "directory"], [path.join(dir, CERT), "file"], [path.join(dir, KEY), "file"]] as const) {
+    let st;
+    try {
+      st = lstatSync(p);
+    } catch {
+      continue; // absence is reported by the caller
+    }
+    if (st.isSymbolicLink()) problems.push(`${p} is a symbolic link`);
+    else if (kind === "directory" ? !st.isDirectory() : !st.isFile()) problems.push(`${p} is not a ${kind}`);
+    else {
+      if (uid !== undefined && st.uid !== uid) problems.push(`${p} belongs to uid ${st.uid}, not to this user (${uid})`);
+      if (st.mode & 0o077) problems.push(`${p} has mode ${(st.mode & 0o777).toString(8)} (group or others have access)`);
+    }
+  }
+  if (problems.length) {
+    throw new TdxError("E_ATTESTATION", `ek-certificate: the local EK CA at ${dir} is not private to this user, so it is not trusted: ${problems.join("; ")}`, {
+      hint: `Someone else could have planted or read it. Remove ${dir} (tdxvm creates a new CA; running dev VMs then need a restart to be attested) or fix its owner and mode (0700 directory, 0600 files).`,
+      details: { check: "ek-certificate" },
+    });
+  }
+}
+
 /** The CA certificate a verifier trusts for dev-VM EK certificates (PEM). */
 export function localCaCertificate(cacheDir: string): string {
   const file = path.join(localCaDir(cacheDir), CERT);
+  checkPrivate(localCaDir(cacheDir));
   if (!existsSync(file)) {
     throw new TdxError("E_ATTESTATION", `ek-certificate: there is no local EK CA at ${localCaDir(cacheDir)}`, {
       hint: "The CA is created when tdxvm starts its first dev VM on this host; verify on the host that started the VM (or pass its CA certificate with --ca).",
@@ -46,6 +77,7 @@ export function localCaCertificate(cacheDir: string): string {
 /** Create the CA once (key + self-signed certificate, via certtool in the tools tree) and return it. */
 export async function ensureLocalCa(cacheDir: string, toolsRoot: string): Promise<LocalCa> {
   const dir = localCaDir(cacheDir);
+  checkPrivate(dir);
   if (existsSync(path.join(dir, CERT)) && existsSync(path.join(dir, KEY))) return { dir, certificatePem: await fs.readFile(path.join(dir, CERT), "utf8") };
   await fs.mkdir(path.dirname(dir), { recursive: true });
   const tmp = `${dir}.tmp-${randomBytes(6).toString("hex")}`;
@@ -73,6 +105,7 @@ export async function ensureLocalCa(cacheDir: string, toolsRoot: string): Promis
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
   }
+  checkPrivate(dir); // also when another process won the race
   return { dir, certificatePem: await fs.readFile(path.join(dir, CERT), "utf8") };
 }
 

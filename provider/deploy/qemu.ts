@@ -19,7 +19,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { TdxError } from "../errors";
-import { sandboxArgv } from "../bake/sandbox";
+import { sandboxArgv, runStreaming } from "../bake/sandbox";
 import { shQuote } from "../compile/shell";
 import { writeFileAtomic } from "../lock";
 import { defaultCacheDir } from "../pipeline";
@@ -236,13 +236,32 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   }
   const args = qemuArgs({ accel: tdx ? "kvm" : spec.accel, tdx, memoryMiB: spec.memoryMiB ?? 2048, cpus: spec.cpus ?? 2, ports });
   const diskInside = `/disk/${path.basename(spec.disk)}`;
-  const script = [
+  const diskBind = { host: path.dirname(path.resolve(spec.disk)), inside: "/disk", readOnly: true };
+  // 1. Set up disk overlay, firmware variables and TPM in a short-lived sandbox: only it sees the
+  //    local CA (swtpm_setup has the EK certificates signed), never the long-running VM's.
+  const setup = [
     "set -eu",
     `qemu-img create -q -f qcow2 -b ${shQuote(diskInside)} -F raw ${D}/disk.qcow2`,
     ...(tdx ? [] : [
       `cp /usr/share/OVMF/OVMF_VARS_4M.fd ${D}/vars.fd`,
       `mkdir -p ${D}/tpm`,
       `swtpm_setup --tpm2 --tpmstate ${D}/tpm --pcr-banks ${(spec.pcrBanks ?? ["sha256", "sha384"]).join(",")} ${ek.args.join(" ")} --overwrite --logfile ${D}/swtpm_setup.log >/dev/null`,
+    ]),
+  ].join("\n");
+  const prepared = await runStreaming(sandboxArgv(spec.toolsRoot, ["/bin/sh", "-c", setup], [
+    { host: stateDir, inside: D },
+    diskBind,
+    ...(ca ? [{ host: ca.dir, inside: "/localca", readOnly: true }] : []),
+  ]), { tailLines: 20, timeoutMs: 120_000 });
+  if (prepared.code !== 0) {
+    const log = await tail(path.join(stateDir, "swtpm_setup.log"));
+    await fs.rm(stateDir, { recursive: true, force: true });
+    throw new TdxError("E_DEPLOYMENT", `preparing the VM (disk overlay, firmware variables, TPM) failed (exit ${prepared.code ?? prepared.signal}):\n${prepared.tail.join("\n")}${log ? `\n${log}` : ""}`, { hint: "Check the message above; the VM's state directory was removed." });
+  }
+  // 2. The VM: swtpm and QEMU in a sandbox that outlives this process.
+  const script = [
+    "set -eu",
+    ...(tdx ? [] : [
       `swtpm socket --tpm2 --tpmstate dir=${D}/tpm --ctrl type=unixio,path=${D}/swtpm.sock --log file=${D}/swtpm.log --flags startup-clear &`,
       `for i in $(seq 100); do [ -S ${D}/swtpm.sock ] && break; sleep 0.1; done`,
     ]),
@@ -250,11 +269,7 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
     `exec ${args.map(shQuote).join(" ")}`,
   ].join("\n");
   const vmId = path.basename(stateDir);
-  const argv = sandboxArgv(spec.toolsRoot, ["/bin/sh", "-c", script], [
-    { host: stateDir, inside: D },
-    { host: path.dirname(path.resolve(spec.disk)), inside: "/disk", readOnly: true },
-    ...(ca ? [{ host: ca.dir, inside: "/localca", readOnly: true }] : []),
-  ], {}, { outliveParent: true }); // the VM outlives the provider process that starts it
+  const argv = sandboxArgv(spec.toolsRoot, ["/bin/sh", "-c", script], [{ host: stateDir, inside: D }, diskBind], {}, { outliveParent: true }); // the VM outlives the provider process that starts it
   const logFd = openSync(path.join(stateDir, "qemu.log"), "a");
   let child;
   try {

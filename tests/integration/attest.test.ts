@@ -6,7 +6,7 @@
  * (RSA and ECC P-256 EKs), the verdict, the channel binding against a TLS-terminating relay, the
  * pinned channel, and that startVm manufactures the dev VM's TPM with a local-CA EK certificate.
  */
-import { promises as fs, realpathSync } from "node:fs";
+import { promises as fs, existsSync, realpathSync } from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import * as tls from "node:tls";
@@ -273,7 +273,7 @@ describe("attest() against the agent on a real TPM", () => {
 });
 
 describe("startVm manufactures the dev VM's TPM with a local-CA EK certificate", () => {
-  it("swtpm_setup issues RSA and ECC EK certificates signed by the per-host CA (CA bound read-only)", async () => {
+  it("swtpm_setup issues RSA and ECC EK certificates signed by the per-host CA, which the running VM's sandbox never sees", async () => {
     const dir = await tempDir("tdxvm-ekvm-");
     try {
       const toolsRoot = realpathSync((await ensureToolsTree({ cacheDir: defaultCacheDir(), mirror: DEFAULT_DEBIAN.mirror })).root);
@@ -281,6 +281,9 @@ describe("startVm manufactures the dev VM's TPM with a local-CA EK certificate",
       await fs.writeFile(disk, Buffer.alloc(1024 * 1024)); // no OS: OVMF finds nothing to boot; only the TPM matters here
       const cacheDir = path.join(dir, "cache");
       const vm = await startVm({ toolsRoot, disk, stateDir: path.join(dir, "vm"), accel: "tcg", cacheDir, memoryMiB: 256, cpus: 1, pcrBanks: ["sha256"] });
+      // QEMU's (and swtpm's) view of the file system: the VM state and the disk, not the CA's signing key.
+      expect(existsSync(`/proc/${vm.pid}/root/vm`)).toBe(true);
+      expect(existsSync(`/proc/${vm.pid}/root/localca/signkey.pem`)).toBe(false);
       await stopVm(vm, { keepState: true });
       const log = await fs.readFile(path.join(dir, "vm", "swtpm_setup.log"), "utf8");
       expect(log).toMatch(/Successfully created NVRAM area 0x1c00002 for RSA 2048 EK certificate/);
