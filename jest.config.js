@@ -6,6 +6,8 @@ module.exports = {
   testMatch: ["<rootDir>/tests/**/*.test.ts"],
   testTimeout: 30_000,
   setupFiles: ["<rootDir>/tests/setup.ts"],
+  // The default output, then a per-suite time table (tests/suiteTimes.js).
+  reporters: ["default", "<rootDir>/tests/suiteTimes.js"],
   // Provisions the tools tree (OVMF, ukify, systemd-measure, pesign, sfdisk) and builds the test UKI once per run.
   globalSetup: "<rootDir>/tests/globalSetup.ts",
   globalTeardown: "<rootDir>/tests/globalTeardown.ts",
