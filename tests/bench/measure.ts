@@ -2,8 +2,8 @@
  * Measurement benchmarks, each row next to a baseline measured in the same run:
  * - whole process (the target): the CLI as a user runs it — `tdxvm measure <recipe>` (loads
  *   tdxvm and the recipe, bakes the example image examples/local-qemu/recipe.ts, a cache hit,
- *   and measures it) and `tdxvm measure --uki --disk` (the files only) — vs `sha384sum` of the
- *   same UKI: wall time and peak RSS (GNU time's, see runMeasured);
+ *   and measures it) and `tdxvm measure --uki --disk` (the files only) — vs `openssl dgst` of the
+ *   same UKI with the backend's hash (sha256 azure, sha384 rtmr): wall time and peak RSS (GNU time's, see runMeasured);
  * - memory: peak RSS of `tdxvm measure --uki --disk` on the example UKI and on a synthetic 1 GiB
  *   UKI (the example's sections with a 1 GiB .initrd);
  * - in process: measure() alone per backend, and systemd's `systemd-measure calculate` (PCR 11
@@ -105,25 +105,30 @@ export async function measureBench(table: (t: string, h: string[], r: string[][]
   const runs = 5;
   readFileSync(uki); // warm the page cache for everyone
 
-  // Whole process: the CLI — with the recipe (load tdxvm, cache-hit bake, measure), and with the files — vs sha384sum of the same UKI.
+  // Whole process: the CLI — with the recipe (load tdxvm, cache-hit bake, measure) and with the files —
+  // vs OpenSSL hashing the same UKI with the backend's hash (the floor a user can reach on this CPU).
+  const hashOf = { azure: "sha256", rtmr: "sha384" } as const;
   const procs = [
-    ...(["azure", "rtmr"] as const).map((backend) => ({ backend, name: `tdxvm measure <recipe> --backend ${backend} (load, cache-hit bake, measure)`, argv: measureCli(backend, EXAMPLE) })),
-    { backend: "azure" as const, name: "tdxvm measure --uki --disk --backend azure (the files only)", argv: measureCli("azure", "--uki", uki, "--disk", disk) },
+    ...(["azure", "rtmr"] as const).map((backend) => ({ backend, target: 2, name: `tdxvm measure <recipe> --backend ${backend} (load, cache-hit bake, measure)`, argv: measureCli(backend, EXAMPLE) })),
+    ...(["azure", "rtmr"] as const).map((backend) => ({ backend, target: 1.5, name: `tdxvm measure --uki --disk --backend ${backend} (the files only)`, argv: measureCli(backend, "--uki", uki, "--disk", disk) })),
   ];
-  const [base, node, ...whole] = measured(runs, ["sha384sum", uki], [process.execPath, "-e", "0"], ...procs.map((p) => p.argv));
+  const [b256, b384, node, ...whole] = measured(runs, ["openssl", "dgst", "-sha256", uki], ["openssl", "dgst", "-sha384", uki], [process.execPath, "-e", "0"], ...procs.map((p) => p.argv));
+  const baseline = { azure: b256!, rtmr: b384! };
   const rows: string[][] = [
-    ["sha384sum of the UKI (baseline)", secs(base!.wall), "1.00×", mib(base!.rssKiB), "—", "—"],
+    ["openssl dgst -sha256 of the UKI (baseline for azure)", secs(b256!.wall), "1.00×", mib(b256!.rssKiB), "—", "—"],
+    ["openssl dgst -sha384 of the UKI (baseline for rtmr)", secs(b384!.wall), "1.00×", mib(b384!.rssKiB), "—", "—"],
     // Context for the target: the part of any Node process's wall time and memory before its first line runs.
-    ["node -e 0 (Node's own start-up and exit: no tdxvm)", secs(node!.wall), `${(node!.wall / base!.wall).toFixed(2)}×`, mib(node!.rssKiB), "—", "—"],
+    ["node -e 0 (Node's own start-up and exit: no tdxvm)", secs(node!.wall), `${(node!.wall / b256!.wall).toFixed(2)}× sha256`, mib(node!.rssKiB), "—", "—"],
   ];
   for (const [k, p] of procs.entries()) {
     const r = whole[k]!;
     if (valuesOf(r.stdout) !== (await registersOf(bake, p.backend))) throw new Error(`${p.name} measured other values than measureBake here:\n${r.stdout}`);
-    const ratio = r.wall / base!.wall;
-    const ok = ratio <= 1.3 && r.rssKiB <= 64 * 1024;
-    rows.push([p.name, secs(r.wall), `${ratio.toFixed(2)}×`, mib(r.rssKiB), "≤ 1.3×, ≤ 64 MiB", ok ? "yes" : `NO (${[ratio > 1.3 ? "wall" : "", r.rssKiB > 64 * 1024 ? "memory" : ""].filter(Boolean).join(", ")})`]);
+    const ratio = r.wall / baseline[p.backend].wall;
+    const ok = ratio <= p.target && r.rssKiB <= 64 * 1024;
+    rows.push([p.name, secs(r.wall), `${ratio.toFixed(2)}× ${hashOf[p.backend]}`, mib(r.rssKiB), `≤ ${p.target}×, ≤ 64 MiB`, ok ? "yes" : `NO (${[ratio > p.target ? "wall" : "", r.rssKiB > 64 * 1024 ? "memory" : ""].filter(Boolean).join(", ")})`]);
   }
-  console.log(table(`Whole-process measure of the example image, ${(statSync(uki).size / MiB).toFixed(0)} MiB UKI (fresh processes, median of ${runs})`, ["process", "wall", "vs sha384sum", "peak RSS", "target", "meets target"], rows));
+  console.log(table(`Whole-process measure of the example image, ${(statSync(uki).size / MiB).toFixed(0)} MiB UKI (fresh processes, median of ${runs})`, ["process", "wall", "vs openssl dgst", "peak RSS", "target", "meets target"], rows));
+  const base = b256!;
 
   // Memory: a fresh process measuring given artifacts, on the example UKI and on a 1 GiB one.
   const dir = mkdtempSync(path.join(os.tmpdir(), "tdxvm-bench-measure-"));
@@ -132,20 +137,20 @@ export async function measureBench(table: (t: string, h: string[], r: string[][]
     syntheticUki(uki, 1024 * MiB, big);
     const mem: string[][] = [];
     for (const [name, file, n] of [["example UKI", uki, runs], ["synthetic: example's sections, 1 GiB .initrd", big, 3]] as const) {
-      const [sum, m] = measured(n, ["sha384sum", file], measureCli("azure", "--uki", file, "--disk", disk)) as [ReturnType<typeof runMeasured>, ReturnType<typeof runMeasured>];
+      const [sum, m] = measured(n, ["openssl", "dgst", "-sha256", file], measureCli("azure", "--uki", file, "--disk", disk)) as [ReturnType<typeof runMeasured>, ReturnType<typeof runMeasured>];
       if (valuesOf(m.stdout) !== (await registersOf({ profile: "default", systemdStub: null, artifacts: [{ target: "uki", kind: "efi", path: file, sha256: "", size: 0 }, { target: "disk", kind: "raw", path: disk, sha256: "", size: 0 }] }, "azure"))) throw new Error(`the process measured other values than measureBake here for ${file}`);
       mem.push([name, `${(statSync(file).size / MiB).toFixed(0)} MiB`, mib(m.rssKiB), mib(sum.rssKiB), secs(m.wall), secs(sum.wall), `${(m.wall / sum.wall).toFixed(2)}×`, m.rssKiB <= 64 * 1024 ? "yes (≤ 64 MiB)" : "NO (> 64 MiB)"]);
     }
-    console.log(table("Peak RSS of `tdxvm measure --uki --disk --backend azure` (sha384sum of the same file for context)", ["UKI", "size", "measure peak RSS", "sha384sum peak RSS", "measure wall", "sha384sum wall", "wall ratio", "meets target"], mem));
+    console.log(table("Peak RSS of `tdxvm measure --uki --disk --backend azure` (openssl dgst -sha256 of the same file for context)", ["UKI", "size", "measure peak RSS", "openssl peak RSS", "measure wall", "openssl wall", "wall ratio", "meets target"], mem));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 
   // In process: measure() alone, and systemd-measure.
-  const inproc: string[][] = [["sha384sum of the UKI (baseline)", secs(base!.wall), "1.00×"]];
+  const inproc: string[][] = [["openssl dgst -sha256 of the UKI (baseline)", secs(base.wall), "1.00×"]];
   for (const backend of ["azure", "rtmr", "gcp"] as const) {
     const t = await timeAsync(runs, () => measureBake(bake, { backend }));
-    inproc.push([`measure({backend: "${backend}"}) in process`, secs(t), `${(t / base!.wall).toFixed(2)}×`]);
+    inproc.push([`measure({backend: "${backend}"}) in process`, secs(t), `${(t / base.wall).toFixed(2)}×`]);
   }
   const tree = toolsTreeDir(defaultCacheDir());
   if (existsSync(path.join(tree, "usr/lib/systemd/systemd-measure"))) {
@@ -155,10 +160,10 @@ export async function measureBench(table: (t: string, h: string[], r: string[][]
       execFileSync("sh", ["-c", `cd '${ext}' && for s in ${sections.join(" ")}; do objcopy -O binary --only-section=.$s '${uki}' $s 2>/dev/null || true; done`]);
       const cmd = sandboxArgv(realpathSync(tree), ["/usr/lib/systemd/systemd-measure", "calculate", ...sections.map((s) => `--${s}=/w/${s}`), "--bank=sha256", "--phase=enter-initrd"], [{ host: ext, inside: "/w" }]);
       const t = time(runs, () => execFileSync(cmd[0]!, cmd.slice(1), { stdio: "ignore" }));
-      inproc.push(["systemd-measure calculate (PCR 11 only, sections pre-extracted; includes sandbox start)", secs(t), `${(t / base!.wall).toFixed(2)}×`]);
+      inproc.push(["systemd-measure calculate (PCR 11 only, sections pre-extracted; includes sandbox start)", secs(t), `${(t / base.wall).toFixed(2)}×`]);
     } finally {
       rmSync(ext, { recursive: true, force: true });
     }
   }
-  console.log(table(`measure() in process (median of ${runs})`, ["operation", "wall", "vs sha384sum"], inproc));
+  console.log(table(`measure() in process (median of ${runs})`, ["operation", "wall", "vs openssl sha256"], inproc));
 }

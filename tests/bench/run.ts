@@ -70,6 +70,7 @@ async function main() {
   if (!only || only === "recipe") await recipeBench();
   if (!only || only === "measure") await (await import("./measure")).measureBench(table);
   if (!only || only === "preview") await (await import("./preview")).previewBench(table);
+  if (!only || only === "attest") await (await import("./attest")).attestBench(table);
   if (!only || only === "bake") {
     if (process.getuid?.() !== 0) console.log("\nBake benchmark skipped: it needs root (sudo npm run bench).");
     else await (await import("./bake")).bakeBench(table);

@@ -1,0 +1,99 @@
+/**
+ * Attestation benchmarks on the swtpm path (the agent's own code on the host against swtpm from the
+ * tools tree, as tests/integration/attest.test.ts runs it), each row next to a baseline measured in
+ * the same run:
+ * - one attestation, nonce → verdict, in process (target ≤ 1 s) vs one bare `tpm2_quote` (the TPM's
+ *   own floor through the same tools-tree sandbox);
+ * - `tdxvm attest` as a process (target ≤ 2 s) vs the in-process attestation and `node -e 0`;
+ * - 16 agents (16 swtpm) attested concurrently by one verifier (target ≤ 2× one).
+ */
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { promises as fs } from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { chooseIssuer } from "../../agent/issuers";
+import { agentServer } from "../../agent/server";
+import { newTlsIdentity } from "../../agent/tls";
+import { attest } from "../../provider/attest/client";
+import { ensureLocalCa } from "../../provider/attest/localca";
+import { ensureToolsTree } from "../../provider/bake/toolsTree";
+import { defaultCacheDir, measurementsToJson } from "../../provider";
+import { DEFAULT_DEBIAN } from "../../provider/lock";
+import type { Measurements } from "../../provider/measure";
+import { startSwtpm, Swtpm } from "../integration/swtpm";
+
+const CLI = path.join(__dirname, "..", "..", "bin", "tdxvm.js");
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const secs = (s: number) => `${s.toFixed(3)} s`;
+const EVENT = createHash("sha256").update("tdxvm attest bench").digest();
+const expected: Measurements = {
+  measurementsVersion: 1, backend: "azure", inputs: {},
+  registers: {
+    PCR4: { alg: "sha256", value: createHash("sha256").update(Buffer.concat([Buffer.alloc(32), EVENT])).digest("hex"), status: "exact", events: [] },
+    PCR9: { alg: "sha256", value: "00".repeat(32), status: "zero", events: [] },
+  },
+};
+
+async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const t0 = process.hrtime.bigint();
+  const v = await fn();
+  return [Number(process.hrtime.bigint() - t0) / 1e9, v];
+}
+
+export async function attestBench(table: (t: string, h: string[], r: string[][]) => string): Promise<void> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "tdxvm-bench-attest-"));
+  const agents: Array<{ tpm: Swtpm; port: number; close: () => Promise<unknown> }> = [];
+  try {
+    const toolsRoot = (await ensureToolsTree({ cacheDir: defaultCacheDir(), mirror: DEFAULT_DEBIAN.mirror })).root;
+    const ca = await ensureLocalCa(path.join(dir, "cache"), toolsRoot);
+    await Promise.all(Array.from({ length: 16 }, async (_, i) => {
+      const tpm = await startSwtpm(path.join(dir, `tpm-${i}`), { ekCa: ca });
+      if ((await tpm.exec("tpm2_pcrextend", [`4:sha256=${EVENT.toString("hex")}`])).code !== 0) throw new Error("tpm2_pcrextend failed");
+      const issuer = await chooseIssuer("tpm", { exec: tpm.exec, workDir: path.join(dir, `tpm-${i}`, "agent"), tpmEnv: tpm.env, paths: { tcgLog: path.join(dir, "none"), systemdLog: path.join(dir, "none") } });
+      await issuer.keys(); // the agent makes its keys at start
+      const server = agentServer({ issuer, tls: newTlsIdentity(), log: () => undefined });
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      agents.push({ tpm, port: (server.address() as net.AddressInfo).port, close: async () => { server.closeAllConnections(); await new Promise((r) => server.close(r)); } });
+    }));
+    const one = agents[0]!;
+    const opts = { localCaPem: ca.certificatePem };
+    const ok = async (port: number) => {
+      const v = await attest(`127.0.0.1:${port}`, expected, opts);
+      if (!v.ok) throw new Error(`attestation failed: ${JSON.stringify(v.checks.filter((c) => !c.ok))}`);
+    };
+    await ok(one.port); // warm
+    const quote: number[] = [];
+    const single: number[] = [];
+    const fleet: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      quote.push((await timed(async () => {
+        const r = await one.tpm.exec("/bin/sh", ["-c", `cd ${one.tpm.dir} && tpm2_createprimary -C e -g sha256 -G ecc -c p.ctx >/dev/null && tpm2_quote -c p.ctx -l sha256:0,4 -q 00 -m q.msg -s q.sig >/dev/null`]);
+        if (r.code !== 0) throw new Error(`tpm2_quote baseline failed: ${r.stderr}`);
+      }))[0]);
+      single.push((await timed(() => ok(one.port)))[0]);
+    }
+    for (let i = 0; i < 3; i++) fleet.push((await timed(() => Promise.all(agents.map((a) => ok(a.port)))))[0]);
+    // The CLI as a process.
+    const m = path.join(dir, "m.json");
+    const caPem = path.join(dir, "ca.pem");
+    await fs.writeFile(m, measurementsToJson(expected));
+    await fs.writeFile(caPem, ca.certificatePem);
+    const proc: number[] = [];
+    const node: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      proc.push((await timed(async () => execFileSync(process.execPath, [CLI, "--quiet", "attest", `127.0.0.1:${one.port}`, "--expected", m, "--ca", caPem], { stdio: "ignore" })))[0]);
+      node.push((await timed(async () => execFileSync(process.execPath, ["-e", "0"], { stdio: "ignore" })))[0]);
+    }
+    const [q, s, f, p, n] = [median(quote), median(single), median(fleet), median(proc), median(node)];
+    console.log(table("Attestation on the swtpm path (the agent's code on the host; median of 5, fleet and process of 3)", ["operation", "time", "baseline", "baseline time", "ratio", "target", "meets target"], [
+      ["one attestation, nonce → verdict (in process)", secs(s), "one bare tpm2_quote (tools-tree sandbox)", secs(q), `${(s / q).toFixed(2)}×`, "≤ 1 s", s <= 1 ? "yes" : "NO"],
+      ["`tdxvm attest` as a process", secs(p), "the in-process attestation + node -e 0", secs(s + n), `${(p / (s + n)).toFixed(2)}×`, "≤ 2 s", p <= 2 ? "yes" : "NO"],
+      ["16 agents (16 swtpm) attested at once by one verifier", secs(f), "one attestation", secs(s), `${(f / s).toFixed(2)}×`, "≤ 2×", f / s <= 2 ? "yes" : "NO"],
+    ]));
+  } finally {
+    await Promise.all(agents.map(async (a) => { await a.close(); await a.tpm.stop(); }));
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
