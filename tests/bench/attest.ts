@@ -7,7 +7,8 @@
  * - `tdxvm attest` as a process (target ≤ 2 s) vs the in-process attestation and `node -e 0`;
  * - 16 agents (16 swtpm) attested concurrently by one verifier (target ≤ 2× one).
  */
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
+import { promisify } from "node:util";
 import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
 import * as net from "node:net";
@@ -24,6 +25,7 @@ import { DEFAULT_DEBIAN } from "../../provider/lock";
 import type { Measurements } from "../../provider/measure";
 import { startSwtpm, Swtpm } from "../integration/swtpm";
 
+const execFileAsync = promisify(execFile);
 const CLI = path.join(__dirname, "..", "..", "bin", "tdxvm.js");
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const secs = (s: number) => `${s.toFixed(3)} s`;
@@ -44,6 +46,7 @@ async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
 
 export async function attestBench(table: (t: string, h: string[], r: string[][]) => string): Promise<void> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "tdxvm-bench-attest-"));
+  process.setMaxListeners(64); // 16 swtpm sandboxes, each with its signal forwarding
   const agents: Array<{ tpm: Swtpm; port: number; close: () => Promise<unknown> }> = [];
   try {
     const toolsRoot = (await ensureToolsTree({ cacheDir: defaultCacheDir(), mirror: DEFAULT_DEBIAN.mirror })).root;
@@ -69,7 +72,8 @@ export async function attestBench(table: (t: string, h: string[], r: string[][])
     const fleet: number[] = [];
     for (let i = 0; i < 5; i++) {
       quote.push((await timed(async () => {
-        const r = await one.tpm.exec("/bin/sh", ["-c", `cd ${one.tpm.dir} && tpm2_createprimary -C e -g sha256 -G ecc -c p.ctx >/dev/null && tpm2_quote -c p.ctx -l sha256:0,4 -q 00 -m q.msg -s q.sig >/dev/null`]);
+        // The agent's own AK (saved context), the PCRs it quotes: what one quote costs from a process in the sandbox.
+        const r = await one.tpm.exec("tpm2_quote", ["-c", path.join(one.tpm.dir, "agent", "tpm", "ak.ctx"), "-l", "sha256:0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15", "-q", "00", "-m", path.join(one.tpm.dir, "q.msg"), "-s", path.join(one.tpm.dir, "q.sig")]);
         if (r.code !== 0) throw new Error(`tpm2_quote baseline failed: ${r.stderr}`);
       }))[0]);
       single.push((await timed(() => ok(one.port)))[0]);
@@ -83,14 +87,22 @@ export async function attestBench(table: (t: string, h: string[], r: string[][])
     const proc: number[] = [];
     const node: number[] = [];
     for (let i = 0; i < 3; i++) {
-      proc.push((await timed(async () => execFileSync(process.execPath, [CLI, "--quiet", "attest", `127.0.0.1:${one.port}`, "--expected", m, "--ca", caPem], { stdio: "ignore" })))[0]);
+      proc.push((await timed(async () => {
+        try {
+          // Asynchronously: the agent answering it lives in this process.
+          await execFileAsync(process.execPath, [CLI, "--quiet", "attest", `127.0.0.1:${one.port}`, "--expected", m, "--ca", caPem], { encoding: "utf8" });
+        } catch (e) {
+          throw new Error(`tdxvm attest failed:\n${(e as { stdout?: string }).stdout ?? ""}${(e as { stderr?: string }).stderr ?? ""}`, { cause: e });
+        }
+      }))[0]);
       node.push((await timed(async () => execFileSync(process.execPath, ["-e", "0"], { stdio: "ignore" })))[0]);
     }
     const [q, s, f, p, n] = [median(quote), median(single), median(fleet), median(proc), median(node)];
     console.log(table("Attestation on the swtpm path (the agent's code on the host; median of 5, fleet and process of 3)", ["operation", "time", "baseline", "baseline time", "ratio", "target", "meets target"], [
       ["one attestation, nonce → verdict (in process)", secs(s), "one bare tpm2_quote (tools-tree sandbox)", secs(q), `${(s / q).toFixed(2)}×`, "≤ 1 s", s <= 1 ? "yes" : "NO"],
       ["`tdxvm attest` as a process", secs(p), "the in-process attestation + node -e 0", secs(s + n), `${(p / (s + n)).toFixed(2)}×`, "≤ 2 s", p <= 2 ? "yes" : "NO"],
-      ["16 agents (16 swtpm) attested at once by one verifier", secs(f), "one attestation", secs(s), `${(f / s).toFixed(2)}×`, "≤ 2×", f / s <= 2 ? "yes" : "NO"],
+      // The 16 agents (each a VM in a fleet) share this machine's cores with the verifier here: their tpm2-tools work bounds this row.
+      ["16 agents (16 swtpm, on the same cores) attested at once by one verifier", secs(f), "one attestation", secs(s), `${(f / s).toFixed(2)}×`, "≤ 2×", f / s <= 2 ? "yes" : "NO"],
     ]));
   } finally {
     await Promise.all(agents.map(async (a) => { await a.close(); await a.tpm.stop(); }));
