@@ -85,13 +85,13 @@ const comps = (svns: number[]) => svns.map((svn) => ({ svn }));
 export const TDX_MODULE = { mrsigner: "0".repeat(96), attributes: "0000000000000000", attributesMask: "FFFFFFFFFFFFFFFF" };
 
 /** Collateral for the test platform, with one TCB level of `status` that the test quote reaches. */
-export function buildCollateral(opts: { status?: string; issue?: string; next?: string; tdxSvn?: number[]; qeStatus?: string; tdxModule?: Record<string, unknown>; tdxModuleIdentities?: unknown[] } = {}): Collateral {
+export function buildCollateral(opts: { status?: string; issue?: string; next?: string; tdxSvn?: number[]; qeStatus?: string; tdxModule?: Record<string, unknown> | null; tdxModuleIdentities?: unknown[] } = {}): Collateral {
   const issueDate = opts.issue ?? "2026-05-01T00:00:00Z";
   const nextUpdate = opts.next ?? "2026-07-01T00:00:00Z";
   const tcbInfo = JSON.stringify({
     id: "TDX", version: 3, issueDate, nextUpdate, fmspc: FMSPC, pceId: "0000", tcbType: 0, tcbEvaluationDataNumber: 17,
     // Intel's TDX module identities, as its real TCB info lists them (signer all zeros, no attribute set).
-    tdxModule: opts.tdxModule ?? TDX_MODULE,
+    ...(opts.tdxModule === null ? {} : { tdxModule: opts.tdxModule ?? TDX_MODULE }), // null: a TCB info without it
     tdxModuleIdentities: opts.tdxModuleIdentities ?? [{ id: "TDX_01", ...TDX_MODULE, tcbLevels: [{ tcb: { isvsvn: 4 }, tcbDate: "2026-01-01T00:00:00Z", tcbStatus: "UpToDate" }, { tcb: { isvsvn: 2 }, tcbDate: "2025-01-01T00:00:00Z", tcbStatus: "OutOfDate" }] }],
     tcbLevels: [{ tcb: { sgxtcbcomponents: comps(CPUSVN), pcesvn: PCESVN, tdxtcbcomponents: comps(opts.tdxSvn ?? [4, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]) }, tcbDate: "2026-01-01T00:00:00Z", tcbStatus: opts.status ?? "UpToDate", ...(opts.status && opts.status !== "UpToDate" ? { advisoryIDs: ["INTEL-SA-TEST"] } : {}) }],
   });

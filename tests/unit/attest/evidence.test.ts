@@ -75,6 +75,45 @@ describe("evidence schema", () => {
     expect(() => parseEvidence(over)).toThrow(/eventLogs\.tcg/);
   });
 
+  // Every encoded field has its own bound (KiB of base64 text): one character over it is refused, naming the field.
+  const KiB = 1024;
+  const over = (n: number) => "A".repeat(n + 4); // valid base64, 4 characters past the bound
+  const bounded: Array<[string, number, (e: ReturnType<typeof good>, v: string) => unknown, RegExp]> = [
+    ["tpm.akPublic", 8 * KiB, (e, v) => ({ ...e, tpm: { ...e.tpm, akPublic: v } }), /tpm\.akPublic/],
+    ["tpm.ekPublic", 8 * KiB, (e, v) => ({ ...e, tpm: { ...e.tpm, ekPublic: v } }), /tpm\.ekPublic/],
+    ["tpm.signature", 8 * KiB, (e, v) => ({ ...e, tpm: { ...e.tpm, signature: v } }), /tpm\.signature/],
+    ["tpm.activatedSecret", 8 * KiB, (e, v) => ({ ...e, tpm: { ...e.tpm, activatedSecret: v } }), /tpm\.activatedSecret/],
+    ["tpm.ekCertificate", 32 * KiB, (e, v) => ({ ...e, tpm: { ...e.tpm, ekCertificate: v } }), /tpm\.ekCertificate/],
+    ["tpm.akCertificate", 32 * KiB, (e, v) => ({ ...e, tpm: { ...e.tpm, akCertificate: v } }), /tpm\.akCertificate/],
+    ["tdx.quote", 256 * KiB, (e, v) => ({ ...e, tdx: { quote: v } }), /tdx\.quote/],
+    ["azure.hclReport", 64 * KiB, (e, v) => ({ ...e, azure: { hclReport: v } }), /azure\.hclReport/],
+    ["azure.tdQuote", 256 * KiB, (e, v) => ({ ...e, azure: { hclReport: "AAAA", tdQuote: v } }), /azure\.tdQuote/],
+    ["eventLogs.ccel", 8 * KiB * KiB, (e, v) => ({ ...e, eventLogs: { ccel: v } }), /eventLogs\.ccel/],
+    ["eventLogs.systemd", 8 * KiB * KiB, (e, v) => ({ ...e, eventLogs: { systemd: v } }), /eventLogs\.systemd/],
+  ];
+  it.each(bounded)("bounds %s: at its limit accepted, over it refused", async (_field, limit, put, message) => {
+    expect(() => parseEvidence(put(good(), "A".repeat(limit)))).not.toThrow();
+    const e = await tdxErrorOf(() => parseEvidence(put(good(), over(limit))));
+    expect([e.code, e.details, e.message]).toEqual(["E_ATTESTATION", { check: "evidence-schema" }, expect.stringMatching(message)]);
+  });
+
+  it("bounds the keys answer and the credential of an attest request", async () => {
+    expect((await tdxErrorOf(() => parseKeysResponse({ issuer: "tpm", tpm: { akPublic: "AAAA", ekCertificate: over(32 * KiB) } }))).message).toMatch(/tpm\.ekCertificate/);
+    const req = (idObject: string) => parseAttestRequest({ nonce: nonce.toString("hex"), credential: { idObject, encSecret: "AAAA" } });
+    expect(req("A".repeat(8 * KiB)).credential?.idObject).toHaveLength(8 * KiB);
+    expect((await tdxErrorOf(() => req(over(8 * KiB)))).message).toMatch(/credential\.idObject/);
+  });
+
+  it("refuses a certificate that is not base64", async () => {
+    const e = await tdxErrorOf(() => parseEvidence({ ...good(), tpm: { ...good().tpm, akCertificate: "MII*" } }));
+    expect([e.details, e.message]).toEqual([{ check: "evidence-schema" }, expect.stringMatching(/tpm\.akCertificate/)]);
+  });
+
+  it("MAX_EVIDENCE_BYTES stays the sum of the bounds: under 25 MiB", () => {
+    expect(MAX_EVIDENCE_BYTES).toBe(3 * 8 * KiB * KiB + 2 * 256 * KiB + 64 * KiB + 16 * 8 * KiB + 4 * 32 * KiB + 64 * KiB);
+    expect(MAX_EVIDENCE_BYTES).toBeLessThan(25 * KiB * KiB);
+  });
+
   it("parses the keys answer and the attest request", async () => {
     expect(parseKeysResponse({ issuer: "tdx" })).toEqual({ issuer: "tdx" });
     expect(parseAttestRequest({ nonce: nonce.toString("hex"), credential: { idObject: "AAA=", encSecret: "AAA=" } }).credential?.idObject).toBe("AAA=");

@@ -122,3 +122,104 @@ describe("hostile input", () => {
     }), { numRuns: 500 });
   });
 });
+
+/**
+ * Each refusal of the parsers and of verifySignature on its own, on structures built here from
+ * Part 2's layouts (big-endian; TPM2B = u16 size ‖ bytes): the check that fires and its reason.
+ */
+describe("each structural check refuses on its own", () => {
+  const u16 = (n: number) => Buffer.from([n >> 8, n & 0xff]);
+  const u32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32BE(n >>> 0); return b; };
+  const tpm2b = (b: Buffer) => Buffer.concat([u16(b.length), b]);
+  const AK_ATTRS = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 16) | (1 << 18);
+  const modulus = (bytes: number, first = 0xc5, last = 0x01) => { const m = Buffer.alloc(bytes, 0x5a); m[0] = first; m[bytes - 1] = last; return m; };
+  /** TPM2B_PUBLIC of an RSA key: type, nameAlg, attributes, authPolicy, symmetric NULL, scheme NULL, keyBits, exponent, modulus. */
+  const rsaPublic = (o: { nameAlg?: number; keyBits?: number; exponent?: number; modulus?: Buffer; type?: number } = {}) =>
+    tpm2b(Buffer.concat([u16(o.type ?? 0x0001), u16(o.nameAlg ?? 0x000b), u32(AK_ATTRS), tpm2b(Buffer.alloc(0)), u16(0x0010), u16(0x0010), u16(o.keyBits ?? 2048), u32(o.exponent ?? 0), tpm2b(o.modulus ?? modulus(256))]));
+  /** TPM2B_PUBLIC of an ECC key: ..., symmetric NULL, scheme ECDSA/SHA-256, curve, kdf NULL, x, y. */
+  const eccPublic = (curve: number, x: Buffer, y: Buffer) =>
+    tpm2b(Buffer.concat([u16(0x0023), u16(0x000b), u32(AK_ATTRS), tpm2b(Buffer.alloc(0)), u16(0x0010), u16(0x0018), u16(0x000b), u16(curve), u16(0x0010), tpm2b(x), tpm2b(y)]));
+  const attestHead = (extra = Buffer.alloc(32)) => Buffer.concat([u32(0xff544347), u16(0x8018), tpm2b(Buffer.concat([u16(0x000b), Buffer.alloc(32, 1)])), tpm2b(extra), Buffer.alloc(17), Buffer.alloc(8)]);
+  const message = (e: unknown) => (e instanceof TdxError ? [e.code, e.details, e.message] : e);
+  const thrown = (f: () => unknown) => {
+    try {
+      f();
+    } catch (e) {
+      return message(e);
+    }
+    return "nothing thrown";
+  };
+  const refused = (check: string, re: RegExp) => ["E_ATTESTATION", { check }, expect.stringMatching(re)];
+
+  it("accepts the structures built here when nothing is wrong (the control)", () => {
+    expect(parseTpm2bPublic(rsaPublic())).toMatchObject({ type: "rsa", keyBits: 2048, exponent: 65537 });
+    expect(parseTpm2bPublic(rsaPublic({ exponent: 3 }))).toMatchObject({ exponent: 3 });
+    expect(parseTpm2bPublic(eccPublic(0x0003, Buffer.alloc(32, 1), Buffer.alloc(32, 2)))).toMatchObject({ type: "ecc", curveId: 3 });
+    const q = parseQuoteAttest(Buffer.concat([attestHead(Buffer.alloc(64)), u32(1), u16(0x0004), Buffer.from([4, 0xff, 0xff, 0xff, 0xff]), tpm2b(Buffer.alloc(32))]));
+    expect(q.pcrSelect).toEqual([{ hash: "sha1", pcrs: Array.from({ length: 32 }, (_, i) => i) }]); // SHA-1 banks may be quoted
+  });
+
+  it.each([
+    ["a key of 1024 bits", () => rsaPublic({ keyBits: 1024, modulus: modulus(128) }), /RSA key of 1024 bits with a 128-byte modulus$/],
+    ["a key of 8192 bits", () => rsaPublic({ keyBits: 8192, modulus: modulus(512) }), /RSA key of 8192 bits with a 512-byte modulus$/],
+    ["a modulus shorter than keyBits says", () => rsaPublic({ keyBits: 2048, modulus: modulus(255) }), /RSA key of 2048 bits with a 255-byte modulus$/],
+    ["a modulus without its top bit", () => rsaPublic({ modulus: modulus(256, 0x45) }), /the RSA modulus is not a 2048-bit odd number$/],
+    ["an even modulus", () => rsaPublic({ modulus: modulus(256, 0xc5, 0x02) }), /the RSA modulus is not a 2048-bit odd number$/],
+    ["exponent 1", () => rsaPublic({ exponent: 1 }), /RSA exponent 1 is not an odd number above 1$/],
+    ["exponent 2", () => rsaPublic({ exponent: 2 }), /RSA exponent 2 is not an odd number above 1$/],
+    ["an even exponent", () => rsaPublic({ exponent: 65536 }), /RSA exponent 65536 is not an odd number above 1$/],
+    ["a SHA-1 name algorithm", () => rsaPublic({ nameAlg: 0x0004 }), /nameAlg: hash algorithm 0x4 is not supported/],
+    ["an unknown name algorithm", () => rsaPublic({ nameAlg: 0x0099 }), /nameAlg: hash algorithm 0x99 is not supported/],
+    ["a keyed-hash object", () => rsaPublic({ type: 0x0008 }), /object type 0x8 is not an RSA or ECC key$/],
+    ["an unsupported ECC curve (BN-256)", () => eccPublic(0x0010, Buffer.alloc(32, 1), Buffer.alloc(32, 2)), /ECC curve 0x10 is not supported/],
+    ["an ECC coordinate longer than the curve's", () => eccPublic(0x0003, Buffer.alloc(33, 1), Buffer.alloc(32, 2)), /ECC point coordinates longer than the curve's 32 bytes$/],
+    ["an authPolicy over 64 bytes", () => tpm2b(Buffer.concat([u16(0x0001), u16(0x000b), u32(AK_ATTRS), tpm2b(Buffer.alloc(65))])), /authPolicy is 65 bytes, more than the 64 allowed$/],
+    ["a trailing byte", () => { const p = rsaPublic(); const b = Buffer.concat([p, Buffer.from([0])]); b.writeUInt16BE(b.length - 2, 0); return b; }, /1 trailing bytes after the structure$/],
+  ] as const)("TPM2B_PUBLIC: refuses %s", (_what, make, re) => {
+    expect(thrown(() => parseTpm2bPublic(make()))).toEqual(refused("tpm-structure", re));
+  });
+
+  it.each([
+    ["extraData over 64 bytes", () => attestHead(Buffer.alloc(65)), "tpm-structure", /extraData is 65 bytes, more than the 64 allowed$/],
+    ["17 PCR banks", () => Buffer.concat([attestHead(), u32(17)]), "quote-structure", /TPML_PCR_SELECTION has 17 banks \(at most 16\)$/],
+    ["a 5-byte PCR bitmap", () => Buffer.concat([attestHead(), u32(1), u16(0x000b), Buffer.from([5, 1, 1, 1, 1, 1]), tpm2b(Buffer.alloc(32))]), "quote-structure", /PCR selection 0 has a 5-byte bitmap \(at most 4\)$/],
+    ["a trailing byte", () => Buffer.concat([fx("tpm/quote-ecdsa.msg"), Buffer.from([0])]), "tpm-structure", /TPMS_ATTEST: 1 trailing bytes after the structure$/],
+    ["a truncation", () => fx("tpm/quote-ecdsa.msg").subarray(0, 20), "tpm-structure", /runs past the 20-byte input$/],
+  ] as const)("TPMS_ATTEST: refuses %s", (_what, make, check, re) => {
+    expect(thrown(() => parseQuoteAttest(make()))).toEqual(refused(check, re));
+  });
+
+  it("TPMT_SIGNATURE: refuses another algorithm (HMAC), a SHA-1 hash, a trailing byte", () => {
+    expect(thrown(() => parseSignature(Buffer.concat([u16(0x0005), u16(0x000b), tpm2b(Buffer.alloc(32))])))).toEqual(refused("quote-signature", /signature algorithm 0x5 is not RSASSA, RSAPSS or ECDSA$/));
+    expect(thrown(() => parseSignature(Buffer.concat([u16(0x0014), u16(0x0004), tpm2b(Buffer.alloc(256))])))).toEqual(refused("tpm-structure", /signature hash: hash algorithm 0x4 is not supported/));
+    expect(thrown(() => parseSignature(Buffer.concat([fx("tpm/quote-rsassa.sig"), Buffer.from([0])])))).toEqual(refused("tpm-structure", /TPMT_SIGNATURE: 1 trailing bytes/));
+  });
+
+  it("verifySignature: refuses a signature outside the key's own scheme, and one of the wrong kind of key", () => {
+    const rsassa = parseTpm2bPublic(fx("tpm/ak-rsassa.pub"));
+    const msg = fx("tpm/quote-rsassa.msg");
+    const sig = parseSignature(fx("tpm/quote-rsassa.sig"));
+    expect(verifySignature(rsassa, msg, sig)).toBe(true);
+    expect(thrown(() => verifySignature(rsassa, msg, { ...sig, alg: "rsapss" }))).toEqual(refused("quote-signature", /the signature \(rsapss\/sha256\) does not use the key's own scheme$/));
+    expect(thrown(() => verifySignature(rsassa, msg, { ...sig, hash: "sha384" }))).toEqual(refused("quote-signature", /the signature \(rsassa\/sha384\) does not use the key's own scheme$/));
+    const ecdsa = parseSignature(fx("tpm/quote-ecdsa.sig"));
+    // The EKs have no scheme of their own (NULL): the kind of key decides.
+    expect(thrown(() => verifySignature(parseTpm2bPublic(fx("tpm/ek-rsa.pub")), msg, ecdsa))).toEqual(refused("quote-signature", /an ECDSA signature from a key that is not ECC$/));
+    expect(thrown(() => verifySignature(parseTpm2bPublic(fx("tpm/ek-ecc.pub")), msg, sig))).toEqual(refused("quote-signature", /an RSASSA signature from a key that is not RSA$/));
+  });
+
+  it("verifySignature: an ECDSA r or s longer than the curve's size is a wrong signature, not an error", () => {
+    const ak = parseTpm2bPublic(fx("tpm/ak-ecc.pub"));
+    const msg = fx("tpm/quote-ecdsa.msg");
+    const sig = parseSignature(fx("tpm/quote-ecdsa.sig"));
+    expect(verifySignature(ak, msg, sig)).toBe(true);
+    expect(verifySignature(ak, msg, { ...sig, r: Buffer.concat([Buffer.alloc(1), sig.r!]) })).toBe(false);
+    expect(verifySignature(ak, msg, { ...sig, s: Buffer.concat([Buffer.alloc(2), sig.s!]) })).toBe(false);
+  });
+
+  it("the PCR digest names a value of the wrong size as missing", () => {
+    const q = parseQuoteAttest(fx("tpm/quote-ecdsa.msg"));
+    const values = pcrValues(fx("tpm/quote-ecdsa.pcrs"), ALL);
+    expect(pcrSelectionDigest("sha256", q.pcrSelect, { sha256: { ...values, "3": "00".repeat(31) } })).toEqual({ missing: ["sha256:3"] });
+  });
+});

@@ -5,14 +5,15 @@
  * (dcapTest.ts). Verification times are pinned.
  */
 import { readFileSync } from "node:fs";
+import { rm, truncate, writeFile } from "node:fs/promises";
 import { createHash } from "node:crypto";
 import * as path from "node:path";
 import { verifyDcap, Collateral } from "../../../provider/attest/dcap";
 import { verifyEvidence, EvidenceInput } from "../../../provider/attest/verify";
 import { attestBinding } from "../../../provider/attest/evidence";
 import { parseCcel, replayCcel, CC_MR_NAMES, Measurements } from "../../../provider/measure";
-import { tdxErrorOf } from "../../helpers";
-import { buildCollateral, buildTdQuote, tdBody, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
+import { tempDir, tdxErrorOf } from "../../helpers";
+import { buildCollateral, buildTdQuote, tdBody, TdBody, TDX_MODULE, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
 import { fxText } from "./fixtures";
 
 const measureFixture = (n: string) => readFileSync(path.join(__dirname, "..", "measure", "fixtures", n));
@@ -143,6 +144,90 @@ describe("a minimum TEE TCB SVN (your policy, on top of Intel's statuses)", () =
   });
 });
 
+describe("the TDX module's identity, each rule on its own", () => {
+  const opts = (c = buildCollateral(), over = {}) => ({ collateral: c, rootCaDer: TEST_ROOT_DER, now: TEST_NOW, ...over });
+  const svn = (hex: string) => Buffer.from(hex.padEnd(32, "0"), "hex");
+  /** Major version 0: judged against the TCB info's tdxModule (the collateral's TDX TCB component 1 is 0 to match). */
+  const major0 = (over: Partial<TdBody> = {}) => buildTdQuote(tdBody({ teeTcbSvn: svn("040007"), ...over }));
+  const major0Collateral = (tdxModule?: Record<string, unknown> | null) => buildCollateral({ tdxSvn: [4, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], tdxModule });
+
+  it("major version 0: accepted against tdxModule; refused for another signer, other attributes, or no tdxModule", async () => {
+    await expect(verifyDcap(major0(), opts(major0Collateral()))).resolves.toMatchObject({ status: "UpToDate" });
+    const cases: Array<[string, Buffer, Collateral, RegExp]> = [
+      ["another signer", major0({ mrSignerSeam: Buffer.alloc(48, 0xcd) }), major0Collateral(), /^tdx-module: MRSIGNERSEAM cdcdcdcdcdcdcdcd… is not the TDX module signer the TCB info names \(0000000000000000…\): not Intel's TDX module$/],
+      ["a tdxModule of another signer", major0(), major0Collateral({ ...TDX_MODULE, mrsigner: "ef".repeat(48) }), /^tdx-module: MRSIGNERSEAM 0000000000000000… is not the TDX module signer the TCB info names \(efefefefefefefef…\)/],
+      ["debug attributes", major0({ seamAttributes: svn("0100000000000000").subarray(0, 8) }), major0Collateral(), /^tdx-module: SEAMATTRIBUTES 0100000000000000 are not the TDX module attributes the TCB info names \(0000000000000000, mask ffffffffffffffff\)/],
+    ];
+    for (const [what, q, c, reason] of cases) {
+      const e = await tdxErrorOf(() => verifyDcap(q, opts(c)));
+      expect([what, e.details, e.message]).toEqual([what, { check: "tdx-module" }, expect.stringMatching(reason)]);
+    }
+    const e = await tdxErrorOf(() => verifyDcap(major0(), opts(major0Collateral(null))));
+    expect([e.details, e.message]).toEqual([{ check: "tdx-module" }, expect.stringMatching(/no identity for the quote's TDX module \(tdxModule\)/)]);
+  });
+
+  it("attributes outside the mask do not matter; inside it they do", async () => {
+    const masked = { ...TDX_MODULE, attributesMask: "FFFFFFFFFFFFFFFE" };
+    await expect(verifyDcap(major0({ seamAttributes: Buffer.from("0000000000000001", "hex") }), opts(major0Collateral(masked)))).resolves.toMatchObject({ status: "UpToDate" });
+    expect((await tdxErrorOf(() => verifyDcap(major0({ seamAttributes: Buffer.from("0000000000000002", "hex") }), opts(major0Collateral(masked))))).details).toEqual({ check: "tdx-module" });
+  });
+
+  it("the module SVN picks the first TCB level it reaches: SVN 4 is UpToDate, SVN 2 and 3 OutOfDate (accepted only when asked)", async () => {
+    const q = (s: number) => buildTdQuote(tdBody({ teeTcbSvn: svn(`0${s}0107`) }));
+    const c = (s: number) => buildCollateral({ tdxSvn: [s, 1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] });
+    await expect(verifyDcap(q(5), opts(c(5)))).resolves.toMatchObject({ status: "UpToDate" });
+    const e = await tdxErrorOf(() => verifyDcap(q(2), opts(c(2))));
+    expect([e.details, e.message]).toEqual([{ check: "tcb-status" }, "tcb-status: the TDX module's TCB status is OutOfDate (TDX_01, SVN 2); accepted: UpToDate"]);
+    await expect(verifyDcap(q(3), opts(c(3), { acceptedTcbStatuses: ["UpToDate", "OutOfDate"] }))).resolves.toMatchObject({ status: "UpToDate" });
+  });
+
+  it("refuses a TCB info whose TDX module identities are malformed", async () => {
+    const e = await tdxErrorOf(() => verifyDcap(buildTdQuote(tdBody()), opts(buildCollateral({ tdxModuleIdentities: [{ id: "TDX_01", mrsigner: "zz", attributes: "00", attributesMask: "00", tcbLevels: [] }] }))));
+    expect([e.details, e.message]).toEqual([{ check: "tdx-module" }, expect.stringMatching(/^tdx-module: the TCB info's TDX module identity is malformed/)]);
+  });
+});
+
+describe("DCAP collateral from a file", () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await tempDir("tdxvm-dcap-collateral-");
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+  const load = (file: string) => tdxErrorOf(() => verifyDcap(buildTdQuote(tdBody()), { collateralFile: file, rootCaDer: TEST_ROOT_DER, now: TEST_NOW }));
+
+  it("reads a good file", async () => {
+    const file = path.join(dir, "good.json");
+    await writeFile(file, JSON.stringify(buildCollateral()));
+    await expect(verifyDcap(buildTdQuote(tdBody()), { collateralFile: file, rootCaDer: TEST_ROOT_DER, now: TEST_NOW })).resolves.toEqual({ status: "UpToDate", advisoryIds: [], collateralSource: file });
+  });
+
+  it("refuses a missing file, a directory, a file over 4 MiB, a file that is not JSON, JSON that is not collateral", async () => {
+    const big = path.join(dir, "big.json");
+    await writeFile(big, "");
+    await truncate(big, 4 * 1024 * 1024 + 1);
+    const notJson = path.join(dir, "not.json");
+    await writeFile(notJson, "{ not json");
+    const other = path.join(dir, "other.json");
+    await writeFile(other, JSON.stringify({ tcb_info: "{}" }));
+    const cases: Array<[string, RegExp]> = [
+      [path.join(dir, "missing.json"), /^dcap-collateral: collateral file .*missing\.json does not exist$/],
+      [dir, /^dcap-collateral: collateral file .* does not exist$/],
+      [big, /^dcap-collateral: collateral file .*big\.json is 4194305 bytes \(more than 4 MiB\)$/],
+      [notJson, /^dcap-collateral: collateral file .*not\.json is not JSON \(/],
+      [other, /^dcap-collateral: collateral from .*other\.json is malformed: /],
+    ];
+    for (const [file, reason] of cases) {
+      const e = await load(file);
+      expect([file, e.details, e.message]).toEqual([file, { check: "dcap-collateral" }, expect.stringMatching(reason)]);
+    }
+  });
+
+  it("refuses given collateral that is not collateral before the library sees it", async () => {
+    const e = await tdxErrorOf(() => verifyDcap(buildTdQuote(tdBody()), { collateral: { ...buildCollateral(), tcb_info_signature: "not hex" }, rootCaDer: TEST_ROOT_DER, now: TEST_NOW }));
+    expect([e.details, e.message]).toEqual([{ check: "dcap-collateral" }, expect.stringMatching(/^dcap-collateral: collateral from the caller is malformed: .*tcb_info_signature/)]);
+  });
+});
+
 describe("tdx issuer", () => {
   const nonce = Buffer.alloc(32, 3);
   const spki = Buffer.alloc(32, 4);
@@ -222,6 +307,53 @@ describe("tdx issuer", () => {
     expect(v0.checks.find((c) => c.check === "quote-signature")!.detail).toMatch(/ISV enclave report signature is invalid/);
     const v = await verifyEvidence(input({ expected: { ...expected(), backend: "azure" } }), vopts);
     expect(failed(v)).toEqual(["expected-measurement"]);
+  });
+
+  it("refuses evidence without a TD quote, and a quote that does not parse", async () => {
+    const none = input();
+    delete none.evidence.tdx;
+    const v = await verifyEvidence(none, vopts);
+    expect(failed(v)).toEqual(["evidence"]);
+    expect(v.checks.find((c) => !c.ok)!.detail).toBe("tdx evidence needs a TD quote");
+    expect(v.registers).toEqual([]);
+    const bad = await verifyEvidence(input({}, Buffer.from("not a TD quote")), vopts);
+    expect(failed(bad)).toEqual(["quote-format"]);
+    expect(bad.checks.find((c) => !c.ok)!.detail).toBe("TDX quote: header at offset 0 (+48 bytes) lies outside the 14-byte input");
+    expect(bad.registers).toEqual([]);
+  });
+
+  it("refuses a CCEL that does not parse", async () => {
+    const v = await verifyEvidence(input({}, quote, Buffer.from("not a CCEL")), vopts);
+    expect(failed(v)).toEqual(["event-log"]);
+    expect(v.checks.find((c) => c.check === "event-log")!.detail).toMatch(/^replaying the CCEL failed: /);
+    expect(v.registers).toEqual([]);
+    expect(v.ok).toBe(false);
+  });
+
+  it("refuses by form only a REPORTDATA whose whole second half is zero", async () => {
+    // One non-zero byte right after the first half: not the tdxs form, so the binding decides (and it does not match).
+    const almost = Buffer.concat([attestBinding("sha512", nonce, spki).subarray(0, 32), Buffer.from([1]), Buffer.alloc(31)]);
+    const v = await verifyEvidence(input({}, buildTdQuote(tdBody({ ...body, reportData: almost }))), vopts);
+    expect(failed(v)).toEqual(["channel-binding"]);
+    expect(v.checks.find((c) => c.check === "channel-binding")!.detail).toMatch(/^REPORTDATA is not H\(label ‖ nonce ‖ SHA-256 of this TLS connection's key\)/);
+  });
+
+  it("refuses a quote whose MRTD is not the prediction's, judged on the quote alone", async () => {
+    const exp = expected();
+    exp.registers.MRTD!.value = "44".repeat(48);
+    const v = await verifyEvidence(input({ expected: exp }), vopts);
+    expect(failed(v)).toEqual([]);
+    expect(v.registers.find((r) => r.register === "MRTD")).toMatchObject({ ok: false, reported: body.mrTd.toString("hex"), expected: "44".repeat(48) });
+    expect(v.ok).toBe(false);
+  });
+
+  it("refuses a DCAP failure as the check DCAP names, with its reason (TCB status, another root)", async () => {
+    const v = await verifyEvidence(input(), { ...vopts, dcap: { collateral: buildCollateral({ status: "OutOfDate" }), rootCaDer: TEST_ROOT_DER } });
+    expect(v.checks.filter((c) => !c.ok)).toEqual([{ check: "tcb-status", ok: false, detail: "the platform's TCB status is OutOfDate (INTEL-SA-TEST); accepted: UpToDate" }]);
+    expect(v.checks.map((c) => c.check)).not.toContain("dcap");
+    const root = await verifyEvidence(input(), { ...vopts, dcap: { collateral: buildCollateral() } });
+    expect(failed(root)).toEqual(["pck-chain"]);
+    expect(root.ok).toBe(false);
   });
 });
 
