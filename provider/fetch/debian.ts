@@ -49,11 +49,11 @@ export function indexUrls(debian: { release: string; mirror: string; securityMir
  * `Packages.xz` (Debian's updates and security suites publish only that) through the host's
  * `xz -dc`. Bounded: 256 MiB compressed, 1 GiB of text, 60 s each. E_FETCH when it cannot.
  */
-export async function fetchIndex(url: string, timeoutMs = 60_000): Promise<DebEntry[]> {
-  const gz = await download(url, timeoutMs).catch((e: TdxError) => e);
+export async function fetchIndex(url: string, timeoutMs = 60_000, maxBytes = MAX_INDEX): Promise<DebEntry[]> {
+  const gz = await download(url, timeoutMs, maxBytes).catch((e: TdxError) => e);
   if (!(gz instanceof TdxError)) return parsePackagesIndex(inflate(gz, url, (b) => gunzipSync(b, { maxOutputLength: MAX_TEXT })));
   const xzUrl = url.replace(/\.gz$/, ".xz");
-  const xz = await download(xzUrl, timeoutMs).catch((e: TdxError) => e);
+  const xz = await download(xzUrl, timeoutMs, maxBytes).catch((e: TdxError) => e);
   if (xz instanceof TdxError) throw gz.message.includes("answered 404") ? xz : gz;
   return parsePackagesIndex(inflate(xz, xzUrl, (b) => {
     const r = spawnSync("xz", ["-dc"], { input: b, maxBuffer: MAX_TEXT, timeout: timeoutMs });
@@ -64,7 +64,7 @@ export async function fetchIndex(url: string, timeoutMs = 60_000): Promise<DebEn
 
 const MAX_TEXT = 1024 * 1024 * 1024;
 
-async function download(url: string, timeoutMs: number): Promise<Buffer> {
+async function download(url: string, timeoutMs: number, maxBytes: number): Promise<Buffer> {
   let res: Response;
   try {
     res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
@@ -72,10 +72,33 @@ async function download(url: string, timeoutMs: number): Promise<Buffer> {
     throw new TdxError("E_FETCH", `cannot fetch the package index ${url}: ${(e as Error).message}`, { hint: "Check the network and the mirror URL in tdx.lock (debian.mirror)." });
   }
   if (!res.ok) throw new TdxError("E_FETCH", `the package index ${url} answered ${res.status}`, { hint: "Check the mirror URL and release in tdx.lock." });
-  const len = Number(res.headers.get("content-length") ?? 0);
-  if (len > 256 * 1024 * 1024) throw new TdxError("E_FETCH", `the package index ${url} is ${len} bytes (limit 256 MiB)`);
-  return Buffer.from(await res.arrayBuffer());
+  const tooBig = () => new TdxError("E_FETCH", `the package index ${url} is larger than ${maxBytes} bytes`, { hint: "Check the mirror URL in tdx.lock: a Packages index is tens of MiB." });
+  if (Number(res.headers.get("content-length") ?? 0) > maxBytes) throw tooBig();
+  // Counted as it streams: a chunked answer (no Content-Length) cannot make this buffer without bound.
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const reader = res.body?.getReader();
+  if (!reader) return Buffer.alloc(0);
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > maxBytes) {
+        await reader.cancel().catch(() => undefined);
+        throw tooBig();
+      }
+      chunks.push(Buffer.from(value));
+    }
+  } catch (e) {
+    if (e instanceof TdxError) throw e;
+    throw new TdxError("E_FETCH", `reading the package index ${url} failed: ${(e as Error).message}`, { hint: "Check the network and the mirror URL in tdx.lock (debian.mirror)." });
+  }
+  return Buffer.concat(chunks, size);
 }
+
+/** The largest compressed index read (trixie's main/binary-amd64 Packages.gz is about 10 MiB). */
+export const MAX_INDEX = 256 * 1024 * 1024;
 
 function inflate(body: Buffer, url: string, f: (b: Buffer) => Buffer): string {
   try {

@@ -12,7 +12,7 @@ import { gzipSync } from "node:zlib";
 import { execFileSync } from "node:child_process";
 import { Image } from "../../provider";
 import { pinPackages, readLock, chooseSnapshot } from "../../provider/lock";
-import { parsePackagesIndex, unobtainablePins, indexUrls, pinsUnavailable } from "../../provider/fetch/debian";
+import { parsePackagesIndex, unobtainablePins, indexUrls, pinsUnavailable, fetchIndex } from "../../provider/fetch/debian";
 import { exportArchive, importArchive, gatherDebs, serveFlatRepository, flatRepositorySource, allPins } from "../../provider/fetch/archive";
 import { diffMeasurements, pinDiff, Measurements } from "../../provider/measure/ledger";
 import { resolveFrozen, main as run } from "../../provider/cli";
@@ -64,6 +64,25 @@ describe("Debian package indices", () => {
       expect(await unobtainablePins({ debian: { ...debian, securityMirror: "http://127.0.0.1:9" } }, ["hello=2.10-3"])).toBeUndefined();
     } finally {
       await m.close();
+    }
+  });
+
+  it("an index is read with a bound, also when it streams without a Content-Length (chunked)", async () => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200); // no content-length: chunked
+      for (let i = 0; i < 8; i++) res.write(Buffer.alloc(1024, 0x41));
+      res.end();
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/dists/trixie/main/binary-amd64/Packages.gz`;
+      const e = await tdxErrorOf(() => fetchIndex(url, 10_000, 4096));
+      expect([e.code, e.message]).toEqual(["E_FETCH", expect.stringMatching(/Packages\.gz is larger than 4096 bytes/)]);
+      // Within the bound the same answer is read (and then found not to be gzip).
+      expect((await tdxErrorOf(() => fetchIndex(url, 10_000, 64 * 1024))).message).toMatch(/cannot decompress/);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
   });
 
