@@ -55,7 +55,7 @@ export class OwnerKey extends pulumi.dynamic.Resource {
   }
 }
 
-const COMPUTED = { stateVersion: undefined, recipeDigest: undefined, bakeKey: undefined, lockDigest: undefined, artifacts: undefined, reportPath: undefined, systemdStub: undefined, rootfs: undefined, rootHash: undefined };
+const COMPUTED = { stateVersion: undefined, recipeDigest: undefined, bakeKey: undefined, lockDigest: undefined, artifacts: undefined, reportPath: undefined, systemdStub: undefined, rootfs: undefined, rootHash: undefined, packages: undefined };
 
 /** The dynamic resource that bakes (type pulumi-nodejs:dynamic/tdxvm:ImageBake). */
 export class ImageBake extends pulumi.dynamic.Resource {
@@ -68,6 +68,8 @@ export class ImageBake extends pulumi.dynamic.Resource {
   declare readonly rootfs: pulumi.Output<"verity" | "initrd" | "none">;
   declare readonly rootHash: pulumi.Output<string | null>;
   declare readonly profile: pulumi.Output<string>;
+  /** The Debian packages (name=version) the image and its initrd were baked from; undefined before tdxvm recorded them. */
+  declare readonly packages: pulumi.Output<{ image: string[]; initrd: string[] } | undefined>;
 
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
     super(providerShim("image"), name, { ...props, ...COMPUTED }, opts, "tdxvm", "ImageBake");

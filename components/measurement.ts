@@ -66,8 +66,8 @@ export class TdxMeasurement extends pulumi.ComponentResource {
 
   constructor(name: string, args: TdxMeasurementArgs, opts?: pulumi.ComponentResourceOptions) {
     super("tdxvm:index:TdxMeasurement", name, {}, opts);
-    const image = pulumi.all([args.image.bakeKey, args.image.artifacts, args.image.systemdStub, args.image.profile, args.image.rootfs])
-      .apply(([bakeKey, artifacts, systemdStub, profile, rootfs]) => ({ bakeKey, artifacts, systemdStub, profile, rootfs }));
+    const image = pulumi.all([args.image.bakeKey, args.image.artifacts, args.image.systemdStub, args.image.profile, args.image.rootfs, args.image.bake.packages])
+      .apply(([bakeKey, artifacts, systemdStub, profile, rootfs, packages]) => ({ bakeKey, artifacts, systemdStub, profile, rootfs, ...(packages ? { packages } : {}) }));
     this.resource = new Measurement(name, {
       image, backend: args.backend, firmware: args.firmware, pageOrder: args.pageOrder, capturedCcel: args.capturedCcel, vm: args.vm, cacheDir: args.cacheDir,
     }, { parent: this });

@@ -39,6 +39,9 @@ export type ImageArgsT = z.infer<typeof ImageArgs>;
 export interface ArtifactOut { path: string; sha256: string; size: number }
 const ArtifactOutSchema = z.object({ path: z.string().min(1), sha256: z.string(), size: z.number().int().nonnegative() }).loose();
 
+/** The Debian packages (name=version, sorted) the image and its default initrd were baked from: TdxMeasurement names them in diffs. */
+export const PackagePins = z.object({ image: z.array(z.string().max(512)).max(20_000), initrd: z.array(z.string().max(512)).max(20_000) });
+
 /** The computed fields as state holds them (olds, props, checked inputs): typed wherever present. */
 export const ImageState = z.object({
   stateVersion: z.number().optional(),
@@ -50,6 +53,7 @@ export const ImageState = z.object({
   systemdStub: z.string().nullable().optional(),
   rootfs: z.string().optional(),
   rootHash: z.string().nullable().optional(),
+  packages: PackagePins.optional(),
   missing: z.array(z.string()).optional(),
 }).loose();
 
@@ -65,6 +69,8 @@ export interface ImageComputed {
   /** How the root file system is measured, and the verity root hash on the UKI's command line. */
   rootfs?: string;
   rootHash?: string | null;
+  /** The packages behind the image (pins), when the bake recorded them. */
+  packages?: { image: string[]; initrd: string[] };
   /** Artifacts that were gone when the resource was last read (refresh). */
   missing?: string[];
 }
@@ -90,8 +96,11 @@ export function computedFromBake(r: BakeResult, cacheDir: string): ImageComputed
     stateVersion: IMAGE_STATE_VERSION, recipeDigest: r.recipeDigest, bakeKey: r.key, lockDigest: r.lockIntegrity, artifacts,
     reportPath: storePath(path.join(cacheDir, "artifacts", r.key, "result.json")), systemdStub: r.systemdStub,
     rootfs: r.rootfs, rootHash: r.rootHash,
+    ...(r.packages?.length ? { packages: { image: pinsOf(r.packages), initrd: pinsOf(r.initrdPackages ?? []) } } : {}),
   };
 }
+
+const pinsOf = (l: BakeResult["packages"]) => l.map((p) => `${p.name}=${p.version}`).sort();
 
 /** Artifacts whose file is gone or has another size than recorded. */
 export function missingArtifacts(artifacts: Record<string, ArtifactOut> | undefined): string[] {
@@ -110,7 +119,7 @@ async function runBake(a: ImageArgsT, name: string): Promise<ImageComputed> {
   return computedFromBake(r, cacheDirOf(a));
 }
 
-const COMPUTED_KEYS = ["stateVersion", "recipeDigest", "bakeKey", "lockDigest", "artifacts", "reportPath", "systemdStub", "rootfs", "rootHash", "missing"];
+const COMPUTED_KEYS = ["stateVersion", "recipeDigest", "bakeKey", "lockDigest", "artifacts", "reportPath", "systemdStub", "rootfs", "rootHash", "packages", "missing"];
 
 function userInputs(news: Record<string, unknown>): Record<string, unknown> {
   return omit(news, COMPUTED_KEYS);

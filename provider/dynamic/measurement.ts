@@ -12,6 +12,7 @@ import { z } from "zod";
 import { TdxError } from "../errors";
 import { digestOf } from "../recipe/digest";
 import { measureBake, firmwarePath, readMeasureInput } from "../measure/api";
+import { PackagePins } from "./image";
 import { defaultCacheDir } from "../pipeline";
 import { diffMeasurements, diffToMarkdown, Measurements, RegisterValue } from "../measure/ledger";
 import { isUnknown, declared, failureOf, guarded, guardedSync, log, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs, parseState } from "./common";
@@ -31,6 +32,7 @@ export const MeasurementArgs = z.object({
     systemdStub: z.string().nullable().optional(),
     profile: z.string().optional(),
     rootfs: z.enum(ROOTFS_MODES).optional(),
+    packages: PackagePins.optional(),
   }).loose(),
   backend: z.enum(["rtmr", "azure", "gcp"]),
   firmware: z.union([z.string().min(1), z.object({ src: z.string().min(1), integrity: z.string().min(1) })]).optional(),
@@ -56,8 +58,10 @@ export interface MeasurementComputed {
   ledger: Record<string, LedgerRow[]>;
   /** What the values assume (stub version, firmware, page order, VM shape). */
   assumptions: Record<string, string | number | null>;
-  /** Markdown table of the registers that changed against the previous state. */
+  /** Markdown table of the registers that changed against the previous state (with the packages behind them). */
   diffMarkdown: string;
+  /** The packages the measured image was baked from (pins), for the next diff. */
+  packages?: { image: string[]; initrd: string[] };
 }
 
 /** The computed fields as state holds them (olds, checked inputs): typed wherever present. */
@@ -69,11 +73,12 @@ export const MeasurementState = z.object({
   ledger: z.record(z.string(), z.array(z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string(), pcr: z.number().optional(), log: z.enum(["firmware", "userspace"]).optional() }).loose())).optional(),
   assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).optional(),
   diffMarkdown: z.string().optional(),
+  packages: PackagePins.optional(),
   backend: z.string().optional(),
 }).loose();
 const state = (o: unknown) => parseState(MeasurementState, o, "TdxMeasurement") as Partial<MeasurementComputed> & Record<string, unknown>;
 
-const COMPUTED = ["stateVersion", "measurementKey", "registers", "status", "ledger", "assumptions", "diffMarkdown"];
+const COMPUTED = ["stateVersion", "measurementKey", "registers", "status", "ledger", "assumptions", "diffMarkdown", "packages"];
 const userInputs = (n: Record<string, unknown>) => omit(n, COMPUTED);
 
 function need(a: MeasurementArgsT, key: string): ArtifactOut {
@@ -127,6 +132,7 @@ export function toComputed(m: Measurements, key: string, previous?: Measurements
   return {
     stateVersion: MEASUREMENT_STATE_VERSION, measurementKey: key, registers, status, ledger, assumptions: { backend: m.backend, ...m.inputs },
     diffMarkdown: previous ? diffToMarkdown(diffMeasurements(previous, m), `Measurement changes (${m.backend})`) : diffToMarkdown([], `Measurement changes (${m.backend})`).replace("No register changes.", "First measurement: no previous state."),
+    ...(m.packages ? { packages: m.packages } : {}),
   };
 }
 
@@ -144,7 +150,7 @@ export function fromComputed(c: Partial<MeasurementComputed>, backend: string): 
   }
   const { backend: _b, ...inputs } = (c.assumptions ?? {}) as Record<string, string | number | null>;
   void _b;
-  return { measurementsVersion: 1, backend: backend as Measurements["backend"], registers, inputs };
+  return { measurementsVersion: 1, backend: backend as Measurements["backend"], registers, inputs, ...(c.packages ? { packages: c.packages } : {}) };
 }
 
 async function compute(a: MeasurementArgsT, previous: Partial<MeasurementComputed> & Record<string, unknown>): Promise<MeasurementComputed> {
@@ -160,6 +166,7 @@ async function compute(a: MeasurementArgsT, previous: Partial<MeasurementCompute
     { backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware, pageOrder: a.pageOrder, capturedCcel: a.capturedCcel ? loadPath(a.capturedCcel) : undefined, cacheDir: a.cacheDir ? loadPath(a.cacheDir) : undefined },
   );
   if (a.vm) Object.assign(m.inputs, { vmMemoryMiB: a.vm.memoryMiB ?? null, vmCpus: a.vm.cpus ?? null });
+  if (a.image.packages) m.packages = a.image.packages;
   log("TdxMeasurement", `${a.backend}: measured in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   const prev = previous.backend === a.backend ? fromComputed(previous, a.backend) : undefined;
   return toComputed(m, key, prev);

@@ -169,6 +169,27 @@ describe.each(via)("measurement provider (%s)", (_how, get) => {
     expect(bad.failures[0].reason).toMatch(/^E_MEASUREMENT: /);
   });
 
+  it("a changed image's diff names the packages behind the registers that moved (kept in state for the next diff)", async () => {
+    const p = await get("measurement");
+    const pins = (hello: string) => ({ image: ["base-files=13.8", "hello=1.0-1"], initrd: ["base-files=13.8", `hello=${hello}`] });
+    const first = (await p.check({}, { ...args, image: { ...(args.image as object), packages: pins("1.0-1") } })).inputs;
+    expect(first.packages).toEqual(pins("1.0-1"));
+    // Another initrd (its package updated): a new UKI.
+    const uki2 = path.join(dir, "uki2.efi");
+    const kernel = buildPe({ plus: true, sections: [{ name: ".text", data: Buffer.alloc(3000, 0x90) }] });
+    writeFileSync(uki2, buildPe({ plus: true, sections: [
+      { name: ".osrel", data: Buffer.from("ID=debian\n") },
+      { name: ".cmdline", data: Buffer.from("console=ttyS0 quiet") },
+      { name: ".linux", data: kernel },
+      { name: ".initrd", data: Buffer.alloc(5000, 8) },
+    ] }));
+    const img = args.image as { artifacts: Record<string, { path: string; sha256: string; size: number }> };
+    const next = { ...args, image: { ...img, bakeKey: "k2", packages: pins("1.0-2"), artifacts: { ...img.artifacts, "uki.efi": { path: uki2, sha256: sha256(readFileSync(uki2)), size: readFileSync(uki2).length } } } };
+    const second = (await p.check(first, next)).inputs;
+    expect(second.diffMarkdown).toMatch(/initrd[^|]*hello 1\.0-1 → 1\.0-2 \(in the initrd\)/);
+    expect(second.packages).toEqual(pins("1.0-2"));
+  });
+
   it("check passes unknown image outputs through (registers will be recomputed)", async () => {
     const p = await get("measurement");
     const r = await p.check({}, { image: UNKNOWN, backend: "azure" });
