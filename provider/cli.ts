@@ -407,27 +407,6 @@ async function runTar(args: string[]): Promise<void> {
 }
 
 function archiveCommand(program: Command, act: Act): void {
-  const ownerKey = program.command("owner-key").description("the image owner's key: the only key whose secrets deliveries the image's VMs accept");
-  ownerKey.command("new").description("write a new Ed25519 owner key: <prefix>.key (private, 0600; keep it secret) and <prefix>.pub (bake it: Init({owner}) or TdxImage's owner)")
-    .argument("<prefix>", "path prefix, e.g. owner → owner.key, owner.pub")
-    .action(act(async (_ctx, prefix: string) => {
-      const { newOwnerKey } = await import("./secrets/owner");
-      const k = newOwnerKey();
-      const [keyFile, pubFile] = [`${prefix}.key`, `${prefix}.pub`];
-      for (const f of [keyFile, pubFile]) {
-        if (existsSync(f)) throw new TdxError("E_VALIDATION", `${f} exists; an owner key is never overwritten`, { hint: "Choose another prefix, or remove the old key knowingly: images baked with it accept secrets only from it." });
-      }
-      // Exclusive creation, private from the first byte (no window with a wider mode).
-      const fh = await fs.open(keyFile, "wx", 0o600);
-      try {
-        await fh.writeFile(k.privateKeyPem);
-      } finally {
-        await fh.close();
-      }
-      await fs.writeFile(pubFile, `${k.publicKey}\n`, { flag: "wx", mode: 0o644 });
-      console.log(`${keyFile}: private owner key (0600; keep it secret, e.g. pulumi config set --secret ownerKey "$(cat ${keyFile})")`);
-      console.log(`${pubFile}: ${k.publicKey}`);
-    }));
   const archive = program.command("archive").description("a content-addressed archive of the .debs a lock pins (by SHA-256): bakes from it outlive the Debian mirror");
   archive.command("export").description("write the lock's pinned .debs (from this machine's caches, checked against the lock) to a directory or a .tar/.tar.gz")
     .argument("<recipe>", "recipe module (.ts/.js) whose tdx.lock names the packages").argument("<out>", "directory, or a file ending in .tar, .tar.gz or .tgz")
@@ -561,10 +540,99 @@ function cacheCommand(program: Command, act: Act): void {
     }));
 }
 
+// ── owner keys, local VMs ────────────────────────────────────────────────────────────────────
+
+function ownerKeyCommand(program: Command, act: Act): void {
+  const ownerKey = program.command("owner-key").description("the image owner's key: the only key whose secrets deliveries the image's VMs accept");
+  ownerKey.command("new").description("write a new Ed25519 owner key: <prefix>.key (private, 0600; keep it secret) and <prefix>.pub (bake it: Init({owner}) or TdxImage's owner)")
+    .argument("<prefix>", "path prefix, e.g. owner → owner.key, owner.pub")
+    .action(act(async (_ctx, prefix: string) => {
+      const { newOwnerKey } = await import("./secrets/owner");
+      const k = newOwnerKey();
+      const [keyFile, pubFile] = [`${prefix}.key`, `${prefix}.pub`];
+      for (const f of [keyFile, pubFile]) {
+        if (existsSync(f)) throw new TdxError("E_VALIDATION", `${f} exists; an owner key is never overwritten`, { hint: "Choose another prefix, or remove the old key knowingly: images baked with it accept secrets only from it." });
+      }
+      // Exclusive creation, private from the first byte (no window with a wider mode).
+      const fh = await fs.open(keyFile, "wx", 0o600);
+      try {
+        await fh.writeFile(k.privateKeyPem);
+      } finally {
+        await fh.close();
+      }
+      await fs.writeFile(pubFile, `${k.publicKey}\n`, { flag: "wx", mode: 0o644 });
+      console.log(`${keyFile}: private owner key (0600; keep it secret, e.g. pulumi config set --secret ownerKey "$(cat ${keyFile})")`);
+      console.log(`${pubFile}: ${k.publicKey}`);
+    }));
+}
+
+function vmCommand(program: Command, act: Act): void {
+  const vm = program.command("vm").description("local VMs that keep running after tdxvm exits (the single-VM loop without Pulumi): up, ls, down");
+  recipeOptions(vm.command("up").description("bake the recipe (cached) and start its disk as a local VM that keeps running; prints its id and forwarded ports (attest it with tdxvm attest, provision it with tdxvm provision)")
+    .argument("[recipe]", "recipe module (.ts/.js); or --disk"))
+    .option("--disk <file>", "start this raw disk instead of baking a recipe")
+    .option("--port <guest[:host]...>", "forward a guest TCP port to 127.0.0.1 (default: 8443, the agent)")
+    .option("--memory <MiB>", "memory (default 2048)", (v: string) => positiveInt("--memory", v))
+    .option("--cpus <n>", "vCPUs (default 2)", (v: string) => positiveInt("--cpus", v))
+    .option("--ready <what>", "wait for: agent (the agent's ready line; default), login, none")
+    .option("--json", "print the VM as JSON")
+    .action(act(async (ctx, recipe: string | undefined, o: { frozen?: boolean; profile?: string; archive?: string; disk?: string; port?: string[]; memory?: number; cpus?: number; ready?: string; json?: boolean }) => {
+      const { vmUp } = await import("./deploy/vms");
+      const { AGENT_READY } = await import("./modules/agent");
+      if (!recipe === !o.disk) throw new TdxError("E_VALIDATION", "vm up takes a recipe or --disk, one of the two", { hint: "tdxvm vm up examples/local-qemu/recipe.ts (or --disk image.raw)" });
+      const ready = o.ready ?? "agent";
+      if (!["agent", "login", "none"].includes(ready)) throw new TdxError("E_VALIDATION", `--ready ${JSON.stringify(ready.slice(0, 20))} is not agent, login or none`, { hint: "--ready agent waits for tdxvm's agent (images with Agent/Init/Tdxs); login for a login prompt; none only for QEMU." });
+      const ports = (o.port ?? ["8443"]).map((p) => {
+        const m = /^(\d{1,5})(?::(\d{1,5}))?$/.exec(p);
+        if (!m || Number(m[1]) < 1 || Number(m[1]) > 65535 || (m[2] !== undefined && (Number(m[2]) < 1 || Number(m[2]) > 65535))) throw new TdxError("E_VALIDATION", `--port ${JSON.stringify(p.slice(0, 20))} is not guest[:host]`, { hint: "e.g. --port 8443 or --port 8443:18443" });
+        return { guest: Number(m[1]), ...(m[2] ? { host: Number(m[2]) } : {}) };
+      });
+      let disk = o.disk;
+      if (recipe) {
+        const img = loadRecipe(recipe);
+        const r = await img.bake(bakeOpts(ctx, o, img));
+        const raw = r.artifacts.find((a) => a.target === "qemu" && a.kind === "raw") ?? r.artifacts.find((a) => a.target === "disk");
+        if (!raw) throw new TdxError("E_DEPLOYMENT", "the image has no raw disk to start", { hint: 'Add "qemu" to the recipe\'s outputTargets (it is the default).' });
+        disk = raw.path;
+      }
+      ctx.log(`starting a VM from ${path.basename(disk!)}${ready === "none" ? "" : ` and waiting for ${ready === "agent" ? "its agent" : "a login prompt"}`} …`);
+      const v = await vmUp({ disk: disk!, cacheDir: ctx.cacheDir, memoryMiB: o.memory, cpus: o.cpus, ports, readiness: ready === "none" ? null : { serial: ready === "agent" ? AGENT_READY : undefined, timeoutSeconds: 900 }, onProgress: ctx.log });
+      if (v.warning) ctx.log(`warning: ${v.warning}`);
+      if (o.json) console.log(JSON.stringify({ vmId: v.vmId, pid: v.pid, ports: v.ports, serialLog: v.serialLog, tdx: v.tdx, warning: v.warning }, null, 2));
+      else {
+        console.log(`${v.vmId} running (pid ${v.pid}; serial log ${v.serialLog})`);
+        for (const p of v.ports) console.log(`  guest port ${p.guest} → ${p.bind}:${p.host}`);
+        const agent = v.ports.find((p) => p.guest === 8443);
+        if (agent) console.log(`attest:    tdxvm attest ${agent.bind}:${agent.host} --expected measurements.azure.json\nprovision: tdxvm provision ${agent.bind}:${agent.host} --expected measurements.azure.json --owner-key owner.key --secrets secrets.json`);
+        console.log(`stop:      tdxvm vm down ${v.vmId}`);
+      }
+    }));
+  vm.command("ls").description("the VMs tdxvm started under the cache directory").option("--json", "as JSON")
+    .action(act(async (ctx, o: { json?: boolean }) => {
+      const { vmList } = await import("./deploy/vms");
+      const vms = await vmList(ctx.cacheDir);
+      if (o.json) return void console.log(JSON.stringify(vms.map((v) => ({ vmId: v.vmId, running: v.running, pid: v.pid, ports: v.ports, serialLog: v.serialLog, tdx: v.tdx })), null, 2));
+      if (!vms.length) return void console.log("no VMs");
+      for (const v of vms) console.log(`${v.vmId}  ${v.running ? "running" : "stopped"}  ${v.tdx ? "TD" : "dev VM"}  ${v.ports.map((p) => `${p.guest}→${p.bind}:${p.host}`).join(" ") || "no ports"}  ${v.serialLog}`);
+    }));
+  vm.command("down").description("stop a VM tdxvm started and remove its state").argument("<vm-id>", "as tdxvm vm ls lists it")
+    .action(act(async (ctx, id: string) => {
+      const { vmDown } = await import("./deploy/vms");
+      const r = await vmDown(ctx.cacheDir, id);
+      console.log(`${id} ${r.wasRunning ? (r.killed ? "killed (it ignored SIGTERM)" : "stopped") : "was not running"}; its state is removed`);
+    }));
+}
+
+const positiveInt = (flag: string, v: string): number => {
+  if (!/^\d{1,6}$/.test(v) || Number(v) < 1) throw new TdxError("E_VALIDATION", `${flag} takes a positive whole number, not ${JSON.stringify(v.slice(0, 20))}`);
+  return Number(v);
+};
+
 /** Every command by name; adding one is one function here. */
 export const COMMANDS: Record<string, (program: Command, act: Act) => void> = {
   lock: lockCommand, emit: emitCommand, bake: bakeCommand, run: runCommand, measure: measureCommand,
-  diff: diffCommand, verify: verifyCommand, attest: attestCommand, archive: archiveCommand, rebuild: rebuildCommand, cache: cacheCommand,
+  diff: diffCommand, verify: verifyCommand, attest: attestCommand, provision: attestCommand, archive: archiveCommand, rebuild: rebuildCommand, cache: cacheCommand,
+  "owner-key": ownerKeyCommand, vm: vmCommand,
 };
 
 /**
@@ -597,7 +665,8 @@ export async function main(argv: string[]): Promise<number> {
     code = (await fn({ cacheDir: g.cacheDir ? path.resolve(g.cacheDir) : (require("./register") as { defaultCacheDir(): string }).defaultCacheDir(), quiet, log: (m) => void (quiet || console.error(`tdxvm: ${m}`)) }, ...args)) ?? EXIT.OK;
   };
   const named = commandNamed(argv);
-  for (const [name, add] of Object.entries(COMMANDS)) if (!named || name === named) add(program, act);
+  // One function may register several commands (attest and provision): each function once.
+  for (const add of new Set(named ? [COMMANDS[named]!] : Object.values(COMMANDS))) add(program, act);
   try {
     await program.parseAsync(argv, { from: "user" });
     return code;

@@ -44,7 +44,7 @@ describe("usage", () => {
     // Only the command argv names is built; help without one lists them all.
     const all = await runTdxvm(["--help"]);
     for (const c of Object.keys(COMMANDS)) expect(all.stdout).toMatch(new RegExp(`^  ${c} `, "m"));
-    expect(Object.keys(COMMANDS).sort()).toEqual(["archive", "attest", "bake", "cache", "diff", "emit", "lock", "measure", "rebuild", "run", "verify"]);
+    expect(Object.keys(COMMANDS).sort()).toEqual(["archive", "attest", "bake", "cache", "diff", "emit", "lock", "measure", "owner-key", "provision", "rebuild", "run", "verify", "vm"]);
     const mh = await runTdxvm(["--cache-dir", dir, "-q", "measure", "--help"]);
     expect([mh.code, mh.stdout]).toEqual([0, expect.stringContaining("Usage: tdxvm measure [options] [recipe]")]);
     expect([commandNamed(["--cache-dir", "bake", "measure"]), commandNamed(["--cache-dir=/c", "-q", "cache", "ls"]), commandNamed(["--help"]), commandNamed(["mesure"]), commandNamed(["help", "bake"])])
@@ -267,6 +267,38 @@ describe("attest", () => {
     const noExpected = await runTdxvm(["attest", `127.0.0.1:${free}`]);
     expect(noExpected.code).toBe(2);
     expect(noExpected.stderr).toContain("required option '--expected <file>' not specified");
+  });
+});
+
+describe("vm up, ls, down", () => {
+  it("starts a VM that outlives tdxvm, lists it with its forwarded port, stops it; refuses ids it did not start", async () => {
+    const cache = path.join(dir, "vm-cache");
+    await fs.mkdir(cache, { recursive: true });
+    // Its own cache (VMs live under <cache>/vms), the machine's tools tree.
+    await fs.symlink(path.join(process.env.TDXVM_CACHE_DIR ?? path.join(require("node:os").homedir(), ".cache", "tdxvm"), "tools"), path.join(cache, "tools"));
+    const disk = path.join(dir, "empty.raw");
+    await fs.writeFile(disk, Buffer.alloc(1024 * 1024)); // no OS: only the VM's lifecycle matters here
+    const g = ["--cache-dir", cache];
+    const up = await runTdxvm([...g, "vm", "up", "--disk", disk, "--ready", "none", "--memory", "256", "--cpus", "1", "--json"]);
+    expect([up.code, up.stderr]).toEqual([0, expect.stringContaining("starting a VM from empty.raw")]);
+    const vm = JSON.parse(up.stdout) as { vmId: string; pid: number; ports: Array<{ guest: number; host: number; bind: string }> };
+    expect(vm.vmId).toMatch(/^vm-[0-9a-f]{12}$/);
+    expect(vm.ports).toEqual([{ guest: 8443, bind: "127.0.0.1", host: expect.any(Number) }]);
+    try {
+      // tdxvm has exited; the VM runs on.
+      expect(readFileSync(`/proc/${vm.pid}/cmdline`, "utf8")).toMatch(/^qemu-system/);
+      const ls = await runTdxvm([...g, "vm", "ls", "--json"]);
+      expect(JSON.parse(ls.stdout)).toEqual([expect.objectContaining({ vmId: vm.vmId, running: true, pid: vm.pid })]);
+      expect((await runTdxvm([...g, "vm", "down", "vm-000000000000"])).stderr).toMatch(/E_DEPLOYMENT: tdxvm started no VM vm-000000000000/);
+      expect((await runTdxvm([...g, "vm", "down", "../x"])).code).toBe(2);
+    } finally {
+      const down = await runTdxvm([...g, "vm", "down", vm.vmId]);
+      expect([down.code, down.stdout.trim()]).toEqual([0, `${vm.vmId} stopped; its state is removed`]);
+    }
+    expect(existsSync(`/proc/${vm.pid}`)).toBe(false);
+    expect((await runTdxvm([...g, "vm", "ls"])).stdout.trim()).toBe("no VMs");
+    // A recipe and --disk together, or neither, are usage errors.
+    expect((await runTdxvm([...g, "vm", "up"])).stderr).toMatch(/E_VALIDATION: vm up takes a recipe or --disk/);
   });
 });
 
