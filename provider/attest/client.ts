@@ -218,6 +218,16 @@ export function assertAttested(v: Verdict, what = "the VM"): void {
   });
 }
 
+/** A field of the agent's JSON answer; undefined when the answer is not a JSON object. */
+function jsonField(body: Buffer, name: string): unknown {
+  try {
+    const v: unknown = JSON.parse(body.toString("utf8"));
+    return v && typeof v === "object" ? (v as Record<string, unknown>)[name] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Provision an attested VM: ask its agent for a fresh challenge and POST `payload` sealed to the
  * attested TLS key and signed by the image's owner (provider/secrets/owner.ts) — both over
@@ -231,12 +241,12 @@ export async function deliverSecrets(channel: Channel, payload: Record<string, u
   for (let attempt = 0; attempt < 2; attempt++) {
     const c = await pinnedRequest(channel, { method: "GET", path: "/v1/challenge", timeoutMs: opts.timeoutMs ?? 30_000, maxBytes: 4096 });
     if (c.status === 200) {
-      const challenge = (JSON.parse(c.body.toString("utf8")) as { challenge?: unknown }).challenge;
+      const challenge = jsonField(c.body, "challenge");
       if (typeof challenge !== "string") throw new TdxError("E_DEPLOYMENT", "the agent's challenge answer has no challenge");
       last = await pinnedRequest(channel, { method: "POST", path: "/v1/secrets", body: sealDelivery(payload, { certificatePem: channel.certificatePem, challenge }, key), timeoutMs: opts.timeoutMs ?? 30_000, maxBytes: 64 * 1024 });
     } else last = c;
     if (last.status === 200) {
-      const names = (JSON.parse(last.body.toString("utf8")) as { secrets?: unknown }).secrets;
+      const names = jsonField(last.body, "secrets");
       return { secrets: Array.isArray(names) ? names.filter((n): n is string => typeof n === "string") : [] };
     }
     if (!(last.status === 401 && /challenge/.test(last.body.toString("utf8")))) break;
