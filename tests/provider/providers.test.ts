@@ -118,20 +118,24 @@ const via: Array<[string, (kind: keyof typeof providers) => Promise<any>]> = [ /
   }],
 ];
 
+/** A small but complete UKI: a PE whose .linux section is itself a PE (the kernel), plus .osrel, .cmdline and an .initrd of `initrdByte`. */
+function writeUki(file: string, initrdByte: number): void {
+  const kernel = buildPe({ plus: true, sections: [{ name: ".text", data: Buffer.alloc(3000, 0x90) }] });
+  writeFileSync(file, buildPe({ plus: true, sections: [
+    { name: ".osrel", data: Buffer.from("ID=debian\n") },
+    { name: ".cmdline", data: Buffer.from("console=ttyS0 quiet") },
+    { name: ".linux", data: kernel },
+    { name: ".initrd", data: Buffer.alloc(5000, initrdByte) },
+  ] }));
+}
+
 describe.each(via)("measurement provider (%s)", (_how, get) => {
   let dir: string;
   let args: Record<string, unknown>;
   beforeAll(async () => {
     dir = await tempDir("tdxvm-prov-");
-    // A small but complete UKI: a PE whose .linux section is itself a PE (the kernel), plus .osrel, .cmdline, .initrd.
     const uki = path.join(dir, "uki.efi");
-    const kernel = buildPe({ plus: true, sections: [{ name: ".text", data: Buffer.alloc(3000, 0x90) }] });
-    writeFileSync(uki, buildPe({ plus: true, sections: [
-      { name: ".osrel", data: Buffer.from("ID=debian\n") },
-      { name: ".cmdline", data: Buffer.from("console=ttyS0 quiet") },
-      { name: ".linux", data: kernel },
-      { name: ".initrd", data: Buffer.alloc(5000, 7) },
-    ] }));
+    writeUki(uki, 7);
     const disk = path.join(dir, "disk.raw");
     gptDisk(disk);
     const art = (p: string) => ({ path: p, sha256: sha256(readFileSync(p)), size: readFileSync(p).length });
@@ -176,13 +180,7 @@ describe.each(via)("measurement provider (%s)", (_how, get) => {
     expect(first.packages).toEqual(pins("1.0-1"));
     // Another initrd (its package updated): a new UKI.
     const uki2 = path.join(dir, "uki2.efi");
-    const kernel = buildPe({ plus: true, sections: [{ name: ".text", data: Buffer.alloc(3000, 0x90) }] });
-    writeFileSync(uki2, buildPe({ plus: true, sections: [
-      { name: ".osrel", data: Buffer.from("ID=debian\n") },
-      { name: ".cmdline", data: Buffer.from("console=ttyS0 quiet") },
-      { name: ".linux", data: kernel },
-      { name: ".initrd", data: Buffer.alloc(5000, 8) },
-    ] }));
+    writeUki(uki2, 8);
     const img = args.image as { artifacts: Record<string, { path: string; sha256: string; size: number }> };
     const next = { ...args, image: { ...img, bakeKey: "k2", packages: pins("1.0-2"), artifacts: { ...img.artifacts, "uki.efi": { path: uki2, sha256: sha256(readFileSync(uki2)), size: readFileSync(uki2).length } } } };
     const second = (await p.check(first, next)).inputs;
