@@ -36,6 +36,12 @@ export interface GateSpec {
 export interface AttestArgs {
   port?: number;
   timeoutSeconds?: number;
+  /**
+   * Registers this deployment's verifier accepts unchecked, each with its reason (e.g.
+   * `{ RTMR0: "new host shape, canary CCEL pending" }`): the attestation's `waived` output, its
+   * log line and every failure message name them. Prefer pinning (TdxMeasurement's capturedCcel).
+   */
+  waive?: Record<string, string>;
   trust?: { pccsUrl?: string; collateral?: string; acceptedTcbStatuses?: string[]; minTeeTcbSvn?: string; allowSimulator?: boolean };
 }
 
@@ -46,8 +52,10 @@ export class VmAttestation extends pulumi.dynamic.Resource {
   declare readonly checks: pulumi.Output<string[]>;
   declare readonly spkiSha256: pulumi.Output<string>;
   declare readonly secretNames: pulumi.Output<string[]>;
+  /** "REG: reason" for every register the verdict accepted unchecked (from the measurement or `attest.waive`). */
+  declare readonly waived: pulumi.Output<string[]>;
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
-    const computed = { attested: undefined, issuer: undefined, checks: undefined, spkiSha256: undefined, attestedAt: undefined, attestSeconds: undefined, secretNames: undefined, secretsDigest: undefined };
+    const computed = { attested: undefined, issuer: undefined, checks: undefined, waived: undefined, spkiSha256: undefined, attestedAt: undefined, attestSeconds: undefined, secretNames: undefined, secretsDigest: undefined };
     // Secret values never come back in outputs; the digest that detects their change is kept encrypted.
     // The secrets input is secret in state even when a program passes a plain value.
     const secrets = props.secrets === undefined ? undefined : pulumi.secret(props.secrets);
@@ -206,6 +214,7 @@ export class TdxDeployment extends pulumi.ComponentResource {
           target: r.id, endpoint: d.endpoint(agentPort),
           expected: pulumi.all([m.backend, m.registers, m.status, m.ledger, m.assumptions]).apply(([backend, registers, status, ledger, assumptions]) => ({ backend, registers, status, ledger, assumptions })),
           trust: { cacheDir: args.qemu?.cacheDir, ...attestOpts.trust },
+          ...(attestOpts.waive ? { waive: attestOpts.waive } : {}),
           secrets: args.secrets === undefined ? undefined : pulumi.secret(args.secrets), secretDecls: args.image.secretDecls,
           ownerKey: args.secrets === undefined ? undefined : pulumi.secret(args.ownerKey ?? args.image.ownerKey),
           timeoutSeconds: attestOpts.timeoutSeconds ?? g?.timeoutSeconds ?? 900, intervalSeconds: g?.intervalSeconds ?? 5,

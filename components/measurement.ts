@@ -20,6 +20,13 @@ export interface TdxMeasurementArgs {
   pageOrder?: pulumi.Input<"single-pass" | "two-pass">;
   /** Path of a CCEL captured on the target host and VM shape: makes RTMR0 exact. */
   capturedCcel?: pulumi.Input<string>;
+  /**
+   * Platform-defined registers to accept unchecked, each with its reason, e.g.
+   * `{ RTMR0: "host shape not captured yet" }`: the status output, the diff markdown, every
+   * verifier's table and verdict show `WAIVED (<reason>)`. Without a waiver (or a captured value)
+   * a verifier refuses a register the platform signs and nobody pinned.
+   */
+  waive?: pulumi.Input<Record<string, string>>;
   /** VM shape the values assume (recorded with them). */
   vm?: pulumi.Input<{ memoryMiB?: number; cpus?: number }>;
   cacheDir?: pulumi.Input<string>;
@@ -48,6 +55,7 @@ export class TdxMeasurement extends pulumi.ComponentResource {
   readonly backend: pulumi.Output<string>;
   /** Register → hex value (null: platform-defined; `status` says why). */
   readonly registers: pulumi.Output<Record<string, string | null>>;
+  /** Register → how it is pinned: "exact" (predicted), "captured", "endorsed", "zero", "WAIVED (<reason>)", or "platform-defined: <why>" (not pinned: verifiers refuse it). */
   readonly status: pulumi.Output<Record<string, string>>;
   /** Register → the ordered events (type, description, origin of the bytes, digest). */
   readonly ledger: pulumi.Output<Record<string, LedgerRow[]>>;
@@ -69,7 +77,7 @@ export class TdxMeasurement extends pulumi.ComponentResource {
     const image = pulumi.all([args.image.bakeKey, args.image.artifacts, args.image.systemdStub, args.image.profile, args.image.rootfs, args.image.bake.packages])
       .apply(([bakeKey, artifacts, systemdStub, profile, rootfs, packages]) => ({ bakeKey, artifacts, systemdStub, profile, rootfs, ...(packages ? { packages } : {}) }));
     this.resource = new Measurement(name, {
-      image, backend: args.backend, firmware: args.firmware, pageOrder: args.pageOrder, capturedCcel: args.capturedCcel, vm: args.vm, cacheDir: args.cacheDir,
+      image, backend: args.backend, firmware: args.firmware, pageOrder: args.pageOrder, capturedCcel: args.capturedCcel, waive: args.waive, vm: args.vm, cacheDir: args.cacheDir,
     }, { parent: this });
     this.backend = pulumi.output(args.backend);
     this.registers = this.resource.registers;

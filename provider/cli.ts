@@ -16,7 +16,8 @@ import { TdxError } from "./errors";
 import type { Image } from "./recipe/image";
 import { writeFileAtomic } from "./lock/files";
 import type { BakeOptions } from "./bake";
-import type { Backend, Measurements, RegisterDiff } from "./measure/ledger";
+import type { Backend, Measurements, RegisterDiff, RegisterValue } from "./measure/ledger";
+import { pinOf } from "./measure/ledger";
 import type { Format } from "./measure/formats";
 
 export const EXIT = { OK: 0, UNEXPECTED: 1, USAGE: 2, MISMATCH: 3, PACKAGES: 4 } as const;
@@ -173,19 +174,25 @@ function runCommand(program: Command, act: Act): void {
 
 // ── measure, diff, verify ────────────────────────────────────────────────────────────────────
 
+/** How a register is pinned, as the tables print it: WAIVED and NOT PINNED stand out. */
+function pinLabel(r: RegisterValue): string {
+  const pin = pinOf(r);
+  return pin === "waived" ? `WAIVED (${r.waived})` : pin === "unpinned" ? "NOT PINNED" : pin;
+}
+
 function registersTable(m: Measurements): string {
-  return table([["register", "status", "value"], ...Object.entries(m.registers).map(([n, r]) => [n, r.status, r.value ?? `— ${r.why ?? ""}`])]);
+  return table([["register", "pinned", "value"], ...Object.entries(m.registers).map(([n, r]) => [n, pinLabel(r), r.value ?? `— ${r.why ?? ""}`])]);
 }
 
 function registersMarkdown(m: Measurements): string {
-  const rows = Object.entries(m.registers).map(([n, r]) => `| ${n} | ${r.status} | ${r.value === null ? "—" : `\`${r.value}\``} | ${r.value === null ? (r.why ?? "").replace(/\|/g, "\\|") : `${r.events.length} event(s)`} |`);
-  return [`### Measurements (${m.backend})`, "", "| register | status | value | events |", "|---|---|---|---|", ...rows].join("\n");
+  const rows = Object.entries(m.registers).map(([n, r]) => `| ${n} | ${pinLabel(r).replace(/\|/g, "\\|")} | ${r.value === null ? "—" : `\`${r.value}\``} | ${r.value === null ? (r.why ?? "").replace(/\|/g, "\\|") : `${r.events.length} event(s)`} |`);
+  return [`### Measurements (${m.backend})`, "", "| register | pinned | value | events |", "|---|---|---|---|", ...rows].join("\n");
 }
 
 interface MeasureOpts {
   backend: Backend; frozen?: boolean; profile?: string; archive?: string; firmware?: string; pageOrder?: "single-pass" | "two-pass"; capturedCcel?: string;
   json?: boolean; markdown?: boolean; format: Format; out?: string; check?: string; update?: boolean;
-  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none";
+  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none"; waive?: string[];
 }
 
 function measureCommand(program: Command, act: Act): void {
@@ -199,6 +206,7 @@ function measureCommand(program: Command, act: Act): void {
     .option("--firmware <file>", "TDVF firmware for MRTD (rtmr default: Debian trixie's OVMF.fd; gcp: Google's)")
     .addOption(new Option("--page-order <order>", "MRTD page order of the host stack").choices(["single-pass", "two-pass"]))
     .option("--captured-ccel <file>", "a CCEL captured on the target host and VM shape: makes RTMR0 exact")
+    .option("--waive <REG:reason>", "accept a platform-defined register unchecked, shown as WAIVED (<reason>) to every verifier; repeatable", collect)
     .addOption(new Option("--json", "print the measurements file (in --format) instead of a table").conflicts("markdown"))
     .option("--markdown", "print a markdown table")
     .addOption(new Option("--format <format>", "file format of --out and --json").choices(["tdxvm", "flashbots", "constellation"]).default("tdxvm"))
@@ -213,10 +221,12 @@ function measureCommand(program: Command, act: Act): void {
       if (!given && o.rootfs) throw new TdxError("E_VALIDATION", "--rootfs goes with --uki: a recipe's bake knows its root file system", { hint: "Drop --rootfs." });
       const measureOpts = { backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, cacheDir: ctx.cacheDir };
       const what = given ? `--uki ${o.uki} --disk ${o.disk}${o.rootfs ? ` --rootfs ${o.rootfs}` : ""}` : recipe!;
-      const m = given
+      const { diffMeasurements, diffToMarkdown, measurementsToJson, parseWaivers, waiveRegisters } = await import("./measure/ledger");
+      const waive = parseWaivers(o.waive ?? [], "--waive");
+      const measured = given
         ? await (await import("./measure/api")).measureArtifacts({ uki: o.uki!, disk: o.disk!, rootfs: o.rootfs }, measureOpts)
         : await (async () => { const img = loadRecipe(recipe!); return img.measure({ ...measureOpts, bake: bakeOpts(ctx, o, img) }); })();
-      const { diffMeasurements, diffToMarkdown, measurementsToJson } = await import("./measure/ledger");
+      const m = Object.keys(waive).length ? waiveRegisters(measured, waive) : measured;
       // The interop formats and the reader of committed files (zod) are loaded only when used.
       const formatted = async (f: Format) => (f === "tdxvm" ? measurementsToJson(m) : (await import("./measure/formats")).formatMeasurements(m, f));
       if (o.out) {
@@ -323,7 +333,10 @@ function verifyCommand(program: Command, act: Act): void {
     }));
 }
 
-interface AttestOpts { expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; minTeeTcbSvn?: string; allowSimulator?: boolean }
+interface AttestOpts { expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; minTeeTcbSvn?: string; allowSimulator?: boolean; waive?: string[] }
+
+/** A repeatable option's collector. */
+const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
 
 /** A commander parser for a positive number of seconds (at most a day). */
 const seconds = (flag: string) => (v: string): number => {
@@ -342,13 +355,17 @@ function attestCommand(program: Command, act: Act): void {
     .option("--tcb-status <list>", "accepted TCB statuses, comma-separated (default UpToDate)")
     .option("--min-tee-tcb-svn <hex>", "lowest TEE_TCB_SVN to accept, 32 hex digits, each component ≥ (TD quotes)")
     .option("--allow-simulator", "accept the agent's simulator issuer (labelled SIMULATOR in every row)")
+    .option("--waive <REG:reason>", "accept a register unchecked, shown as WAIVED (<reason>) in every output; repeatable", collect)
     .option("--timeout <seconds>", "one deadline for the whole attestation, every request included (default 120)", seconds("--timeout"))
     .option("--wait <seconds>", "keep asking an agent that cannot be asked yet (no connection, 503: still booting) this long (default 0: ask once)", seconds("--wait"));
   const attestNow = async (ctx: Ctx, endpoint: string, o: AttestOpts & { timeout?: number; wait?: number }) => {
     const { attestUntil } = await import("./attest/client");
     const { readExpected, formatVerdict } = await import("./attest/cli");
     const expected = await readExpected(o.expected);
+    const { parseWaivers } = await import("./measure/ledger");
+    const waive = parseWaivers(o.waive ?? [], "--waive");
     const v = await attestUntil(endpoint, expected, {
+      waive,
       timeoutMs: (o.timeout ?? 120) * 1000,
       waitMs: (o.wait ?? 0) * 1000,
       allowSimulator: o.allowSimulator === true,

@@ -18,6 +18,7 @@ import { TdxError } from "../errors";
 import { SecretDecl } from "../recipe/schema";
 import { SecretsDelivery, describePayloadReport } from "../secrets";
 import { fromComputed } from "./measurement";
+import { parseWaivers } from "../measure/ledger";
 import { declared, failureOf, guarded, guardedSync, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, isUnknown, loadPath, parseState } from "./common";
 
 export const AttestationArgs = z.object({
@@ -45,6 +46,8 @@ export const AttestationArgs = z.object({
     minTeeTcbSvn: z.string().regex(/^[0-9a-fA-F]{32}$/, "32 hex digits").optional(),
     allowSimulator: z.boolean().default(false),
   }).default({ allowSimulator: false }),
+  /** Registers the verifier accepts unchecked, each with its reason (VerifyOptions.waive). */
+  waive: z.record(z.string(), z.string()).optional(),
   secrets: z.record(z.string(), z.string()).optional(),
   /** The image owner's private key (PKCS#8 PEM; secret in state): deliveries are signed with it. */
   ownerKey: z.string().min(1).optional(),
@@ -59,6 +62,7 @@ export const AttestationState = z.object({
   attested: z.boolean().optional(),
   issuer: z.string().optional(),
   checks: z.array(z.string()).optional(),
+  waived: z.array(z.string()).optional(),
   spkiSha256: z.string().optional(),
   attestedAt: z.string().optional(),
   attestSeconds: z.number().optional(),
@@ -67,7 +71,7 @@ export const AttestationState = z.object({
 }).loose();
 const state = (o: unknown) => guardedSync(() => parseState(AttestationState, o, "VmAttestation"));
 
-const OUT = ["attested", "issuer", "checks", "spkiSha256", "attestedAt", "attestSeconds", "secretNames", "secretsDigest"];
+const OUT = ["attested", "issuer", "checks", "waived", "spkiSha256", "attestedAt", "attestSeconds", "secretNames", "secretsDigest"];
 const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
 export function secretsDigest(secrets: Record<string, string> | undefined): string | null {
@@ -96,6 +100,7 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
     cacheDir: t.cacheDir ? loadPath(t.cacheDir) : undefined,
     allowSimulator: t.allowSimulator,
     dcap: { pccsUrl: t.pccsUrl, collateralFile: t.collateral ? loadPath(t.collateral) : undefined, acceptedTcbStatuses: t.acceptedTcbStatuses, minTeeTcbSvn: t.minTeeTcbSvn },
+    waive: a.waive ? parseWaivers(a.waive, "attest.waive") : undefined,
   };
   const t0 = Date.now();
   // The agent may still be starting: ask again while it cannot be asked (no connection, 503) until
@@ -112,7 +117,8 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
       details: { checks: failed, registers },
     });
   }
-  log(name, `${a.endpoint}: attested (${verdict.issuer}; ${verdict.checks.length} checks, ${verdict.registers.length} registers) in ${((Date.now() - t0) / 1000).toFixed(1)} s, ${verdict.attempts} attempt(s)`);
+  const waived = verdict.registers.filter((r) => r.pin === "waived").map((r) => `${r.register}: ${r.waiver}`);
+  log(name, `${a.endpoint}: attested (${verdict.issuer}; ${verdict.checks.length} checks, ${verdict.registers.length} registers${waived.length ? `, WAIVED ${waived.join("; ")}` : ""}) in ${((Date.now() - t0) / 1000).toFixed(1)} s, ${verdict.attempts} attempt(s)`);
   const channel = verdict.channel!;
   const names = Object.keys(a.secrets ?? {}).sort();
   if (names.length) {
@@ -123,7 +129,7 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
     log(name, `${a.endpoint}: delivered ${names.length} secret(s) (${names.join(", ")}) over the attested TLS key`);
   }
   return {
-    attested: true, issuer: verdict.issuer, checks: verdict.checks.map((c) => `${c.ok ? "ok" : "FAIL"} ${c.check}`), spkiSha256: channel.spkiSha256,
+    attested: true, issuer: verdict.issuer, checks: verdict.checks.map((c) => `${c.ok ? "ok" : "FAIL"} ${c.check}`), waived, spkiSha256: channel.spkiSha256,
     attestedAt: new Date().toISOString(), attestSeconds: Math.round((Date.now() - t0) / 100) / 10, secretNames: names, secretsDigest: secretsDigest(a.secrets),
   };
 }
@@ -152,7 +158,7 @@ export const attestationProvider = {
     const n = declared(news);
     const old = state(olds);
     const same = (k: string) => JSON.stringify(old[k] ?? null) === JSON.stringify(n[k] ?? null);
-    const replaces = ["target", "endpoint", "expected", "trust"].filter((k) => isUnknown(n[k]) || !same(k));
+    const replaces = ["target", "endpoint", "expected", "trust", "waive"].filter((k) => isUnknown(n[k]) || !same(k));
     const secrets = n.secrets as Record<string, string> | undefined;
     if (isUnknown(secrets) || (old.secretsDigest ?? null) !== secretsDigest(secrets)) replaces.push("secrets");
     else if (!replaces.length && old.secretsDigest && typeof n.endpoint === "string" && (await agentLostSecrets(n.endpoint, old.spkiSha256))) {

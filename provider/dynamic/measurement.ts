@@ -14,14 +14,14 @@ import { digestOf } from "../recipe/digest";
 import { measureBake, firmwarePath, readMeasureInput } from "../measure/api";
 import { PackagePins } from "./image";
 import { defaultCacheDir } from "../pipeline";
-import { diffMeasurements, diffToMarkdown, Measurements, RegisterValue } from "../measure/ledger";
+import { diffMeasurements, diffToMarkdown, Measurements, parseWaivers, RegisterValue, waiveRegisters } from "../measure/ledger";
 import { isUnknown, declared, failureOf, guarded, guardedSync, log, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs, parseState } from "./common";
 import type { ArtifactOut } from "./image";
 import { ROOTFS_MODES } from "../recipe/schema";
 
 export const MEASUREMENT_STATE_VERSION = 1;
 /** Bump when a formula changes: every stack then recomputes (and shows the new values in preview). */
-export const MEASURE_ENGINE_VERSION = 3;
+export const MEASURE_ENGINE_VERSION = 4;
 
 const Artifact = z.object({ path: z.string(), sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number() });
 
@@ -39,6 +39,8 @@ export const MeasurementArgs = z.object({
   pageOrder: z.enum(["single-pass", "two-pass"]).optional(),
   /** A CCEL captured on the target host and VM shape (path): makes RTMR0 exact. */
   capturedCcel: z.string().min(1).optional(),
+  /** Platform-defined registers accepted unchecked, by name, each with its reason (shown as WAIVED everywhere). */
+  waive: z.record(z.string(), z.string()).optional(),
   /** The VM shape the values assume (recorded; RTMR0 depends on it). */
   vm: z.object({ memoryMiB: z.number().int().positive().optional(), cpus: z.number().int().positive().optional() }).optional(),
   cacheDir: z.string().optional(),
@@ -52,7 +54,10 @@ export interface MeasurementComputed {
   measurementKey: string;
   /** Register → hex value (null: platform-defined, see `status`). */
   registers: Record<string, string | null>;
-  /** Register → "exact" | "zero" | "platform-defined: why". */
+  /**
+   * Register → how it is pinned: "exact" (predicted), "captured", "endorsed", "zero",
+   * "WAIVED (<reason>)", or "platform-defined: <why>" (not pinned: a verifier refuses it).
+   */
   status: Record<string, string>;
   /** Register → the ordered events behind its value. */
   ledger: Record<string, LedgerRow[]>;
@@ -117,6 +122,7 @@ export async function measurementKey(a: MeasurementArgsT): Promise<string> {
     engine: MEASURE_ENGINE_VERSION, backend: a.backend, uki: need(a, "uki.efi").sha256, disk: need(a, "disk.raw").sha256,
     stub: a.image.systemdStub ?? null, rootfs: a.image.rootfs ?? null, firmware: fw, pageOrder: a.pageOrder ?? null,
     ccel: a.capturedCcel ? await fileSha256(loadPath(a.capturedCcel), "captured CCEL") : null, vm: a.vm ?? null,
+    waive: a.waive ? parseWaivers(a.waive, "TdxMeasurement waive") : null,
   });
 }
 
@@ -126,12 +132,12 @@ export function toComputed(m: Measurements, key: string, previous?: Measurements
   const ledger: Record<string, LedgerRow[]> = {};
   for (const [name, r] of Object.entries(m.registers)) {
     registers[name] = r.value;
-    status[name] = r.status === "platform-defined" ? `platform-defined: ${r.why ?? ""}` : r.status;
+    status[name] = r.status === "platform-defined" ? (r.waived !== undefined ? `WAIVED (${r.waived})` : `platform-defined: ${r.why ?? ""}`) : r.status === "exact" && r.basis && r.basis !== "predicted" ? r.basis : r.status;
     ledger[name] = r.events.map((e) => ({ type: e.type, description: e.description, origin: e.origin, digest: e.digest, ...(e.pcr !== undefined ? { pcr: e.pcr } : {}), ...(e.log ? { log: e.log } : {}) }));
   }
   return {
     stateVersion: MEASUREMENT_STATE_VERSION, measurementKey: key, registers, status, ledger, assumptions: { backend: m.backend, ...m.inputs },
-    diffMarkdown: previous ? diffToMarkdown(diffMeasurements(previous, m), `Measurement changes (${m.backend})`) : diffToMarkdown([], `Measurement changes (${m.backend})`).replace("No register changes.", "First measurement: no previous state."),
+    diffMarkdown: previous ? diffToMarkdown(diffMeasurements(previous, m), `Measurement changes (${m.backend})`, m) : diffToMarkdown([], `Measurement changes (${m.backend})`, m).replace("No register changes.", "First measurement: no previous state."),
     ...(m.packages ? { packages: m.packages } : {}),
   };
 }
@@ -142,9 +148,12 @@ export function fromComputed(c: Partial<MeasurementComputed>, backend: string): 
   const registers: Record<string, RegisterValue> = {};
   for (const [name, value] of Object.entries(c.registers)) {
     const st = c.status?.[name] ?? "exact";
+    const waived = /^WAIVED \((.*)\)$/s.exec(st)?.[1];
+    const basis = st === "captured" || st === "endorsed" ? st : undefined;
     registers[name] = {
       alg: name.startsWith("PCR") ? "sha256" : "sha384", value,
-      status: st.startsWith("platform-defined") ? "platform-defined" : (st as RegisterValue["status"]),
+      status: st.startsWith("platform-defined") || waived !== undefined ? "platform-defined" : basis ? "exact" : (st as RegisterValue["status"]),
+      ...(waived !== undefined ? { waived } : {}), ...(basis ? { basis } : {}),
       events: (c.ledger?.[name] ?? []).map((e) => ({ ...e })),
     };
   }
@@ -158,13 +167,14 @@ async function compute(a: MeasurementArgsT, previous: Partial<MeasurementCompute
   const t0 = Date.now();
   const uki = need(a, "uki.efi");
   const disk = need(a, "disk.raw");
-  const m = await measureBake(
+  let m = await measureBake(
     { profile: a.image.profile ?? "default", systemdStub: a.image.systemdStub ?? null, rootfs: a.image.rootfs, artifacts: [
       { target: "uki", kind: "efi", path: loadPath(uki.path), sha256: uki.sha256, size: uki.size },
       { target: "disk", kind: "raw", path: loadPath(disk.path), sha256: disk.sha256, size: disk.size },
     ] },
     { backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware, pageOrder: a.pageOrder, capturedCcel: a.capturedCcel ? loadPath(a.capturedCcel) : undefined, cacheDir: a.cacheDir ? loadPath(a.cacheDir) : undefined },
   );
+  if (a.waive) m = waiveRegisters(m, parseWaivers(a.waive, "TdxMeasurement waive"));
   if (a.vm) Object.assign(m.inputs, { vmMemoryMiB: a.vm.memoryMiB ?? null, vmCpus: a.vm.cpus ?? null });
   if (a.image.packages) m.packages = a.image.packages;
   log("TdxMeasurement", `${a.backend}: measured in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
@@ -196,7 +206,7 @@ export const measurementProvider = {
     const n = declared(news);
     const o = guardedSync(() => state(olds));
     if (isUnknown(userInputs(n)) || !n.measurementKey) return { changes: true, replaces: [], deleteBeforeReplace: false };
-    const changes = o.measurementKey !== n.measurementKey || JSON.stringify(o.registers) !== JSON.stringify(n.registers);
+    const changes = o.measurementKey !== n.measurementKey || JSON.stringify(o.registers) !== JSON.stringify(n.registers) || JSON.stringify(o.status) !== JSON.stringify(n.status);
     return { changes, replaces: [], deleteBeforeReplace: false };
   },
 

@@ -118,7 +118,21 @@ export async function measureBoot(image: BootImage | BootImageFile, opts: Measur
       10: "extended at run time by the Linux kernel's IMA (boot_aggregate and policy)",
       15: "extended at run time by systemd (machine ID, file systems): differs per VM instance",
     };
-    for (const [pcr, w] of Object.entries(why)) registers[`PCR${pcr}`] = platform("sha256", w);
+    // Nobody publishes reference values for these (Microsoft neither for its firmware nor for the
+    // vTPM's run-time registers), so they are waived out loud: every output shows WAIVED and why.
+    // A verifier that wants more replaces the waiver with a captured value or refuses.
+    const waived: Record<number, string> = {
+      0: "Azure's firmware: no published reference value (the vTPM and its AK are anchored by Azure's certificate chain and the TD quote, not by this value)",
+      1: "Azure's firmware configuration: no published reference value",
+      2: "Azure's virtual hardware option ROMs: no published reference value",
+      3: "Azure's virtual hardware option ROM configuration: no published reference value",
+      5: "GPT and ExitBootServices mixed with Azure-specific firmware events: no published reference value",
+      6: "platform manufacturer events: no published reference value",
+      7: "Secure Boot policy of the platform's firmware (tdxvm images boot with Secure Boot off): no published reference value",
+      10: "extended at run time by the kernel's IMA: not a boot measurement",
+      15: "extended at run time by systemd with the machine ID and file system identities: differs per VM instance",
+    };
+    for (const [pcr, w] of Object.entries(why)) registers[`PCR${pcr}`] = { ...platform("sha256", w), waived: waived[Number(pcr)]! };
     inputs.pcrBank = "sha256";
   } else {
     const { rtmr1, rtmr2 } = rtmrEvents(ev);
@@ -135,7 +149,7 @@ export async function measureBoot(image: BootImage | BootImageFile, opts: Measur
         : "no firmware given");
     }
     registers.RTMR0 = opts.capturedCcel
-      ? exact("sha384", rtmr0FromCcel(opts.capturedCcel))
+      ? { ...exact("sha384", rtmr0FromCcel(opts.capturedCcel)), basis: "captured" }
       : platform("sha384", "TD HOB, CFV, ACPI tables and boot variables of the VM shape (memory, CPUs, devices, QEMU version): pass a CCEL captured on the target host with the same shape as `capturedCcel`");
     registers.RTMR1 = exact("sha384", rtmr1);
     registers.RTMR2 = exact("sha384", rtmr2);

@@ -43,6 +43,8 @@ export const MeasurementsSchema = z.object({
     value: z.string().regex(/^([0-9a-f]{64}|[0-9a-f]{96})$/).nullable(),
     status: z.enum(["exact", "platform-defined", "zero"]),
     why: z.string().max(2000).optional(),
+    basis: z.enum(["predicted", "endorsed", "captured"]).optional(),
+    waived: z.string().min(1).max(2000).optional(),
     events: z.array(LedgerEventSchema).max(10_000),
   })),
   inputs: z.record(z.string(), z.union([z.string().max(4096), z.number(), z.null()])),

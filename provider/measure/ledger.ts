@@ -1,12 +1,15 @@
 /**
  * Measurements: register values plus the event ledger that explains each of them.
- * A register is `exact` (predicted from the artifacts, with how it was verified),
- * `platform-defined` (set by firmware or the cloud, not by the image: we report why instead of
- * guessing), or `zero` (expected never extended).
+ * A register is `exact` (a value a verifier compares with: predicted from the artifacts, endorsed
+ * by the platform's vendor, or captured from a trusted canary — `basis`), `zero` (expected never
+ * extended), or `platform-defined` (set by firmware or the cloud, not by the image: we report why
+ * instead of guessing). A platform-defined register the platform signs is not pinned: a verifier
+ * refuses it unless it is waived by name with a reason (`waived`), which every output shows.
  */
 import type { Encoder } from "cbor-x";
 import { HashAlg } from "./bytes";
 import { stableJson } from "../lock/files";
+import { TdxError } from "../errors";
 
 export type Backend = "rtmr" | "azure" | "gcp";
 
@@ -31,7 +34,21 @@ export interface RegisterValue {
   status: "exact" | "platform-defined" | "zero";
   /** For platform-defined registers: what sets them and where a user can obtain the value. */
   why?: string;
+  /** Exact registers: where the value comes from (default "predicted": computed from the artifacts). */
+  basis?: PinBasis;
+  /** Platform-defined registers: accepted unchecked for this reason (shown as WAIVED everywhere). */
+  waived?: string;
   events: LedgerEvent[];
+}
+
+/** How an exact value is known: computed here, signed by the platform's vendor, or read from a trusted canary boot. */
+export type PinBasis = "predicted" | "endorsed" | "captured";
+
+/** How a register is pinned, in words every output uses (CLI table, JSON verdict, Pulumi outputs, PR comment). */
+export function pinOf(r: Pick<RegisterValue, "status" | "basis" | "waived">): PinBasis | "zero" | "waived" | "unpinned" {
+  if (r.status === "zero") return "zero";
+  if (r.status === "exact") return r.basis ?? "predicted";
+  return r.waived !== undefined ? "waived" : "unpinned";
 }
 
 export interface Measurements {
@@ -85,7 +102,7 @@ export function diffMeasurements(a: Measurements, b: Measurements): RegisterDiff
   for (const name of names) {
     const ra = a.registers[name];
     const rb = b.registers[name];
-    if (ra?.value === rb?.value && ra?.status === rb?.status) continue;
+    if (ra?.value === rb?.value && ra?.status === rb?.status && ra?.waived === rb?.waived && (ra?.basis ?? "predicted") === (rb?.basis ?? "predicted")) continue;
     const changes: string[] = [];
     const ea = ra?.events ?? [];
     const eb = rb?.events ?? [];
@@ -98,6 +115,8 @@ export function diffMeasurements(a: Measurements, b: Measurements): RegisterDiff
       else if (y) changes.push(`${name}: ${y.description} added`);
       else if (x) changes.push(`${name}: ${x.description} removed`);
     }
+    if (ra?.waived !== rb?.waived) changes.push(rb?.waived !== undefined ? `${name}: now WAIVED (${rb.waived})` : `${name}: no longer waived${rb ? ` (${pinOf(rb)})` : ""}`);
+    else if ((ra?.basis ?? "predicted") !== (rb?.basis ?? "predicted") && ra?.status === "exact" && rb?.status === "exact") changes.push(`${name}: now ${pinOf(rb)} (was ${pinOf(ra)})`);
     if (!changes.length) changes.push(`${name}: ${rb?.status === "platform-defined" || ra?.status === "platform-defined" ? "platform-defined value changed" : "value changed"}`);
     else if (rootChange && ra?.status === "exact" && rb?.status === "exact") changes.unshift(`${name}: ${rootChange}`);
     out.push({ register: name, old: ra?.value ?? null, new: rb?.value ?? null, changes: pkgs ? changes.map((c) => withPackageCauses(c, pkgs)) : changes });
@@ -165,9 +184,64 @@ function registerOrder(a: string, b: string): number {
 
 const short = (v: string | null) => (v === null ? "—" : `\`${v.slice(0, 16)}…\``);
 
-/** Markdown for a pull request: one row per changed register and the events behind it. */
-export function diffToMarkdown(diffs: RegisterDiff[], title = "Measurement changes"): string {
-  if (!diffs.length) return `### ${title}\n\nNo register changes.\n`;
+/**
+ * Markdown for a pull request: one row per changed register and the events behind it; with the
+ * new measurement `m`, also every register left unpinned or waived (a reviewer must see those on
+ * every change, not only when they change).
+ */
+export function diffToMarkdown(diffs: RegisterDiff[], title = "Measurement changes", m?: Measurements): string {
+  const tail = m ? unpinnedMarkdown(m) : [];
+  if (!diffs.length) return [`### ${title}`, "", "No register changes.", ...tail, ""].join("\n");
   const rows = diffs.map((d) => `| ${d.register} | ${short(d.old)} | ${short(d.new)} | ${d.changes.map((c) => c.replace(/\|/g, "\\|")).join("<br>")} |`);
-  return [`### ${title}`, "", "| register | old | new | why |", "|---|---|---|---|", ...rows, ""].join("\n");
+  return [`### ${title}`, "", "| register | old | new | why |", "|---|---|---|---|", ...rows, ...tail, ""].join("\n");
+}
+
+function unpinnedMarkdown(m: Measurements): string[] {
+  const esc = (s: string) => s.replace(/\|/g, "\\|");
+  const rows = Object.entries(m.registers).sort(([a], [b]) => registerOrder(a, b)).flatMap(([n, r]) => {
+    const pin = pinOf(r);
+    if (pin === "waived") return [`| ${n} | WAIVED | ${esc(r.waived ?? "")} |`];
+    if (pin === "unpinned") return [`| ${n} | NOT PINNED: a verifier refuses it | ${esc(r.why ?? "")} |`];
+    return [];
+  });
+  return rows.length ? ["", "Registers without an expected value:", "", "| register | pinned | reason |", "|---|---|---|", ...rows] : [];
+}
+
+const REGISTER_NAME = /^(MRTD|RTMR[0-3]|PCR([0-9]|1[0-9]|2[0-3]))$/;
+
+/**
+ * Waivers as given by a user (`REG:reason` strings from a command line, or a {REG: reason} map):
+ * validated names, non-empty single-line reasons of at most 300 characters.
+ */
+export function parseWaivers(given: readonly string[] | Readonly<Record<string, string>> | undefined, where = "waive"): Record<string, string> {
+  const pairs: [string, string][] = Array.isArray(given)
+    ? (given as readonly string[]).map((g) => {
+      const i = g.indexOf(":");
+      return i < 0 ? [g, ""] : [g.slice(0, i).trim(), g.slice(i + 1).trim().replace(/^"(.*)"$/s, "$1")];
+    })
+    : Object.entries(given ?? {});
+  const out: Record<string, string> = {};
+  for (const [name, reason] of pairs) {
+    if (!REGISTER_NAME.test(name)) throw new TdxError("E_VALIDATION", `${where}: ${JSON.stringify(name.slice(0, 20))} is not a register name`, { hint: 'Name the register and the reason: RTMR0:"host shape not captured yet" (MRTD, RTMR0–3, PCR0–23).' });
+    if (!reason || reason.length > 300 || /[\u0000-\u001f\u007f]/.test(reason)) throw new TdxError("E_VALIDATION", `${where}: waiving ${name} needs a reason (one line, at most 300 characters)`, { hint: `Every output shows it: ${name}:"why this register need not be checked".` });
+    if (out[name] !== undefined) throw new TdxError("E_VALIDATION", `${where}: ${name} is waived twice`, { hint: "Give one reason per register." });
+    out[name] = reason;
+  }
+  return out;
+}
+
+/**
+ * The measurement with `waive`'s registers waived (TdxMeasurement's `waive`, `tdxvm measure --waive`).
+ * Only platform-defined registers can be waived here: an exact register has a value to compare,
+ * and a verifier that must accept another one waives it itself (attest --waive).
+ */
+export function waiveRegisters(m: Measurements, waive: Readonly<Record<string, string>>): Measurements {
+  const registers = { ...m.registers };
+  for (const [name, reason] of Object.entries(waive)) {
+    const r = registers[name];
+    if (!r) throw new TdxError("E_VALIDATION", `cannot waive ${name}: the ${m.backend} backend has no such register (it has ${Object.keys(m.registers).join(", ")})`, { hint: "Waive only registers the platform reports." });
+    if (r.status !== "platform-defined") throw new TdxError("E_VALIDATION", `cannot waive ${name}: it is ${pinOf(r)} (${r.value?.slice(0, 16)}…), a value a verifier compares with`, { hint: "A verifier that must accept another value waives it when attesting (tdxvm attest --waive, TdxDeployment attest.waive)." });
+    registers[name] = { ...r, waived: reason };
+  }
+  return { ...m, registers };
 }

@@ -140,9 +140,14 @@ describe("measure, diff", () => {
       3: { expected_any: [td.registers.RTMR2.value] }, 4: { expected_any: ["0".repeat(96)] },
     });
     const md = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--markdown"]);
-    expect(md.stdout).toContain("### Measurements (rtmr)\n\n| register | status | value | events |\n|---|---|---|---|\n");
-    expect(md.stdout).toMatch(/^\| RTMR0 \| platform-defined \| — \| TD HOB, CFV, ACPI tables/m);
-    expect(md.stdout).toContain(`| RTMR2 | exact | \`${td.registers.RTMR2.value}\` | ${td.registers.RTMR2.events.length} event(s) |`);
+    expect(md.stdout).toContain("### Measurements (rtmr)\n\n| register | pinned | value | events |\n|---|---|---|---|\n");
+    expect(md.stdout).toMatch(/^\| RTMR0 \| NOT PINNED \| — \| TD HOB, CFV, ACPI tables/m);
+    expect(md.stdout).toContain(`| RTMR2 | predicted | \`${td.registers.RTMR2.value}\` | ${td.registers.RTMR2.events.length} event(s) |`);
+    // A waiver named on the command line is in the file and in the table, with its reason.
+    const waived = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--markdown", "--waive", 'RTMR0:"lab host, canary pending"']);
+    expect(waived.stdout).toMatch(/^\| RTMR0 \| WAIVED \(lab host, canary pending\) \| — \|/m);
+    const badWaiver = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--waive", "RTMR1:predicted anyway"]);
+    expect([badWaiver.code, badWaiver.stderr]).toEqual([2, expect.stringMatching(/E_VALIDATION.*cannot waive RTMR1: it is predicted/)]);
     const co = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "azure", "--format", "constellation", "--out", file("constellation.json")]);
     expect(co.code).toBe(0);
     const vtpm = parseMeasurements(await fs.readFile(file("azure.json"), "utf8"), "azure.json");

@@ -18,8 +18,19 @@ export type { MeasuredVerdict };
 
 export interface Check { check: string; ok: boolean; detail: string }
 
+/**
+ * How a register was pinned in this verdict: equal to a value (predicted from the artifacts,
+ * endorsed by the platform's vendor, captured from a trusted canary, or zero), waived by name
+ * with a reason, unpinned (a signed value nobody vouches for: the verdict fails), or not in the
+ * signed evidence at all.
+ */
+export type Pin = "predicted" | "endorsed" | "captured" | "zero" | "waived" | "unpinned" | "unsigned";
+
 export interface RegisterVerdict extends MeasuredVerdict {
   status: "exact" | "zero" | "platform-defined";
+  pin: Pin;
+  /** Why the register is accepted unchecked (pin "waived"): from the expected measurement or the verifier's options. */
+  waiver?: string;
   /** How the register was judged when that is not obvious (replay only, simulator, not covered). */
   note?: string;
 }
@@ -40,6 +51,12 @@ export interface VerifyOptions {
   azureIntermediatesPem?: readonly string[];
   /** tdx and azure: DCAP verification of the TD quote. */
   dcap?: Omit<DcapOptions, "now">;
+  /**
+   * Registers accepted without a value, by name, each with the reason every output shows
+   * (`WAIVED (<reason>)`): e.g. `{ RTMR0: "host shape not captured yet" }`. Waiving a register
+   * the evidence does not carry fails the "waivers" check (a typo must not pass silently).
+   */
+  waive?: Readonly<Record<string, string>>;
 }
 
 export interface EvidenceInput {
@@ -87,32 +104,65 @@ export const sameBytes = (a: Buffer, b: Buffer) => a.length === b.length && timi
 
 export type Bank = Record<string, string>;
 
-/** Platform-defined registers: the logs must reproduce the signed value (if they log the register at all). */
+/**
+ * Platform-defined registers: a signed value with no expected value is refused unless the expected
+ * measurement waives it by name (then its log, where one records it, must still reproduce it: an
+ * honest log is the least a waived register owes). A log that replays to the signed value proves
+ * only that the log is honest, not that the value is good — so replay alone never pins.
+ */
 export function replayOnly(expected: Measurements, reported: (name: string) => string | null, logged: (name: string, alg: HashAlg) => string[] | undefined): RegisterVerdict[] {
   const out: RegisterVerdict[] = [];
   for (const [name, reg] of Object.entries(expected.registers)) {
     if (reg.status !== "platform-defined") continue;
     const value = reported(name);
-    const digests = logged(name, reg.alg);
     if (value === null) {
-      out.push({ register: name, status: reg.status, expected: null, reported: null, replayed: null, ok: true, problems: [], note: "platform-defined; not in the signed evidence" });
+      out.push({ register: name, status: reg.status, pin: "unsigned", expected: null, reported: null, replayed: null, ok: true, problems: [], note: "not in the signed evidence" });
       continue;
     }
-    if (!digests?.length) {
-      out.push({ register: name, status: reg.status, expected: null, reported: value, replayed: null, ok: true, problems: [], note: "platform-defined; no log records it, so it is not checked" });
+    const digests = logged(name, reg.alg);
+    let replayed: string | null = null;
+    const problems: string[] = [];
+    if (digests?.length) {
+      let r: Buffer = Buffer.alloc(DIGEST_SIZES[reg.alg]);
+      for (const d of digests) r = digest(reg.alg, r, Buffer.from(d, "hex"));
+      replayed = r.toString("hex");
+      if (replayed !== value) problems.push(`the log does not reproduce the signed value (replayed ${replayed}, signed ${value})`);
+    }
+    if (reg.waived !== undefined) {
+      out.push({ register: name, status: reg.status, pin: "waived", waiver: reg.waived, expected: null, reported: value, replayed, ok: !problems.length, problems, note: `WAIVED (${reg.waived})` });
       continue;
     }
-    let r: Buffer = Buffer.alloc(DIGEST_SIZES[reg.alg]);
-    for (const d of digests) r = digest(reg.alg, r, Buffer.from(d, "hex"));
-    const replayed = r.toString("hex");
-    const ok = replayed === value;
-    out.push({ register: name, status: reg.status, expected: null, reported: value, replayed, ok, problems: ok ? [] : [`the log does not reproduce the signed value (replayed ${replayed}, signed ${value})`], note: "platform-defined; checked by replay only" });
+    problems.unshift(`not pinned: the platform signed a value nobody vouches for (${reg.why ?? "platform-defined"}); pin it (an endorsement, a prediction for the host shape, or a CCEL captured from a trusted canary) or waive it by name with a reason (--waive ${name}:"reason")`);
+    out.push({ register: name, status: reg.status, pin: "unpinned", expected: null, reported: value, replayed, ok: false, problems });
   }
   return out;
 }
 
 export function withStatus(expected: Measurements, verdicts: MeasuredVerdict[]): RegisterVerdict[] {
-  return verdicts.map((v) => ({ ...v, status: expected.registers[v.register]!.status }));
+  return verdicts.map((v) => {
+    const reg = expected.registers[v.register]!;
+    return { ...v, status: reg.status, pin: reg.status === "zero" ? "zero" : reg.basis ?? "predicted" };
+  });
+}
+
+/**
+ * The verifier's own waivers (VerifyOptions.waive): each named register is accepted whatever its
+ * value, and says so; a waiver for a register the evidence does not carry fails the "waivers"
+ * check, so a misspelt or misplaced waiver cannot pass unnoticed.
+ */
+export function applyWaivers(registers: RegisterVerdict[], waive: Readonly<Record<string, string>> | undefined, checks: Checks): RegisterVerdict[] {
+  const names = Object.keys(waive ?? {});
+  if (!names.length) return registers;
+  const present = new Set(registers.filter((r) => r.pin !== "unsigned").map((r) => r.register));
+  const stray = names.filter((n) => !present.has(n));
+  if (stray.length) checks.fail("waivers", `waived ${stray.join(", ")}, which this evidence does not carry (it has ${[...present].join(", ") || "no register"})`);
+  else checks.pass("waivers", `WAIVED by the verifier: ${names.map((n) => `${n} (${waive![n]})`).join("; ")}`);
+  return registers.map((r) => {
+    const reason = waive![r.register];
+    if (reason === undefined || r.pin === "unsigned") return r;
+    const was = r.ok ? "" : `; unwaived it would fail: ${r.problems.join("; ")}`;
+    return { ...r, pin: "waived", waiver: reason, ok: true, problems: [], note: `WAIVED (${reason})${was}` };
+  });
 }
 
 /**

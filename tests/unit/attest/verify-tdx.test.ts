@@ -254,11 +254,42 @@ describe("tdx issuer", () => {
   const vopts = { dcap: { collateral: buildCollateral(), rootCaDer: TEST_ROOT_DER }, now: TEST_NOW };
   const failed = (v: { checks: Array<{ check: string; ok: boolean }> }) => v.checks.filter((c) => !c.ok).map((c) => c.check);
 
-  it("accepts: DCAP, REPORTDATA = binding, MRTD and RTMR1/2 event by event, RTMR0 reproduced by the CCEL, RTMR3 zero", async () => {
+  it("refuses an RTMR0 nobody pinned although its CCEL replays honestly: replay is not a pin", async () => {
     const v = await verifyEvidence(input(), vopts);
     expect(failed(v)).toEqual([]);
-    expect(v.registers.map((r) => [r.register, r.status, r.ok])).toEqual([["MRTD", "exact", true], ["RTMR1", "exact", true], ["RTMR2", "exact", true], ["RTMR3", "zero", true], ["RTMR0", "platform-defined", true]]);
-    expect(v.registers.find((r) => r.register === "RTMR0")).toMatchObject({ reported: rtmrs.RTMR0.toString("hex"), replayed: rtmrs.RTMR0.toString("hex"), note: "platform-defined; checked by replay only" });
+    expect(v.registers.map((r) => [r.register, r.pin, r.ok])).toEqual([["MRTD", "predicted", true], ["RTMR1", "predicted", true], ["RTMR2", "predicted", true], ["RTMR3", "zero", true], ["RTMR0", "unpinned", false]]);
+    expect(v.registers.find((r) => r.register === "RTMR0")).toMatchObject({ reported: rtmrs.RTMR0.toString("hex"), replayed: rtmrs.RTMR0.toString("hex"), problems: [expect.stringMatching(/^not pinned: .*VM shape.*--waive RTMR0:/)] });
+    expect(v.ok).toBe(false);
+  });
+
+  it("accepts: DCAP, REPORTDATA = binding, MRTD and RTMR1/2 event by event, RTMR3 zero, RTMR0 WAIVED by the measurement with its reason", async () => {
+    const exp = expected();
+    exp.registers.RTMR0!.waived = "canary CCEL not captured yet";
+    const v = await verifyEvidence(input({ expected: exp }), vopts);
+    expect(failed(v)).toEqual([]);
+    expect(v.registers.find((r) => r.register === "RTMR0")).toMatchObject({ pin: "waived", waiver: "canary CCEL not captured yet", ok: true, replayed: rtmrs.RTMR0.toString("hex"), note: "WAIVED (canary CCEL not captured yet)" });
+    expect(v.ok).toBe(true);
+  });
+
+  it("accepts an RTMR0 waived by the verifier, and refuses a waiver for a register the evidence lacks", async () => {
+    const v = await verifyEvidence(input(), { ...vopts, waive: { RTMR0: "lab host" } });
+    expect(v.ok).toBe(true);
+    expect(v.checks.find((c) => c.check === "waivers")).toEqual({ check: "waivers", ok: true, detail: "WAIVED by the verifier: RTMR0 (lab host)" });
+    expect(v.registers.find((r) => r.register === "RTMR0")).toMatchObject({ pin: "waived", waiver: "lab host", ok: true, problems: [], note: expect.stringMatching(/^WAIVED \(lab host\); unwaived it would fail: not pinned/) });
+    const stray = await verifyEvidence(input(), { ...vopts, waive: { RTMR0: "lab host", PCR0: "typo" } });
+    expect(failed(stray)).toEqual(["waivers"]);
+    expect(stray.checks.find((c) => c.check === "waivers")!.detail).toMatch(/^waived PCR0, which this evidence does not carry/);
+    expect(stray.ok).toBe(false);
+  });
+
+  it("a verifier's waiver also covers a predicted register that differs, and says what it hides", async () => {
+    const exp = expected();
+    exp.registers.RTMR0!.waived = "lab";
+    exp.registers.RTMR1!.value = "ab".repeat(48);
+    const refused = await verifyEvidence(input({ expected: exp }), vopts);
+    expect(refused.registers.find((r) => r.register === "RTMR1")!.ok).toBe(false);
+    const v = await verifyEvidence(input({ expected: exp }), { ...vopts, waive: { RTMR1: "known drift" } });
+    expect(v.registers.find((r) => r.register === "RTMR1")).toMatchObject({ pin: "waived", ok: true, note: expect.stringMatching(/^WAIVED \(known drift\); unwaived it would fail: /) });
     expect(v.ok).toBe(true);
   });
 
@@ -295,10 +326,13 @@ describe("tdx issuer", () => {
     expect(v.registers.find((r) => r.register === "RTMR2")!.problems).toEqual([expect.stringMatching(/^event 4 \(UKI section \.cmdline\) differs: expected abab/)]);
   });
 
-  it("refuses a CCEL that does not reproduce the quoted RTMR0 (platform-defined: checked by replay only)", async () => {
+  it("refuses a CCEL that does not reproduce the quoted RTMR0 even when RTMR0 is waived (a waived register's log must still be honest)", async () => {
     const q = buildTdQuote(tdBody({ reportData: body.reportData, rtmr: [Buffer.alloc(48, 0xee), rtmrs.RTMR1, rtmrs.RTMR2, Buffer.alloc(48)] }));
-    const v = await verifyEvidence(input({}, q), vopts);
-    expect(v.registers.find((r) => r.register === "RTMR0")).toMatchObject({ ok: false, problems: [expect.stringMatching(/the log does not reproduce the signed value/)] });
+    const exp = expected();
+    exp.registers.RTMR0!.waived = "lab";
+    const v = await verifyEvidence(input({ expected: exp }, q), vopts);
+    expect(v.registers.find((r) => r.register === "RTMR0")).toMatchObject({ pin: "waived", ok: false, problems: [expect.stringMatching(/the log does not reproduce the signed value/)] });
+    expect(v.ok).toBe(false);
   });
 
   it("refuses a quote that DCAP rejects, and a PCR measurement for TD evidence", async () => {

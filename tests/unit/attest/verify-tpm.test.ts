@@ -32,7 +32,7 @@ const expected = (pcr4Value = pcr4): Measurements => ({
   registers: {
     PCR4: { alg: "sha256", value: pcr4Value, status: "exact", events: [] },
     PCR8: { alg: "sha256", value: "00".repeat(32), status: "zero", events: [] },
-    PCR0: { alg: "sha256", value: null, status: "platform-defined", why: "firmware", events: [] },
+    PCR0: { alg: "sha256", value: null, status: "platform-defined", why: "firmware", waived: "firmware: no reference value", events: [] },
   },
 });
 const input = (over: Partial<EvidenceInput> = {}): EvidenceInput => ({ evidence: evidence(), keys: keys(), nonce, channelSpkiSha256: spki, credentialSecret: secret, expected: expected(), ...over });
@@ -52,9 +52,18 @@ describe("tpm issuer (dev VM)", () => {
     expect(v.registers).toEqual([
       expect.objectContaining({ register: "PCR4", status: "exact", expected: pcr4, reported: pcr4, ok: true }),
       expect.objectContaining({ register: "PCR8", status: "zero", reported: "00".repeat(32), ok: true }),
-      expect.objectContaining({ register: "PCR0", status: "platform-defined", reported: "00".repeat(32), ok: true, note: expect.stringMatching(/no log records it/) }),
+      expect.objectContaining({ register: "PCR0", status: "platform-defined", pin: "waived", waiver: "firmware: no reference value", reported: "00".repeat(32), replayed: null, ok: true, note: "WAIVED (firmware: no reference value)" }),
     ]);
     expect(v.ok).toBe(true);
+  });
+
+  it("refuses a quoted PCR that nobody pinned or waived, naming it", async () => {
+    const exp = expected();
+    delete exp.registers.PCR0!.waived;
+    const v = await verifyEvidence(input({ expected: exp }), opts);
+    expect(failed(v)).toEqual([]);
+    expect(v.registers.find((r) => r.register === "PCR0")).toMatchObject({ pin: "unpinned", ok: false, problems: [expect.stringMatching(/^not pinned: the platform signed a value nobody vouches for \(firmware\)/)] });
+    expect(v.ok).toBe(false);
   });
 
   const cases: Array<[string, () => EvidenceInput, string[]]> = [

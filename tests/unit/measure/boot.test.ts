@@ -193,6 +193,12 @@ describe("measureBoot: the registers of each backend and their status", () => {
     expect(statuses(m)).toEqual({ PCR4: "exact", PCR9: "exact", PCR11: "exact", PCR8: "zero", PCR12: "zero", PCR13: "zero", PCR0: p, PCR1: p, PCR2: p, PCR3: p, PCR5: p, PCR6: p, PCR7: p, PCR10: p, PCR15: p });
     for (const r of ["PCR8", "PCR12", "PCR13"]) expect(m.registers[r]).toMatchObject({ alg: "sha256", value: "0".repeat(64), events: [] });
     for (const [name, r] of Object.entries(m.registers)) if (r.status === p) expect({ name, value: r.value, why: (r.why ?? "").length > 20 }).toEqual({ name, value: null, why: true });
+    // Nobody publishes reference values for Azure's firmware PCRs or the run-time ones: waived by
+    // default, each with its own reason (every output shows WAIVED); none of the image's registers is.
+    const waived = Object.fromEntries(Object.entries(m.registers).filter(([, r]) => r.waived !== undefined).map(([n, r]) => [n, r.waived]));
+    expect(Object.keys(waived).sort()).toEqual(["PCR0", "PCR1", "PCR10", "PCR15", "PCR2", "PCR3", "PCR5", "PCR6", "PCR7"]);
+    expect(waived.PCR15).toMatch(/per VM instance/);
+    expect(waived.PCR0).toMatch(/no published reference value/);
     expect(m.inputs).toMatchObject({ pcrBank: "sha256", rootHash: FIXED_ROOT_HASH });
     // PCR 11 = the stub's section events, then systemd-pcrphase's phases from userspace.
     const pcr11 = m.registers.PCR11!.events;
@@ -210,8 +216,10 @@ describe("measureBoot: the registers of each backend and their status", () => {
     expect(single.inputs).toMatchObject({ firmware: "OVMF.fd", pageOrder: "single-pass", firmwareSha256: createHash("sha256").update(fw.bytes).digest("hex") });
     expect(statuses(single)).toEqual({ MRTD: "exact", RTMR0: "platform-defined", RTMR1: "exact", RTMR2: "exact", RTMR3: "zero" });
     expect(single.registers.RTMR3).toMatchObject({ alg: "sha384", value: "0".repeat(96) });
+    expect([single.registers.RTMR0!.waived, single.registers.MRTD!.basis]).toEqual([undefined, undefined]); // not pinned, and predicted
     const gcp = await measureBoot(img(), { backend: "gcp" });
     expect(gcp.registers.MRTD).toMatchObject({ status: "platform-defined", value: null });
+    expect([gcp.registers.MRTD!.waived, gcp.registers.RTMR0!.waived]).toEqual([undefined, undefined]);
     expect(gcp.registers.MRTD!.why).toMatch(/Google/);
     expect([gcp.registers.RTMR1!.value, gcp.registers.RTMR2!.value]).toEqual([FIXED.RTMR1, FIXED.RTMR2]);
   });

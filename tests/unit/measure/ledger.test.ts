@@ -4,6 +4,8 @@
  * measurements, so every label is checked against text, not against the code's own output.
  */
 import { diffMeasurements, diffToMarkdown, LedgerEvent, Measurements, RegisterValue } from "../../../provider/measure";
+import { parseWaivers, pinOf, waiveRegisters } from "../../../provider/measure/ledger";
+import { tdxErrorOf } from "../../helpers";
 
 const ev = (description: string, digest: string): LedgerEvent => ({ type: "EV_IPL", description, origin: "test", digest });
 const exact = (value: string, events: LedgerEvent[]): RegisterValue => ({ alg: "sha256", value, status: "exact", events });
@@ -90,5 +92,59 @@ describe("diffToMarkdown", () => {
 
   it("says so when nothing changed", () => {
     expect(diffToMarkdown([])).toBe("### Measurement changes\n\nNo register changes.\n");
+  });
+});
+
+describe("pin or waive", () => {
+  it("pinOf names how each register is pinned", () => {
+    expect([pinOf(exact(A, [])), pinOf({ ...exact(A, []), basis: "captured" }), pinOf({ ...exact(A, []), basis: "endorsed" }), pinOf({ alg: "sha256", value: "0".repeat(64), status: "zero", events: [] }), pinOf(platform()), pinOf({ ...platform(), waived: "r" })])
+      .toEqual(["predicted", "captured", "endorsed", "zero", "unpinned", "waived"]);
+  });
+
+  it("parseWaivers takes REG:reason strings and maps; refuses bad names, empty or multi-line reasons, duplicates", async () => {
+    expect(parseWaivers(['RTMR0:"canary pending"', "PCR15: per instance"])).toEqual({ RTMR0: "canary pending", PCR15: "per instance" });
+    expect(parseWaivers({ MRTD: "lab" })).toEqual({ MRTD: "lab" });
+    for (const bad of [["RTMRO:x"], ["RTMR0"], ["RTMR0:"], ["RTMR0:a\nb"], ["RTMR0:a", "RTMR0:b"], [`RTMR0:${"x".repeat(301)}`], ["PCR24:x"]]) {
+      const e = await tdxErrorOf(async () => parseWaivers(bad, "--waive"));
+      expect([e.code, e.message.startsWith("--waive: ")]).toEqual(["E_VALIDATION", true]);
+    }
+  });
+
+  it("waiveRegisters waives platform-defined registers only, and the diff and its markdown say so", async () => {
+    const before = m({ PCR4: exact(A, []), PCR0: platform(), PCR7: platform() });
+    const after = waiveRegisters(before, { PCR0: "firmware: no reference" });
+    expect(after.registers.PCR0!.waived).toBe("firmware: no reference");
+    expect(before.registers.PCR0!.waived).toBeUndefined(); // a copy
+    expect(diffMeasurements(before, after)).toEqual([{ register: "PCR0", old: null, new: null, changes: ["PCR0: now WAIVED (firmware: no reference)"] }]);
+    expect(diffMeasurements(after, before)[0]!.changes).toEqual(["PCR0: no longer waived (unpinned)"]);
+    const md = diffToMarkdown(diffMeasurements(before, after), "t", after);
+    expect(md).toContain("| PCR0 | WAIVED | firmware: no reference |");
+    expect(md).toContain("| PCR7 | NOT PINNED: a verifier refuses it | firmware |");
+    expect(md).not.toMatch(/\| PCR4 \| (WAIVED|NOT PINNED)/);
+    expect((await tdxErrorOf(async () => waiveRegisters(before, { PCR4: "x" }))).message).toMatch(/cannot waive PCR4: it is predicted/);
+    expect((await tdxErrorOf(async () => waiveRegisters(before, { RTMR0: "x" }))).message).toMatch(/azure backend has no such register/);
+  });
+});
+
+describe("how Pulumi state carries pins (toComputed / fromComputed)", () => {
+  it("round-trips predicted, captured, endorsed, zero, waived and unpinned registers", () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { toComputed, fromComputed } = require("../../../provider/dynamic/measurement") as typeof import("../../../provider/dynamic/measurement");
+    const H = "c".repeat(96);
+    const x: Measurements = {
+      measurementsVersion: 1, backend: "gcp", inputs: {},
+      registers: {
+        MRTD: { alg: "sha384", value: H, status: "exact", basis: "endorsed", events: [] },
+        RTMR0: { alg: "sha384", value: H, status: "exact", basis: "captured", events: [] },
+        RTMR1: { alg: "sha384", value: H, status: "exact", events: [] },
+        RTMR2: { alg: "sha384", value: null, status: "platform-defined", why: "w", waived: "lab (no canary)", events: [] },
+        RTMR3: { alg: "sha384", value: null, status: "platform-defined", why: "host shape", events: [] },
+      },
+    };
+    const c = toComputed(x, "k");
+    expect(c.status).toEqual({ MRTD: "endorsed", RTMR0: "captured", RTMR1: "exact", RTMR2: "WAIVED (lab (no canary))", RTMR3: "platform-defined: host shape" });
+    const back = fromComputed(c, "gcp")!;
+    expect(Object.fromEntries(Object.entries(back.registers).map(([n, r]) => [n, pinOf(r)]))).toEqual({ MRTD: "endorsed", RTMR0: "captured", RTMR1: "predicted", RTMR2: "waived", RTMR3: "unpinned" });
+    expect(back.registers.RTMR2!.waived).toBe("lab (no canary)");
   });
 });
