@@ -128,7 +128,6 @@ describe("pin or waive", () => {
 
 describe("how Pulumi state carries pins (toComputed / fromComputed)", () => {
   it("round-trips predicted, captured, endorsed, zero, waived and unpinned registers", () => {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { toComputed, fromComputed } = require("../../../provider/dynamic/measurement") as typeof import("../../../provider/dynamic/measurement");
     const H = "c".repeat(96);
     const x: Measurements = {
