@@ -192,7 +192,7 @@ function registersMarkdown(m: Measurements): string {
 interface MeasureOpts {
   backend: Backend; frozen?: boolean; profile?: string; archive?: string; firmware?: string; pageOrder?: "single-pass" | "two-pass"; capturedCcel?: string;
   json?: boolean; markdown?: boolean; format: Format; out?: string; check?: string; update?: boolean;
-  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none"; waive?: string[];
+  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none"; waive?: string[]; endorsement?: string; ramGib?: number;
 }
 
 function measureCommand(program: Command, act: Act): void {
@@ -207,6 +207,8 @@ function measureCommand(program: Command, act: Act): void {
     .addOption(new Option("--page-order <order>", "MRTD page order of the host stack").choices(["single-pass", "two-pass"]))
     .option("--captured-ccel <file>", "a CCEL captured on the target host and VM shape: makes RTMR0 exact")
     .option("--waive <REG:reason>", "accept a platform-defined register unchecked, shown as WAIVED (<reason>) to every verifier; repeatable", collect)
+    .option("--endorsement <file>", "gcp: Google's launch endorsement of the firmware (.binarypb): pins MRTD (endorsed)")
+    .option("--ram-gib <n>", "gcp with --endorsement: the VM's memory in GiB", count("--ram-gib", 65_536))
     .addOption(new Option("--json", "print the measurements file (in --format) instead of a table").conflicts("markdown"))
     .option("--markdown", "print a markdown table")
     .addOption(new Option("--format <format>", "file format of --out and --json").choices(["tdxvm", "flashbots", "constellation"]).default("tdxvm"))
@@ -226,7 +228,8 @@ function measureCommand(program: Command, act: Act): void {
       const measured = given
         ? await (await import("./measure/api")).measureArtifacts({ uki: o.uki!, disk: o.disk!, rootfs: o.rootfs }, measureOpts)
         : await (async () => { const img = loadRecipe(recipe!); return img.measure({ ...measureOpts, bake: bakeOpts(ctx, o, img) }); })();
-      const m = Object.keys(waive).length ? waiveRegisters(measured, waive) : measured;
+      const endorsed = o.endorsement ? (await import("./attest/gcpEndorsement")).withEndorsedMrtd(measured, await readInput(o.endorsement, "--endorsement", 256 * 1024), { ramGib: o.ramGib }) : measured;
+      const m = Object.keys(waive).length ? waiveRegisters(endorsed, waive) : endorsed;
       // The interop formats and the reader of committed files (zod) are loaded only when used.
       const formatted = async (f: Format) => (f === "tdxvm" ? measurementsToJson(m) : (await import("./measure/formats")).formatMeasurements(m, f));
       if (o.out) {
@@ -333,7 +336,16 @@ function verifyCommand(program: Command, act: Act): void {
     }));
 }
 
-interface AttestOpts { expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; minTeeTcbSvn?: string; allowSimulator?: boolean; waive?: string[] }
+interface AttestOpts {
+  expected: string; json?: boolean; ca?: string; collateral?: string; pccsUrl?: string; tcbStatus?: string; minTeeTcbSvn?: string; allowSimulator?: boolean; waive?: string[];
+  endorsement?: string; ramGib?: number; minFirmwareSvn?: number;
+}
+
+/** A commander parser for a non-negative integer up to `max`. */
+const count = (flag: string, max: number) => (v: string): number => {
+  if (!/^\d{1,10}$/.test(v) || Number(v) > max) throw new TdxError("E_VALIDATION", `${flag} takes a whole number from 0 to ${max}, not ${JSON.stringify(v.slice(0, 20))}`);
+  return Number(v);
+};
 
 /** A repeatable option's collector. */
 const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
@@ -356,6 +368,9 @@ function attestCommand(program: Command, act: Act): void {
     .option("--min-tee-tcb-svn <hex>", "lowest TEE_TCB_SVN to accept, 32 hex digits, each component ≥ (TD quotes)")
     .option("--allow-simulator", "accept the agent's simulator issuer (labelled SIMULATOR in every row)")
     .option("--waive <REG:reason>", "accept a register unchecked, shown as WAIVED (<reason>) in every output; repeatable", collect)
+    .option("--endorsement <file|fetch>", "GCP: Google's launch endorsement (.binarypb) that pins MRTD, or \"fetch\" to get it by the quote's MRTD from Google's bucket")
+    .option("--ram-gib <n>", "GCP: the VM's memory in GiB (endorsement entries for other sizes do not match)", count("--ram-gib", 65_536))
+    .option("--min-firmware-svn <n>", "GCP: lowest firmware SVN (from the endorsement) to accept", count("--min-firmware-svn", 0xffffffff))
     .option("--timeout <seconds>", "one deadline for the whole attestation, every request included (default 120)", seconds("--timeout"))
     .option("--wait <seconds>", "keep asking an agent that cannot be asked yet (no connection, 503: still booting) this long (default 0: ask once)", seconds("--wait"));
   const attestNow = async (ctx: Ctx, endpoint: string, o: AttestOpts & { timeout?: number; wait?: number }) => {
@@ -364,8 +379,13 @@ function attestCommand(program: Command, act: Act): void {
     const expected = await readExpected(o.expected);
     const { parseWaivers } = await import("./measure/ledger");
     const waive = parseWaivers(o.waive ?? [], "--waive");
+    const gcp = o.endorsement === undefined ? undefined : {
+      ...(o.endorsement === "fetch" ? { fetch: true } : { endorsement: await readInput(o.endorsement, "--endorsement", 256 * 1024) }),
+      ramGib: o.ramGib, minSvn: o.minFirmwareSvn,
+    };
+    if (!gcp && (o.ramGib !== undefined || o.minFirmwareSvn !== undefined)) throw new TdxError("E_VALIDATION", "--ram-gib and --min-firmware-svn qualify an endorsement", { hint: "Add --endorsement F (or --endorsement fetch)." });
     const v = await attestUntil(endpoint, expected, {
-      waive,
+      waive, gcp,
       timeoutMs: (o.timeout ?? 120) * 1000,
       waitMs: (o.wait ?? 0) * 1000,
       allowSimulator: o.allowSimulator === true,

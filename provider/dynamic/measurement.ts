@@ -39,6 +39,8 @@ export const MeasurementArgs = z.object({
   pageOrder: z.enum(["single-pass", "two-pass"]).optional(),
   /** A CCEL captured on the target host and VM shape (path): makes RTMR0 exact. */
   capturedCcel: z.string().min(1).optional(),
+  /** gcp: path of Google's launch endorsement (.binarypb) of the firmware: pins MRTD ("endorsed"). */
+  endorsement: z.string().min(1).optional(),
   /** Platform-defined registers accepted unchecked, by name, each with its reason (shown as WAIVED everywhere). */
   waive: z.record(z.string(), z.string()).optional(),
   /** The VM shape the values assume (recorded; RTMR0 depends on it). */
@@ -123,6 +125,7 @@ export async function measurementKey(a: MeasurementArgsT): Promise<string> {
     stub: a.image.systemdStub ?? null, rootfs: a.image.rootfs ?? null, firmware: fw, pageOrder: a.pageOrder ?? null,
     ccel: a.capturedCcel ? await fileSha256(loadPath(a.capturedCcel), "captured CCEL") : null, vm: a.vm ?? null,
     waive: a.waive ? parseWaivers(a.waive, "TdxMeasurement waive") : null,
+    endorsement: a.endorsement ? await fileSha256(loadPath(a.endorsement), "launch endorsement") : null,
   });
 }
 
@@ -174,6 +177,11 @@ async function compute(a: MeasurementArgsT, previous: Partial<MeasurementCompute
     ] },
     { backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware, pageOrder: a.pageOrder, capturedCcel: a.capturedCcel ? loadPath(a.capturedCcel) : undefined, cacheDir: a.cacheDir ? loadPath(a.cacheDir) : undefined },
   );
+  if (a.endorsement) {
+    const { withEndorsedMrtd } = await import("../attest/gcpEndorsement");
+    const mib = a.vm?.memoryMiB;
+    m = withEndorsedMrtd(m, await readMeasureInput(loadPath(a.endorsement), "launch endorsement"), { ramGib: mib !== undefined && mib % 1024 === 0 ? mib / 1024 : undefined });
+  }
   if (a.waive) m = waiveRegisters(m, parseWaivers(a.waive, "TdxMeasurement waive"));
   if (a.vm) Object.assign(m.inputs, { vmMemoryMiB: a.vm.memoryMiB ?? null, vmCpus: a.vm.cpus ?? null });
   if (a.image.packages) m.packages = a.image.packages;

@@ -45,7 +45,7 @@ export interface RegisterValue {
 export type PinBasis = "predicted" | "endorsed" | "captured";
 
 /** How a register is pinned, in words every output uses (CLI table, JSON verdict, Pulumi outputs, PR comment). */
-export function pinOf(r: Pick<RegisterValue, "status" | "basis" | "waived">): PinBasis | "zero" | "waived" | "unpinned" {
+export function pinOf(r: Pick<RegisterValue, "status" | "basis" | "waived"> & Partial<RegisterValue>): PinBasis | "zero" | "waived" | "unpinned" {
   if (r.status === "zero") return "zero";
   if (r.status === "exact") return r.basis ?? "predicted";
   return r.waived !== undefined ? "waived" : "unpinned";

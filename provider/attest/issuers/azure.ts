@@ -25,7 +25,9 @@ import { createHash, createPublicKey, X509Certificate } from "node:crypto";
 import { parseTdxQuote } from "../../measure";
 import { attestationError, parseTpm2bPublic, spkiOf } from "../tpm2";
 import { verifyDcap } from "../dcap";
-import { b64, Checks, EvidenceInput, pcrRegisters, RegisterVerdict, verifyTpmQuote, VerifyOptions } from "./common";
+import { b64, chainProblems, Checks, EvidenceInput, pcrRegisters, RegisterVerdict, verifyTpmQuote, VerifyOptions } from "./common";
+
+export { chainProblems };
 
 export const HCL_HW_REPORT_OFFSET = 32;
 export const HCL_HW_REPORT_FIELD = 1184;
@@ -212,29 +214,6 @@ export function tdQuoteBindingProblems(report: TdReport, body: { teeTcbSvn: Buff
     ...report.rtmr.map((r, i): [string, Buffer, Buffer] => [`RTMR${i}`, r, body.rtmr[i]!]),
   ];
   return fields.filter(([, a, b]) => !a.equals(b)).map(([name]) => `${name} of the TD quote differs from the HCL report's TD report`);
-}
-
-/** Verify `leafDer` up to one of `roots` through `intermediates` at `now`; returns problems (empty = trusted). */
-export function chainProblems(leafDer: Buffer, intermediatesPem: readonly string[], rootsPem: readonly string[], now: Date): string[] {
-  let leaf: X509Certificate;
-  try {
-    leaf = new X509Certificate(leafDer);
-  } catch (e) {
-    return [`the certificate does not parse (${(e as Error).message})`];
-  }
-  const pool = intermediatesPem.map((p) => new X509Certificate(p));
-  const roots = rootsPem.map((p) => new X509Certificate(p));
-  const valid = (c: X509Certificate) => new Date(c.validFrom) <= now && now <= new Date(c.validTo);
-  let cur = leaf;
-  for (let depth = 0; depth < 6; depth++) {
-    if (!valid(cur)) return [`${cur.subject.replace(/\n/g, ", ")} is not valid at ${now.toISOString()} (${cur.validFrom} – ${cur.validTo})`];
-    const root = roots.find((r) => cur.checkIssued(r) && cur.verify(r.publicKey));
-    if (root) return valid(root) ? [] : [`the root ${root.subject.replace(/\n/g, ", ")} is not valid at ${now.toISOString()}`];
-    const next = pool.find((c) => c.ca && cur.checkIssued(c) && cur.verify(c.publicKey));
-    if (!next) return [`no trusted issuer for ${cur.subject.replace(/\n/g, ", ")} (issuer ${cur.issuer.replace(/\n/g, ", ")})`];
-    cur = next;
-  }
-  return ["the certificate chain is too long"];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
  * dev VM's TPM and Azure's vTPM have in common. Each issuer's own checks sit in ./<issuer>.ts,
  * beside its agent half in agent/issuers/<issuer>.ts.
  */
-import { timingSafeEqual } from "node:crypto";
+import { timingSafeEqual, X509Certificate } from "node:crypto";
 import { Measurements, parseEventLog, verify as verifyRegisters, DIGEST_SIZES, digest, HashAlg } from "../../measure";
 import type { RegisterVerdict as MeasuredVerdict } from "../../measure";
 import { parseUserspaceLog } from "../../measure/verify";
@@ -57,6 +57,12 @@ export interface VerifyOptions {
    * the evidence does not carry fails the "waivers" check (a typo must not pass silently).
    */
   waive?: Readonly<Record<string, string>>;
+  /**
+   * gcp (tdx issuer): pin MRTD with Google's launch endorsement of the firmware when the expected
+   * measurement leaves MRTD to the platform: the signed .binarypb (`endorsement`), or fetched by
+   * the quote's MRTD from Google's bucket (`fetch`; `baseUrl` for a mirror).
+   */
+  gcp?: { endorsement?: Buffer; fetch?: boolean; baseUrl?: string; ramGib?: number; minSvn?: number; rootsPem?: readonly string[] };
 }
 
 export interface EvidenceInput {
@@ -95,6 +101,29 @@ export class Checks {
   }
 }
 
+
+/** Verify `leafDer` up to one of `roots` through `intermediates` at `now`; returns problems (empty = trusted). */
+export function chainProblems(leafDer: Buffer, intermediatesPem: readonly string[], rootsPem: readonly string[], now: Date): string[] {
+  let leaf: X509Certificate;
+  try {
+    leaf = new X509Certificate(leafDer);
+  } catch (e) {
+    return [`the certificate does not parse (${(e as Error).message})`];
+  }
+  const pool = intermediatesPem.map((p) => new X509Certificate(p));
+  const roots = rootsPem.map((p) => new X509Certificate(p));
+  const valid = (c: X509Certificate) => new Date(c.validFrom) <= now && now <= new Date(c.validTo);
+  let cur = leaf;
+  for (let depth = 0; depth < 6; depth++) {
+    if (!valid(cur)) return [`${cur.subject.replace(/\n/g, ", ")} is not valid at ${now.toISOString()} (${cur.validFrom} – ${cur.validTo})`];
+    const root = roots.find((r) => cur.checkIssued(r) && cur.verify(r.publicKey));
+    if (root) return valid(root) ? [] : [`the root ${root.subject.replace(/\n/g, ", ")} is not valid at ${now.toISOString()}`];
+    const next = pool.find((c) => c.ca && cur.checkIssued(c) && cur.verify(c.publicKey));
+    if (!next) return [`no trusted issuer for ${cur.subject.replace(/\n/g, ", ")} (issuer ${cur.issuer.replace(/\n/g, ", ")})`];
+    cur = next;
+  }
+  return ["the certificate chain is too long"];
+}
 
 export const b64 = (s: string | undefined) => (s === undefined ? undefined : Buffer.from(s, "base64"));
 export const sameBytes = (a: Buffer, b: Buffer) => a.length === b.length && timingSafeEqual(a, b);

@@ -3,7 +3,9 @@
  * DCAP, the binding in REPORTDATA (never the zero-padded tdxs form), MRTD from the quote alone,
  * RTMRs event by event from the CCEL.
  */
-import { parseCcel, CC_MR_NAMES, verify as verifyRegisters, parseTdxQuote, HashAlg } from "../../measure";
+import { parseCcel, CC_MR_NAMES, verify as verifyRegisters, parseTdxQuote, HashAlg, Measurements } from "../../measure";
+import { attestationError } from "../tpm2";
+import { endorsedMrtd, fetchEndorsement, verifyEndorsedMrtd } from "../gcpEndorsement";
 import { attestBinding } from "../evidence";
 import { verifyDcap } from "../dcap";
 import { b64, Checks, EvidenceInput, MeasuredVerdict, RegisterVerdict, replayOnly, requireLog, sameBytes, VerifyOptions, withStatus } from "./common";
@@ -26,18 +28,19 @@ export async function verifyTdx(input: EvidenceInput, opts: VerifyOptions, check
   if (parsed.body.reportData.subarray(32).every((b) => b === 0)) checks.fail("channel-binding", "REPORTDATA ends in 32 zero bytes, the form of a tdxs application quote: never an attestation binding");
   else if (!sameBytes(parsed.body.reportData, binding)) checks.fail("channel-binding", "REPORTDATA is not H(label ‖ nonce ‖ SHA-256 of this TLS connection's key): a stale quote, another nonce, or a relay with its own TLS key");
   else checks.pass("channel-binding", "REPORTDATA = SHA-512(\"tdxvm-attest-v1\" ‖ 0 ‖ nonce ‖ SPKI hash of this TLS connection)");
+  const expected = await endorsedExpectation(input.expected, parsed.body.mrTd.toString("hex"), opts, now, checks);
   const ccel = b64(input.evidence.eventLogs.ccel);
-  requireLog(input.expected, /^RTMR\d$/, ccel, "CCEL (the TD's event log)", checks);
+  requireLog(expected, /^RTMR\d$/, ccel, "CCEL (the TD's event log)", checks);
   let measured: MeasuredVerdict[];
   let ccelEvents: ReturnType<typeof parseCcel>["events"] = [];
   try {
     if (ccel) ccelEvents = parseCcel(ccel).events;
     // MRTD is built by the TDX module and never logged in the CCEL: judge it on the quote alone
     // (measure's verify() would replay it from the CCEL as zero).
-    const { MRTD, ...logged } = input.expected.registers;
+    const { MRTD, ...logged } = expected.registers;
     measured = [
-      ...(MRTD ? verifyRegisters({ ...input.expected, registers: { MRTD } }, { quote }).registers : []),
-      ...verifyRegisters({ ...input.expected, registers: logged }, { quote, ccel }).registers,
+      ...(MRTD ? verifyRegisters({ ...expected, registers: { MRTD } }, { quote }).registers : []),
+      ...verifyRegisters({ ...expected, registers: logged }, { quote, ccel }).registers,
     ];
   } catch (e) {
     checks.fail("event-log", `replaying the CCEL failed: ${(e as Error).message}`);
@@ -49,5 +52,26 @@ export async function verifyTdx(input: EvidenceInput, opts: VerifyOptions, check
     const ds = ccelEvents.filter((e) => CC_MR_NAMES[e.index] === name && e.typeName !== "EV_NO_ACTION").map((e) => e.digests.find((d) => d.alg === alg)?.digest.toString("hex"));
     return ds.some((d) => d === undefined) ? undefined : (ds as string[]);
   };
-  return [...withStatus(input.expected, measured), ...replayOnly(input.expected, reported, logged)];
+  return [...withStatus(expected, measured), ...replayOnly(expected, reported, logged)];
+}
+
+/**
+ * GCP: MRTD is Google's firmware. When the expected measurement leaves it to the platform and the
+ * verifier holds (or may fetch) Google's launch endorsement, a verified endorsement that lists the
+ * quote's MRTD for the VM's configuration pins it ("endorsed"); a bad one fails "gcp-endorsement"
+ * and MRTD stays unpinned.
+ */
+async function endorsedExpectation(expected: Measurements, mrtd: string, opts: VerifyOptions, now: Date, checks: Checks): Promise<Measurements> {
+  const reg = expected.registers.MRTD;
+  const g = opts.gcp;
+  if (!reg || reg.status !== "platform-defined" || reg.waived !== undefined || !g || (!g.endorsement && !g.fetch)) return expected;
+  const endorsed = await checks.guard("gcp-endorsement", async () => {
+    const bytes = g.endorsement ?? (await fetchEndorsement(mrtd, { baseUrl: g.baseUrl }).catch((e: Error) => {
+      throw attestationError("gcp-endorsement", e.message);
+    }));
+    return verifyEndorsedMrtd(bytes, mrtd, { now, ramGib: g.ramGib, minSvn: g.minSvn, rootsPem: g.rootsPem });
+  });
+  if (!endorsed) return expected;
+  checks.pass("gcp-endorsement", endorsed.detail);
+  return { ...expected, registers: { ...expected.registers, MRTD: endorsedMrtd(endorsed) } };
 }

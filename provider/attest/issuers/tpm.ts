@@ -5,8 +5,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import { parseTpm2bPublic, spkiOf } from "../tpm2";
-import { chainProblems } from "./azure";
-import { b64, Checks, EvidenceInput, pcrRegisters, RegisterVerdict, sameBytes, verifyTpmQuote, VerifyOptions } from "./common";
+import { b64, chainProblems, Checks, EvidenceInput, pcrRegisters, RegisterVerdict, sameBytes, verifyTpmQuote, VerifyOptions } from "./common";
 
 function localCaProblems(certDer: Buffer, cas: readonly string[], now: Date): string[] {
   const problems = chainProblems(certDer, [], cas, now);
