@@ -75,15 +75,43 @@ export function rtmrEvents(events: LedgerEvent[]): { rtmr1: LedgerEvent[]; rtmr2
   return { rtmr1, rtmr2 };
 }
 
+/**
+ * The name of an RTMR0 event, from its event data (edk2 OvmfPkg: TdxHelperLib measures the TD HOB
+ * as "TdxTable" and the CFV as a firmware blob; TdTcg2Dxe the Secure Boot and boot variables as
+ * UEFI_VARIABLE_DATA; QemuFwCfgAcpi.c each fw_cfg ACPI blob as "ACPI DATA" in loader order —
+ * table-loader, RSDP, tables; QemuFwCfgLib "QEMU FW CFG" items by file name; SMBIOS as a handoff
+ * table). A verifier's row then says "ACPI tables (etc/acpi/tables) differs", not "event 10".
+ */
+export function rtmr0EventName(e: { typeName: string; data: Buffer }, acpiSeen: number): string {
+  const d = e.data;
+  const ascii = (b: Buffer) => b.toString("latin1").replace(/\0+$/, "");
+  if (e.typeName === "EV_EFI_HANDOFF_TABLES2" && d.length > 1 && d.length >= 1 + d[0]! && ascii(d.subarray(1, 1 + d[0]!)) === "TdxTable") return "TD HOB (TdxTable: memory layout of the VM)";
+  if (e.typeName === "EV_EFI_HANDOFF_TABLES" || e.typeName === "EV_EFI_HANDOFF_TABLES2") return "SMBIOS tables (handoff table)";
+  if (e.typeName === "EV_EFI_PLATFORM_FIRMWARE_BLOB2" && d.length > 1 && d.length >= 1 + d[0]!) return `configuration firmware volume (CFV) ${ascii(d.subarray(1, 1 + d[0]!))}`;
+  if (/^EV_EFI_VARIABLE_/.test(e.typeName) && d.length >= 32) {
+    const nameLen = Number(d.readBigUInt64LE(16));
+    if (nameLen > 0 && nameLen < 128 && d.length >= 32 + nameLen * 2) return `EFI variable ${d.subarray(32, 32 + nameLen * 2).toString("utf16le")}`;
+  }
+  if (e.typeName === "EV_SEPARATOR") return "separator";
+  if (e.typeName === "EV_PLATFORM_CONFIG_FLAGS" && ascii(d) === "ACPI DATA") return ["ACPI table loader (etc/table-loader)", "ACPI RSDP (etc/acpi/rsdp)", "ACPI tables (etc/acpi/tables: DSDT, FACP, APIC, … as the host built them)"][acpiSeen] ?? `ACPI blob ${acpiSeen + 1}`;
+  if (e.typeName === "EV_PLATFORM_CONFIG_FLAGS" && d.length >= 12 && ascii(d.subarray(0, 12)) === "QEMU FW CFG") return `QEMU fw_cfg ${ascii(d.subarray(12))}`;
+  return e.typeName;
+}
+
 function rtmr0FromCcel(ccel: Buffer): LedgerEvent[] {
+  let acpi = 0;
   return parseCcel(ccel).events
     .filter((e) => e.index === 1 && e.typeName !== "EV_NO_ACTION")
-    .map((e) => ({
-      type: e.typeName,
-      description: `captured ${e.typeName}`,
-      origin: "captured CCEL (target host and VM shape)",
-      digest: e.digests.find((d) => d.alg === "sha384")?.digest.toString("hex") ?? "",
-    }));
+    .map((e) => {
+      const name = rtmr0EventName(e, acpi);
+      if (name.startsWith("ACPI")) acpi++;
+      return {
+        type: e.typeName,
+        description: name,
+        origin: "captured CCEL (a trusted canary boot on the target host and VM shape)",
+        digest: e.digests.find((d) => d.alg === "sha384")?.digest.toString("hex") ?? "",
+      };
+    });
 }
 
 /**

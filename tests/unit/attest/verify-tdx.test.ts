@@ -11,7 +11,9 @@ import * as path from "node:path";
 import { verifyDcap, Collateral } from "../../../provider/attest/dcap";
 import { verifyEvidence, EvidenceInput } from "../../../provider/attest/verify";
 import { attestBinding } from "../../../provider/attest/evidence";
-import { parseCcel, replayCcel, CC_MR_NAMES, Measurements } from "../../../provider/measure";
+import { parseCcel, replayCcel, CC_MR_NAMES, Measurements, measureBoot } from "../../../provider/measure";
+import { writeTcgLog } from "../measure/tcg-log-writer";
+import { fixedDiskHead, fixedUki } from "../measure/fixed-image";
 import { tempDir, tdxErrorOf } from "../../helpers";
 import { buildCollateral, buildTdQuote, tdBody, TdBody, TDX_MODULE, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
 import { fxText } from "./fixtures";
@@ -291,6 +293,28 @@ describe("tdx issuer", () => {
     const v = await verifyEvidence(input({ expected: exp }), { ...vopts, waive: { RTMR1: "known drift" } });
     expect(v.registers.find((r) => r.register === "RTMR1")).toMatchObject({ pin: "waived", ok: true, note: expect.stringMatching(/^WAIVED \(known drift\); unwaived it would fail: /) });
     expect(v.ok).toBe(true);
+  });
+
+  it("RTMR0 pinned by a canary's CCEL: an ACPI table blob that differs by one byte is refused, and the row names the ACPI tables", async () => {
+    const captured = await measureBoot({ uki: fixedUki(), diskHead: fixedDiskHead() }, { backend: "rtmr", capturedCcel: ccel });
+    const exp = expected();
+    exp.registers.RTMR0 = captured.registers.RTMR0!;
+    const same = await verifyEvidence(input({ expected: exp }), vopts);
+    expect(same.registers.find((r) => r.register === "RTMR0")).toMatchObject({ pin: "captured", ok: true });
+    expect(same.ok).toBe(true);
+    // The host hands the firmware other ACPI tables (one table edited): the "ACPI DATA" event for
+    // etc/acpi/tables gets another digest, the log replays honestly to the quoted RTMR0.
+    const parsed = parseCcel(ccel);
+    let acpi = 0;
+    const edited = writeTcgLog(["sha384"], parsed.events.map((e) => {
+      const isTables = e.index === 1 && e.data.toString("latin1") === "ACPI DATA" && acpi++ === 2;
+      return { index: e.index, type: e.type, digests: { sha384: isTables ? createHash("sha384").update("tables with an edited SSDT").digest("hex") : e.digests.find((d) => d.alg === "sha384")!.digest.toString("hex") }, data: e.data };
+    }));
+    const r = replayCcel(parseCcel(edited).events);
+    const q = buildTdQuote(tdBody({ reportData: body.reportData, rtmr: [r.RTMR0, r.RTMR1, r.RTMR2, Buffer.alloc(48)] }));
+    const v = await verifyEvidence(input({ expected: exp }, q, edited), vopts);
+    expect(v.ok).toBe(false);
+    expect(v.registers.find((r0) => r0.register === "RTMR0")).toMatchObject({ pin: "captured", ok: false, problems: [expect.stringMatching(/^event 11 \(ACPI tables \(etc\/acpi\/tables: .*\)\) differs: expected /), expect.stringMatching(/^reported value /), expect.stringMatching(/^replayed value /)] });
   });
 
   it("refuses another nonce and another TLS key (relay)", async () => {

@@ -229,6 +229,14 @@ describe("measureBoot: the registers of each backend and their status", () => {
     const m = await measureBoot(img(), { backend: "rtmr", capturedCcel: fixture("ccel-cos113.bin") });
     expect(m.registers.RTMR0).toMatchObject({ status: "exact", value: hex(quote.body.rtmr[0]!) });
     expect(m.registers.RTMR0!.events).toHaveLength(parseCcel(fixture("ccel-cos113.bin")).events.filter((e) => e.register === "RTMR0").length);
+    expect(m.registers.RTMR0!.basis).toBe("captured");
+    // Each event named from its event data (the list an independent decoder printed for this log).
+    expect(m.registers.RTMR0!.events.map((e) => e.description)).toEqual([
+      "TD HOB (TdxTable: memory layout of the VM)", "configuration firmware volume (CFV) Fv(48DB5E17-707C-472D-91CD-1613E7EF51B0)",
+      "EFI variable SecureBoot", "EFI variable PK", "EFI variable KEK", "EFI variable db", "EFI variable dbx", "separator",
+      "ACPI table loader (etc/table-loader)", "ACPI RSDP (etc/acpi/rsdp)", "ACPI tables (etc/acpi/tables: DSDT, FACP, APIC, … as the host built them)",
+      "EFI variable BootOrder", "EFI variable Boot0001", "EFI variable Boot0000", "EFI variable SbatLevel", "EFI variable MokListTrusted",
+    ]);
 
     // The same log with EV_NO_ACTION records added to RTMR0 (digests that would change it, were they extended).
     const ccel = parseCcel(fixture("ccel-cos113.bin"));
