@@ -21,6 +21,12 @@ export interface TdxMeasurementArgs {
   /** Path of a CCEL captured on the target host and VM shape: makes RTMR0 exact. */
   capturedCcel?: pulumi.Input<string>;
   /**
+   * rtmr: predict RTMR0 for this QEMU TD shape — `{memoryMiB, acpi: {tableLoader, rsdp, tables},
+   * boot}` (each ACPI blob a file dumped from the host's QEMU for the shape, or its SHA-384; `boot`
+   * "direct-kernel" or the boot variables in BootOrder order), or the path of such a JSON file.
+   */
+  tdShape?: pulumi.Input<string | { memoryMiB: number; acpi: { tableLoader: string; rsdp: string; tables: string }; boot: "direct-kernel" | { name: string; data: string }[] }>;
+  /**
    * gcp: path of Google's launch endorsement of the firmware your VMs boot (the .binarypb from
    * gce_tcb_integrity/ovmf_x64_csm/tdx/<MRTD>.binarypb): verified against Google's pinned root, it
    * pins MRTD (status "endorsed") for `vm.memoryMiB`.
@@ -83,7 +89,7 @@ export class TdxMeasurement extends pulumi.ComponentResource {
     const image = pulumi.all([args.image.bakeKey, args.image.artifacts, args.image.systemdStub, args.image.profile, args.image.rootfs, args.image.bake.packages])
       .apply(([bakeKey, artifacts, systemdStub, profile, rootfs, packages]) => ({ bakeKey, artifacts, systemdStub, profile, rootfs, ...(packages ? { packages } : {}) }));
     this.resource = new Measurement(name, {
-      image, backend: args.backend, firmware: args.firmware, pageOrder: args.pageOrder, capturedCcel: args.capturedCcel, endorsement: args.endorsement, waive: args.waive, vm: args.vm, cacheDir: args.cacheDir,
+      image, backend: args.backend, firmware: args.firmware, pageOrder: args.pageOrder, capturedCcel: args.capturedCcel, tdShape: args.tdShape, endorsement: args.endorsement, waive: args.waive, vm: args.vm, cacheDir: args.cacheDir,
     }, { parent: this });
     this.backend = pulumi.output(args.backend);
     this.registers = this.resource.registers;

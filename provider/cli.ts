@@ -192,7 +192,7 @@ function registersMarkdown(m: Measurements): string {
 interface MeasureOpts {
   backend: Backend; frozen?: boolean; profile?: string; archive?: string; firmware?: string; pageOrder?: "single-pass" | "two-pass"; capturedCcel?: string;
   json?: boolean; markdown?: boolean; format: Format; out?: string; check?: string; update?: boolean;
-  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none"; waive?: string[]; endorsement?: string; ramGib?: number;
+  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none"; waive?: string[]; endorsement?: string; ramGib?: number; tdShape?: string;
 }
 
 function measureCommand(program: Command, act: Act): void {
@@ -206,6 +206,7 @@ function measureCommand(program: Command, act: Act): void {
     .option("--firmware <file>", "TDVF firmware for MRTD (rtmr default: Debian trixie's OVMF.fd; gcp: Google's)")
     .addOption(new Option("--page-order <order>", "MRTD page order of the host stack").choices(["single-pass", "two-pass"]))
     .option("--captured-ccel <file>", "a CCEL captured on the target host and VM shape: makes RTMR0 exact")
+    .option("--td-shape <file.json>", "rtmr: predict RTMR0 for this QEMU TD shape (memory, ACPI blobs, boot variables; see README)")
     .option("--waive <REG:reason>", "accept a platform-defined register unchecked, shown as WAIVED (<reason>) to every verifier; repeatable", collect)
     .option("--endorsement <file>", "gcp: Google's launch endorsement of the firmware (.binarypb): pins MRTD (endorsed)")
     .option("--ram-gib <n>", "gcp with --endorsement: the VM's memory in GiB", count("--ram-gib", 65_536))
@@ -221,7 +222,7 @@ function measureCommand(program: Command, act: Act): void {
       if (given === (recipe !== undefined) || (given && !(o.uki && o.disk))) throw new TdxError("E_VALIDATION", "measure needs a recipe, or --uki and --disk (not both)", { hint: "tdxvm measure recipe.ts --backend azure, or tdxvm measure --uki tdxvm.efi --disk tdxvm.raw --backend azure" });
       if (given && (o.frozen !== undefined || o.profile || o.archive)) throw new TdxError("E_VALIDATION", "--frozen, --profile and --archive choose what a recipe bakes: they do not go with --uki", { hint: "Drop them, or measure the recipe instead." });
       if (!given && o.rootfs) throw new TdxError("E_VALIDATION", "--rootfs goes with --uki: a recipe's bake knows its root file system", { hint: "Drop --rootfs." });
-      const measureOpts = { backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, cacheDir: ctx.cacheDir };
+      const measureOpts = { backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, tdShape: o.tdShape, cacheDir: ctx.cacheDir };
       const what = given ? `--uki ${o.uki} --disk ${o.disk}${o.rootfs ? ` --rootfs ${o.rootfs}` : ""}` : recipe!;
       const { diffMeasurements, diffToMarkdown, measurementsToJson, parseWaivers, waiveRegisters } = await import("./measure/ledger");
       const waive = parseWaivers(o.waive ?? [], "--waive");
@@ -280,7 +281,7 @@ function diffCommand(program: Command, act: Act): void {
       const [a, b] = [await readMeasurements(oldFile), await readMeasurements(newFile)];
       if (a.backend !== b.backend) throw new TdxError("E_VALIDATION", `${oldFile} holds ${a.backend} and ${newFile} ${b.backend} measurements`, { hint: "Compare files of the same backend." });
       const diffs = diffMeasurements(a, b);
-      console.log(o.json ? JSON.stringify(diffs, null, 2) : o.markdown ? diffToMarkdown(diffs, `Measurement changes (${a.backend})`).trimEnd() : diffText(diffs));
+      console.log(o.json ? JSON.stringify(diffs, null, 2) : o.markdown ? diffToMarkdown(diffs, `Measurement changes (${a.backend})`, b).trimEnd() : diffText(diffs));
     }));
 }
 

@@ -25,5 +25,5 @@ tdxvm=(${TDXVM:-npx --no-install tdxvm})
     fi
     echo
   done
-  echo "<sub>Registers tdxvm computes from the baked image (\`tdxvm measure\`); platform-defined registers are not listed. Updated on each push.</sub>"
+  echo "<sub>Registers tdxvm computes from the baked image (\`tdxvm measure\`); under each backend, the registers no value pins (WAIVED with their reason, or NOT PINNED: a verifier refuses them). Updated on each push.</sub>"
 } > "$out"

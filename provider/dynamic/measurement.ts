@@ -11,7 +11,8 @@ import { promises as fs } from "node:fs";
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { digestOf } from "../recipe/digest";
-import { measureBake, firmwarePath, readMeasureInput } from "../measure/api";
+import { measureBake, firmwarePath, readMeasureInput, readTdShape } from "../measure/api";
+import type { TdShape, TdShapeSpec } from "../measure/rtmr0";
 import { PackagePins } from "./image";
 import { defaultCacheDir } from "../pipeline";
 import { diffMeasurements, diffToMarkdown, Measurements, parseWaivers, RegisterValue, waiveRegisters } from "../measure/ledger";
@@ -39,6 +40,8 @@ export const MeasurementArgs = z.object({
   pageOrder: z.enum(["single-pass", "two-pass"]).optional(),
   /** A CCEL captured on the target host and VM shape (path): makes RTMR0 exact. */
   capturedCcel: z.string().min(1).optional(),
+  /** rtmr: the QEMU TD shape RTMR0 is predicted for (a JSON file's path, or the spec: memoryMiB, acpi, boot). */
+  tdShape: z.union([z.string().min(1), z.object({}).loose()]).optional(),
   /** gcp: path of Google's launch endorsement (.binarypb) of the firmware: pins MRTD ("endorsed"). */
   endorsement: z.string().min(1).optional(),
   /** Platform-defined registers accepted unchecked, by name, each with its reason (shown as WAIVED everywhere). */
@@ -126,7 +129,14 @@ export async function measurementKey(a: MeasurementArgsT): Promise<string> {
     ccel: a.capturedCcel ? await fileSha256(loadPath(a.capturedCcel), "captured CCEL") : null, vm: a.vm ?? null,
     waive: a.waive ? parseWaivers(a.waive, "TdxMeasurement waive") : null,
     endorsement: a.endorsement ? await fileSha256(loadPath(a.endorsement), "launch endorsement") : null,
+    tdShape: a.tdShape ? shapeKey(await readTdShape(typeof a.tdShape === "string" ? loadPath(a.tdShape) : (a.tdShape as unknown as TdShapeSpec))) : null,
   });
+}
+
+/** What of a TD shape the registers depend on: memory, layout and each blob's digest. */
+function shapeKey(t: TdShape): string {
+  const d = (b: Buffer | string) => (typeof b === "string" ? b : createHash("sha384").update(b).digest("hex"));
+  return JSON.stringify({ m: t.memoryMiB, l: t.ovmfLayout ?? null, a: [d(t.acpi.tableLoader), d(t.acpi.rsdp), d(t.acpi.tables)], b: t.boot === "direct-kernel" ? t.boot : t.boot.map((v) => [v.name, d(v.data)]) });
 }
 
 export function toComputed(m: Measurements, key: string, previous?: Measurements): MeasurementComputed {
@@ -175,7 +185,7 @@ async function compute(a: MeasurementArgsT, previous: Partial<MeasurementCompute
       { target: "uki", kind: "efi", path: loadPath(uki.path), sha256: uki.sha256, size: uki.size },
       { target: "disk", kind: "raw", path: loadPath(disk.path), sha256: disk.sha256, size: disk.size },
     ] },
-    { backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware, pageOrder: a.pageOrder, capturedCcel: a.capturedCcel ? loadPath(a.capturedCcel) : undefined, cacheDir: a.cacheDir ? loadPath(a.cacheDir) : undefined },
+    { backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware, pageOrder: a.pageOrder, capturedCcel: a.capturedCcel ? loadPath(a.capturedCcel) : undefined, tdShape: typeof a.tdShape === "string" ? loadPath(a.tdShape) : (a.tdShape as unknown as TdShapeSpec | undefined), cacheDir: a.cacheDir ? loadPath(a.cacheDir) : undefined },
   );
   if (a.endorsement) {
     const { withEndorsedMrtd } = await import("../attest/gcpEndorsement");

@@ -13,6 +13,7 @@ import { Backend, Measurements } from "./ledger";
 import { PageOrder } from "./tdvf";
 import { parsePe } from "./pe";
 import { stubCmdline } from "./cmdline";
+import { loadTdShape, TdShape, TdShapeSpec } from "./rtmr0";
 import { prewarm } from "./hashjobs";
 import { PARALLEL_MIN_BYTES } from "./stream";
 
@@ -23,6 +24,8 @@ export interface MeasureCallOptions {
   pageOrder?: PageOrder;
   /** Path to (or bytes of) a CCEL captured on the target host and VM shape. */
   capturedCcel?: string | Buffer;
+  /** rtmr: the QEMU TD shape RTMR0 is predicted for: a JSON file's path, or the spec itself (paths in it relative to the current directory). */
+  tdShape?: string | TdShapeSpec;
   cacheDir?: string;
 }
 
@@ -135,8 +138,22 @@ async function measureFiles(uki: string, disk: string, rootfs: RootFs | undefine
   const cacheDir = opts.cacheDir ?? (require("../register") as { defaultCacheDir(): string }).defaultCacheDir();
   const ccel = typeof opts.capturedCcel === "string" ? await readMeasureInput(opts.capturedCcel, "captured CCEL") : opts.capturedCcel;
   const diskHead = await readDiskHead(disk);
+  const tdShape = opts.tdShape === undefined ? undefined : await readTdShape(opts.tdShape);
   return measureBoot(
     { ukiPath: uki, diskHead },
-    { backend: opts.backend, firmware: await loadFirmware(opts, cacheDir), pageOrder: opts.pageOrder, capturedCcel: ccel, rootfs, inputs },
+    { backend: opts.backend, firmware: await loadFirmware(opts, cacheDir), pageOrder: opts.pageOrder, capturedCcel: ccel, tdShape, rootfs, inputs },
   );
+}
+
+/** A TD shape from its JSON file (paths in it relative to the file) or from a spec object (relative to the current directory). */
+export async function readTdShape(shape: string | TdShapeSpec): Promise<TdShape> {
+  if (typeof shape !== "string") return loadTdShape(shape, process.cwd(), readMeasureInput);
+  const text = (await readMeasureInput(shape, "TD shape")).toString("utf8");
+  let spec: unknown;
+  try {
+    spec = JSON.parse(text);
+  } catch (e) {
+    throw new TdxError("E_VALIDATION", `TD shape ${shape} is not JSON (${(e as Error).message})`);
+  }
+  return loadTdShape(spec, path.dirname(path.resolve(shape)), readMeasureInput);
 }

@@ -23,6 +23,7 @@ import { Backend, LedgerEvent, Measurements, RegisterValue } from "./ledger";
 import { computeMrtd, PageOrder } from "./tdvf";
 import { parseCcel } from "./eventlog";
 import { pcrReplay } from "./uki";
+import { predictRtmr0, TdShape } from "./rtmr0";
 
 export interface FirmwareInput { bytes: Buffer; name: string }
 
@@ -34,6 +35,8 @@ export interface MeasureOptions {
   pageOrder?: PageOrder;
   /** A CCEL captured on the target host and VM shape; its RTMR0 events make RTMR0 exact. */
   capturedCcel?: Buffer;
+  /** rtmr: the QEMU TD shape (memory, ACPI blobs, boot variables): RTMR0 predicted from it and the firmware. */
+  tdShape?: TdShape;
   /** Facts recorded in the result (stub version, artifact digests, ...). */
   inputs?: Record<string, string | number | null>;
   /** How the image's root file system is measured (from the bake); default: verity when the UKI names a roothash=, else none. */
@@ -176,9 +179,14 @@ export async function measureBoot(image: BootImage | BootImageFile, opts: Measur
         ? "Google's TDVF firmware: pass its binary (published by Google, see gce-tcb-verifier) as `firmware` to compute MRTD"
         : "no firmware given");
     }
-    registers.RTMR0 = opts.capturedCcel
+    if (opts.tdShape && opts.capturedCcel) throw new TdxError("E_VALIDATION", "RTMR0 is either captured (capturedCcel) or predicted from a TD shape (tdShape), not both", { hint: "Drop one of them." });
+    if (opts.tdShape && (opts.backend !== "rtmr" || !opts.firmware)) throw new TdxError("E_VALIDATION", "a TD shape predicts RTMR0 for QEMU/KVM hosts (backend rtmr, with the firmware the host boots)", { hint: "On GCP, Google's VMM builds the TD HOB and ACPI tables: pin RTMR0 with a canary's captured CCEL." });
+    registers.RTMR0 = opts.tdShape
+      ? exact("sha384", predictRtmr0(opts.firmware!.bytes, opts.tdShape, { firmwareName: opts.firmware!.name }))
+      : opts.capturedCcel
       ? { ...exact("sha384", rtmr0FromCcel(opts.capturedCcel)), basis: "captured" }
       : platform("sha384", "TD HOB, CFV, ACPI tables and boot variables of the VM shape (memory, CPUs, devices, QEMU version): pass a CCEL captured on the target host with the same shape as `capturedCcel`");
+    if (opts.tdShape) Object.assign(inputs, { tdShapeMemoryMiB: opts.tdShape.memoryMiB, tdShapeBoot: opts.tdShape.boot === "direct-kernel" ? "direct-kernel" : "disk (boot variables given)" });
     registers.RTMR1 = exact("sha384", rtmr1);
     registers.RTMR2 = exact("sha384", rtmr2);
     registers.RTMR3 = { alg: "sha384", value: zero("sha384"), status: "zero", events: [] };

@@ -128,7 +128,7 @@ describe("measure, diff", () => {
     for (const backend of ["rtmr", "azure"]) {
       const r = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", backend, "--out", file(`${backend}.json`)]);
       expect(r.code).toBe(0);
-      expect(r.stdout).toMatch(backend === "rtmr" ? /^RTMR1\s+exact\s+[0-9a-f]{96}$/m : /^PCR11\s+exact\s+[0-9a-f]{64}$/m);
+      expect(r.stdout).toMatch(backend === "rtmr" ? /^RTMR1\s+predicted\s+[0-9a-f]{96}$/m : /^PCR11\s+predicted\s+[0-9a-f]{64}$/m);
     }
     const td = parseMeasurements(await fs.readFile(file("rtmr.json"), "utf8"), "rtmr.json");
     const fb = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--format", "flashbots", "--json"]);
@@ -240,6 +240,9 @@ describe("measure, diff", () => {
     expect(md).toMatch(/### Measurement changes \(rtmr\)\n\n\| register \| old \| new \| why \|\n\|---\|---\|---\|---\|\n\| RTMR1 \|.*\n\| RTMR2 \|.*UKI section \.cmdline changed/);
     expect(md).toMatch(/### Measurement changes \(azure\)\n\n\| register \| old \| new \| why \|\n\|---\|---\|---\|---\|\n\| PCR4 \|.*\n\| PCR9 \|.*\n\| PCR11 \|.*PCR11: UKI section \.cmdline changed/);
     expect(md).toContain("### Measurement changes (gcp)\n\nThe base branch has no measurements.gcp.json: nothing to compare with.");
+    // Every comment shows what is not pinned by a value, with the reason: a reviewer sees waivers on every change.
+    expect(md).toMatch(/Registers without an expected value:\n\n\| register \| pinned \| reason \|\n\|---\|---\|---\|\n\| RTMR0 \| NOT PINNED: a verifier refuses it \| TD HOB/);
+    expect(md).toMatch(/\| PCR0 \| WAIVED \| Azure's firmware: no published reference value/);
   });
 
   it("verify on another image's captured TD quote reports a mismatch with exit 3", async () => {

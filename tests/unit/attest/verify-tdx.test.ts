@@ -312,7 +312,7 @@ describe("tdx issuer", () => {
     }));
     const r = replayCcel(parseCcel(edited).events);
     const q = buildTdQuote(tdBody({ reportData: body.reportData, rtmr: [r.RTMR0, r.RTMR1, r.RTMR2, Buffer.alloc(48)] }));
-    const v = await verifyEvidence(input({ expected: exp }, q, edited), vopts);
+    const v = await verifyEvidence(input({ expected: exp }, q, Buffer.from(edited)), vopts);
     expect(v.ok).toBe(false);
     expect(v.registers.find((r0) => r0.register === "RTMR0")).toMatchObject({ pin: "captured", ok: false, problems: [expect.stringMatching(/^event 11 \(ACPI tables \(etc\/acpi\/tables: .*\)\) differs: expected /), expect.stringMatching(/^reported value /), expect.stringMatching(/^replayed value /)] });
   });
