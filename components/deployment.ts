@@ -52,10 +52,12 @@ export class VmAttestation extends pulumi.dynamic.Resource {
   declare readonly checks: pulumi.Output<string[]>;
   declare readonly spkiSha256: pulumi.Output<string>;
   declare readonly secretNames: pulumi.Output<string[]>;
+  /** With a measurement envelope: the host shape whose values the VM matched. */
+  declare readonly matchedShape: pulumi.Output<string | undefined>;
   /** "REG: reason" for every register the verdict accepted unchecked (from the measurement or `attest.waive`). */
   declare readonly waived: pulumi.Output<string[]>;
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
-    const computed = { attested: undefined, issuer: undefined, checks: undefined, waived: undefined, spkiSha256: undefined, attestedAt: undefined, attestSeconds: undefined, secretNames: undefined, secretsDigest: undefined };
+    const computed = { attested: undefined, issuer: undefined, checks: undefined, waived: undefined, matchedShape: undefined, spkiSha256: undefined, attestedAt: undefined, attestSeconds: undefined, secretNames: undefined, secretsDigest: undefined };
     // Secret values never come back in outputs; the digest that detects their change is kept encrypted.
     // The secrets input is secret in state even when a program passes a plain value.
     const secrets = props.secrets === undefined ? undefined : pulumi.secret(props.secrets);
@@ -212,7 +214,7 @@ export class TdxDeployment extends pulumi.ComponentResource {
         const m = args.measurement!;
         d.attestation = new VmAttestation(`${vmName(i)}-attest`, {
           target: r.id, endpoint: d.endpoint(agentPort),
-          expected: pulumi.all([m.backend, m.registers, m.status, m.ledger, m.assumptions]).apply(([backend, registers, status, ledger, assumptions]) => ({ backend, registers, status, ledger, assumptions })),
+          expected: pulumi.all([m.backend, m.registers, m.status, m.ledger, m.assumptions, m.alternatives]).apply(([backend, registers, status, ledger, assumptions, alternatives]) => ({ backend, registers, status, ledger, assumptions, ...(alternatives?.length ? { alternatives } : {}) })),
           trust: { cacheDir: args.qemu?.cacheDir, ...attestOpts.trust },
           ...(attestOpts.waive ? { waive: attestOpts.waive } : {}),
           secrets: args.secrets === undefined ? undefined : pulumi.secret(args.secrets), secretDecls: args.image.secretDecls,

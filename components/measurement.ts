@@ -8,7 +8,7 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 import { providerShim } from "../provider/dynamic/shim";
-import type { LedgerRow } from "../provider/dynamic/measurement";
+import type { AlternativeComputed, LedgerRow } from "../provider/dynamic/measurement";
 import type { TdxImage } from "./image";
 
 export interface TdxMeasurementArgs {
@@ -27,6 +27,14 @@ export interface TdxMeasurementArgs {
    */
   tdShape?: pulumi.Input<string | { memoryMiB: number; acpi: { tableLoader: string; rsdp: string; tables: string }; boot: "direct-kernel" | { name: string; data: string }[] }>;
   /**
+   * The measurement envelope: further host shapes the VMs may run on (two QEMU versions, two
+   * memory sizes, Google's current and next firmware), each `{label, tdShape?, endorsement?}`; the
+   * base (the other arguments) is labelled `shapeLabel` (default "base"). Verifiers accept any one
+   * listed combination and say which matched; `alternatives` lists what differs per shape.
+   */
+  shapes?: pulumi.Input<Array<{ label: string; tdShape?: string | Record<string, unknown>; endorsement?: string }>>;
+  shapeLabel?: pulumi.Input<string>;
+  /**
    * gcp: path of Google's launch endorsement of the firmware your VMs boot (the .binarypb from
    * gce_tcb_integrity/ovmf_x64_csm/tdx/<MRTD>.binarypb): verified against Google's pinned root, it
    * pins MRTD (status "endorsed") for `vm.memoryMiB`.
@@ -44,7 +52,7 @@ export interface TdxMeasurementArgs {
   cacheDir?: pulumi.Input<string>;
 }
 
-const COMPUTED = { stateVersion: undefined, measurementKey: undefined, registers: undefined, status: undefined, ledger: undefined, assumptions: undefined, diffMarkdown: undefined };
+const COMPUTED = { stateVersion: undefined, measurementKey: undefined, registers: undefined, status: undefined, ledger: undefined, assumptions: undefined, diffMarkdown: undefined, alternatives: undefined };
 
 /** The dynamic resource that measures (type pulumi-nodejs:dynamic/tdxvm:Measurement). */
 export class Measurement extends pulumi.dynamic.Resource {
@@ -54,6 +62,7 @@ export class Measurement extends pulumi.dynamic.Resource {
   declare readonly assumptions: pulumi.Output<Record<string, string | number | null>>;
   declare readonly diffMarkdown: pulumi.Output<string>;
   declare readonly measurementKey: pulumi.Output<string>;
+  declare readonly alternatives: pulumi.Output<AlternativeComputed[] | undefined>;
 
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
     super(providerShim("measurement"), name, { ...props, ...COMPUTED }, opts, "tdxvm", "Measurement");
@@ -74,6 +83,8 @@ export class TdxMeasurement extends pulumi.ComponentResource {
   readonly assumptions: pulumi.Output<Record<string, string | number | null>>;
   /** Markdown table of the registers that changed against the previous state (for PR comments). */
   readonly diffMarkdown: pulumi.Output<string>;
+  /** The envelope (`shapes`): per further host shape, the registers that differ there. */
+  readonly alternatives: pulumi.Output<AlternativeComputed[] | undefined>;
   readonly mrtd: pulumi.Output<string | undefined>;
   readonly rtmr0: pulumi.Output<string | undefined>;
   readonly rtmr1: pulumi.Output<string | undefined>;
@@ -89,7 +100,7 @@ export class TdxMeasurement extends pulumi.ComponentResource {
     const image = pulumi.all([args.image.bakeKey, args.image.artifacts, args.image.systemdStub, args.image.profile, args.image.rootfs, args.image.bake.packages])
       .apply(([bakeKey, artifacts, systemdStub, profile, rootfs, packages]) => ({ bakeKey, artifacts, systemdStub, profile, rootfs, ...(packages ? { packages } : {}) }));
     this.resource = new Measurement(name, {
-      image, backend: args.backend, firmware: args.firmware, pageOrder: args.pageOrder, capturedCcel: args.capturedCcel, tdShape: args.tdShape, endorsement: args.endorsement, waive: args.waive, vm: args.vm, cacheDir: args.cacheDir,
+      image, backend: args.backend, firmware: args.firmware, pageOrder: args.pageOrder, capturedCcel: args.capturedCcel, tdShape: args.tdShape, shapes: args.shapes, shapeLabel: args.shapeLabel, endorsement: args.endorsement, waive: args.waive, vm: args.vm, cacheDir: args.cacheDir,
     }, { parent: this });
     this.backend = pulumi.output(args.backend);
     this.registers = this.resource.registers;
@@ -97,6 +108,7 @@ export class TdxMeasurement extends pulumi.ComponentResource {
     this.ledger = this.resource.ledger;
     this.assumptions = this.resource.assumptions;
     this.diffMarkdown = this.resource.diffMarkdown;
+    this.alternatives = this.resource.alternatives;
     const reg = (n: string) => this.registers.apply((r) => r?.[n] ?? undefined);
     this.mrtd = reg("MRTD");
     this.rtmr0 = reg("RTMR0");

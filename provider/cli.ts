@@ -192,7 +192,7 @@ function registersMarkdown(m: Measurements): string {
 interface MeasureOpts {
   backend: Backend; frozen?: boolean; profile?: string; archive?: string; firmware?: string; pageOrder?: "single-pass" | "two-pass"; capturedCcel?: string;
   json?: boolean; markdown?: boolean; format: Format; out?: string; check?: string; update?: boolean;
-  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none"; waive?: string[]; endorsement?: string; ramGib?: number; tdShape?: string;
+  uki?: string; disk?: string; rootfs?: "verity" | "initrd" | "none"; waive?: string[]; endorsement?: string[]; ramGib?: number; tdShape?: string[];
 }
 
 function measureCommand(program: Command, act: Act): void {
@@ -206,9 +206,9 @@ function measureCommand(program: Command, act: Act): void {
     .option("--firmware <file>", "TDVF firmware for MRTD (rtmr default: Debian trixie's OVMF.fd; gcp: Google's)")
     .addOption(new Option("--page-order <order>", "MRTD page order of the host stack").choices(["single-pass", "two-pass"]))
     .option("--captured-ccel <file>", "a CCEL captured on the target host and VM shape: makes RTMR0 exact")
-    .option("--td-shape <file.json>", "rtmr: predict RTMR0 for this QEMU TD shape (memory, ACPI blobs, boot variables; see README)")
+    .option("--td-shape <file.json>", "rtmr: predict RTMR0 for this QEMU TD shape (memory, ACPI blobs, boot variables; see README); repeat for an envelope of host shapes", collect)
     .option("--waive <REG:reason>", "accept a platform-defined register unchecked, shown as WAIVED (<reason>) to every verifier; repeatable", collect)
-    .option("--endorsement <file>", "gcp: Google's launch endorsement of the firmware (.binarypb): pins MRTD (endorsed)")
+    .option("--endorsement <file>", "gcp: Google's launch endorsement of the firmware (.binarypb): pins MRTD (endorsed); repeat for an envelope (current and next firmware)", collect)
     .option("--ram-gib <n>", "gcp with --endorsement: the VM's memory in GiB", count("--ram-gib", 65_536))
     .addOption(new Option("--json", "print the measurements file (in --format) instead of a table").conflicts("markdown"))
     .option("--markdown", "print a markdown table")
@@ -222,15 +222,28 @@ function measureCommand(program: Command, act: Act): void {
       if (given === (recipe !== undefined) || (given && !(o.uki && o.disk))) throw new TdxError("E_VALIDATION", "measure needs a recipe, or --uki and --disk (not both)", { hint: "tdxvm measure recipe.ts --backend azure, or tdxvm measure --uki tdxvm.efi --disk tdxvm.raw --backend azure" });
       if (given && (o.frozen !== undefined || o.profile || o.archive)) throw new TdxError("E_VALIDATION", "--frozen, --profile and --archive choose what a recipe bakes: they do not go with --uki", { hint: "Drop them, or measure the recipe instead." });
       if (!given && o.rootfs) throw new TdxError("E_VALIDATION", "--rootfs goes with --uki: a recipe's bake knows its root file system", { hint: "Drop --rootfs." });
-      const measureOpts = { backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, tdShape: o.tdShape, cacheDir: ctx.cacheDir };
+      if ((o.tdShape?.length ?? 0) > 1 && (o.endorsement?.length ?? 0) > 1) throw new TdxError("E_VALIDATION", "an envelope varies one thing: several --td-shape or several --endorsement, not both", { hint: "Measure each firmware's envelope separately." });
+      const measureOpts = { backend: o.backend, firmware: o.firmware, pageOrder: o.pageOrder, capturedCcel: o.capturedCcel, tdShape: o.tdShape?.[0], cacheDir: ctx.cacheDir };
       const what = given ? `--uki ${o.uki} --disk ${o.disk}${o.rootfs ? ` --rootfs ${o.rootfs}` : ""}` : recipe!;
       const { diffMeasurements, diffToMarkdown, measurementsToJson, parseWaivers, waiveRegisters } = await import("./measure/ledger");
       const waive = parseWaivers(o.waive ?? [], "--waive");
-      const measured = given
-        ? await (await import("./measure/api")).measureArtifacts({ uki: o.uki!, disk: o.disk!, rootfs: o.rootfs }, measureOpts)
-        : await (async () => { const img = loadRecipe(recipe!); return img.measure({ ...measureOpts, bake: bakeOpts(ctx, o, img) }); })();
-      const endorsed = o.endorsement ? (await import("./attest/gcpEndorsement")).withEndorsedMrtd(measured, await readInput(o.endorsement, "--endorsement", 256 * 1024), { ramGib: o.ramGib }) : measured;
-      const m = Object.keys(waive).length ? waiveRegisters(endorsed, waive) : endorsed;
+      const img = given ? undefined : loadRecipe(recipe!);
+      const measureWith = async (tdShape: string | undefined) => (img
+        ? img.measure({ ...measureOpts, tdShape, bake: bakeOpts(ctx, o, img) })
+        : (await import("./measure/api")).measureArtifacts({ uki: o.uki!, disk: o.disk!, rootfs: o.rootfs }, { ...measureOpts, tdShape }));
+      const endorse = async (x: Measurements, file: string) => (await import("./attest/gcpEndorsement")).withEndorsedMrtd(x, await readInput(file, "--endorsement", 256 * 1024), { ramGib: o.ramGib });
+      // The first --td-shape / --endorsement is the base; each further one joins the envelope under its file name.
+      const label = (f: string) => path.basename(f).replace(/\.(json|binarypb)$/, "").replace(/[^A-Za-z0-9._:@+-]/g, "_").slice(0, 100);
+      let measured = await measureWith(o.tdShape?.[0]);
+      if (o.endorsement?.length) measured = await endorse(measured, o.endorsement[0]!);
+      const others = o.tdShape && o.tdShape.length > 1 ? o.tdShape : o.endorsement && o.endorsement.length > 1 ? o.endorsement : [];
+      if (others.length) {
+        const { withAlternatives } = await import("./measure/ledger");
+        const rest = [];
+        for (const f of others.slice(1)) rest.push({ label: label(f), m: o.tdShape && o.tdShape.length > 1 ? await measureWith(f) : await endorse(measured, f) });
+        measured = withAlternatives(measured, label(others[0]!), rest);
+      }
+      const m = Object.keys(waive).length ? waiveRegisters(measured, waive) : measured;
       // The interop formats and the reader of committed files (zod) are loaded only when used.
       const formatted = async (f: Format) => (f === "tdxvm" ? measurementsToJson(m) : (await import("./measure/formats")).formatMeasurements(m, f));
       if (o.out) {

@@ -31,6 +31,6 @@ export function formatVerdict(v: Verdict): string {
   }
   const waived = v.registers.filter((r) => r.pin === "waived");
   const who = v.channel ? `${v.channel.host}:${v.channel.port} (TLS key SPKI SHA-256 ${v.channel.spkiSha256})` : "the agent";
-  rows.push("", `${v.ok ? "OK" : "FAILED"}: ${who}, issuer ${v.issuer}, ${v.checks.filter((c) => c.ok).length}/${v.checks.length} checks, ${v.registers.filter((r) => r.ok).length}/${v.registers.length} registers${waived.length ? ` (WAIVED: ${waived.map((r) => r.register).join(", ")})` : ""}, ${(v.durationMs / 1000).toFixed(2)} s`);
+  rows.push("", `${v.ok ? "OK" : "FAILED"}: ${who}, issuer ${v.issuer}${v.matched ? `, host shape ${v.matched}` : ""}, ${v.checks.filter((c) => c.ok).length}/${v.checks.length} checks, ${v.registers.filter((r) => r.ok).length}/${v.registers.length} registers${waived.length ? ` (WAIVED: ${waived.map((r) => r.register).join(", ")})` : ""}, ${(v.durationMs / 1000).toFixed(2)} s`);
   return rows.join("\n");
 }

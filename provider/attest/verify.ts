@@ -11,6 +11,7 @@
  * agent's half in agent/issuers/<issuer>.ts; what they share is ./issuers/common.ts.
  */
 import type { Issuer } from "./evidence";
+import { combinations } from "../measure/ledger";
 import { applyWaivers, Checks, EvidenceInput, EvidenceVerdict, RegisterVerdict, VerifyOptions } from "./issuers/common";
 import { verifyTpm } from "./issuers/tpm";
 import { verifyAzure } from "./issuers/azure";
@@ -23,8 +24,24 @@ const DEFAULT_ISSUERS: readonly Issuer[] = ["tpm", "tdx", "azure"];
 
 const PCR_BACKENDS = new Set(["azure"]);
 
-/** Judge one piece of evidence. Never throws for bad evidence: every problem is a failed check. */
+/**
+ * Judge one piece of evidence. Never throws for bad evidence: every problem is a failed check.
+ * With a measurement envelope (expected.alternatives), the evidence passes when it matches any one
+ * listed combination; the verdict's `matched` names it, and a check "envelope" says so.
+ */
 export async function verifyEvidence(input: EvidenceInput, opts: VerifyOptions = {}): Promise<EvidenceVerdict> {
+  if (!input.expected.alternatives?.length) return verifyOne(input, opts);
+  const all = combinations(input.expected);
+  let first: EvidenceVerdict | undefined;
+  for (const c of all) {
+    const v = await verifyOne({ ...input, expected: c.m }, opts);
+    if (v.ok) return { ...v, matched: c.label, checks: [...v.checks, { check: "envelope", ok: true, detail: `matched host shape ${c.label} (one of ${all.length}: ${all.map((x) => x.label).join(", ")})` }] };
+    first ??= v;
+  }
+  return { ...first!, checks: [...first!.checks, { check: "envelope", ok: false, detail: `no listed host shape matches (tried ${all.map((x) => x.label).join(", ")}); the rows above are for ${all[0]!.label}` }] };
+}
+
+async function verifyOne(input: EvidenceInput, opts: VerifyOptions): Promise<EvidenceVerdict> {
   const checks = new Checks();
   const issuer = input.evidence.issuer;
   const accepted = opts.issuers ?? DEFAULT_ISSUERS;

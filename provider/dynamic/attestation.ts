@@ -33,6 +33,7 @@ export const AttestationArgs = z.object({
     status: z.record(z.string(), z.string()),
     ledger: z.record(z.string(), z.array(z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string(), pcr: z.number().optional(), log: z.enum(["firmware", "userspace"]).optional() }).loose())),
     assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).default({}),
+    alternatives: z.array(z.object({ label: z.string(), registers: z.record(z.string(), z.string().nullable()), status: z.record(z.string(), z.string()), ledger: z.record(z.string(), z.array(z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string() }).loose())) })).max(16).optional(),
   }),
   /**
    * Trust anchors: the dev VM's per-host EK CA lives in the tdxvm cache (`cacheDir`); DCAP
@@ -63,6 +64,7 @@ export const AttestationState = z.object({
   issuer: z.string().optional(),
   checks: z.array(z.string()).optional(),
   waived: z.array(z.string()).optional(),
+  matchedShape: z.string().optional(),
   spkiSha256: z.string().optional(),
   attestedAt: z.string().optional(),
   attestSeconds: z.number().optional(),
@@ -71,7 +73,7 @@ export const AttestationState = z.object({
 }).loose();
 const state = (o: unknown) => guardedSync(() => parseState(AttestationState, o, "VmAttestation"));
 
-const OUT = ["attested", "issuer", "checks", "waived", "spkiSha256", "attestedAt", "attestSeconds", "secretNames", "secretsDigest"];
+const OUT = ["attested", "issuer", "checks", "waived", "matchedShape", "spkiSha256", "attestedAt", "attestSeconds", "secretNames", "secretsDigest"];
 const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
 export function secretsDigest(secrets: Record<string, string> | undefined): string | null {
@@ -129,7 +131,7 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
     log(name, `${a.endpoint}: delivered ${names.length} secret(s) (${names.join(", ")}) over the attested TLS key`);
   }
   return {
-    attested: true, issuer: verdict.issuer, checks: verdict.checks.map((c) => `${c.ok ? "ok" : "FAIL"} ${c.check}`), waived, spkiSha256: channel.spkiSha256,
+    attested: true, issuer: verdict.issuer, checks: verdict.checks.map((c) => `${c.ok ? "ok" : "FAIL"} ${c.check}`), waived, ...(verdict.matched ? { matchedShape: verdict.matched } : {}), spkiSha256: channel.spkiSha256,
     attestedAt: new Date().toISOString(), attestSeconds: Math.round((Date.now() - t0) / 100) / 10, secretNames: names, secretsDigest: secretsDigest(a.secrets),
   };
 }

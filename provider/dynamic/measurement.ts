@@ -15,7 +15,7 @@ import { measureBake, firmwarePath, readMeasureInput, readTdShape } from "../mea
 import type { TdShape, TdShapeSpec } from "../measure/rtmr0";
 import { PackagePins } from "./image";
 import { defaultCacheDir } from "../pipeline";
-import { diffMeasurements, diffToMarkdown, Measurements, parseWaivers, RegisterValue, waiveRegisters } from "../measure/ledger";
+import { diffMeasurements, diffToMarkdown, Measurements, parseWaivers, RegisterValue, waiveRegisters, withAlternatives } from "../measure/ledger";
 import { isUnknown, declared, failureOf, guarded, guardedSync, log, loadPath, CheckFailure, omit, pick as pickKeys, checkStart, requireInputs, parseState } from "./common";
 import type { ArtifactOut } from "./image";
 import { ROOTFS_MODES } from "../recipe/schema";
@@ -42,6 +42,16 @@ export const MeasurementArgs = z.object({
   capturedCcel: z.string().min(1).optional(),
   /** rtmr: the QEMU TD shape RTMR0 is predicted for (a JSON file's path, or the spec: memoryMiB, acpi, boot). */
   tdShape: z.union([z.string().min(1), z.object({}).loose()]).optional(),
+  /**
+   * The measurement envelope: further host shapes the VMs may run on (another QEMU TD shape,
+   * another Google firmware), each under a label; the base is `shapeLabel` (default "base").
+   */
+  shapes: z.array(z.object({
+    label: z.string().regex(/^[A-Za-z0-9._:@+-]{1,100}$/),
+    tdShape: z.union([z.string().min(1), z.object({}).loose()]).optional(),
+    endorsement: z.string().min(1).optional(),
+  }).strict()).max(15).optional(),
+  shapeLabel: z.string().regex(/^[A-Za-z0-9._:@+-]{1,100}$/).optional(),
   /** gcp: path of Google's launch endorsement (.binarypb) of the firmware: pins MRTD ("endorsed"). */
   endorsement: z.string().min(1).optional(),
   /** Platform-defined registers accepted unchecked, by name, each with its reason (shown as WAIVED everywhere). */
@@ -72,7 +82,11 @@ export interface MeasurementComputed {
   diffMarkdown: string;
   /** The packages the measured image was baked from (pins), for the next diff. */
   packages?: { image: string[]; initrd: string[] };
+  /** The envelope: per further host shape, the registers that differ there (values, pins, ledgers). */
+  alternatives?: AlternativeComputed[];
 }
+
+export interface AlternativeComputed { label: string; registers: Record<string, string | null>; status: Record<string, string>; ledger: Record<string, LedgerRow[]> }
 
 /** The computed fields as state holds them (olds, checked inputs): typed wherever present. */
 export const MeasurementState = z.object({
@@ -84,11 +98,12 @@ export const MeasurementState = z.object({
   assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).optional(),
   diffMarkdown: z.string().optional(),
   packages: PackagePins.optional(),
+  alternatives: z.array(z.object({ label: z.string(), registers: z.record(z.string(), z.string().nullable()), status: z.record(z.string(), z.string()), ledger: z.record(z.string(), z.array(z.object({}).loose())) }).loose()).optional(),
   backend: z.string().optional(),
 }).loose();
 const state = (o: unknown) => parseState(MeasurementState, o, "TdxMeasurement") as Partial<MeasurementComputed> & Record<string, unknown>;
 
-const COMPUTED = ["stateVersion", "measurementKey", "registers", "status", "ledger", "assumptions", "diffMarkdown", "packages"];
+const COMPUTED = ["stateVersion", "measurementKey", "registers", "status", "ledger", "assumptions", "diffMarkdown", "packages", "alternatives"];
 const userInputs = (n: Record<string, unknown>) => omit(n, COMPUTED);
 
 function need(a: MeasurementArgsT, key: string): ArtifactOut {
@@ -130,8 +145,17 @@ export async function measurementKey(a: MeasurementArgsT): Promise<string> {
     waive: a.waive ? parseWaivers(a.waive, "TdxMeasurement waive") : null,
     endorsement: a.endorsement ? await fileSha256(loadPath(a.endorsement), "launch endorsement") : null,
     tdShape: a.tdShape ? shapeKey(await readTdShape(typeof a.tdShape === "string" ? loadPath(a.tdShape) : (a.tdShape as unknown as TdShapeSpec))) : null,
+    shapes: a.shapes ? await Promise.all(a.shapes.map(async (x) => ({
+      label: x.label,
+      tdShape: x.tdShape ? shapeKey(await readTdShape(typeof x.tdShape === "string" ? loadPath(x.tdShape) : (x.tdShape as unknown as TdShapeSpec))) : null,
+      endorsement: x.endorsement ? await fileSha256(loadPath(x.endorsement), "launch endorsement") : null,
+    }))) : null,
+    shapeLabel: a.shapeLabel ?? null,
   });
 }
+
+/** The VM's memory in whole GiB (endorsement entries are per GiB), when declared. */
+const ramGib = (a: MeasurementArgsT): number | undefined => (a.vm?.memoryMiB !== undefined && a.vm.memoryMiB % 1024 === 0 ? a.vm.memoryMiB / 1024 : undefined);
 
 /** What of a TD shape the registers depend on: memory, layout and each blob's digest. */
 function shapeKey(t: TdShape): string {
@@ -139,27 +163,21 @@ function shapeKey(t: TdShape): string {
   return JSON.stringify({ m: t.memoryMiB, l: t.ovmfLayout ?? null, a: [d(t.acpi.tableLoader), d(t.acpi.rsdp), d(t.acpi.tables)], b: t.boot === "direct-kernel" ? t.boot : t.boot.map((v) => [v.name, d(v.data)]) });
 }
 
-export function toComputed(m: Measurements, key: string, previous?: Measurements): MeasurementComputed {
+function registersOut(regs: Record<string, RegisterValue>): Pick<MeasurementComputed, "registers" | "status" | "ledger"> {
   const registers: Record<string, string | null> = {};
   const status: Record<string, string> = {};
   const ledger: Record<string, LedgerRow[]> = {};
-  for (const [name, r] of Object.entries(m.registers)) {
+  for (const [name, r] of Object.entries(regs)) {
     registers[name] = r.value;
     status[name] = r.status === "platform-defined" ? (r.waived !== undefined ? `WAIVED (${r.waived})` : `platform-defined: ${r.why ?? ""}`) : r.status === "exact" && r.basis && r.basis !== "predicted" ? r.basis : r.status;
     ledger[name] = r.events.map((e) => ({ type: e.type, description: e.description, origin: e.origin, digest: e.digest, ...(e.pcr !== undefined ? { pcr: e.pcr } : {}), ...(e.log ? { log: e.log } : {}) }));
   }
-  return {
-    stateVersion: MEASUREMENT_STATE_VERSION, measurementKey: key, registers, status, ledger, assumptions: { backend: m.backend, ...m.inputs },
-    diffMarkdown: previous ? diffToMarkdown(diffMeasurements(previous, m), `Measurement changes (${m.backend})`, m) : diffToMarkdown([], `Measurement changes (${m.backend})`, m).replace("No register changes.", "First measurement: no previous state."),
-    ...(m.packages ? { packages: m.packages } : {}),
-  };
+  return { registers, status, ledger };
 }
 
-/** Rebuild the Measurements object from stored outputs (to diff against it, or to verify a VM with it). */
-export function fromComputed(c: Partial<MeasurementComputed>, backend: string): Measurements | undefined {
-  if (!c.registers || typeof c.registers !== "object") return undefined;
+function registersIn(c: Partial<Pick<MeasurementComputed, "registers" | "status" | "ledger">>): Record<string, RegisterValue> {
   const registers: Record<string, RegisterValue> = {};
-  for (const [name, value] of Object.entries(c.registers)) {
+  for (const [name, value] of Object.entries(c.registers ?? {})) {
     const st = c.status?.[name] ?? "exact";
     const waived = /^WAIVED \((.*)\)$/s.exec(st)?.[1];
     const basis = st === "captured" || st === "endorsed" ? st : undefined;
@@ -170,9 +188,27 @@ export function fromComputed(c: Partial<MeasurementComputed>, backend: string): 
       events: (c.ledger?.[name] ?? []).map((e) => ({ ...e })),
     };
   }
+  return registers;
+}
+
+export function toComputed(m: Measurements, key: string, previous?: Measurements): MeasurementComputed {
+  const { registers, status, ledger } = registersOut(m.registers);
+  return {
+    stateVersion: MEASUREMENT_STATE_VERSION, measurementKey: key, registers, status, ledger, assumptions: { backend: m.backend, ...m.inputs },
+    diffMarkdown: previous ? diffToMarkdown(diffMeasurements(previous, m), `Measurement changes (${m.backend})`, m) : diffToMarkdown([], `Measurement changes (${m.backend})`, m).replace("No register changes.", "First measurement: no previous state."),
+    ...(m.packages ? { packages: m.packages } : {}),
+    ...(m.alternatives?.length ? { alternatives: m.alternatives.map((x) => ({ label: x.label, ...registersOut(x.registers) })) } : {}),
+  };
+}
+
+/** Rebuild the Measurements object from stored outputs (to diff against it, or to verify a VM with it). */
+export function fromComputed(c: Partial<MeasurementComputed>, backend: string): Measurements | undefined {
+  if (!c.registers || typeof c.registers !== "object") return undefined;
+  const registers = registersIn(c);
   const { backend: _b, ...inputs } = (c.assumptions ?? {}) as Record<string, string | number | null>;
   void _b;
-  return { measurementsVersion: 1, backend: backend as Measurements["backend"], registers, inputs, ...(c.packages ? { packages: c.packages } : {}) };
+  const alternatives = (c.alternatives ?? []).map((x) => ({ label: x.label, registers: registersIn(x) }));
+  return { measurementsVersion: 1, backend: backend as Measurements["backend"], registers, inputs, ...(c.packages ? { packages: c.packages } : {}), ...(alternatives.length ? { alternatives } : {}) };
 }
 
 async function compute(a: MeasurementArgsT, previous: Partial<MeasurementComputed> & Record<string, unknown>): Promise<MeasurementComputed> {
@@ -180,17 +216,27 @@ async function compute(a: MeasurementArgsT, previous: Partial<MeasurementCompute
   const t0 = Date.now();
   const uki = need(a, "uki.efi");
   const disk = need(a, "disk.raw");
-  let m = await measureBake(
-    { profile: a.image.profile ?? "default", systemdStub: a.image.systemdStub ?? null, rootfs: a.image.rootfs, artifacts: [
-      { target: "uki", kind: "efi", path: loadPath(uki.path), sha256: uki.sha256, size: uki.size },
-      { target: "disk", kind: "raw", path: loadPath(disk.path), sha256: disk.sha256, size: disk.size },
-    ] },
-    { backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware, pageOrder: a.pageOrder, capturedCcel: a.capturedCcel ? loadPath(a.capturedCcel) : undefined, tdShape: typeof a.tdShape === "string" ? loadPath(a.tdShape) : (a.tdShape as unknown as TdShapeSpec | undefined), cacheDir: a.cacheDir ? loadPath(a.cacheDir) : undefined },
-  );
+  const bakeInput = { profile: a.image.profile ?? "default", systemdStub: a.image.systemdStub ?? null, rootfs: a.image.rootfs, artifacts: [
+    { target: "uki" as const, kind: "efi" as const, path: loadPath(uki.path), sha256: uki.sha256, size: uki.size },
+    { target: "disk" as const, kind: "raw" as const, path: loadPath(disk.path), sha256: disk.sha256, size: disk.size },
+  ] };
+  const measureOpts = { backend: a.backend, firmware: typeof a.firmware === "string" ? loadPath(a.firmware) : a.firmware, pageOrder: a.pageOrder, capturedCcel: a.capturedCcel ? loadPath(a.capturedCcel) : undefined, cacheDir: a.cacheDir ? loadPath(a.cacheDir) : undefined };
+  let m = await measureBake(bakeInput, { ...measureOpts, tdShape: typeof a.tdShape === "string" ? loadPath(a.tdShape) : (a.tdShape as unknown as TdShapeSpec | undefined) });
   if (a.endorsement) {
     const { withEndorsedMrtd } = await import("../attest/gcpEndorsement");
-    const mib = a.vm?.memoryMiB;
-    m = withEndorsedMrtd(m, await readMeasureInput(loadPath(a.endorsement), "launch endorsement"), { ramGib: mib !== undefined && mib % 1024 === 0 ? mib / 1024 : undefined });
+    m = withEndorsedMrtd(m, await readMeasureInput(loadPath(a.endorsement), "launch endorsement"), { ramGib: ramGib(a) });
+  }
+  if (a.shapes?.length) {
+    const { withEndorsedMrtd } = await import("../attest/gcpEndorsement");
+    const others: { label: string; m: Measurements }[] = [];
+    for (const x of a.shapes) {
+      let o = x.tdShape
+        ? await measureBake(bakeInput, { ...measureOpts, tdShape: typeof x.tdShape === "string" ? loadPath(x.tdShape) : (x.tdShape as unknown as TdShapeSpec) })
+        : m;
+      if (x.endorsement) o = withEndorsedMrtd(o, await readMeasureInput(loadPath(x.endorsement), "launch endorsement"), { ramGib: ramGib(a) });
+      others.push({ label: x.label, m: o });
+    }
+    m = withAlternatives(m, a.shapeLabel ?? "base", others);
   }
   if (a.waive) m = waiveRegisters(m, parseWaivers(a.waive, "TdxMeasurement waive"));
   if (a.vm) Object.assign(m.inputs, { vmMemoryMiB: a.vm.memoryMiB ?? null, vmCpus: a.vm.cpus ?? null });

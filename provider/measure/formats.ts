@@ -24,7 +24,7 @@
 import { promises as fs } from "node:fs";
 import { z } from "zod";
 import { TdxError, formatIssues } from "../errors";
-import { Backend, Measurements, measurementsToJson } from "./ledger";
+import { Backend, combinations, Measurements, measurementsToJson } from "./ledger";
 
 export const FORMATS = ["tdxvm", "flashbots", "constellation"] as const;
 export type Format = (typeof FORMATS)[number];
@@ -35,18 +35,21 @@ const LedgerEventSchema = z.object({
 });
 
 /** tdxvm's measurements file (measurementsToJson), as read from disk: untrusted until parsed. */
+const RegistersSchema = z.record(z.string().regex(/^(MRTD|RTMR[0-3]|PCR([0-9]|1[0-9]|2[0-3]))$/), z.object({
+  alg: z.enum(["sha256", "sha384"]),
+  value: z.string().regex(/^([0-9a-f]{64}|[0-9a-f]{96})$/).nullable(),
+  status: z.enum(["exact", "platform-defined", "zero"]),
+  why: z.string().max(2000).optional(),
+  basis: z.enum(["predicted", "endorsed", "captured"]).optional(),
+  waived: z.string().min(1).max(2000).optional(),
+  events: z.array(LedgerEventSchema).max(10_000),
+}));
+
 export const MeasurementsSchema = z.object({
   measurementsVersion: z.literal(1),
   backend: z.enum(["rtmr", "azure", "gcp"]),
-  registers: z.record(z.string().regex(/^(MRTD|RTMR[0-3]|PCR([0-9]|1[0-9]|2[0-3]))$/), z.object({
-    alg: z.enum(["sha256", "sha384"]),
-    value: z.string().regex(/^([0-9a-f]{64}|[0-9a-f]{96})$/).nullable(),
-    status: z.enum(["exact", "platform-defined", "zero"]),
-    why: z.string().max(2000).optional(),
-    basis: z.enum(["predicted", "endorsed", "captured"]).optional(),
-    waived: z.string().min(1).max(2000).optional(),
-    events: z.array(LedgerEventSchema).max(10_000),
-  })),
+  registers: RegistersSchema,
+  alternatives: z.array(z.object({ label: z.string().regex(/^[A-Za-z0-9._:@+-]{1,100}$/), registers: RegistersSchema }).strict()).max(16).optional(),
   inputs: z.record(z.string(), z.union([z.string().max(4096), z.number(), z.null()])),
   packages: z.object({
     image: z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+$/)).max(20_000),
@@ -115,6 +118,19 @@ function valued(m: Measurements): Array<[number, string]> {
     .sort((a, b) => a[0] - b[0]);
 }
 
+/** Each index's values over the envelope (base first, then each alternative's differing value). */
+function valuedAny(m: Measurements): Array<[number, string[]]> {
+  const out = new Map<number, string[]>();
+  for (const { m: c } of combinations(m)) {
+    for (const [i, v] of valued(c)) {
+      const list = out.get(i) ?? [];
+      if (!list.includes(v)) list.push(v);
+      out.set(i, list);
+    }
+  }
+  return [...out.entries()].sort((a, b) => a[0] - b[0]);
+}
+
 export function measurementId(m: Measurements): string {
   const uki = typeof m.inputs.ukiSha256 === "string" ? m.inputs.ukiSha256.slice(0, 16) : "unknown";
   return `tdxvm-${m.inputs.profile ?? "default"}-${m.backend}-uki-${uki}`;
@@ -124,7 +140,7 @@ export function toFlashbots(m: Measurements, id = measurementId(m)): unknown {
   const out = [{
     measurement_id: id,
     attestation_type: FLASHBOTS_TYPE[m.backend],
-    measurements: Object.fromEntries(valued(m).map(([i, v]) => [String(i), { expected_any: [v] }])),
+    measurements: Object.fromEntries(valuedAny(m).map(([i, v]) => [String(i), { expected_any: v }])),
   }];
   FlashbotsFileSchema.parse(out);
   return out;
@@ -139,10 +155,19 @@ export const ConstellationSchema = z.record(z.string().regex(/^\d+$/), z.object(
   if (new Set(Object.values(m).map((x) => x.expected.length)).size > 1) ctx.addIssue({ code: "custom", path: [], message: "measurements of different lengths" });
 });
 
+/**
+ * Constellation's map holds one value per index. A measurement with an envelope (alternatives)
+ * becomes one map per combination, `{"<label>": {map}, …}`: Constellation verifies against one map
+ * per attestation config, so each host shape's map is there to be picked.
+ */
 export function toConstellation(m: Measurements): unknown {
-  const out = Object.fromEntries(valued(m).map(([i, v]) => [String(i), { expected: v, warnOnly: false }]));
-  ConstellationSchema.parse(out);
-  return out;
+  const map = (c: Measurements) => {
+    const out = Object.fromEntries(valued(c).map(([i, v]) => [String(i), { expected: v, warnOnly: false }]));
+    ConstellationSchema.parse(out);
+    return out;
+  };
+  if (!m.alternatives?.length) return map(m);
+  return Object.fromEntries(combinations(m).map(({ label, m: c }) => [label, map(c)]));
 }
 
 /** The file text of `m` in `format` (tdxvm: sorted keys, so committed files diff cleanly). */

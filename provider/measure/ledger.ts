@@ -64,6 +64,46 @@ export interface Measurements {
    * UKI's .initrd. Lets a diff name the packages behind a register change.
    */
   packages?: { image: string[]; initrd: string[] };
+  /**
+   * The measurement envelope: other host shapes (QEMU versions, memory sizes, firmware builds)
+   * the deployment may run on, each a label and the registers that differ from `registers` on it.
+   * A verifier accepts the base combination or any one listed here, and says which matched.
+   */
+  alternatives?: Alternative[];
+}
+
+export interface Alternative { label: string; registers: Record<string, RegisterValue> }
+
+export const MAX_ALTERNATIVES = 16;
+
+/**
+ * `base` with `others` as its envelope (base labelled `baseLabel`): each other measurement
+ * contributes the registers whose value or pin differs from the base; one that differs nowhere
+ * adds nothing (it is the same combination).
+ */
+export function withAlternatives(base: Measurements, baseLabel: string, others: ReadonlyArray<{ label: string; m: Measurements }>): Measurements {
+  if (others.length + 1 > MAX_ALTERNATIVES) throw new TdxError("E_VALIDATION", `a measurement envelope holds at most ${MAX_ALTERNATIVES} shapes, not ${others.length + 1}`, { hint: "Split the fleet by host shape into stacks." });
+  const labels = [baseLabel, ...others.map((o) => o.label)];
+  if (new Set(labels).size !== labels.length || labels.some((l) => !/^[A-Za-z0-9._:@+-]{1,100}$/.test(l))) throw new TdxError("E_VALIDATION", `shape labels must be distinct names (letters, digits, . _ : @ + -): ${labels.join(", ").slice(0, 200)}`);
+  const alternatives: Alternative[] = [];
+  for (const o of others) {
+    if (o.m.backend !== base.backend) throw new TdxError("E_VALIDATION", `shape ${o.label} is a ${o.m.backend} measurement, the base is ${base.backend}`);
+    const differing = Object.entries(o.m.registers).filter(([n, r]) => {
+      const b = base.registers[n];
+      return !b || b.value !== r.value || pinOf(b) !== pinOf(r);
+    });
+    if (differing.length) alternatives.push({ label: o.label, registers: Object.fromEntries(differing) });
+  }
+  return { ...base, inputs: { ...base.inputs, shape: baseLabel }, ...(alternatives.length ? { alternatives } : {}) };
+}
+
+/** Every combination a verifier accepts: the base (label inputs.shape, or "base") and each alternative applied to it. */
+export function combinations(m: Measurements): Array<{ label: string; m: Measurements }> {
+  const { alternatives, ...base } = m;
+  return [
+    { label: typeof m.inputs.shape === "string" ? m.inputs.shape : "base", m: base },
+    ...(alternatives ?? []).map((a) => ({ label: a.label, m: { ...base, registers: { ...base.registers, ...a.registers } } })),
+  ];
 }
 
 export function measurementsToJson(m: Measurements): string {

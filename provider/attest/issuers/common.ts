@@ -35,7 +35,11 @@ export interface RegisterVerdict extends MeasuredVerdict {
   note?: string;
 }
 
-export interface EvidenceVerdict { ok: boolean; issuer: Issuer; checks: Check[]; registers: RegisterVerdict[] }
+export interface EvidenceVerdict {
+  ok: boolean; issuer: Issuer; checks: Check[]; registers: RegisterVerdict[];
+  /** With a measurement envelope: the label of the host shape whose values matched. */
+  matched?: string;
+}
 
 export interface VerifyOptions {
   /** Verification time (certificates, collateral). Default: now. */

@@ -13,6 +13,7 @@ import { verifyEvidence, EvidenceInput } from "../../../provider/attest/verify";
 import { attestBinding } from "../../../provider/attest/evidence";
 import { parseCcel, replayCcel, CC_MR_NAMES, Measurements, measureBoot } from "../../../provider/measure";
 import { writeTcgLog } from "../measure/tcg-log-writer";
+import { withAlternatives } from "../../../provider/measure/ledger";
 import { fixedDiskHead, fixedUki } from "../measure/fixed-image";
 import { tempDir, tdxErrorOf } from "../../helpers";
 import { buildCollateral, buildTdQuote, tdBody, TdBody, TDX_MODULE, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
@@ -315,6 +316,35 @@ describe("tdx issuer", () => {
     const v = await verifyEvidence(input({ expected: exp }, q, Buffer.from(edited)), vopts);
     expect(v.ok).toBe(false);
     expect(v.registers.find((r0) => r0.register === "RTMR0")).toMatchObject({ pin: "captured", ok: false, problems: [expect.stringMatching(/^event 11 \(ACPI tables \(etc\/acpi\/tables: .*\)\) differs: expected /), expect.stringMatching(/^reported value /), expect.stringMatching(/^replayed value /)] });
+  });
+
+  it("a measurement envelope: a TD on either listed host shape passes and the verdict names the shape; one on neither is refused", async () => {
+    const captured = (log: Buffer) => measureBoot({ uki: fixedUki(), diskHead: fixedDiskHead() }, { backend: "rtmr", capturedCcel: log });
+    const parsed = parseCcel(ccel);
+    const withTables = (label: string) => Buffer.from(writeTcgLog(["sha384"], parsed.events.map((e) => {
+      const acpiTables = e.index === 1 && e.data.toString("latin1") === "ACPI DATA" && e === parsed.events.filter((x) => x.index === 1 && x.data.toString("latin1") === "ACPI DATA")[2];
+      return { index: e.index, type: e.type, digests: { sha384: acpiTables ? createHash("sha384").update(label).digest("hex") : e.digests.find((d) => d.alg === "sha384")!.digest.toString("hex") }, data: e.data };
+    })));
+    const [hostA, hostB, hostC] = [ccel, withTables("qemu 10.1 tables"), withTables("someone else's tables")];
+    const base = expected();
+    base.registers.RTMR0 = (await captured(hostA)).registers.RTMR0!;
+    const other = expected();
+    other.registers.RTMR0 = (await captured(hostB)).registers.RTMR0!;
+    const env = withAlternatives(base, "qemu-10.0", [{ label: "qemu-10.1", m: other }]);
+    expect(env.alternatives!.map((a) => [a.label, Object.keys(a.registers)])).toEqual([["qemu-10.1", ["RTMR0"]]]);
+    const quoteFor = (log: Buffer) => {
+      const r = replayCcel(parseCcel(log).events);
+      return buildTdQuote(tdBody({ reportData: body.reportData, rtmr: [r.RTMR0, r.RTMR1, r.RTMR2, Buffer.alloc(48)] }));
+    };
+    const onA = await verifyEvidence(input({ expected: env }, quoteFor(hostA), hostA), vopts);
+    expect([onA.ok, onA.matched]).toEqual([true, "qemu-10.0"]);
+    const onB = await verifyEvidence(input({ expected: env }, quoteFor(hostB), hostB), vopts);
+    expect([onB.ok, onB.matched]).toEqual([true, "qemu-10.1"]);
+    expect(onB.checks.at(-1)).toEqual({ check: "envelope", ok: true, detail: "matched host shape qemu-10.1 (one of 2: qemu-10.0, qemu-10.1)" });
+    const onC = await verifyEvidence(input({ expected: env }, quoteFor(hostC), hostC), vopts);
+    expect([onC.ok, onC.matched]).toEqual([false, undefined]);
+    expect(onC.checks.at(-1)).toMatchObject({ check: "envelope", ok: false, detail: expect.stringMatching(/^no listed host shape matches \(tried qemu-10.0, qemu-10.1\)/) });
+    expect(onC.registers.find((r) => r.register === "RTMR0")!.problems[0]).toMatch(/ACPI tables/);
   });
 
   it("refuses another nonce and another TLS key (relay)", async () => {

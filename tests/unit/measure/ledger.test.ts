@@ -4,7 +4,8 @@
  * measurements, so every label is checked against text, not against the code's own output.
  */
 import { diffMeasurements, diffToMarkdown, LedgerEvent, Measurements, RegisterValue } from "../../../provider/measure";
-import { parseWaivers, pinOf, waiveRegisters } from "../../../provider/measure/ledger";
+import { combinations, parseWaivers, pinOf, waiveRegisters, withAlternatives } from "../../../provider/measure/ledger";
+import { formatMeasurements, parseMeasurements } from "../../../provider/measure/formats";
 import { tdxErrorOf } from "../../helpers";
 
 const ev = (description: string, digest: string): LedgerEvent => ({ type: "EV_IPL", description, origin: "test", digest });
@@ -145,5 +146,42 @@ describe("how Pulumi state carries pins (toComputed / fromComputed)", () => {
     const back = fromComputed(c, "gcp")!;
     expect(Object.fromEntries(Object.entries(back.registers).map(([n, r]) => [n, pinOf(r)]))).toEqual({ MRTD: "endorsed", RTMR0: "captured", RTMR1: "predicted", RTMR2: "waived", RTMR3: "unpinned" });
     expect(back.registers.RTMR2!.waived).toBe("lab (no canary)");
+  });
+});
+
+describe("the measurement envelope", () => {
+  const H = (c: string) => c.repeat(96);
+  const td = (rtmr0: string, mrtd = H("a")): Measurements => ({
+    measurementsVersion: 1, backend: "rtmr", inputs: {},
+    registers: {
+      MRTD: { alg: "sha384", value: mrtd, status: "exact", events: [] },
+      RTMR0: { alg: "sha384", value: rtmr0, status: "exact", events: [] },
+      RTMR1: { alg: "sha384", value: H("c"), status: "exact", events: [] },
+    },
+  });
+
+  it("keeps per shape only what differs; combinations rebuild each; a shape that differs nowhere adds nothing; bad labels refused", async () => {
+    const env = withAlternatives(td(H("1")), "qemu-10.0", [{ label: "qemu-10.1", m: td(H("2")) }, { label: "same", m: td(H("1")) }, { label: "fw-next", m: td(H("1"), H("b")) }]);
+    expect(env.alternatives!.map((a) => [a.label, Object.keys(a.registers)])).toEqual([["qemu-10.1", ["RTMR0"]], ["fw-next", ["MRTD"]]]);
+    expect(combinations(env).map((c) => [c.label, c.m.registers.MRTD!.value![0], c.m.registers.RTMR0!.value![0], c.m.alternatives])).toEqual([
+      ["qemu-10.0", "a", "1", undefined], ["qemu-10.1", "a", "2", undefined], ["fw-next", "b", "1", undefined],
+    ]);
+    expect((await tdxErrorOf(async () => withAlternatives(td(H("1")), "x", [{ label: "x", m: td(H("2")) }]))).message).toMatch(/distinct names/);
+    expect((await tdxErrorOf(async () => withAlternatives(td(H("1")), "x", [{ label: "y", m: { ...td(H("2")), backend: "gcp" } }]))).message).toMatch(/is a gcp measurement/);
+    // The tdxvm file keeps the envelope; flashbots lists every value per index; Constellation one map per shape.
+    expect(parseMeasurements(formatMeasurements(env, "tdxvm"), "f").alternatives).toEqual(env.alternatives);
+    const fb = JSON.parse(formatMeasurements(env, "flashbots")) as Array<{ measurements: Record<string, { expected_any: string[] }> }>;
+    expect(fb[0]!.measurements).toEqual({ 0: { expected_any: [H("a"), H("b")] }, 1: { expected_any: [H("1"), H("2")] }, 2: { expected_any: [H("c")] } });
+    const co = JSON.parse(formatMeasurements(env, "constellation")) as Record<string, Record<string, { expected: string }>>;
+    expect(Object.keys(co)).toEqual(["qemu-10.0", "qemu-10.1", "fw-next"]);
+    expect([co["qemu-10.1"]!["1"]!.expected, co["fw-next"]!["0"]!.expected]).toEqual([H("2"), H("b")]);
+  });
+
+  it("Pulumi state carries the envelope: toComputed / fromComputed round trip", () => {
+    const { toComputed, fromComputed } = require("../../../provider/dynamic/measurement") as typeof import("../../../provider/dynamic/measurement");
+    const env = withAlternatives(td(H("1")), "a", [{ label: "b", m: td(H("2")) }]);
+    const c = toComputed(env, "k");
+    expect(c.alternatives).toEqual([{ label: "b", registers: { RTMR0: H("2") }, status: { RTMR0: "exact" }, ledger: { RTMR0: [] } }]);
+    expect(fromComputed(c, "rtmr")!.alternatives).toEqual(env.alternatives);
   });
 });
