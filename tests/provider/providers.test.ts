@@ -20,6 +20,7 @@ import { Image, SecretSchema, SecretTarget, defaultCacheDir } from "../../provid
 import { toolsTreeDir } from "../../provider/bake/toolsTree";
 import { buildPe } from "../unit/measure/pe-builder";
 import { tempDir } from "../helpers";
+import { ovmfPath } from "../unit/measure/fixtures";
 import { markVmDir } from "../../provider/deploy/qemu";
 
 const repoRoot = path.resolve(__dirname, "../..");
@@ -160,6 +161,21 @@ describe.each(via)("measurement provider (%s)", (_how, get) => {
     expect(r.inputs.ledger.PCR4.map((e: { digest: string }) => e.digest)).toEqual(lib.registers.PCR4.events.map((e) => e.digest));
     expect(r.inputs.diffMarkdown).toContain("First measurement");
     expect(r.inputs.measurementKey).toMatch(/^sha256:/);
+  });
+
+  it("rtmr with a TD shape and an envelope: RTMR0 predicted per host shape, the alternatives in the outputs; waivers show as WAIVED and are checked", async () => {
+    const p = await get("measurement");
+    const acpi = { tableLoader: "11".repeat(48), rsdp: "22".repeat(48), tables: "33".repeat(48) };
+    const td = { ...args, backend: "rtmr", firmware: ovmfPath() };
+    const r = await p.check({}, { ...td, tdShape: { memoryMiB: 2048, acpi, boot: "direct-kernel" }, shapeLabel: "2g", shapes: [{ label: "4g", tdShape: { memoryMiB: 4096, acpi, boot: "direct-kernel" } }] });
+    expect(r.failures).toBeUndefined();
+    expect([r.inputs.status.RTMR0, r.inputs.ledger.RTMR0.length, r.inputs.assumptions.shape]).toEqual(["exact", 13, "2g"]);
+    expect(r.inputs.alternatives).toEqual([{ label: "4g", registers: { RTMR0: expect.stringMatching(/^[0-9a-f]{96}$/) }, status: { RTMR0: "exact" }, ledger: { RTMR0: expect.any(Array) } }]);
+    expect(r.inputs.alternatives[0].registers.RTMR0).not.toBe(r.inputs.registers.RTMR0);
+    const w = await p.check({}, { ...td, waive: { RTMR0: "lab host" } });
+    expect([w.inputs.status.RTMR0, w.inputs.diffMarkdown]).toEqual(["WAIVED (lab host)", expect.stringContaining("| RTMR0 | WAIVED | lab host |")]);
+    const bad = await p.check({}, { ...td, waive: { RTMR1: "x" } });
+    expect(bad.failures[0].reason).toMatch(/^E_VALIDATION: cannot waive RTMR1: it is predicted/);
   });
 
   it("check reuses the previous values when the image did not change (no file is read)", async () => {
