@@ -15,6 +15,7 @@ import { parseCcel, replayCcel, CC_MR_NAMES, Measurements, measureBoot } from ".
 import { writeTcgLog } from "../measure/tcg-log-writer";
 import { withAlternatives } from "../../../provider/measure/ledger";
 import { fixedDiskHead, fixedUki } from "../measure/fixed-image";
+import { ovmfPath } from "../measure/fixtures";
 import { tempDir, tdxErrorOf } from "../../helpers";
 import { buildCollateral, buildTdQuote, tdBody, TdBody, TDX_MODULE, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
 import { fxText } from "./fixtures";
@@ -316,6 +317,37 @@ describe("tdx issuer", () => {
     const v = await verifyEvidence(input({ expected: exp }, q, Buffer.from(edited)), vopts);
     expect(v.ok).toBe(false);
     expect(v.registers.find((r0) => r0.register === "RTMR0")).toMatchObject({ pin: "captured", ok: false, problems: [expect.stringMatching(/^event 11 \(ACPI tables \(etc\/acpi\/tables: .*\)\) differs: expected /), expect.stringMatching(/^reported value /), expect.stringMatching(/^replayed value /)] });
+  });
+
+  it("RTMR0 predicted for a QEMU shape: a TD whose host hands it ACPI tables that differ in one table is refused, and the row names the tables", async () => {
+    const table = (sig: string, len: number, fill = 0) => {
+      const b = Buffer.alloc(len, fill);
+      b.write(sig, 0, "latin1");
+      b.writeUInt32LE(len, 4);
+      return b;
+    };
+    const blobs = (ssdtFill: number) => ({ tableLoader: Buffer.alloc(4096, 1), rsdp: Buffer.from("RSD PTR \0BOCHS \0\0\0\0\0"), tables: Buffer.concat([table("FACS", 64), table("DSDT", 300), table("FACP", 244), table("SSDT", 80, ssdtFill), table("RSDT", 48)]) });
+    const shape = (fill: number) => ({ memoryMiB: 2048, boot: "direct-kernel" as const, acpi: blobs(fill) });
+    const fw = { bytes: readFileSync(ovmfPath()), name: "OVMF.fd" };
+    const predicted = (await measureBoot({ uki: fixedUki(), diskHead: fixedDiskHead() }, { backend: "rtmr", firmware: fw, tdShape: shape(0) })).registers.RTMR0!;
+    // What a TD on a host with one edited table (the SSDT) logs: the same events, its own tables blob.
+    const onHost = (await measureBoot({ uki: fixedUki(), diskHead: fixedDiskHead() }, { backend: "rtmr", firmware: fw, tdShape: shape(0x5a) })).registers.RTMR0!;
+    const typeCode: Record<string, number> = { EV_EFI_HANDOFF_TABLES2: 0x8000000b, EV_EFI_PLATFORM_FIRMWARE_BLOB2: 0x8000000a, EV_EFI_VARIABLE_DRIVER_CONFIG: 0x80000001, EV_SEPARATOR: 4, EV_PLATFORM_CONFIG_FLAGS: 0xa, EV_EFI_VARIABLE_BOOT: 0x80000002 };
+    const logFor = (rtmr0: typeof onHost) => Buffer.from(writeTcgLog(["sha384"], [
+      ...rtmr0.events.map((e) => ({ index: 1, type: typeCode[e.type]!, digests: { sha384: e.digest }, data: Buffer.from(e.description) })),
+      ...parseCcel(ccel).events.filter((e) => e.index > 1).map((e) => ({ index: e.index, type: e.type, digests: { sha384: e.digests.find((d) => d.alg === "sha384")!.digest.toString("hex") }, data: e.data })),
+    ]));
+    const quoteFor = (log: Buffer) => {
+      const r = replayCcel(parseCcel(log).events);
+      return buildTdQuote(tdBody({ reportData: body.reportData, rtmr: [r.RTMR0, r.RTMR1, r.RTMR2, Buffer.alloc(48)] }));
+    };
+    const exp = expected();
+    exp.registers.RTMR0 = predicted;
+    const good = await verifyEvidence(input({ expected: exp }, quoteFor(logFor(predicted)), logFor(predicted)), vopts);
+    expect([good.ok, good.registers.find((r) => r.register === "RTMR0")!.pin]).toEqual([true, "predicted"]);
+    const edited = await verifyEvidence(input({ expected: exp }, quoteFor(logFor(onHost)), logFor(onHost)), vopts);
+    expect(edited.ok).toBe(false);
+    expect(edited.registers.find((r) => r.register === "RTMR0")!.problems[0]).toMatch(/^event 11 \(ACPI tables \(etc\/acpi\/tables: FACS, DSDT, FACP, SSDT, RSDT\)\) differs: expected /);
   });
 
   it("a measurement envelope: a TD on either listed host shape passes and the verdict names the shape; one on neither is refused", async () => {
