@@ -14,8 +14,16 @@ const image = new TdxImage("app", {
   recipe: recipe(`${__dirname}/../local-qemu`, { cmdline: config.get("cmdline")?.split(/\s+/).filter(Boolean) }),
   frozen: config.getBoolean("frozen") ?? false,
 });
-// RTMR1/RTMR2 come from the image; MRTD needs Google's TDVF binary (config firmware), RTMR0 the machine shape.
-const expected = new TdxMeasurement("app-td", { image, backend: "gcp", firmware: config.get("firmware") });
+// RTMR1/RTMR2 come from the image. MRTD is Google's firmware: pinned by Google's launch endorsement
+// (config endorsement: the .binarypb for the firmware your VMs boot) or its TDVF binary (config
+// firmware). RTMR0 is the machine shape: pinned by a canary's CCEL (config capturedCcel), or waived
+// out loud (config waiveRtmr0: the reason) — verifiers refuse it otherwise.
+const waiveRtmr0 = config.get("waiveRtmr0");
+const expected = new TdxMeasurement("app-td", {
+  image, backend: "gcp", firmware: config.get("firmware"), endorsement: config.get("endorsement"), capturedCcel: config.get("capturedCcel"),
+  ...(waiveRtmr0 ? { waive: { RTMR0: waiveRtmr0 } } : {}),
+  vm: { memoryMiB: 16 * 1024 }, // c3-standard-4
+});
 
 const deployment = new TdxDeployment("app", {
   image,
