@@ -53,7 +53,7 @@ export class VmAttestation extends pulumi.dynamic.Resource {
   declare readonly spkiSha256: pulumi.Output<string>;
   declare readonly secretNames: pulumi.Output<string[]>;
   /** With a measurement envelope: the host shape whose values the VM matched. */
-  declare readonly matchedShape: pulumi.Output<string | undefined>;
+  declare readonly matchedShape: pulumi.Output<string | null>;
   /** "REG: reason" for every register the verdict accepted unchecked (from the measurement or `attest.waive`). */
   declare readonly waived: pulumi.Output<string[]>;
   constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {

@@ -64,7 +64,7 @@ export const AttestationState = z.object({
   issuer: z.string().optional(),
   checks: z.array(z.string()).optional(),
   waived: z.array(z.string()).optional(),
-  matchedShape: z.string().optional(),
+  matchedShape: z.string().nullable().optional(),
   spkiSha256: z.string().optional(),
   attestedAt: z.string().optional(),
   attestSeconds: z.number().optional(),
@@ -131,7 +131,7 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
     log(name, `${a.endpoint}: delivered ${names.length} secret(s) (${names.join(", ")}) over the attested TLS key`);
   }
   return {
-    attested: true, issuer: verdict.issuer, checks: verdict.checks.map((c) => `${c.ok ? "ok" : "FAIL"} ${c.check}`), waived, ...(verdict.matched ? { matchedShape: verdict.matched } : {}), spkiSha256: channel.spkiSha256,
+    attested: true, issuer: verdict.issuer, checks: verdict.checks.map((c) => `${c.ok ? "ok" : "FAIL"} ${c.check}`), waived, matchedShape: verdict.matched ?? null, spkiSha256: channel.spkiSha256,
     attestedAt: new Date().toISOString(), attestSeconds: Math.round((Date.now() - t0) / 100) / 10, secretNames: names, secretsDigest: secretsDigest(a.secrets),
   };
 }

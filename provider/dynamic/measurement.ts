@@ -82,8 +82,8 @@ export interface MeasurementComputed {
   diffMarkdown: string;
   /** The packages the measured image was baked from (pins), for the next diff. */
   packages?: { image: string[]; initrd: string[] };
-  /** The envelope: per further host shape, the registers that differ there (values, pins, ledgers). */
-  alternatives?: AlternativeComputed[];
+  /** The envelope: per further host shape, the registers that differ there (values, pins, ledgers); empty without one. */
+  alternatives: AlternativeComputed[];
 }
 
 export interface AlternativeComputed { label: string; registers: Record<string, string | null>; status: Record<string, string>; ledger: Record<string, LedgerRow[]> }
@@ -197,7 +197,8 @@ export function toComputed(m: Measurements, key: string, previous?: Measurements
     stateVersion: MEASUREMENT_STATE_VERSION, measurementKey: key, registers, status, ledger, assumptions: { backend: m.backend, ...m.inputs },
     diffMarkdown: previous ? diffToMarkdown(diffMeasurements(previous, m), `Measurement changes (${m.backend})`, m) : diffToMarkdown([], `Measurement changes (${m.backend})`, m).replace("No register changes.", "First measurement: no previous state."),
     ...(m.packages ? { packages: m.packages } : {}),
-    ...(m.alternatives?.length ? { alternatives: m.alternatives.map((x) => ({ label: x.label, ...registersOut(x.registers) })) } : {}),
+    // Always present (empty without an envelope): an output a stack's state lacks reads as unknown in a preview.
+    alternatives: (m.alternatives ?? []).map((x) => ({ label: x.label, ...registersOut(x.registers) })),
   };
 }
 
