@@ -185,7 +185,7 @@ export async function measureBoot(image: BootImage | BootImageFile, opts: Measur
       ? exact("sha384", predictRtmr0(opts.firmware!.bytes, opts.tdShape, { firmwareName: opts.firmware!.name }))
       : opts.capturedCcel
       ? { ...exact("sha384", rtmr0FromCcel(opts.capturedCcel)), basis: "captured" }
-      : platform("sha384", "TD HOB, CFV, ACPI tables and boot variables of the VM shape (memory, CPUs, devices, QEMU version): pass a CCEL captured on the target host with the same shape as `capturedCcel`");
+      : platform("sha384", "TD HOB, CFV, ACPI tables and boot variables of the VM shape (memory, CPUs, devices, QEMU version): predict it for a QEMU shape (`tdShape`), pin a CCEL captured on the target host with the same shape (`capturedCcel`), or waive it");
     if (opts.tdShape) Object.assign(inputs, { tdShapeMemoryMiB: opts.tdShape.memoryMiB, tdShapeBoot: opts.tdShape.boot === "direct-kernel" ? "direct-kernel" : "disk (boot variables given)" });
     registers.RTMR1 = exact("sha384", rtmr1);
     registers.RTMR2 = exact("sha384", rtmr2);

@@ -220,7 +220,7 @@ describe("measure, diff", () => {
     expect(diffs.map((d) => d.register)).toEqual(["RTMR1", "RTMR2"]);
     expect(diffs.find((d) => d.register === "RTMR2")!.changes).toEqual(expect.arrayContaining(["RTMR2: UKI section .cmdline changed", "RTMR2: kernel command line (LOADED_IMAGE::LoadOptions) changed"]));
     const md = await runTdxvm(["diff", "--markdown", file("rtmr.json"), file("rtmr-blue.json")]);
-    expect(md.stdout).toMatch(/^### Measurement changes \(rtmr\)\n\n\| register \| old \| new \| why \|\n\|---\|---\|---\|---\|\n\| RTMR1 \| `[0-9a-f]{16}…` \| `[0-9a-f]{16}…` \| .*UKI \(EFI\/BOOT\/BOOTX64\.EFI\) changed.* \|\n\| RTMR2 \| .*RTMR2: UKI section \.cmdline changed.* \|\n$/);
+    expect(md.stdout).toMatch(/^### Measurement changes \(rtmr\)\n\n\| register \| old \| new \| why \|\n\|---\|---\|---\|---\|\n\| RTMR1 \| `[0-9a-f]{16}…` \| `[0-9a-f]{16}…` \| .*UKI \(EFI\/BOOT\/BOOTX64\.EFI\) changed.* \|\n\| RTMR2 \| .*RTMR2: UKI section \.cmdline changed.* \|\n\nRegisters without an expected value:\n\n\| register \| pinned \| reason \|\n\|---\|---\|---\|\n\| RTMR0 \| NOT PINNED: a verifier refuses it \| TD HOB.*\|\n$/);
     const text = await runTdxvm(["diff", file("rtmr.json"), file("rtmr.json")]);
     expect([text.code, text.stdout.trim()]).toEqual([0, "No register changes."]);
   });
