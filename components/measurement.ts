@@ -119,7 +119,7 @@ export class TdxMeasurement extends pulumi.ComponentResource {
     this.pcr9 = reg("PCR9");
     this.pcr11 = reg("PCR11");
     this.registerOutputs({
-      registers: this.registers, status: this.status, ledger: this.ledger, assumptions: this.assumptions, diffMarkdown: this.diffMarkdown,
+      registers: this.registers, status: this.status, ledger: this.ledger, assumptions: this.assumptions, diffMarkdown: this.diffMarkdown, alternatives: this.alternatives,
       mrtd: this.mrtd, rtmr0: this.rtmr0, rtmr1: this.rtmr1, rtmr2: this.rtmr2, rtmr3: this.rtmr3, pcr4: this.pcr4, pcr9: this.pcr9, pcr11: this.pcr11,
     });
   }
