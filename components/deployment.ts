@@ -52,6 +52,7 @@ export class VmAttestation extends pulumi.dynamic.Resource {
   declare readonly checks: pulumi.Output<string[]>;
   declare readonly spkiSha256: pulumi.Output<string>;
   declare readonly secretNames: pulumi.Output<string[]>;
+  declare readonly attestedAt: pulumi.Output<string>;
   /** With a measurement envelope: the host shape whose values the VM matched. */
   declare readonly matchedShape: pulumi.Output<string | null>;
   /** "REG: reason" for every register the verdict accepted unchecked (from the measurement or `attest.waive`). */
@@ -77,8 +78,12 @@ export interface RolloutArgs {
 
 export interface TdxDeploymentArgs {
   image: TdxImage;
-  /** The measurement a verifier should expect from this deployment (exported as `expected`; used by attesting gates). */
-  measurement?: TdxMeasurement;
+  /**
+   * The measurement a verifier should expect from this deployment (exported as `expected`; used by
+   * attesting gates): a TdxMeasurement, or a measurement another stack's VMs proved — a canary
+   * stack's `promotion.measurement`, read with a StackReference (see `promotion`).
+   */
+  measurement?: TdxMeasurement | pulumi.Input<ExpectedMeasurement>;
   target: "qemu" | "azure" | "gcp";
   qemu?: QemuTargetArgs;
   azure?: AzureTargetArgs;
@@ -136,6 +141,38 @@ export function waveOf(i: number, rollout: RolloutArgs | undefined, replicas: nu
   return Math.floor(i / size);
 }
 
+/** A measurement as a verifier needs it (TdxMeasurement's outputs): what a promotion carries. */
+export interface ExpectedMeasurement {
+  backend: "rtmr" | "azure" | "gcp";
+  registers: Record<string, string | null>;
+  status: Record<string, string>;
+  ledger: Record<string, unknown[]>;
+  assumptions: Record<string, string | number | null>;
+  alternatives?: unknown[];
+}
+
+/**
+ * What a stack exports for another stack to promote from (`promotion`, version 1): the image, the
+ * measurement its VMs proved, and which VMs proved it with platform-signed evidence, when. Present
+ * only when every VM of the deployment attested; a failed rollout leaves the previous one.
+ */
+export interface Promotion {
+  version: 1;
+  stack: string;
+  image: { bakeKey: string | null };
+  measurement: ExpectedMeasurement;
+  attestedBy: Array<{ vm: string; issuer: string; spkiSha256: string; attestedAt: string }>;
+}
+
+const isTdxMeasurement = (m: unknown): m is TdxMeasurement => pulumi.ComponentResource.isInstance(m as pulumi.Resource) && (m as { registers?: unknown }).registers !== undefined;
+
+/** Any accepted `measurement` as one output of the verifier's view. */
+function expectedOf(m: TdxMeasurement | pulumi.Input<ExpectedMeasurement>): pulumi.Output<ExpectedMeasurement> {
+  if (!isTdxMeasurement(m)) return pulumi.output(m as pulumi.Input<ExpectedMeasurement>) as pulumi.Output<ExpectedMeasurement>;
+  return pulumi.all([m.backend, m.registers, m.status, m.ledger, m.assumptions, m.alternatives])
+    .apply(([backend, registers, status, ledger, assumptions, alternatives]) => ({ backend: backend as ExpectedMeasurement["backend"], registers, status, ledger, assumptions, ...(alternatives?.length ? { alternatives } : {}) }));
+}
+
 export class TdxDeployment extends pulumi.ComponentResource {
   readonly target: string;
   /** The register values a verifier should expect (from `measurement`). */
@@ -151,6 +188,11 @@ export class TdxDeployment extends pulumi.ComponentResource {
   readonly isTd?: pulumi.Output<boolean>;
   /** azure: the gallery image version id; gcp: the image self link. */
   readonly imageRef?: pulumi.Output<string>;
+  /**
+   * For stacks that promote from this one (examples/fleet `promoteFrom`): the measurement every VM
+   * of this deployment proved, with who proved it and when; undefined unless VMs are attested.
+   */
+  readonly promotion: pulumi.Output<Promotion | undefined>;
 
   constructor(name: string, args: TdxDeploymentArgs, opts?: pulumi.ComponentResourceOptions) {
     super("tdxvm:index:TdxDeployment", name, {}, opts);
@@ -158,7 +200,8 @@ export class TdxDeployment extends pulumi.ComponentResource {
     const replicas = args.replicas ?? 1;
     if (!Number.isInteger(replicas) || replicas < 1) throw new Error(`TdxDeployment ${name}: replicas must be a positive integer`);
     if (args.rollout?.strategy === "waves" && !args.rollout.gate) throw new Error(`TdxDeployment ${name}: a "waves" rollout needs a gate (rollout.gate) to decide when a wave is healthy`);
-    this.expected = args.measurement ? args.measurement.registers : pulumi.output(undefined);
+    const expected = args.measurement === undefined ? undefined : expectedOf(args.measurement);
+    this.expected = expected ? expected.registers : pulumi.output(undefined);
     const vmName = (i: number) => (replicas === 1 ? name : `${name}-${i}`);
     // Attestation: asked for, implied by secrets (they go only to attested VMs), or by attesting gates.
     const attestOpts: AttestArgs | undefined = args.attest || args.secrets !== undefined || args.rollout?.gate?.attest
@@ -173,7 +216,7 @@ export class TdxDeployment extends pulumi.ComponentResource {
       replica = (i, o) => {
         // The agent's port is forwarded when VMs are attested.
         const ports = attestOpts ? pulumi.output(args.qemu?.ports ?? []).apply((p) => (p.some((x) => x.guest === agentPort) ? p : [...p, { guest: agentPort }])) : args.qemu?.ports;
-        const vm = qemuVm(vmName(i), { image, qemu: { ...args.qemu, ports }, expected: args.measurement?.registers }, o);
+        const vm = qemuVm(vmName(i), { image, qemu: { ...args.qemu, ports }, expected: expected?.registers }, o);
         const host = vm.forwards.apply((f) => (f?.length ? f[0].bind : "127.0.0.1"));
         // A local VM's guest ports are reachable only through their host forwards.
         const endpoint = (guestPort: number) => vm.forwards.apply((f) => {
@@ -211,10 +254,9 @@ export class TdxDeployment extends pulumi.ComponentResource {
       const r = replica(i, { parent: this, dependsOn });
       const d: DeployedVm = { name: vmName(i), wave, ...r, endpoint: r.endpoint ?? ((p) => pulumi.interpolate`${r.ip}:${p}`) };
       if (attestOpts) {
-        const m = args.measurement!;
         d.attestation = new VmAttestation(`${vmName(i)}-attest`, {
           target: r.id, endpoint: d.endpoint(agentPort),
-          expected: pulumi.all([m.backend, m.registers, m.status, m.ledger, m.assumptions, m.alternatives]).apply(([backend, registers, status, ledger, assumptions, alternatives]) => ({ backend, registers, status, ledger, assumptions, ...(alternatives?.length ? { alternatives } : {}) })),
+          expected: expected!,
           trust: { cacheDir: args.qemu?.cacheDir, ...attestOpts.trust },
           ...(attestOpts.waive ? { waive: attestOpts.waive } : {}),
           secrets: args.secrets === undefined ? undefined : pulumi.secret(args.secrets), secretDecls: args.image.secretDecls,
@@ -234,6 +276,13 @@ export class TdxDeployment extends pulumi.ComponentResource {
       this.vms.push(d);
     }
     this.instances = pulumi.all(this.vms.map((v) => pulumi.all([v.id, v.privateIp, v.ip]).apply(([id, privateIp, ip]) => ({ name: v.name, wave: v.wave, id, privateIp, ip }))));
+    const attestations = this.vms.map((v) => v.attestation);
+    this.promotion = expected && attestations.every((a) => a !== undefined)
+      ? pulumi.all([expected, args.image.bakeKey, pulumi.all(attestations.map((a) => pulumi.all([a!.attested, a!.issuer, a!.spkiSha256, a!.attestedAt])))]).apply(([m, bakeKey, proofs]): Promotion | undefined => {
+        if (!proofs.every(([ok]) => ok === true)) return undefined;
+        return { version: 1, stack: pulumi.getStack(), image: { bakeKey: bakeKey ?? null }, measurement: m, attestedBy: proofs.map(([, issuer, spkiSha256, attestedAt], i) => ({ vm: this.vms[i]!.name, issuer, spkiSha256, attestedAt })) };
+      })
+      : pulumi.output(undefined);
     if (args.target === "qemu") {
       const vm = this.vms[0].resource as import("./qemu").QemuVm;
       this.vmId = vm.vmId;
@@ -242,6 +291,6 @@ export class TdxDeployment extends pulumi.ComponentResource {
       this.warning = vm.warning;
       this.isTd = vm.isTd;
     }
-    this.registerOutputs({ instances: this.instances, expected: this.expected, imageRef: this.imageRef, vmId: this.vmId, forwards: this.forwards, serialLog: this.serialLog, warning: this.warning, isTd: this.isTd });
+    this.registerOutputs({ instances: this.instances, expected: this.expected, promotion: this.promotion, imageRef: this.imageRef, vmId: this.vmId, forwards: this.forwards, serialLog: this.serialLog, warning: this.warning, isTd: this.isTd });
   }
 }

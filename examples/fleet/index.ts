@@ -9,6 +9,7 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 import { TdxImage, TdxMeasurement, TdxDeployment } from "../../components";
+import type { Promotion } from "../../components";
 import { recipe } from "../local-qemu/recipe";
 
 const config = new pulumi.Config();
@@ -28,12 +29,21 @@ const approved = expectedCmdline === undefined ? image : new TdxImage("fleet-app
   owner: image.ownerPublicKey, // the same owner: an approved image differs only where the reviewer said
 });
 const expected = new TdxMeasurement("fleet-expected", { image: approved, backend: target === "gcp" ? "gcp" : "azure" });
+// Promotion across stacks: with `promoteFrom` (e.g. my-org/tdxvm-fleet/canary) this stack expects
+// exactly what that stack's VMs proved with platform-signed evidence (its `promotion` output), so a
+// production stack runs only an image a canary attested; anything else is refused at its first wave.
+const promoteFrom = config.get("promoteFrom");
+const promoted = promoteFrom === undefined ? undefined : new pulumi.StackReference(promoteFrom).requireOutput("promotion").apply((p) => {
+  const promotion = p as Promotion | undefined;
+  if (!promotion || promotion.version !== 1 || !promotion.attestedBy?.length) throw new Error(`${promoteFrom} has no promotion: none of its rollouts has been attested yet`);
+  return promotion.measurement;
+});
 const attest = config.getBoolean("gateAttest") ?? true;
 const apiToken = config.getSecret("apiToken");
 
 const fleet = new TdxDeployment("fleet", {
   image,
-  measurement: expected,
+  measurement: promoted ?? expected,
   target,
   qemu: target === "qemu" ? { memoryMiB: config.getNumber("memoryMiB") ?? 2048, readiness: { serial: "TDXVM-AGENT-READY", timeoutSeconds: 900 } } : undefined,
   azure: target === "azure" ? { location: config.get("location") ?? "westeurope", ports: attest ? [] : [config.requireNumber("gatePort")] } : undefined,
@@ -58,5 +68,7 @@ const fleet = new TdxDeployment("fleet", {
 
 export const instances = fleet.instances;
 export const imageRef = fleet.imageRef;
-export const expectedRegisters = expected.registers;
+export const expectedRegisters = fleet.expected; // what the VMs must prove: this image's, the approved one's, or the promoted canary's
 export const attested = pulumi.all(fleet.vms.map((v) => v.attestation?.checks ?? pulumi.output(undefined)));
+// What a production stack promotes from: the measurement every VM here proved, by whom and when.
+export const promotion = fleet.promotion;

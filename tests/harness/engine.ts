@@ -345,6 +345,8 @@ export interface EngineOptions {
   mockCall?: (token: string, args: Record<string, unknown>) => Record<string, unknown> | undefined;
   /** Called after a mocked resource is created (or its replacement), with its outputs. */
   mockCreated?: (type: string, outputs: Record<string, unknown>) => Promise<void>;
+  /** Other stacks a StackReference may read, by the name the program gives: their state files. */
+  stackRefs?: Record<string, string>;
 }
 
 export class Engine {
@@ -494,7 +496,25 @@ export class Engine {
   registerOutputs(urn: string, outputs: Record<string, unknown>): void {
     const r = this.next.resources.find((x) => x.urn === urn);
     if (r && !r.custom) r.outputs = outputs;
-    if (urn.includes("::pulumi:pulumi:Stack::")) this.next.outputs = outputs;
+    if (urn.includes("::pulumi:pulumi:Stack::")) {
+      this.next.outputs = outputs;
+      this.stackOutputsRegistered = true;
+    }
+  }
+
+  private stackOutputsRegistered = false;
+
+  /**
+   * A StackReference: the engine reads the named stack's outputs from its backend (here: the state
+   * file the test named for it) and answers {name, outputs, secretOutputNames}; secret outputs stay
+   * secret (pkg/resource/deploy/builtins.go readStackReference).
+   */
+  async readStackReference(name: string): Promise<Record<string, unknown>> {
+    const file = this.o.stackRefs?.[name];
+    if (!file || !existsSync(file)) throw new Error(`unknown stack "${name}" (the harness knows ${Object.keys(this.o.stackRefs ?? {}).join(", ") || "none"})`);
+    const outputs = (await loadState(file)).outputs;
+    const secretOutputNames = Object.entries(outputs).filter(([, v]) => hasSecret(v)).map(([k]) => k);
+    return { name, outputs, secretOutputNames };
   }
 
   private async deleteOne(r: ResourceState, step: StepEvent["step"]): Promise<void> {
@@ -514,6 +534,8 @@ export class Engine {
     const vanished = this.state.resources.filter((r) => !r.pendingDelete && !this.deletedEarly.has(`${r.urn}#${r.id}`) && !this.next.resources.some((n) => n.urn === r.urn));
     const earlier = this.state.resources.filter((r) => r.pendingDelete);
     if (error) {
+      // Like the engine: the stack keeps its last outputs unless the program registered new ones.
+      if (!this.stackOutputsRegistered) this.next.outputs = this.state.outputs;
       // Like the engine: what was not reached stays, and old resources whose replacement exists stay, marked for deletion.
       this.next.resources.push(...vanished, ...earlier, ...this.pendingDeletes.map((p) => ({ ...p, pendingDelete: true })));
     } else {
@@ -594,6 +616,21 @@ export function engineMonitor(engine: Engine): unknown {
         resp.setUrn(urn);
         resp.setId(r.id);
         resp.setObject(toStruct(r.outputs));
+        callback(null, resp);
+      } catch (err) {
+        callback(err);
+      }
+    }
+
+    async readResource(req: any, callback: (err: unknown, resp?: unknown) => void) { // eslint-disable-line @typescript-eslint/no-explicit-any
+      try {
+        if (req.getType() !== "pulumi:pulumi:StackReference") throw new Error(`the harness reads only StackReferences, not ${req.getType()}`);
+        const urn = this.newUrn(req.getParent(), req.getType(), req.getName());
+        const props = await engine.readStackReference(String(req.getProperties().toJavaScript().name ?? req.getId()));
+        this.resources.set(urn, { urn, id: req.getId(), state: props });
+        const resp = new resproto.ReadResourceResponse();
+        resp.setUrn(urn);
+        resp.setProperties(toStruct(props));
         callback(null, resp);
       } catch (err) {
         callback(err);

@@ -10,6 +10,9 @@ export interface OpOptions {
   config?: Record<string, string>;
   secretConfig?: Record<string, string>;
   project?: string;
+  stack?: string;
+  /** Stacks a StackReference in the program may read: name → the directory of that stack's harness state. */
+  stackRefs?: Record<string, string>;
   env?: Record<string, string>;
 }
 
@@ -19,6 +22,8 @@ export async function pulumiOp(op: "up" | "preview" | "refresh" | "destroy", o: 
   const result = path.join(o.dir, `result-${op}-${Date.now()}.json`);
   const args = ["-r", "@swc-node/register", path.join(__dirname, "run.ts"), op, "--program", o.program, "--state", path.join(o.dir, "state.json"), "--result", result, "--host-log", path.join(o.dir, "host.log")];
   if (o.project) args.push("--project", o.project);
+  if (o.stack) args.push("--stack", o.stack);
+  for (const [name, dir] of Object.entries(o.stackRefs ?? {})) args.push("--stack-ref", `${name}=${path.join(dir, "state.json")}`);
   for (const [k, v] of Object.entries(o.config ?? {})) args.push("--config", `${k}=${v}`);
   for (const [k, v] of Object.entries(o.secretConfig ?? {})) args.push("--secret-config", `${k}=${v}`);
   const t0 = Date.now();

@@ -2,6 +2,7 @@
  * One Pulumi operation on a program, engine-free (see engine.ts):
  *   node -r @swc-node/register tests/harness/run.ts <up|preview|refresh|destroy> --program P --state S.json --result R.json
  *        [--stack dev] [--project NAME] [--config key=value]... [--secret-config key=value]... [--host-log F]
+ *        [--stack-ref org/project/stack=STATE.json]...   (what a StackReference of that name reads)
  * Like `pulumi <op>`: a fresh process with a fresh SDK per operation. Writes the run's events,
  * stack outputs and errors to R.json; exits 0 when the operation succeeded.
  */
@@ -31,7 +32,8 @@ async function main(): Promise<number> {
   // Like the CLI: the program and the provider host run in the directory of the program's main file.
   const program = path.resolve(one("program")!);
   const cwd = programDir(program);
-  const engine = new Engine({ op, stateFile: path.resolve(one("state")!), cwd, project, stack, hostLog: one("host-log") && path.resolve(one("host-log")!), mockOutputs: harnessMockOutputs, mockCall: harnessMockCall, mockCreated: harnessMockCreated });
+  const stackRefs = Object.fromEntries((flags["stack-ref"] ?? []).map((kv) => [kv.slice(0, kv.indexOf("=")), path.resolve(kv.slice(kv.indexOf("=") + 1))]));
+  const engine = new Engine({ op, stateFile: path.resolve(one("state")!), cwd, project, stack, hostLog: one("host-log") && path.resolve(one("host-log")!), mockOutputs: harnessMockOutputs, mockCall: harnessMockCall, mockCreated: harnessMockCreated, stackRefs });
   await engine.open();
   let result;
   try {

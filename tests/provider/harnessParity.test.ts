@@ -7,7 +7,7 @@
 import { promises as fs, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { pulumiOp, OpResult } from "../harness";
-import { deleteOrder, ResourceState } from "../harness/engine";
+import { deleteOrder, isSecret, ResourceState } from "../harness/engine";
 import { tempDir } from "../helpers";
 
 jest.setTimeout(5 * 60_000);
@@ -88,5 +88,30 @@ describe("harness destroy order (deleteOrder)", () => {
     const order = deleteOrder([vmOld, vmNew, gate]).map((r) => r.id);
     expect([...order].sort()).toEqual(["gate-1", "vm-new", "vm-old"]);
     expect(order.indexOf("gate-1")).toBeLessThan(Math.min(order.indexOf("vm-new"), order.indexOf("vm-old")));
+  });
+});
+
+describe("harness ↔ engine parity: StackReference (programs/stackRef.ts)", () => {
+  let a: string;
+  let b: string;
+  beforeAll(async () => {
+    [a, b] = [await tempDir("tdxvm-ref-a-"), await tempDir("tdxvm-ref-b-")];
+  });
+  afterAll(async () => {
+    for (const d of [a, b]) await fs.rm(d, { recursive: true, force: true });
+  });
+  const up = (dir: string, stack: string, config: Record<string, string>) => pulumiOp("up", { program: "tests/provider/programs/stackRef.ts", project: "refs", stack, dir, config, stackRefs: { "org/refs/a": a } });
+
+  it("reads another stack's outputs; a secret output stays secret; an unknown stack fails the update", async () => {
+    expect((await up(a, "a", { plain: "from-a", hidden: "s3cret-value" })).error).toBeUndefined();
+    const r = await up(b, "b", { ref: "org/refs/a" });
+    expect(r.error).toBeUndefined();
+    expect(r.outputs.plain).toBe("from-a");
+    expect(r.outputs.hidden).toBe("[secret]"); // redacted in the result: marked secret in state
+    const state = JSON.parse(await fs.readFile(path.join(b, "state.json"), "utf8")) as { outputs: Record<string, unknown> };
+    expect(isSecret(state.outputs.hidden)).toBe(true);
+    expect(JSON.stringify(state)).not.toContain("s3cret-value");
+    const bad = await up(b, "b", { ref: "org/refs/nope" });
+    expect([bad.ok, bad.error]).toEqual([false, expect.stringMatching(/unknown stack "org\/refs\/nope"/)]);
   });
 });
