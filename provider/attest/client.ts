@@ -251,16 +251,13 @@ export async function deliverSecrets(channel: Channel, payload: Record<string, u
     }
     if (!(last.status === 401 && /challenge/.test(last.body.toString("utf8")))) break;
   }
-  let why = "";
-  try {
-    why = String((JSON.parse(last!.body.toString("utf8")) as { error?: unknown }).error ?? "").slice(0, 300);
-  } catch {
-    // not JSON
-  }
+  const errorField = jsonField(last!.body, "error");
+  const why = typeof errorField === "string" ? errorField.slice(0, 300) : "";
   const status = last!.status;
   throw new TdxError("E_DEPLOYMENT", `the attested VM refused the secrets (HTTP ${status}: ${why})`, {
     hint: status === 409 ? "The VM already received secrets (they are delivered once per boot): replace or reboot the VM to deliver new ones."
       : status === 401 ? "The VM's image names another owner: deliver with the private key whose public half the image was baked with (TdxImage's ownerKey, or the key you passed as its owner)."
+      : status === 404 || status === 405 ? "The VM's agent has no owner-signed delivery (GET /v1/challenge): the image was baked with an older tdxvm; bake and deploy it again."
       : "Check the secrets against the image's declared schemas.",
     details: { status },
   });

@@ -101,3 +101,29 @@ describe("attest client: waiting and deadlines", () => {
     }
   });
 });
+
+describe("deliverSecrets: every refusal says why and what to do", () => {
+  const { deliverSecrets } = require("../../../provider/attest/client") as typeof import("../../../provider/attest/client");
+  const { newOwnerKey } = require("../../../provider/secrets/owner") as typeof import("../../../provider/secrets/owner");
+  const { tdxErrorOf } = require("../../helpers") as typeof import("../../helpers");
+  const owner = newOwnerKey().privateKeyPem;
+
+  it.each([
+    ["an agent without owner-signed delivery (an image baked before it)", 404, "not found", /older tdxvm; bake and deploy it again/],
+    ["a VM that already has its secrets", 409, JSON.stringify({ error: "secrets already delivered" }), /already received secrets/],
+    ["an image with another owner", 401, JSON.stringify({ error: "not signed by the image's owner" }), /names another owner/],
+  ])("%s (HTTP %i)", async (_what, status, body, hint) => {
+    const port = await freePort();
+    const s = await serve(port, (req, res) => {
+      if (req.url === "/v1/challenge" && status !== 404) res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ challenge: "01".repeat(32) }));
+      else res.writeHead(status).end(body);
+    });
+    try {
+      const channel = { host: "127.0.0.1", port, spkiSha256: tls.spkiSha256.toString("hex"), certificatePem: tls.certPem };
+      const e = await tdxErrorOf(() => deliverSecrets(channel, { API_TOKEN: "x".repeat(20) }, owner));
+      expect([e.code, e.message, e.hint]).toEqual(["E_DEPLOYMENT", expect.stringMatching(new RegExp(`^the attested VM refused the secrets \\(HTTP ${status}: `)), expect.stringMatching(hint)]);
+    } finally {
+      await close(s);
+    }
+  });
+});
