@@ -45,6 +45,17 @@ export interface AttestArgs {
   trust?: { pccsUrl?: string; collateral?: string; acceptedTcbStatuses?: string[]; minTeeTcbSvn?: string; allowSimulator?: boolean };
 }
 
+/** A deployment's allow-list at one step of a rollout: pulumi-nodejs:dynamic/tdxvm:AllowList. */
+export class AllowList extends pulumi.dynamic.Resource {
+  declare readonly ids: pulumi.Output<string[]>;
+  declare readonly flashbots: pulumi.Output<string>;
+  declare readonly constellation: pulumi.Output<string>;
+  declare readonly trustee: pulumi.Output<string>;
+  constructor(name: string, props: Record<string, pulumi.Input<unknown>>, opts?: pulumi.CustomResourceOptions) {
+    super(providerShim("allowList"), name, { ...props, stateVersion: undefined, ids: undefined, measurements: undefined, flashbots: undefined, constellation: undefined, trustee: undefined, updatedAt: undefined }, opts, "tdxvm", "AllowList");
+  }
+}
+
 /** Per-VM attestation (and secrets delivery): pulumi-nodejs:dynamic/tdxvm:VmAttestation. */
 export class VmAttestation extends pulumi.dynamic.Resource {
   declare readonly attested: pulumi.Output<boolean>;
@@ -100,6 +111,13 @@ export interface TdxDeploymentArgs {
    * TdxImage generated or was given. Needed with `secrets` when the image's owner is external.
    */
   ownerKey?: pulumi.Input<string>;
+  /**
+   * Where the fleet's verifiers read the measurements they must accept (a file path; tdxvm
+   * allow-list format, written atomically): during a rollout the incoming and the outgoing
+   * measurement (from the moment the first wave proved the incoming one), after its last wave the
+   * incoming one alone. Needs attested VMs. The `allowList` output carries the same list.
+   */
+  allowListFile?: pulumi.Input<string>;
   /**
    * Attest every VM against `measurement` (implied by `secrets` and by attesting gates): its agent
    * (Agent/Init/Tdxs module) must answer on `port` (default 8443). `trust` sets the anchors:
@@ -193,6 +211,12 @@ export class TdxDeployment extends pulumi.ComponentResource {
    * of this deployment proved, with who proved it and when; undefined unless VMs are attested.
    */
   readonly promotion: pulumi.Output<Promotion | undefined>;
+  /**
+   * The measurements relying parties must accept after this update (ids, and the list in flashbots,
+   * Constellation and Trustee formats); the mid-rollout list is published to `allowListFile`.
+   * Undefined unless VMs are attested.
+   */
+  readonly allowList: pulumi.Output<{ ids: string[]; flashbots: string; constellation: string; trustee: string } | undefined>;
 
   constructor(name: string, args: TdxDeploymentArgs, opts?: pulumi.ComponentResourceOptions) {
     super("tdxvm:index:TdxDeployment", name, {}, opts);
@@ -277,6 +301,14 @@ export class TdxDeployment extends pulumi.ComponentResource {
     }
     this.instances = pulumi.all(this.vms.map((v) => pulumi.all([v.id, v.privateIp, v.ip]).apply(([id, privateIp, ip]) => ({ name: v.name, wave: v.wave, id, privateIp, ip }))));
     const attestations = this.vms.map((v) => v.attestation);
+    if (expected && attestations.every((a) => a !== undefined) && attestations.length) {
+      // add → roll → retire: open after the first wave proved the incoming measurement, close after the last.
+      const first = this.vms.filter((v) => v.wave === 0).map((v) => v.attestation!);
+      const incoming = expected;
+      const open = new AllowList(`${name}-allow-open`, { deployment: name, phase: "open", incoming, publish: args.allowListFile }, { parent: this, dependsOn: first });
+      const close = new AllowList(`${name}-allow-close`, { deployment: name, phase: "close", incoming, publish: args.allowListFile }, { parent: this, dependsOn: [...attestations.map((a) => a!), open] });
+      this.allowList = pulumi.all([close.ids, close.flashbots, close.constellation, close.trustee]).apply(([ids, flashbots, constellation, trustee]) => ({ ids, flashbots, constellation, trustee }));
+    } else this.allowList = pulumi.output(undefined);
     this.promotion = expected && attestations.every((a) => a !== undefined)
       ? pulumi.all([expected, args.image.bakeKey, pulumi.all(attestations.map((a) => pulumi.all([a!.attested, a!.issuer, a!.spkiSha256, a!.attestedAt])))]).apply(([m, bakeKey, proofs]): Promotion | undefined => {
         if (!proofs.every(([ok]) => ok === true)) return undefined;
@@ -291,6 +323,6 @@ export class TdxDeployment extends pulumi.ComponentResource {
       this.warning = vm.warning;
       this.isTd = vm.isTd;
     }
-    this.registerOutputs({ instances: this.instances, expected: this.expected, promotion: this.promotion, imageRef: this.imageRef, vmId: this.vmId, forwards: this.forwards, serialLog: this.serialLog, warning: this.warning, isTd: this.isTd });
+    this.registerOutputs({ instances: this.instances, expected: this.expected, promotion: this.promotion, allowList: this.allowList, imageRef: this.imageRef, vmId: this.vmId, forwards: this.forwards, serialLog: this.serialLog, warning: this.warning, isTd: this.isTd });
   }
 }

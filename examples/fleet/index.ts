@@ -51,6 +51,8 @@ const fleet = new TdxDeployment("fleet", {
   // Secrets reach each VM only after it passed attestation (the image's Init module receives them).
   secrets: apiToken?.apply((t) => ({ API_TOKEN: t })),
   replicas: config.getNumber("replicas") ?? 2,
+  // Where this fleet's verifiers read the measurements they must accept (optional).
+  allowListFile: config.get("allowListFile"),
   rollout: {
     strategy: "waves",
     batchSize: config.getNumber("batchSize") ?? 1,
@@ -72,3 +74,5 @@ export const expectedRegisters = fleet.expected; // what the VMs must prove: thi
 export const attested = pulumi.all(fleet.vms.map((v) => v.attestation?.checks ?? pulumi.output(undefined)));
 // What a production stack promotes from: the measurement every VM here proved, by whom and when.
 export const promotion = fleet.promotion;
+// What relying parties must accept after this update (ids; flashbots, Constellation, Trustee formats).
+export const allowList = fleet.allowList;

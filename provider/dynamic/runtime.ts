@@ -17,6 +17,7 @@ import { gateProvider } from "./gate";
 import { attestationProvider } from "./attestation";
 import { uniqueNameProvider, UNIQUE_NAME_STATE_VERSION } from "./uniqueName";
 import { ownerKeyProvider, OWNER_KEY_STATE_VERSION } from "./ownerKey";
+import { allowListProvider, ALLOW_LIST_STATE_VERSION } from "./allowList";
 import { TdxError } from "../errors";
 import { failureOf, userError } from "./common";
 
@@ -40,6 +41,7 @@ export const STATE_VERSIONS = {
   attestation: 1,
   uniqueName: UNIQUE_NAME_STATE_VERSION,
   ownerKey: OWNER_KEY_STATE_VERSION,
+  allowList: ALLOW_LIST_STATE_VERSION,
 };
 
 /** E_STATE when `state` was written by a newer tdxvm than this one. */
@@ -99,6 +101,7 @@ export const providers = {
   uniqueName: versionGuard("uniqueName", uniqueNameProvider),
   attestation: versionGuard("attestation", attestationProvider),
   ownerKey: versionGuard("ownerKey", ownerKeyProvider),
+  allowList: versionGuard("allowList", allowListProvider),
 };
 
 export type ProviderKind = keyof typeof providers;

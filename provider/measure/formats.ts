@@ -176,3 +176,26 @@ export function formatMeasurements(m: Measurements, format: Format): string {
   if (format === "constellation") return JSON.stringify(toConstellation(m), null, 2) + "\n";
   return measurementsToJson(m);
 }
+
+/**
+ * Reference values for Confidential Containers' Trustee: a message for its Reference Value
+ * Provider Service (`rvps-tool register --path F`, or KBS `POST /kbs/v0/reference-value`), type
+ * "sample", whose base64 payload maps each name to the list of accepted values (lowercase hex).
+ * Names as Trustee's default policy reads them (attestation-service ear_default_policy_cpu.rego):
+ * `mr_td`, `rtmr_<n>` for a TD; `tdx_pcr<nn>` for Azure's vTPM (the policy reads `tdx_pcr11`).
+ * Every measurement in `list` contributes its values; registers without a value (platform-
+ * defined) are left out, as in the other exports. A new registration replaces a name's list:
+ * send the whole list at every step of a rollout (which is what this is).
+ */
+export function toTrusteeReferenceValues(list: readonly Measurements[]): { version: "0.1.0"; type: "sample"; payload: string } {
+  const values: Record<string, string[]> = {};
+  for (const m of list) {
+    for (const [name, r] of Object.entries(m.registers)) {
+      if (r.status === "platform-defined" || r.value === null) continue;
+      const key = m.backend === "azure" ? `tdx_pcr${name.slice(3).padStart(2, "0")}` : name === "MRTD" ? "mr_td" : `rtmr_${name.slice(4)}`;
+      const l = (values[key] ??= []);
+      if (!l.includes(r.value)) l.push(r.value);
+    }
+  }
+  return { version: "0.1.0", type: "sample", payload: Buffer.from(JSON.stringify(values), "utf8").toString("base64") };
+}

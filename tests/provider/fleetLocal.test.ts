@@ -16,6 +16,7 @@ import { attest } from "../../provider/attest";
 import { fromComputed } from "../../provider/dynamic/measurement";
 import { tempDir, TEST_OWNER_KEY } from "../helpers";
 import type { Promotion } from "../../components";
+import { measurementIdOf, readAllowList } from "../../provider/deploy/allowList";
 
 jest.setTimeout(90 * 60_000);
 
@@ -29,8 +30,10 @@ describe("fleet as stacks on local VMs: canary → production promotion, waves g
     program: "examples/fleet/index.ts", project: "tdxvm-fleet", stack, dir, stackRefs: { [CANARY]: canaryDir },
     config: { target: "qemu", gateIntervalSeconds: "2", ...config }, secretConfig: { apiToken: token, ownerKey: TEST_OWNER_KEY },
   });
-  const canary = (o: "up" | "destroy", config: Record<string, string> = {}) => op(canaryDir, "canary", o, { replicas: "1", ...config });
-  const prod = (o: "up" | "destroy", config: Record<string, string> = {}) => op(prodDir, "prod-eu", o, { replicas: "2", batchSize: "1", promoteFrom: CANARY, ...config });
+  const canary = (o: "up" | "destroy", config: Record<string, string> = {}) => op(canaryDir, "canary", o, { replicas: "1", allowListFile: path.join(canaryDir, "allow.json"), ...config });
+  const prod = (o: "up" | "destroy", config: Record<string, string> = {}) => op(prodDir, "prod-eu", o, { replicas: "2", batchSize: "1", promoteFrom: CANARY, allowListFile: path.join(prodDir, "allow.json"), ...config });
+  /** What the verifiers of a stack read: the ids in its published allow-list. */
+  const published = async (dir: string) => ((await readAllowList(path.join(dir, "allow.json"), "fleet")) ?? []).map((x) => x.id);
   const vms = async (dir: string) => (await loadState(path.join(dir, "state.json"))).resources.filter((r) => r.type.endsWith("tdxvm:QemuVm"));
   const at = (r: OpResult, urnEnd: string, step: string) => r.events.find((e) => e.urn.endsWith(`::${urnEnd}`) && e.step === step)?.at ?? -1;
   let promotion: Promotion;
@@ -57,9 +60,15 @@ describe("fleet as stacks on local VMs: canary → production promotion, waves g
     const r = await canary("up");
     expect(r.error).toBeUndefined();
     promotion = unwrap(r.outputs.promotion) as Promotion;
-    expect(promotion).toMatchObject({ version: 1, stack: "canary", image: { bakeKey: expect.stringMatching(/^sha256:/) }, measurement: { backend: "azure" } });
+    expect(promotion).toMatchObject({ version: 1, stack: "canary", image: { bakeKey: expect.stringMatching(/^[0-9a-f]{64}$/) }, measurement: { backend: "azure" } });
     expect(promotion.attestedBy).toEqual([{ vm: "fleet", issuer: "tpm", spkiSha256: expect.stringMatching(/^[0-9a-f]{64}$/), attestedAt: expect.any(String) }]);
     expect(promotion.measurement.registers.PCR11).toMatch(/^[0-9a-f]{64}$/);
+    // Its verifiers accept exactly what its VM proved, published and exported.
+    const id = measurementIdOf(fromComputed(promotion.measurement as never, "azure")!);
+    expect(await published(canaryDir)).toEqual([id]);
+    const allow = unwrap(r.outputs.allowList) as { ids: string[]; flashbots: string; constellation: string; trustee: string };
+    expect(allow.ids).toEqual([id]);
+    expect(JSON.parse(allow.flashbots)[0].measurements["11"].expected_any).toEqual([promotion.measurement.registers.PCR11]);
   });
 
   it("production promoted from the canary: expects exactly the canary's proved registers; wave 2 starts only after wave 1 attested", async () => {
@@ -73,6 +82,7 @@ describe("fleet as stacks on local VMs: canary → production promotion, waves g
     expect(vm1.dependencies).toContain(state.resources.find((x) => x.urn.endsWith("::fleet-0-attest"))!.urn);
     expect((await vms(prodDir)).map((v) => vmRunning(v.outputs as never))).toEqual([true, true]);
     expect((unwrap(r.outputs.promotion) as Promotion).attestedBy.map((a) => a.vm)).toEqual(["fleet-0", "fleet-1"]);
+    expect(await published(prodDir)).toEqual(await published(canaryDir));
   });
 
   it("a production rollout of an image the canary never attested stops at the first wave: refused, nothing sent, old VMs running and attesting", async () => {
@@ -94,6 +104,8 @@ describe("fleet as stacks on local VMs: canary → production promotion, waves g
     expect(olds).toHaveLength(2);
     for (const a of olds) expect((await attest(a.endpoint, fromComputed(a.expected, "azure")!)).ok).toBe(true);
     expect((unwrap(st.outputs.promotion) as Promotion).attestedBy.map((a) => a.vm)).toEqual(["fleet-0", "fleet-1"]);
+    // No VM proved the new image: its verifiers were never told to accept it.
+    expect(await published(prodDir)).toEqual(await published(canaryDir));
   });
 
   it("destroy stops every VM of both stacks, also the refused wave's replacement kept in state beside the VM it replaces", async () => {
@@ -102,5 +114,6 @@ describe("fleet as stacks on local VMs: canary → production promotion, waves g
     for (const run of [prod, canary]) expect((await run("destroy")).error).toBeUndefined();
     for (const v of before) expect(vmRunning(v.outputs as never)).toBe(false);
     for (const dir of [prodDir, canaryDir]) expect((await loadState(path.join(dir, "state.json"))).resources).toEqual([]);
+    for (const dir of [prodDir, canaryDir]) expect(existsSync(path.join(dir, "allow.json"))).toBe(false); // the deployment's list went with it
   });
 });

@@ -1,0 +1,90 @@
+/**
+ * The measurements a fleet's relying parties must accept (verifiers, secret services), with the
+ * lifecycle of a rollout: add → roll → retire.
+ *
+ * - open (once the rollout's first wave proved the incoming measurement): incoming + every
+ *   measurement still live (the outgoing one, and any a stopped rollout left behind);
+ * - close (once every wave proved it): the incoming measurement alone.
+ * A measurement enters only after a VM attested it, so the list never holds one no VM proved.
+ * The list is bounded (MAX_LIVE): more live measurements than that means earlier rollouts were
+ * left half-done, which is refused rather than accepted without end.
+ */
+import { createHash } from "node:crypto";
+import { promises as fs } from "node:fs";
+import * as path from "node:path";
+import { TdxError } from "../errors";
+import { stableJson, writeFileAtomic } from "../lock/files";
+import { combinations, Measurements, withAlternatives } from "../measure/ledger";
+
+export const MAX_LIVE = 4;
+
+/** One accepted measurement: a content id and the measurement a verifier compares with. */
+export interface AllowedMeasurement { id: string; measurement: Measurements }
+
+export interface AllowListFile { allowListVersion: 1; deployment: string; updatedAt: string; measurements: AllowedMeasurement[] }
+
+/** Content id of a measurement: what its verifier compares (backend, values, pins, envelope), not its ledger's wording. */
+export function measurementIdOf(m: Measurements): string {
+  const values = (r: Measurements["registers"]) => Object.fromEntries(Object.entries(r).map(([n, v]) => [n, [v.value, v.status, v.basis ?? null, v.waived ?? null]]));
+  return `sha256:${createHash("sha256").update(stableJson({ backend: m.backend, registers: values(m.registers), alternatives: (m.alternatives ?? []).map((a) => [a.label, values(a.registers)]) })).digest("hex")}`;
+}
+
+/** The list after a rollout phase: "open" adds `incoming` in front of what is live, "close" leaves it alone. */
+export function nextAllowList(phase: "open" | "close", incoming: Measurements, live: readonly AllowedMeasurement[]): AllowedMeasurement[] {
+  const entry = { id: measurementIdOf(incoming), measurement: incoming };
+  if (phase === "close") return [entry];
+  const list = [entry, ...live.filter((x) => x.id !== entry.id)];
+  if (list.length > MAX_LIVE) {
+    throw new TdxError("E_DEPLOYMENT", `${list.length} measurements would be live at once (at most ${MAX_LIVE}): earlier rollouts of this deployment stopped half-way`, {
+      hint: "Finish (or roll back) the earlier rollout first: a successful `pulumi up` of one image retires every other measurement.",
+    });
+  }
+  return list;
+}
+
+/** The live list as a verifier reads it from `file`, or undefined when there is none yet. Validated: it is read back from disk. */
+export async function readAllowList(file: string, deployment: string): Promise<AllowedMeasurement[] | undefined> {
+  const text = await fs.readFile(file, "utf8").catch((e: NodeJS.ErrnoException) => (e.code === "ENOENT" ? undefined : Promise.reject(e)));
+  if (text === undefined) return undefined;
+  const { parseMeasurements } = await import("../measure/formats");
+  let raw: AllowListFile;
+  try {
+    raw = JSON.parse(text) as AllowListFile;
+  } catch {
+    throw new TdxError("E_DEPLOYMENT", `the allow-list ${file} is not JSON`, { hint: "It is written by tdxvm only; remove it if something else wrote there." });
+  }
+  if (raw?.allowListVersion !== 1 || raw.deployment !== deployment || !Array.isArray(raw.measurements) || raw.measurements.length > MAX_LIVE) {
+    throw new TdxError("E_DEPLOYMENT", `${file} is not the allow-list of deployment ${deployment}`, { hint: "Publish each deployment's allow-list to its own file." });
+  }
+  return raw.measurements.map((x, i) => {
+    const measurement = parseMeasurements(JSON.stringify(x.measurement), `${file} measurement ${i + 1}`);
+    if (measurementIdOf(measurement) !== x.id) throw new TdxError("E_DEPLOYMENT", `${file}: measurement ${i + 1}'s id does not match its registers`);
+    return { id: x.id, measurement };
+  });
+}
+
+/** Write the list where verifiers read it (atomically: a reader sees the old or the new list, never half). */
+export async function publishAllowList(file: string, deployment: string, list: readonly AllowedMeasurement[], now = new Date()): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const doc: AllowListFile = { allowListVersion: 1, deployment, updatedAt: now.toISOString(), measurements: [...list] };
+  await writeFileAtomic(file, stableJson(doc));
+}
+
+/**
+ * The list in the formats relying parties take: flashbots (one entry whose `expected_any` lists
+ * every allowed value per register), Constellation (one map per measurement id), Trustee
+ * (reference values: each register's allowed values).
+ */
+export async function allowListExports(list: readonly AllowedMeasurement[]): Promise<{ flashbots: string; constellation: string; trustee: string }> {
+  const { formatMeasurements, toTrusteeReferenceValues } = await import("../measure/formats");
+  if (!list.length) return { flashbots: "[]\n", constellation: "{}\n", trustee: "{}\n" };
+  // Every accepted combination (each measurement, each host shape of its envelope) as one envelope.
+  const all = list.flatMap((x) => combinations(x.measurement).map((c) => ({ label: `${x.id.replace(/^sha256:/, "").slice(0, 12)}-${c.label}`.slice(0, 100), m: c.m })));
+  const envelope = withAlternatives(all[0]!.m, all[0]!.label, all.slice(1));
+  const constellation = Object.fromEntries(list.map((x) => [x.id, JSON.parse(formatMeasurements(x.measurement, "constellation"))]));
+  return {
+    flashbots: formatMeasurements(envelope, "flashbots"),
+    constellation: JSON.stringify(constellation, null, 2) + "\n",
+    trustee: JSON.stringify(toTrusteeReferenceValues(all.map((c) => c.m)), null, 2) + "\n",
+  };
+}
