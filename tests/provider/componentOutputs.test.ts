@@ -40,7 +40,7 @@ describe("component outputs", () => {
     const listed = readmeOutputs(readFileSync(path.resolve(__dirname, "../../README.md"), "utf8"));
     expect(Object.keys(listed).sort()).toEqual(["tdxvm:index:TdxDeployment", "tdxvm:index:TdxImage", "tdxvm:index:TdxMeasurement"]);
     expect(listed["tdxvm:index:TdxMeasurement"]["*"]).toEqual(expect.arrayContaining(["rtmr0", "rtmr1", "rtmr2", "rtmr3", "assumptions"]));
-    expect(listed["tdxvm:index:TdxDeployment"]).toMatchObject({ "*": ["instances", "expected"], qemu: expect.arrayContaining(["isTd"]), "azure/gcp": ["imageRef"] });
+    expect(listed["tdxvm:index:TdxDeployment"]).toMatchObject({ "*": ["instances", "expected", "promotion", "allowList"], qemu: expect.arrayContaining(["isTd"]), "azure/gcp": ["imageRef"] });
   });
 
   it("each component registers every output the README lists, for every target", async () => {
