@@ -156,3 +156,25 @@ describe("attest()", () => {
     expect(() => parseEndpoint("vm:99999")).toThrow(/not host:port/);
   });
 });
+
+describe("the verdict table says how each register is pinned", () => {
+  it("WAIVED rows carry their reason, NOT PINNED rows fail, the summary names waivers and the matched host shape", async () => {
+    const { formatVerdict } = await import("../../../provider/attest/cli");
+    const row = (register: string, pin: string, ok: boolean, extra: Record<string, unknown> = {}) => ({ register, status: "platform-defined" as const, pin: pin as never, expected: null, reported: "ab".repeat(48), replayed: null, ok, problems: ok ? [] : ["not pinned: the platform signed a value nobody vouches for (VM shape)"], ...extra });
+    const text = formatVerdict({
+      ok: false, issuer: "tdx", matched: "qemu-10.1", durationMs: 1200, checks: [{ check: "issuer", ok: true, detail: "tdx" }],
+      registers: [row("RTMR0", "waived", true, { waiver: "lab host", note: "WAIVED (lab host)" }), row("MRTD", "unpinned", false)],
+    });
+    expect(text).toMatch(/^RTMR0\s+waived\s+—\s+abababababababab…abababab\s+—\s+WAIVED \(lab host\)$/m);
+    expect(text).toMatch(/^MRTD\s+unpinned\s+.*NOT PINNED: not pinned: the platform signed a value nobody vouches for \(VM shape\)$/m);
+    expect(text).toMatch(/^FAILED: the agent, issuer tdx, host shape qemu-10.1, 1\/1 checks, 1\/2 registers \(WAIVED: RTMR0\), 1\.20 s$/m);
+  });
+
+  it("--waive takes REG:reason (repeatable); a bad one is a usage error before anything is asked", async () => {
+    const file = path.join(dir, "expected-waive.json");
+    await fs.writeFile(file, measurementsToJson(expected));
+    const code = await attestCommand(["127.0.0.1:1", "--expected", file, "--waive", "RTMRO:typo"]);
+    expect(code).toBe(2);
+    expect(err.join("\n")).toMatch(/E_VALIDATION: --waive: "RTMRO" is not a register name/);
+  });
+});
