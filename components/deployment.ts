@@ -115,7 +115,8 @@ export interface TdxDeploymentArgs {
    * Where the fleet's verifiers read the measurements they must accept (a file path; tdxvm
    * allow-list format, written atomically): during a rollout the incoming and the outgoing
    * measurement (from the moment the first wave proved the incoming one), after its last wave the
-   * incoming one alone. Needs attested VMs. The `allowList` output carries the same list.
+   * incoming one alone. Needs attested VMs. The `allowList` output carries the same list. The file
+   * is also the lifecycle's memory (what a close retired): without it there is no allow-list.
    */
   allowListFile?: pulumi.Input<string>;
   /**
@@ -179,7 +180,8 @@ export interface Promotion {
   stack: string;
   image: { bakeKey: string | null };
   measurement: ExpectedMeasurement;
-  attestedBy: Array<{ vm: string; issuer: string; spkiSha256: string; attestedAt: string }>;
+  /** Per VM: its attested TLS key, when, the host shape it matched (with an envelope), and what its verifier waived. */
+  attestedBy: Array<{ vm: string; issuer: string; spkiSha256: string; attestedAt: string; matchedShape?: string; waived: string[] }>;
 }
 
 const isTdxMeasurement = (m: unknown): m is TdxMeasurement => pulumi.ComponentResource.isInstance(m as pulumi.Resource) && (m as { registers?: unknown }).registers !== undefined;
@@ -301,7 +303,7 @@ export class TdxDeployment extends pulumi.ComponentResource {
     }
     this.instances = pulumi.all(this.vms.map((v) => pulumi.all([v.id, v.privateIp, v.ip]).apply(([id, privateIp, ip]) => ({ name: v.name, wave: v.wave, id, privateIp, ip }))));
     const attestations = this.vms.map((v) => v.attestation);
-    if (expected && attestations.every((a) => a !== undefined) && attestations.length) {
+    if (args.allowListFile !== undefined && expected && attestations.every((a) => a !== undefined) && attestations.length) {
       // add → roll → retire: open after the first wave proved the incoming measurement, close after the last.
       const first = this.vms.filter((v) => v.wave === 0).map((v) => v.attestation!);
       const incoming = expected;
@@ -310,9 +312,17 @@ export class TdxDeployment extends pulumi.ComponentResource {
       this.allowList = pulumi.all([close.ids, close.flashbots, close.constellation, close.trustee]).apply(([ids, flashbots, constellation, trustee]) => ({ ids, flashbots, constellation, trustee }));
     } else this.allowList = pulumi.output(undefined);
     this.promotion = expected && attestations.every((a) => a !== undefined)
-      ? pulumi.all([expected, args.image.bakeKey, pulumi.all(attestations.map((a) => pulumi.all([a!.attested, a!.issuer, a!.spkiSha256, a!.attestedAt])))]).apply(([m, bakeKey, proofs]): Promotion | undefined => {
+      ? pulumi.all([expected, args.image.bakeKey, pulumi.all(attestations.map((a) => pulumi.all([a!.attested, a!.issuer, a!.spkiSha256, a!.attestedAt, a!.matchedShape, a!.waived])))]).apply(([m, bakeKey, proofs]): Promotion | undefined => {
         if (!proofs.every(([ok]) => ok === true)) return undefined;
-        return { version: 1, stack: pulumi.getStack(), image: { bakeKey: bakeKey ?? null }, measurement: m, attestedBy: proofs.map(([, issuer, spkiSha256, attestedAt], i) => ({ vm: this.vms[i]!.name, issuer, spkiSha256, attestedAt })) };
+        // Only host shapes some VM actually matched travel on (the base always: it is the measurement).
+        const matched = new Set(proofs.map((p) => p[4]).filter((x): x is string => typeof x === "string"));
+        const alternatives = (m.alternatives as Array<{ label?: unknown }> | undefined)?.filter((x) => typeof x.label === "string" && matched.has(x.label));
+        const { alternatives: _all, ...base } = m;
+        void _all;
+        return {
+          version: 1, stack: pulumi.getStack(), image: { bakeKey: bakeKey ?? null }, measurement: { ...base, ...(alternatives?.length ? { alternatives } : {}) },
+          attestedBy: proofs.map(([, issuer, spkiSha256, attestedAt, shape, waived], i) => ({ vm: this.vms[i]!.name, issuer, spkiSha256, attestedAt, ...(shape ? { matchedShape: shape } : {}), waived: waived ?? [] })),
+        };
       })
       : pulumi.output(undefined);
     if (args.target === "qemu") {

@@ -204,7 +204,9 @@ export function verifyEndorsement(bytes: Buffer, opts: EndorsementOptions = {}):
 
 /** The entry an endorsement gives a VM of `ramGib` GiB (any size: the generic entry); undefined when none. */
 function entryFor(list: TdxEndorsedMeasurement[], ramGib: number | undefined): TdxEndorsedMeasurement | undefined {
-  return list.find((m) => m.ramGib === 0 && !m.earlyAccept) ?? list.find((m) => m.ramGib === 0 || ramGib === undefined || m.ramGib === ramGib);
+  const fits = (m: TdxEndorsedMeasurement) => m.ramGib === 0 || ramGib === undefined || m.ramGib === ramGib;
+  // The generic entry first, then entries for this memory size; early-accept ones last.
+  return list.find((m) => m.ramGib === 0 && !m.earlyAccept) ?? list.find((m) => fits(m) && !m.earlyAccept) ?? list.find(fits);
 }
 
 function describe(e: GcpEndorsement & { tdx: NonNullable<GcpEndorsement["tdx"]> }, entry: TdxEndorsedMeasurement, signer: string, minSvn?: number): string {

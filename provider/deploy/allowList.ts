@@ -14,7 +14,7 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { TdxError } from "../errors";
 import { stableJson, writeFileAtomic } from "../lock/files";
-import { combinations, Measurements, withAlternatives } from "../measure/ledger";
+import { combinations, Measurements } from "../measure/ledger";
 
 export const MAX_LIVE = 4;
 
@@ -71,19 +71,17 @@ export async function publishAllowList(file: string, deployment: string, list: r
 }
 
 /**
- * The list in the formats relying parties take: flashbots (one entry whose `expected_any` lists
- * every allowed value per register), Constellation (one map per measurement id), Trustee
- * (reference values: each register's allowed values).
+ * The list in the formats relying parties take: flashbots (one entry per accepted combination —
+ * each measurement, each host shape of its envelope), Constellation (one map per combination, by
+ * id: pick the one for a verifier's config), Trustee (reference values: each register's accepted
+ * values; Trustee's lists are per claim, so it accepts any mix of them — weaker than the others).
  */
 export async function allowListExports(list: readonly AllowedMeasurement[]): Promise<{ flashbots: string; constellation: string; trustee: string }> {
-  const { formatMeasurements, toTrusteeReferenceValues } = await import("../measure/formats");
-  if (!list.length) return { flashbots: "[]\n", constellation: "{}\n", trustee: "{}\n" };
-  // Every accepted combination (each measurement, each host shape of its envelope) as one envelope.
-  const all = list.flatMap((x) => combinations(x.measurement).map((c) => ({ label: `${x.id.replace(/^sha256:/, "").slice(0, 12)}-${c.label}`.slice(0, 100), m: c.m })));
-  const envelope = withAlternatives(all[0]!.m, all[0]!.label, all.slice(1));
-  const constellation = Object.fromEntries(list.map((x) => [x.id, JSON.parse(formatMeasurements(x.measurement, "constellation"))]));
+  const { formatMeasurements, toFlashbotsEntries, toTrusteeReferenceValues } = await import("../measure/formats");
+  const all = list.flatMap((x) => combinations(x.measurement).map((c, i) => ({ id: x.measurement.alternatives?.length || i > 0 ? `${x.id}@${c.label}` : x.id, m: c.m })));
+  const constellation = Object.fromEntries(all.map((c) => [c.id, JSON.parse(formatMeasurements(c.m, "constellation"))]));
   return {
-    flashbots: formatMeasurements(envelope, "flashbots"),
+    flashbots: JSON.stringify(toFlashbotsEntries(all), null, 2) + "\n",
     constellation: JSON.stringify(constellation, null, 2) + "\n",
     trustee: JSON.stringify(toTrusteeReferenceValues(all.map((c) => c.m)), null, 2) + "\n",
   };

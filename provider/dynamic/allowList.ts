@@ -6,15 +6,15 @@
  * `publish` (a file the verifiers read, written atomically) and returns it with its exports in the
  * flashbots, Constellation and Trustee formats.
  *
- * What is live comes from the published file when there is one (the verifiers' own view, so a
- * rollout that stopped half-way is remembered even by another operator's `up`), else from this
- * resource's state. Delete removes the file only when it is this deployment's allow-list.
+ * What is live is what this resource added (its state) and the published file still holds (a close
+ * retired the rest): a list written into the file by anyone else is never taken up. Delete removes
+ * the file only when it is this deployment's allow-list.
  */
 import { z } from "zod";
 import { TdxError } from "../errors";
 import { fromComputed } from "./measurement";
 import { declared, guarded, guardedSync, log, CheckFailure, omit, checkStart, requireInputs, parseState, loadPath } from "./common";
-import { AllowedMeasurement, allowListExports, nextAllowList, publishAllowList, readAllowList } from "../deploy/allowList";
+import { AllowedMeasurement, allowListExports, measurementIdOf, nextAllowList, publishAllowList, readAllowList } from "../deploy/allowList";
 import { parseMeasurements } from "../measure/formats";
 
 export const ALLOW_LIST_STATE_VERSION = 1;
@@ -34,7 +34,7 @@ export const AllowListArgs = z.object({
   /** The measurement this rollout's VMs proved (TdxDeployment's expected measurement). */
   incoming: Expected,
   /** The file the fleet's verifiers read (tdxvm allow-list format). */
-  publish: z.string().min(1).optional(),
+  publish: z.string().min(1),
 }).loose();
 export type AllowListArgsT = z.infer<typeof AllowListArgs>;
 
@@ -49,20 +49,39 @@ export const AllowListState = z.object({
 const state = (o: unknown) => guardedSync(() => parseState(AllowListState, o, "allow-list"));
 const inputsOnly = (o: Record<string, unknown>) => omit(declared(o), OUT);
 
-/** The measurements in state, validated (state is hostile until checked). */
+/** The measurements in state, validated (state is hostile until checked: ids recomputed). */
 function fromState(o: ReturnType<typeof state>): AllowedMeasurement[] {
-  return (o.measurements ?? []).map((x, i) => ({ id: x.id, measurement: parseMeasurements(JSON.stringify(x.measurement), `allow-list state, measurement ${i + 1}`) }));
+  return (o.measurements ?? []).map((x, i) => {
+    const measurement = parseMeasurements(JSON.stringify(x.measurement), `allow-list state, measurement ${i + 1}`);
+    if (measurementIdOf(measurement) !== x.id) throw new TdxError("E_STATE", `allow-list state: measurement ${i + 1}'s id does not match its registers`, { hint: "The state was edited; run pulumi refresh, or restore it from a backup." });
+    return { id: x.id, measurement };
+  });
+}
+
+/**
+ * What is live: the published file says what was retired (a close), this resource's own state
+ * says what it ever added — only what both hold carries forward, so a measurement written into the
+ * file by anyone else is never accepted, and a retired one does not come back.
+ */
+async function liveList(file: string, deployment: string, olds: ReturnType<typeof state> | undefined): Promise<AllowedMeasurement[]> {
+  const mine = olds ? fromState(olds) : [];
+  const published = await readAllowList(file, deployment);
+  if (!published) return mine;
+  const ids = new Set(published.map((x) => x.id));
+  return mine.filter((x) => ids.has(x.id));
 }
 
 async function apply(a: AllowListArgsT, olds: ReturnType<typeof state> | undefined): Promise<Record<string, unknown>> {
   const incoming = fromComputed(a.incoming as never, a.incoming.backend);
   if (!incoming) throw new TdxError("E_VALIDATION", "the allow-list's incoming measurement has no registers");
-  const file = a.publish ? loadPath(a.publish) : undefined;
-  const live = (file ? await readAllowList(file, a.deployment) : undefined) ?? (olds ? fromState(olds) : []);
-  const list = nextAllowList(a.phase, incoming, live);
-  if (file) await publishAllowList(file, a.deployment, list);
-  log(`TdxDeployment/${a.deployment}`, `allow-list (${a.phase}): ${list.map((x) => x.id.slice(7, 19)).join(", ")}${file ? ` → ${file}` : ""}`);
-  return { stateVersion: ALLOW_LIST_STATE_VERSION, ids: list.map((x) => x.id), measurements: list, ...(await allowListExports(list)), updatedAt: new Date().toISOString() };
+  const file = loadPath(a.publish);
+  const list = nextAllowList(a.phase, incoming, a.phase === "open" ? await liveList(file, a.deployment, olds) : []);
+  // Everything that can fail first; the file verifiers read changes last.
+  const exports = await allowListExports(list);
+  if (a.phase === "close") await readAllowList(file, a.deployment); // refuses to overwrite another deployment's list
+  await publishAllowList(file, a.deployment, list);
+  log(`TdxDeployment/${a.deployment}`, `allow-list (${a.phase}): ${list.map((x) => x.id.slice(7, 19)).join(", ")} → ${file}`);
+  return { stateVersion: ALLOW_LIST_STATE_VERSION, ids: list.map((x) => x.id), measurements: list, ...exports, updatedAt: new Date().toISOString() };
 }
 
 export const allowListProvider = {

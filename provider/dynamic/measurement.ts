@@ -178,7 +178,8 @@ function registersOut(regs: Record<string, RegisterValue>): Pick<MeasurementComp
 function registersIn(c: Partial<Pick<MeasurementComputed, "registers" | "status" | "ledger">>): Record<string, RegisterValue> {
   const registers: Record<string, RegisterValue> = {};
   for (const [name, value] of Object.entries(c.registers ?? {})) {
-    const st = c.status?.[name] ?? "exact";
+    // A register state names no status for: exact only when it has a value (else it pins nothing).
+    const st = c.status?.[name] ?? (value === null ? "platform-defined: no status in state" : "exact");
     const waived = /^WAIVED \((.*)\)$/s.exec(st)?.[1];
     const basis = st === "captured" || st === "endorsed" ? st : undefined;
     registers[name] = {

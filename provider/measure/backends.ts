@@ -85,15 +85,18 @@ export function rtmrEvents(events: LedgerEvent[]): { rtmr1: LedgerEvent[]; rtmr2
  * table-loader, RSDP, tables; QemuFwCfgLib "QEMU FW CFG" items by file name; SMBIOS as a handoff
  * table). A verifier's row then says "ACPI tables (etc/acpi/tables) differs", not "event 10".
  */
+const clean = (t: string) => [...t].map((ch) => (ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f ? "?" : ch)).join("").slice(0, 120);
+
 export function rtmr0EventName(e: { typeName: string; data: Buffer }, acpiSeen: number): string {
   const d = e.data;
-  const ascii = (b: Buffer) => b.toString("latin1").replace(/\0+$/, "");
+  // Event data comes from a guest's log: printable, short text only in a ledger description.
+  const ascii = (b: Buffer) => clean(b.toString("latin1").replace(/\0+$/, ""));
   if (e.typeName === "EV_EFI_HANDOFF_TABLES2" && d.length > 1 && d.length >= 1 + d[0]! && ascii(d.subarray(1, 1 + d[0]!)) === "TdxTable") return "TD HOB (TdxTable: memory layout of the VM)";
   if (e.typeName === "EV_EFI_HANDOFF_TABLES" || e.typeName === "EV_EFI_HANDOFF_TABLES2") return "SMBIOS tables (handoff table)";
   if (e.typeName === "EV_EFI_PLATFORM_FIRMWARE_BLOB2" && d.length > 1 && d.length >= 1 + d[0]!) return `configuration firmware volume (CFV) ${ascii(d.subarray(1, 1 + d[0]!))}`;
   if (/^EV_EFI_VARIABLE_/.test(e.typeName) && d.length >= 32) {
     const nameLen = Number(d.readBigUInt64LE(16));
-    if (nameLen > 0 && nameLen < 128 && d.length >= 32 + nameLen * 2) return `EFI variable ${d.subarray(32, 32 + nameLen * 2).toString("utf16le")}`;
+    if (nameLen > 0 && nameLen < 128 && d.length >= 32 + nameLen * 2) return `EFI variable ${clean(d.subarray(32, 32 + nameLen * 2).toString("utf16le"))}`;
   }
   if (e.typeName === "EV_SEPARATOR") return "separator";
   if (e.typeName === "EV_PLATFORM_CONFIG_FLAGS" && ascii(d) === "ACPI DATA") return ["ACPI table loader (etc/table-loader)", "ACPI RSDP (etc/acpi/rsdp)", "ACPI tables (etc/acpi/tables: DSDT, FACP, APIC, … as the host built them)"][acpiSeen] ?? `ACPI blob ${acpiSeen + 1}`;

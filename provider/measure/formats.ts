@@ -41,15 +41,15 @@ const RegistersSchema = z.record(z.string().regex(/^(MRTD|RTMR[0-3]|PCR([0-9]|1[
   status: z.enum(["exact", "platform-defined", "zero"]),
   why: z.string().max(2000).optional(),
   basis: z.enum(["predicted", "endorsed", "captured"]).optional(),
-  waived: z.string().min(1).max(2000).optional(),
+  waived: z.string().min(1).max(300).refine((w) => ![...w].some((ch) => ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f), "one line").optional(),
   events: z.array(LedgerEventSchema).max(10_000),
-}));
+}).refine((r) => r.status === "platform-defined" || r.value !== null, "an exact or zero register needs its value"));
 
 export const MeasurementsSchema = z.object({
   measurementsVersion: z.literal(1),
   backend: z.enum(["rtmr", "azure", "gcp"]),
   registers: RegistersSchema,
-  alternatives: z.array(z.object({ label: z.string().regex(/^[A-Za-z0-9._:@+-]{1,100}$/), registers: RegistersSchema }).strict()).max(16).optional(),
+  alternatives: z.array(z.object({ label: z.string().regex(/^[A-Za-z0-9._:@+-]{1,100}$/), registers: RegistersSchema.refine((r) => Object.keys(r).every((n) => n === "MRTD" || n === "RTMR0"), "an envelope's host shapes vary only MRTD and RTMR0") }).strict()).max(16).optional(),
   inputs: z.record(z.string(), z.union([z.string().max(4096), z.number(), z.null()])),
   packages: z.object({
     image: z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?=[A-Za-z0-9.+~:-]+$/)).max(20_000),
@@ -118,30 +118,27 @@ function valued(m: Measurements): Array<[number, string]> {
     .sort((a, b) => a[0] - b[0]);
 }
 
-/** Each index's values over the envelope (base first, then each alternative's differing value). */
-function valuedAny(m: Measurements): Array<[number, string[]]> {
-  const out = new Map<number, string[]>();
-  for (const { m: c } of combinations(m)) {
-    for (const [i, v] of valued(c)) {
-      const list = out.get(i) ?? [];
-      if (!list.includes(v)) list.push(v);
-      out.set(i, list);
-    }
-  }
-  return [...out.entries()].sort((a, b) => a[0] - b[0]);
-}
-
 export function measurementId(m: Measurements): string {
   const uki = typeof m.inputs.ukiSha256 === "string" ? m.inputs.ukiSha256.slice(0, 16) : "unknown";
   return `tdxvm-${m.inputs.profile ?? "default"}-${m.backend}-uki-${uki}`;
 }
 
+/**
+ * attested-tls's measurements file: a list of entries, a quote accepted when it matches any one
+ * entry. An envelope (or an allow-list) becomes one entry per accepted combination, never one
+ * entry whose `expected_any` lists every value per register — that would also accept
+ * combinations nobody listed (one shape's RTMR0 with another's MRTD).
+ */
 export function toFlashbots(m: Measurements, id = measurementId(m)): unknown {
-  const out = [{
+  return toFlashbotsEntries(combinations(m).map((c, i) => ({ id: i === 0 && !m.alternatives?.length ? id : `${id}@${c.label}`, m: c.m })));
+}
+
+export function toFlashbotsEntries(list: ReadonlyArray<{ id: string; m: Measurements }>): unknown {
+  const out = list.map(({ id, m }) => ({
     measurement_id: id,
     attestation_type: FLASHBOTS_TYPE[m.backend],
-    measurements: Object.fromEntries(valuedAny(m).map(([i, v]) => [String(i), { expected_any: v }])),
-  }];
+    measurements: Object.fromEntries(valued(m).map(([i, v]) => [String(i), { expected_any: [v] }])),
+  }));
   FlashbotsFileSchema.parse(out);
   return out;
 }

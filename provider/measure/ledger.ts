@@ -76,6 +76,9 @@ export interface Alternative { label: string; registers: Record<string, Register
 
 export const MAX_ALTERNATIVES = 16;
 
+/** What a host shape may change: the firmware (MRTD) and the TD HOB, ACPI tables and boot variables (RTMR0). */
+export const HOST_SHAPE_REGISTERS: ReadonlySet<string> = new Set(["MRTD", "RTMR0"]);
+
 /**
  * `base` with `others` as its envelope (base labelled `baseLabel`): each other measurement
  * contributes the registers whose value or pin differs from the base; one that differs nowhere
@@ -92,6 +95,9 @@ export function withAlternatives(base: Measurements, baseLabel: string, others: 
       const b = base.registers[n];
       return !b || b.value !== r.value || pinOf(b) !== pinOf(r);
     });
+    // An envelope is about the host (firmware, VM shape), never about the image: another image is another measurement.
+    const image = differing.map(([n]) => n).filter((n) => !HOST_SHAPE_REGISTERS.has(n));
+    if (image.length) throw new TdxError("E_VALIDATION", `shape ${o.label} differs from ${baseLabel} in ${image.join(", ")}, which the image determines: an envelope varies only the host (${[...HOST_SHAPE_REGISTERS].join(", ")})`, { hint: "Measure the same image for each host shape; roll out another image as its own measurement." });
     if (differing.length) alternatives.push({ label: o.label, registers: Object.fromEntries(differing) });
   }
   return { ...base, inputs: { ...base.inputs, shape: baseLabel }, ...(alternatives.length ? { alternatives } : {}) };
@@ -160,6 +166,17 @@ export function diffMeasurements(a: Measurements, b: Measurements): RegisterDiff
     if (!changes.length) changes.push(`${name}: ${rb?.status === "platform-defined" || ra?.status === "platform-defined" ? "platform-defined value changed" : "value changed"}`);
     else if (rootChange && ra?.status === "exact" && rb?.status === "exact") changes.unshift(`${name}: ${rootChange}`);
     out.push({ register: name, old: ra?.value ?? null, new: rb?.value ?? null, changes: pkgs ? changes.map((c) => withPackageCauses(c, pkgs)) : changes });
+  }
+  // The envelope: another host shape a verifier accepts is as much a change as another value.
+  const alts = (m: Measurements) => new Map((m.alternatives ?? []).map((x) => [x.label, x.registers]));
+  const [aa, ab] = [alts(a), alts(b)];
+  for (const label of [...new Set([...aa.keys(), ...ab.keys()])].sort()) {
+    const [x, y] = [aa.get(label), ab.get(label)];
+    for (const reg of [...new Set([...Object.keys(x ?? {}), ...Object.keys(y ?? {})])].sort(registerOrder)) {
+      const [rx, ry] = [x?.[reg], y?.[reg]];
+      if (rx?.value === ry?.value && (rx ? pinOf(rx) : null) === (ry ? pinOf(ry) : null)) continue;
+      out.push({ register: `${reg}@${label}`, old: rx?.value ?? null, new: ry?.value ?? null, changes: [!rx ? `${reg}: host shape ${label} added to the envelope` : !ry ? `${reg}: host shape ${label} removed from the envelope` : `${reg}: host shape ${label}'s value changed`] });
+    }
   }
   return out;
 }

@@ -61,7 +61,7 @@ describe("fleet as stacks on local VMs: canary → production promotion, waves g
     expect(r.error).toBeUndefined();
     promotion = unwrap(r.outputs.promotion) as Promotion;
     expect(promotion).toMatchObject({ version: 1, stack: "canary", image: { bakeKey: expect.stringMatching(/^[0-9a-f]{64}$/) }, measurement: { backend: "azure" } });
-    expect(promotion.attestedBy).toEqual([{ vm: "fleet", issuer: "tpm", spkiSha256: expect.stringMatching(/^[0-9a-f]{64}$/), attestedAt: expect.any(String) }]);
+    expect(promotion.attestedBy).toEqual([{ vm: "fleet", issuer: "tpm", spkiSha256: expect.stringMatching(/^[0-9a-f]{64}$/), attestedAt: expect.any(String), waived: expect.arrayContaining([expect.stringMatching(/^PCR0: /)]) }]);
     expect(promotion.measurement.registers.PCR11).toMatch(/^[0-9a-f]{64}$/);
     // Its verifiers accept exactly what its VM proved, published and exported.
     const id = measurementIdOf(fromComputed(promotion.measurement as never, "azure")!);

@@ -48,11 +48,15 @@ describe("allow-list lifecycle", () => {
     expect((await tdxErrorOf(async () => nextAllowList("open", pcrs("e"), live))).message).toMatch(/5 measurements would be live at once \(at most 4\)/);
   });
 
-  it("exports: flashbots expected_any lists each register's allowed values, Constellation a map per measurement, Trustee a list per register; all parse", async () => {
+  it("exports: flashbots an entry per measurement, Constellation a map per measurement, Trustee a list per register; all parse", async () => {
     const l = nextAllowList("open", B, nextAllowList("open", A, []));
     const x = await allowListExports(l);
+    // One flashbots entry per measurement: a quote matches one of them as a whole, never a mix.
     const fb = FlashbotsFileSchema.parse(JSON.parse(x.flashbots));
-    expect(fb[0]!.measurements).toMatchObject({ 4: { expected_any: ["b".repeat(64), "a".repeat(64)] }, 8: { expected_any: ["0".repeat(64)] } });
+    expect(fb.map((e) => [e.measurement_id, e.measurements?.["4"], e.measurements?.["8"]])).toEqual([
+      [measurementIdOf(B), { expected_any: ["b".repeat(64)] }, { expected_any: ["0".repeat(64)] }],
+      [measurementIdOf(A), { expected_any: ["a".repeat(64)] }, { expected_any: ["0".repeat(64)] }],
+    ]);
     const co = JSON.parse(x.constellation) as Record<string, unknown>;
     expect(Object.keys(co)).toEqual(ids(l));
     for (const v of Object.values(co)) expect(ConstellationSchema.parse(v)["4"]).toBeDefined();
@@ -64,7 +68,7 @@ describe("allow-list lifecycle", () => {
 });
 
 describe("allow-list provider (as TdxDeployment drives it)", () => {
-  it("publishes each step atomically to the verifiers' file, remembers a stopped rollout from that file, and deletes only its own list", async () => {
+  it("publishes each step atomically to the verifiers' file, keeps a stopped rollout's measurements, never takes up one it did not add, and deletes only its own list", async () => {
     const dir = await tempDir("tdxvm-allow-");
     const file = path.join(dir, "allow.json");
     const step = async (phase: "open" | "close", m: Measurements, olds: Record<string, unknown> = {}) => {
@@ -82,8 +86,12 @@ describe("allow-list provider (as TdxDeployment drives it)", () => {
     // Rollout of B: the first wave proved it → both; the rollout stops before the last wave: both stay.
     const openB = await step("open", B, openA);
     expect(await onDisk()).toEqual([measurementIdOf(B), measurementIdOf(A)]);
-    // A later rollout of B from state that never saw the stop (another operator): the file remembers A.
-    expect((await step("open", B, openA)).ids).toEqual([measurementIdOf(B), measurementIdOf(A)]);
+    // Someone writes another (validly identified) measurement into the file: it is not taken up.
+    const X = pcrs("9");
+    const forged = { allowListVersion: 1, deployment: "fleet", updatedAt: "x", measurements: [{ id: measurementIdOf(X), measurement: X }, { id: measurementIdOf(B), measurement: B }, { id: measurementIdOf(A), measurement: A }] };
+    await fs.writeFile(file, JSON.stringify(forged));
+    expect((await step("open", B, openB)).ids).toEqual([measurementIdOf(B), measurementIdOf(A)]);
+    expect(await onDisk()).toEqual([measurementIdOf(B), measurementIdOf(A)]);
     const closeB = await step("close", B, closeA);
     expect([closeB.ids, await onDisk()]).toEqual([[measurementIdOf(B)], [measurementIdOf(B)]]);
     expect(String(closeB.flashbots)).toContain("b".repeat(64));

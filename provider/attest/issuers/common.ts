@@ -174,8 +174,23 @@ export function replayOnly(expected: Measurements, reported: (name: string) => s
 export function withStatus(expected: Measurements, verdicts: MeasuredVerdict[]): RegisterVerdict[] {
   return verdicts.map((v) => {
     const reg = expected.registers[v.register]!;
+    // An "exact" register without a value pins nothing (a malformed file or state): refused as unpinned.
+    if (reg.value === null) return { ...v, status: reg.status, pin: "unpinned", ok: false, problems: [`not pinned: the expected measurement calls ${v.register} ${reg.status} but gives no value`] };
     return { ...v, status: reg.status, pin: reg.status === "zero" ? "zero" : reg.basis ?? "predicted" };
   });
+}
+
+/**
+ * Registers the evidence always signs (a TD quote: MRTD, RTMR0–3) that the expected measurement
+ * does not list: each is a row that fails as unpinned — leaving a register out of a measurement
+ * must not be a way around pin-or-waive.
+ */
+export function unlisted(expected: Measurements, signed: Record<string, string>, already: RegisterVerdict[]): RegisterVerdict[] {
+  const seen = new Set(already.map((r) => r.register));
+  return Object.entries(signed).filter(([n]) => !seen.has(n) && !expected.registers[n]).map(([register, reported]) => ({
+    register, status: "platform-defined" as const, pin: "unpinned" as const, expected: null, reported, replayed: null, ok: false,
+    problems: [`not pinned: the platform signs ${register} but the expected measurement does not name it; pin it or waive it by name (--waive ${register}:"reason")`],
+  }));
 }
 
 /**
@@ -193,8 +208,11 @@ export function applyWaivers(registers: RegisterVerdict[], waive: Readonly<Recor
   return registers.map((r) => {
     const reason = waive![r.register];
     if (reason === undefined || r.pin === "unsigned") return r;
+    // The value is not judged any more; the log still must be honest (a waived register's events
+    // must reproduce its signed value, as for waivers in the measurement).
+    const dishonest = r.problems.filter((p) => /log does not reproduce/.test(p));
     const was = r.ok ? "" : `; unwaived it would fail: ${r.problems.join("; ")}`;
-    return { ...r, pin: "waived", waiver: reason, ok: true, problems: [], note: `WAIVED (${reason})${was}` };
+    return { ...r, pin: "waived", waiver: reason, ok: !dishonest.length, problems: dishonest, note: `WAIVED (${reason})${was}` };
   });
 }
 

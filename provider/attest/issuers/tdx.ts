@@ -8,7 +8,7 @@ import { attestationError } from "../tpm2";
 import { endorsedMrtd, fetchEndorsement, verifyEndorsedMrtd } from "../gcpEndorsement";
 import { attestBinding } from "../evidence";
 import { verifyDcap } from "../dcap";
-import { b64, Checks, EvidenceInput, MeasuredVerdict, RegisterVerdict, replayOnly, requireLog, sameBytes, VerifyOptions, withStatus } from "./common";
+import { b64, Checks, EvidenceInput, MeasuredVerdict, RegisterVerdict, replayOnly, requireLog, sameBytes, unlisted, VerifyOptions, withStatus } from "./common";
 
 export async function verifyTdx(input: EvidenceInput, opts: VerifyOptions, checks: Checks): Promise<RegisterVerdict[]> {
   const quoteB64 = input.evidence.tdx?.quote;
@@ -52,7 +52,9 @@ export async function verifyTdx(input: EvidenceInput, opts: VerifyOptions, check
     const ds = ccelEvents.filter((e) => CC_MR_NAMES[e.index] === name && e.typeName !== "EV_NO_ACTION").map((e) => e.digests.find((d) => d.alg === alg)?.digest.toString("hex"));
     return ds.some((d) => d === undefined) ? undefined : (ds as string[]);
   };
-  return [...withStatus(expected, measured), ...replayOnly(expected, reported, logged)];
+  const rows = [...withStatus(expected, measured), ...replayOnly(expected, reported, logged)];
+  const signed = Object.fromEntries(["MRTD", "RTMR0", "RTMR1", "RTMR2", "RTMR3"].map((n) => [n, reported(n)!]));
+  return [...rows, ...unlisted(expected, signed, rows)];
 }
 
 /**
@@ -64,7 +66,7 @@ export async function verifyTdx(input: EvidenceInput, opts: VerifyOptions, check
 async function endorsedExpectation(expected: Measurements, mrtd: string, opts: VerifyOptions, now: Date, checks: Checks): Promise<Measurements> {
   const reg = expected.registers.MRTD;
   const g = opts.gcp;
-  if (!reg || reg.status !== "platform-defined" || reg.waived !== undefined || !g || (!g.endorsement && !g.fetch)) return expected;
+  if (expected.backend !== "gcp" || !reg || reg.status !== "platform-defined" || reg.waived !== undefined || !g || (!g.endorsement && !g.fetch)) return expected;
   const endorsed = await checks.guard("gcp-endorsement", async () => {
     const bytes = g.endorsement ?? (await fetchEndorsement(mrtd, { baseUrl: g.baseUrl }).catch((e: Error) => {
       throw attestationError("gcp-endorsement", e.message);

@@ -13,7 +13,7 @@ import { AddressInfo } from "node:net";
 import { fetchEndorsement, GOOGLE_TCB_ROOT_SHA256, parseEndorsement, verifyEndorsedMrtd, withEndorsedMrtd } from "../../../provider/attest/gcpEndorsement";
 import { verifyEvidence } from "../../../provider/attest/verify";
 import { attestBinding } from "../../../provider/attest/evidence";
-import { parseTdxQuote, Measurements, parseCcel, replayCcel } from "../../../provider/measure";
+import { parseTdxQuote, Measurements, parseCcel, replayCcel, CC_MR_NAMES } from "../../../provider/measure";
 import { pinOf } from "../../../provider/measure/ledger";
 import { tdxErrorOf } from "../../helpers";
 import { buildCollateral, buildTdQuote, tdBody, TEST_NOW, TEST_ROOT_DER } from "./dcapTest";
@@ -169,20 +169,30 @@ describe("GCP quotes: MRTD is endorsed, or the verdict fails naming it", () => {
     const e = endorsement({ measurements: [{ mrtd }] });
     const refused = await verifyEvidence(input(gcpExpected()), { now: TEST_NOW, dcap });
     expect([refused.ok, mrtdRow(refused).pin]).toEqual([false, "unpinned"]);
-    expect(refused.registers.filter((r) => !r.ok).map((r) => r.register)).toEqual(["MRTD"]);
+    // An expectation that leaves RTMR1–3 out is refused for them too (unlisted is unpinned).
+    expect(refused.registers.filter((r) => !r.ok).map((r) => [r.register, r.pin])).toEqual([["MRTD", "unpinned"], ["RTMR1", "unpinned"], ["RTMR2", "unpinned"], ["RTMR3", "unpinned"]]);
+    expect(refused.registers.find((r) => r.register === "RTMR1")!.problems[0]).toMatch(/the platform signs RTMR1 but the expected measurement does not name it/);
+    // With the image's registers pinned (the CCEL's events), only MRTD is left to the endorsement.
+    const ledger = (name: string) => parseCcel(ccel).events.filter((x) => CC_MR_NAMES[x.index] === name && x.typeName !== "EV_NO_ACTION").map((x) => ({ type: x.typeName, description: x.typeName, origin: "CCEL", digest: x.digests.find((d) => d.alg === "sha384")!.digest.toString("hex") }));
+    const full = (): Measurements => ({ ...gcpExpected(), registers: { ...gcpExpected().registers,
+      RTMR1: { alg: "sha384", value: rtmrs.RTMR1.toString("hex"), status: "exact", events: ledger("RTMR1") },
+      RTMR2: { alg: "sha384", value: rtmrs.RTMR2.toString("hex"), status: "exact", events: ledger("RTMR2") },
+      RTMR3: { alg: "sha384", value: "00".repeat(48), status: "zero", events: [] } } });
+    const onlyMrtd = await verifyEvidence(input(full()), { now: TEST_NOW, dcap });
+    expect(onlyMrtd.registers.filter((r) => !r.ok).map((r) => r.register)).toEqual(["MRTD"]);
     // TEST_NOW (2025-03) is inside the test signer's validity.
-    const ok = await verifyEvidence(input(gcpExpected()), { now: TEST_NOW, dcap, gcp: { endorsement: e, rootsPem: [ROOT] } });
+    const ok = await verifyEvidence(input(full()), { now: TEST_NOW, dcap, gcp: { endorsement: e, rootsPem: [ROOT] } });
     expect([ok.ok, mrtdRow(ok).pin]).toEqual([true, "endorsed"]);
     // Ahead of time: TdxMeasurement / measure --endorsement put the endorsed MRTD into the measurement.
-    const m = withEndorsedMrtd(gcpExpected(), e, { now: TEST_NOW, rootsPem: [ROOT] });
+    const m = withEndorsedMrtd(full(), e, { now: TEST_NOW, rootsPem: [ROOT] });
     expect([pinOf(m.registers.MRTD!), m.registers.MRTD!.value, m.inputs.firmwareSvn]).toEqual(["endorsed", mrtd, 2]);
     expect(m.registers.MRTD!.events[0]!.origin).toMatch(/^launch endorsement signed 2026-01-01T00:00:00.000Z for firmware SHA-384 5a5a/);
     const pinned = await verifyEvidence(input(m), { now: TEST_NOW, dcap });
     expect([pinned.ok, mrtdRow(pinned).pin]).toEqual([true, "endorsed"]);
-    const other = withEndorsedMrtd(gcpExpected(), endorsement({ measurements: [{ mrtd: "ab".repeat(48) }] }), { now: TEST_NOW, rootsPem: [ROOT] });
+    const other = withEndorsedMrtd(full(), endorsement({ measurements: [{ mrtd: "ab".repeat(48) }] }), { now: TEST_NOW, rootsPem: [ROOT] });
     const mismatch = await verifyEvidence(input(other), { now: TEST_NOW, dcap });
     expect([mismatch.ok, mrtdRow(mismatch).ok]).toEqual([false, false]);
     expect((await tdxErrorOf(async () => withEndorsedMrtd({ ...gcpExpected(), backend: "rtmr" }, e, { now: TEST_NOW, rootsPem: [ROOT] }))).code).toBe("E_VALIDATION");
-    expect((await tdxErrorOf(async () => withEndorsedMrtd(gcpExpected(), e, { now: TEST_NOW }))).code).toBe("E_MEASUREMENT");
+    expect((await tdxErrorOf(async () => withEndorsedMrtd(full(), e, { now: TEST_NOW }))).code).toBe("E_MEASUREMENT");
   });
 });

@@ -168,10 +168,21 @@ describe("the measurement envelope", () => {
     ]);
     expect((await tdxErrorOf(async () => withAlternatives(td(H("1")), "x", [{ label: "x", m: td(H("2")) }]))).message).toMatch(/distinct names/);
     expect((await tdxErrorOf(async () => withAlternatives(td(H("1")), "x", [{ label: "y", m: { ...td(H("2")), backend: "gcp" } }]))).message).toMatch(/is a gcp measurement/);
+    // Another image is not a host shape: an envelope that would differ in RTMR1 is refused, and such a file does not parse.
+    const otherImage = { ...td(H("1")), registers: { ...td(H("1")).registers, RTMR1: { alg: "sha384" as const, value: H("d"), status: "exact" as const, events: [] } } };
+    expect((await tdxErrorOf(async () => withAlternatives(td(H("1")), "x", [{ label: "y", m: otherImage }]))).message).toMatch(/differs from x in RTMR1, which the image determines/);
+    expect(() => parseMeasurements(JSON.stringify({ ...td(H("1")), alternatives: [{ label: "y", registers: { RTMR1: otherImage.registers.RTMR1 } }] }), "f")).toThrow(/vary only MRTD and RTMR0/);
+    // And the envelope is part of every diff (measure --check, the PR comment).
+    expect(diffMeasurements(td(H("1")), env).map((d) => [d.register, d.changes])).toEqual([
+      ["MRTD@fw-next", ["MRTD: host shape fw-next added to the envelope"]], ["RTMR0@qemu-10.1", ["RTMR0: host shape qemu-10.1 added to the envelope"]],
+    ]);
     // The tdxvm file keeps the envelope; flashbots lists every value per index; Constellation one map per shape.
     expect(parseMeasurements(formatMeasurements(env, "tdxvm"), "f").alternatives).toEqual(env.alternatives);
-    const fb = JSON.parse(formatMeasurements(env, "flashbots")) as Array<{ measurements: Record<string, { expected_any: string[] }> }>;
-    expect(fb[0]!.measurements).toEqual({ 0: { expected_any: [H("a"), H("b")] }, 1: { expected_any: [H("1"), H("2")] }, 2: { expected_any: [H("c")] } });
+    // flashbots: one entry per combination (a union per register would accept fw-next's MRTD with qemu-10.1's RTMR0, which nobody listed).
+    const fb = JSON.parse(formatMeasurements(env, "flashbots")) as Array<{ measurement_id: string; measurements: Record<string, { expected_any: string[] }> }>;
+    expect(fb.map((e) => [e.measurement_id.split("@")[1], e.measurements["0"]!.expected_any, e.measurements["1"]!.expected_any])).toEqual([
+      ["qemu-10.0", [H("a")], [H("1")]], ["qemu-10.1", [H("a")], [H("2")]], ["fw-next", [H("b")], [H("1")]],
+    ]);
     const co = JSON.parse(formatMeasurements(env, "constellation")) as Record<string, Record<string, { expected: string }>>;
     expect(Object.keys(co)).toEqual(["qemu-10.0", "qemu-10.1", "fw-next"]);
     expect([co["qemu-10.1"]!["1"]!.expected, co["fw-next"]!["0"]!.expected]).toEqual([H("2"), H("b")]);
