@@ -12,27 +12,18 @@
  */
 import { z } from "zod";
 import { TdxError } from "../errors";
-import { fromComputed } from "./measurement";
+import { ExpectedMeasurementSchema, fromComputed } from "./measurement";
 import { declared, guarded, guardedSync, log, CheckFailure, omit, checkStart, requireInputs, parseState, loadPath } from "./common";
 import { AllowedMeasurement, allowListExports, measurementIdOf, nextAllowList, publishAllowList, readAllowList } from "../deploy/allowList";
 import { parseMeasurements } from "../measure/formats";
 
 export const ALLOW_LIST_STATE_VERSION = 1;
 
-const Expected = z.object({
-  backend: z.enum(["rtmr", "azure", "gcp"]),
-  registers: z.record(z.string(), z.string().nullable()),
-  status: z.record(z.string(), z.string()),
-  ledger: z.record(z.string(), z.array(z.object({}).loose())),
-  assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).default({}),
-  alternatives: z.array(z.object({}).loose()).optional(),
-}).loose();
-
 export const AllowListArgs = z.object({
   deployment: z.string().regex(/^[A-Za-z0-9._-]{1,100}$/),
   phase: z.enum(["open", "close"]),
   /** The measurement this rollout's VMs proved (TdxDeployment's expected measurement). */
-  incoming: Expected,
+  incoming: ExpectedMeasurementSchema,
   /** The file the fleet's verifiers read (tdxvm allow-list format). */
   publish: z.string().min(1),
 }).loose();

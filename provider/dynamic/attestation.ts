@@ -17,7 +17,7 @@ import { z } from "zod";
 import { TdxError } from "../errors";
 import { SecretDecl } from "../recipe/schema";
 import { SecretsDelivery, describePayloadReport } from "../secrets";
-import { fromComputed } from "./measurement";
+import { ExpectedMeasurementSchema, fromComputed } from "./measurement";
 import { parseWaivers } from "../measure/ledger";
 import { declared, failureOf, guarded, guardedSync, log, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, isUnknown, loadPath, parseState } from "./common";
 
@@ -27,14 +27,7 @@ export const AttestationArgs = z.object({
   /** host:port of the VM's agent as seen from where Pulumi runs. */
   endpoint: z.string().regex(/^[A-Za-z0-9.:[\]-]+:\d{1,5}$/, "host:port"),
   /** The TdxMeasurement outputs the VM must match (backend, registers, status, ledger, assumptions). */
-  expected: z.object({
-    backend: z.enum(["rtmr", "azure", "gcp"]),
-    registers: z.record(z.string(), z.string().nullable()),
-    status: z.record(z.string(), z.string()),
-    ledger: z.record(z.string(), z.array(z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string(), pcr: z.number().optional(), log: z.enum(["firmware", "userspace"]).optional() }).loose())),
-    assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).default({}),
-    alternatives: z.array(z.object({ label: z.string(), registers: z.record(z.string(), z.string().nullable()), status: z.record(z.string(), z.string()), ledger: z.record(z.string(), z.array(z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string() }).loose())) })).max(16).optional(),
-  }),
+  expected: ExpectedMeasurementSchema,
   /**
    * Trust anchors: the dev VM's per-host EK CA lives in the tdxvm cache (`cacheDir`); DCAP
    * collateral from a PCCS or a file; consent to the (never platform-signed) simulator.

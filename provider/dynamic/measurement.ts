@@ -64,6 +64,23 @@ export type MeasurementArgsT = z.infer<typeof MeasurementArgs>;
 
 export interface LedgerRow { type: string; description: string; origin: string; digest: string; pcr?: number; log?: "firmware" | "userspace" }
 
+/** A ledger row as state and inputs carry it (typed wherever present). */
+const LedgerRowSchema = z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string(), pcr: z.number().optional(), log: z.enum(["firmware", "userspace"]).optional() }).loose();
+const LedgerSchema = z.record(z.string(), z.array(LedgerRowSchema));
+
+/**
+ * TdxMeasurement's outputs as a verifier takes them (TdxDeployment passes them on: a VM's
+ * attestation, a deployment's allow-list, a promotion).
+ */
+export const ExpectedMeasurementSchema = z.object({
+  backend: z.enum(["rtmr", "azure", "gcp"]),
+  registers: z.record(z.string(), z.string().nullable()),
+  status: z.record(z.string(), z.string()),
+  ledger: LedgerSchema,
+  assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).default({}),
+  alternatives: z.array(z.object({ label: z.string(), registers: z.record(z.string(), z.string().nullable()), status: z.record(z.string(), z.string()), ledger: LedgerSchema })).max(16).optional(),
+});
+
 export interface MeasurementComputed {
   stateVersion: number;
   measurementKey: string;
@@ -94,11 +111,11 @@ export const MeasurementState = z.object({
   measurementKey: z.string().optional(),
   registers: z.record(z.string(), z.string().nullable()).optional(),
   status: z.record(z.string(), z.string()).optional(),
-  ledger: z.record(z.string(), z.array(z.object({ type: z.string(), description: z.string(), origin: z.string(), digest: z.string(), pcr: z.number().optional(), log: z.enum(["firmware", "userspace"]).optional() }).loose())).optional(),
+  ledger: LedgerSchema.optional(),
   assumptions: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).optional(),
   diffMarkdown: z.string().optional(),
   packages: PackagePins.optional(),
-  alternatives: z.array(z.object({ label: z.string(), registers: z.record(z.string(), z.string().nullable()), status: z.record(z.string(), z.string()), ledger: z.record(z.string(), z.array(z.object({}).loose())) }).loose()).optional(),
+  alternatives: z.array(z.object({ label: z.string(), registers: z.record(z.string(), z.string().nullable()), status: z.record(z.string(), z.string()), ledger: LedgerSchema }).loose()).optional(),
   backend: z.string().optional(),
 }).loose();
 const state = (o: unknown) => parseState(MeasurementState, o, "TdxMeasurement") as Partial<MeasurementComputed> & Record<string, unknown>;
