@@ -577,11 +577,13 @@ function cacheCommand(program: Command, act: Act): void {
       return Number(v);
     })
     .option("--older-than <duration>", "remove only entries last used longer ago (45s, 90m, 12h, 30d, 2w)")
+    .option("--max-size <size>", "then remove the least recently used entries until the cache takes at most this much (30G, 512M); overrides the rules above but never removes a running bake's entry")
+    .option("--max-size <size>", "then remove the least recently used entries until the cache takes at most this much (30G, 512M); overrides the rules above except a running bake's entry")
     .option("--dry-run", "print what would be removed; remove nothing")
     .option("--json", "as JSON")
-    .action(act(async (ctx, o: { keep?: number; olderThan?: string; dryRun?: boolean; json?: boolean }) => {
-      const { pruneCache, parseDuration } = await import("./bake/cache");
-      const r = await pruneCache(ctx.cacheDir, { keep: o.keep, olderThanMs: o.olderThan ? parseDuration(o.olderThan) : undefined, dryRun: o.dryRun === true });
+    .action(act(async (ctx, o: { keep?: number; olderThan?: string; maxSize?: string; dryRun?: boolean; json?: boolean }) => {
+      const { pruneCache, parseDuration, parseSize } = await import("./bake/cache");
+      const r = await pruneCache(ctx.cacheDir, { keep: o.keep, olderThanMs: o.olderThan ? parseDuration(o.olderThan) : undefined, maxBytes: o.maxSize ? parseSize(o.maxSize) : undefined, dryRun: o.dryRun === true });
       if (o.json) return void console.log(JSON.stringify(r, null, 2));
       const verb = r.dryRun ? "would remove" : "removed";
       for (const e of r.removed) console.log(`${verb} ${e.key.slice(0, 12)}  ${fmtBytes(e.exclusiveBytes).padStart(10)}  ${e.recipe}`);

@@ -127,6 +127,11 @@ export interface PruneOptions {
   keep?: number;
   /** Remove only entries last used longer ago than this (ms). */
   olderThanMs?: number;
+  /**
+   * Then, whatever the other rules keep, remove the least recently used entries until the kept
+   * ones take at most this many bytes on disk (only a running bake's entry is never removed).
+   */
+  maxBytes?: number;
   now?: number;
 }
 
@@ -151,6 +156,17 @@ export function planPrune(entries: CacheEntry[], opts: PruneOptions = {}, projec
     if (why) plan.keep.push({ entry: e, why });
     else plan.remove.push(e);
   });
+  if (opts.maxBytes !== undefined) {
+    let total = plan.keep.reduce((s, k) => s + k.entry.exclusiveBytes, 0);
+    // Oldest first; plan.keep is in most-recently-used order.
+    for (const k of [...plan.keep].reverse()) {
+      if (total <= opts.maxBytes) break;
+      if (k.entry.heldBy !== null) continue;
+      plan.keep.splice(plan.keep.indexOf(k), 1);
+      plan.remove.push(k.entry);
+      total -= k.entry.exclusiveBytes;
+    }
+  }
   return plan;
 }
 
@@ -189,6 +205,7 @@ export async function removeEntry(root: string, e: CacheEntry): Promise<string |
 
 export async function pruneCache(cacheDir: string, opts: PruneOptions & { dryRun?: boolean } = {}): Promise<PruneResult> {
   if (opts.keep !== undefined && (!Number.isInteger(opts.keep) || opts.keep < 0)) throw new TdxError("E_VALIDATION", `--keep must be a whole number ≥ 0, not ${opts.keep}`);
+  if (opts.maxBytes !== undefined && !(Number.isSafeInteger(opts.maxBytes) && opts.maxBytes >= 0)) throw new TdxError("E_VALIDATION", `--max-size must be a size ≥ 0, not ${opts.maxBytes}`);
   const root = path.join(cacheDir, "artifacts");
   const listing = await listCache(cacheDir);
   const plan = planPrune(listing.entries, opts);
@@ -233,6 +250,13 @@ export function parseDuration(text: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$/.exec(text.trim());
   if (!m) throw new TdxError("E_VALIDATION", `cannot read the duration ${JSON.stringify(text)}`, { hint: "Use a number and a unit: 45s, 90m, 12h, 30d, 2w." });
   return Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, w: 7 * 86400e3 }[m[2] as "s"];
+}
+
+/** "30G", "512M", "2T", "4096" (bytes) → bytes; binary units (G = GiB). */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!m) throw new TdxError("E_VALIDATION", `cannot read the size ${JSON.stringify(text)}`, { hint: "Use a number and a unit: 512M, 30G, 1T (binary units), or plain bytes." });
+  return Math.floor(Number(m[1]) * 1024 ** " KMGT".indexOf(m[2].toUpperCase() || " "));
 }
 
 /** Remove all but the `n` most recently modified entries of `dir` (those `only` selects, if given). */

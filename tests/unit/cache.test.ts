@@ -5,7 +5,7 @@
 import { spawnSync } from "node:child_process";
 import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
-import { listCache, planPrune, pruneCache, removeEntry, parseDuration, markUsed, CacheEntry } from "../../provider/bake/cache";
+import { listCache, planPrune, pruneCache, removeEntry, parseDuration, parseSize, markUsed, CacheEntry } from "../../provider/bake/cache";
 import { tryAcquire } from "../../provider/bake/filelock";
 import { tempDir, tdxErrorOf } from "../helpers";
 
@@ -52,6 +52,25 @@ describe("planPrune", () => {
     const p = planPrune(es, { now, keep: 0, olderThanMs: 0 }, exists);
     expect(p.remove).toEqual([]);
     expect(p.keep.find((k) => k.entry.key === key(2))!.why).toBe("held by a running bake (pid 4242)");
+  });
+
+  it("--max-size removes the least recently used entries, newest-of-recipe ones too, until the rest fit; never a held one", () => {
+    const es = [fake(1, "/a", now - 1 * HOUR), fake(2, "/b", now - 2 * HOUR), fake(3, "/c", now - 3 * HOUR, { heldBy: 7 }), fake(4, "/d", now - 4 * HOUR)];
+    // 4 × 100 bytes; 250 allowed: the two oldest unheld go (4, then 2), the held 3 stays although older than 2.
+    const p = planPrune(es, { now, maxBytes: 250 }, exists);
+    expect(p.remove.map((e) => e.key)).toEqual([key(4), key(2)]);
+    expect(p.keep.map((k) => k.entry.key)).toEqual([key(1), key(3)]);
+    expect(planPrune(es, { now, maxBytes: 400 }, exists).remove).toEqual([]);
+    expect(planPrune(es, { now, maxBytes: 0 }, exists).keep.map((k) => k.entry.key)).toEqual([key(3)]);
+  });
+
+  it("parseSize reads binary units and refuses anything else with E_VALIDATION", async () => {
+    expect(parseSize("30G")).toBe(30 * 1024 ** 3);
+    expect(parseSize("512m")).toBe(512 * 1024 ** 2);
+    expect(parseSize("1.5GiB")).toBe(1.5 * 1024 ** 3);
+    expect(parseSize("4096")).toBe(4096);
+    expect((await tdxErrorOf(() => parseSize("lots"))).code).toBe("E_VALIDATION");
+    expect((await tdxErrorOf(() => parseSize("-1G"))).code).toBe("E_VALIDATION");
   });
 
   it("a recipe whose project directory is gone has no newest entry to protect", () => {
