@@ -577,7 +577,6 @@ function cacheCommand(program: Command, act: Act): void {
       return Number(v);
     })
     .option("--older-than <duration>", "remove only entries last used longer ago (45s, 90m, 12h, 30d, 2w)")
-    .option("--max-size <size>", "then remove the least recently used entries until the cache takes at most this much (30G, 512M); overrides the rules above but never removes a running bake's entry")
     .option("--max-size <size>", "then remove the least recently used entries until the cache takes at most this much (30G, 512M); overrides the rules above except a running bake's entry")
     .option("--dry-run", "print what would be removed; remove nothing")
     .option("--json", "as JSON")

@@ -40,7 +40,7 @@ describe("usage", () => {
     expect([v.code, v.stdout.trim()]).toEqual([0, JSON.parse(await fs.readFile(path.join(repo, "package.json"), "utf8")).version]);
     const h = await runTdxvm(["cache", "prune", "--help"]);
     expect(h.code).toBe(0);
-    for (const o of ["--keep <n>", "--older-than <duration>", "--dry-run"]) expect(h.stdout).toContain(o);
+    for (const o of ["--keep <n>", "--older-than <duration>", "--max-size <size>", "--dry-run"]) expect(h.stdout).toContain(o);
     // Only the command argv names is built; help without one lists them all.
     const all = await runTdxvm(["--help"]);
     for (const c of Object.keys(COMMANDS)) expect(all.stdout).toMatch(new RegExp(`^  ${c} `, "m"));
@@ -362,6 +362,12 @@ describe("cache ls, cache prune", () => {
     expect(dry.stdout).toContain(`kept ${bake.key.slice(0, 12)}  ${path.dirname(result.mkosiLog)} (default): newest entry of its recipe`);
     expect(dry.stdout).toMatch(/^would free 2\.\d MiB$/m);
     for (const k of old) expect(existsSync(path.join(artifacts, k))).toBe(true);
+
+    // A byte budget overrides "newest entry of its recipe" (the only rule left is a running bake's entry).
+    const tight = await runTdxvm(["--cache-dir", cache, "cache", "prune", "--max-size", "0", "--dry-run", "--json"]);
+    expect(tight.code).toBe(0);
+    expect((JSON.parse(tight.stdout) as PruneResult).removed.map((e) => e.key).sort()).toEqual([old[0], old[1], bake.key].sort());
+    expect((await runTdxvm(["--cache-dir", cache, "cache", "prune", "--max-size", "lots"])).code).not.toBe(0);
 
     const prune = await runTdxvm(["--cache-dir", cache, "cache", "prune", "--older-than", "1d", "--json"]);
     expect(prune.code).toBe(0);
