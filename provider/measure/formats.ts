@@ -13,13 +13,15 @@
  *   values of one length: 32 bytes for vTPM PCRs, 48 for TDX, where index 0 = MRTD and 1–4 =
  *   RTMR0–3, TDXIndexClusterID = RTMR index + 1).
  *
- * Registers tdxvm labels platform-defined have no value and are OMITTED from both: attested-tls
- * checks exactly the registers its file names (check_measurement: "all measurements in our policy
- * must be given and must match"; a register it does not name is accepted as is), and Constellation
- * compares exactly the indices in its map and needs a 32/48-byte `expected` for each — a placeholder
- * marked warnOnly would only print a warning at every attestation. So an omitted register is not
- * checked; pin it yourself (e.g. RTMR0 from a captured CCEL: `--captured-ccel` makes it exact) if
- * your verifier must. Exact and zero registers are written and enforced (warnOnly: false).
+ * Only registers with a value can be written: attested-tls checks exactly the registers its file
+ * names (check_measurement: "all measurements in our policy must be given and must match"; a
+ * register it does not name is accepted as is), and Constellation compares exactly the indices in
+ * its map and needs a 32/48-byte `expected` for each — a placeholder marked warnOnly would only
+ * print a warning at every attestation. A register left out is therefore accepted with any value
+ * by those verifiers, so an export is refused (E_POLICY) while any register the platform signs is
+ * neither pinned (exact, zero, endorsed, captured) nor waived by name: a GCP measurement without
+ * Google's endorsement would otherwise export a policy that accepts any firmware. A waived register
+ * is left out — the waiver is the user's, said out loud in tdxvm's file and tables.
  */
 import { promises as fs } from "node:fs";
 import { z } from "zod";
@@ -110,8 +112,23 @@ function indexOf(register: string): number {
   return Number(m[1]);
 }
 
+/** The registers a TD quote signs: each must be in a TD measurement an export is made of. */
+const TD_SIGNED = ["MRTD", "RTMR0", "RTMR1", "RTMR2", "RTMR3"];
+
+/** Refuse to export a measurement with a register that is neither pinned nor waived (see the header). */
+export function assertExportable(m: Measurements): void {
+  const open = Object.entries(m.registers).filter(([, r]) => r.value === null && !r.waived).map(([n]) => n);
+  if (m.backend !== "azure") open.push(...TD_SIGNED.filter((n) => !(n in m.registers)));
+  if (!open.length) return;
+  throw new TdxError("E_POLICY", `cannot export ${open.join(", ")}: not pinned and not waived — a verifier reading the export checks only the registers it lists, so it would accept any value there`, {
+    hint: "Pin it (MRTD: --endorsement or --firmware; RTMR0: --captured-ccel or --td-shape) or waive it by name (--waive RTMR0:\"reason\", TdxMeasurement waive): a waived register is left out of the export and its verifier does not check it.",
+    details: { registers: open },
+  });
+}
+
 /** Registers with a value (exact or zero), by index. */
 function valued(m: Measurements): Array<[number, string]> {
+  assertExportable(m);
   return Object.entries(m.registers)
     .filter(([, r]) => r.status !== "platform-defined" && r.value !== null)
     .map(([name, r]): [number, string] => [indexOf(name), r.value!])
@@ -180,13 +197,14 @@ export function formatMeasurements(m: Measurements, format: Format): string {
  * "sample", whose base64 payload maps each name to the list of accepted values (lowercase hex).
  * Names as Trustee's default policy reads them (attestation-service ear_default_policy_cpu.rego):
  * `mr_td`, `rtmr_<n>` for a TD; `tdx_pcr<nn>` for Azure's vTPM (the policy reads `tdx_pcr11`).
- * Every measurement in `list` contributes its values; registers without a value (platform-
- * defined) are left out, as in the other exports. A new registration replaces a name's list:
+ * Every measurement in `list` contributes its values; waived registers are left out, as in the
+ * other exports, and an unpinned, unwaived one refuses the export. A new registration replaces a name's list:
  * send the whole list at every step of a rollout (which is what this is).
  */
 export function toTrusteeReferenceValues(list: readonly Measurements[]): { version: "0.1.0"; type: "sample"; payload: string } {
   const values: Record<string, string[]> = {};
   for (const m of list) {
+    assertExportable(m);
     for (const [name, r] of Object.entries(m.registers)) {
       if (r.status === "platform-defined" || r.value === null) continue;
       const key = m.backend === "azure" ? `tdx_pcr${name.slice(3).padStart(2, "0")}` : name === "MRTD" ? "mr_td" : `rtmr_${name.slice(4)}`;

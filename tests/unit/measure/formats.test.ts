@@ -2,7 +2,7 @@
  * Measurement files: tdxvm's own (read back as hostile input), and the interop exports held to the
  * shapes their readers accept — the same checks applied to the formats' published examples.
  */
-import { FlashbotsFileSchema, ConstellationSchema, toFlashbots, toConstellation, parseMeasurements, formatMeasurements, measurementId } from "../../../provider/measure/formats";
+import { FlashbotsFileSchema, ConstellationSchema, toFlashbots, toConstellation, toTrusteeReferenceValues, parseMeasurements, formatMeasurements, measurementId } from "../../../provider/measure/formats";
 import { Measurements, RegisterValue } from "../../../provider/measure/ledger";
 import { tdxErrorOf } from "../../helpers";
 
@@ -12,14 +12,31 @@ const reg = (alg: "sha256" | "sha384", status: RegisterValue["status"], value: s
 
 const td: Measurements = {
   measurementsVersion: 1, backend: "rtmr",
-  registers: { MRTD: reg("sha384", "exact", h("a", 48)), RTMR0: reg("sha384", "platform-defined", null), RTMR1: reg("sha384", "exact", h("b", 48)), RTMR2: reg("sha384", "exact", h("c", 48)), RTMR3: reg("sha384", "zero", h("0", 48)) },
+  registers: { MRTD: reg("sha384", "exact", h("a", 48)), RTMR0: { ...reg("sha384", "platform-defined", null), waived: "lab host" }, RTMR1: reg("sha384", "exact", h("b", 48)), RTMR2: reg("sha384", "exact", h("c", 48)), RTMR3: reg("sha384", "zero", h("0", 48)) },
   inputs: { profile: "default", ukiSha256: h("d", 32) },
 };
 const vtpm: Measurements = {
   measurementsVersion: 1, backend: "azure",
-  registers: { PCR0: reg("sha256", "platform-defined", null), PCR4: reg("sha256", "exact", h("1", 32)), PCR8: reg("sha256", "zero", h("0", 32)), PCR9: reg("sha256", "exact", h("2", 32)), PCR11: reg("sha256", "exact", h("3", 32)), PCR15: reg("sha256", "platform-defined", null) },
+  registers: { PCR0: { ...reg("sha256", "platform-defined", null), waived: "Azure's firmware" }, PCR4: reg("sha256", "exact", h("1", 32)), PCR8: reg("sha256", "zero", h("0", 32)), PCR9: reg("sha256", "exact", h("2", 32)), PCR11: reg("sha256", "exact", h("3", 32)), PCR15: { ...reg("sha256", "platform-defined", null), waived: "per instance" } },
   inputs: { profile: "dev", ukiSha256: h("e", 32) },
 };
+
+describe("exports refuse what no one pinned or waived", () => {
+  it("a register without a value and without a waiver (or a TD register missing) refuses every export with E_POLICY, naming it", async () => {
+    const open: Measurements = { ...td, registers: { ...td.registers, RTMR0: reg("sha384", "platform-defined", null) } };
+    for (const f of ["flashbots", "constellation"] as const) {
+      const e = await tdxErrorOf(() => formatMeasurements(open, f));
+      expect([e.code, e.details?.registers]).toEqual(["E_POLICY", ["RTMR0"]]);
+      expect(e.hint).toMatch(/--waive RTMR0/);
+    }
+    expect((await tdxErrorOf(() => toTrusteeReferenceValues([vtpm, open]))).code).toBe("E_POLICY");
+    const { MRTD: _m, ...noMrtd } = td.registers;
+    void _m;
+    expect((await tdxErrorOf(() => toFlashbots({ ...td, registers: noMrtd }))).details?.registers).toEqual(["MRTD"]);
+    // Waived: left out of the export (the verifier does not check it), as the user said.
+    expect(Object.keys((toFlashbots(td) as Array<{ measurements: object }>)[0].measurements)).toEqual(["0", "2", "3", "4"]);
+  });
+});
 
 describe("flashbots attested-tls measurements file", () => {
   // Shapes published by flashbots/attested-tls: crates/attestation/README.md "Measurements File"

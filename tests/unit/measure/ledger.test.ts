@@ -157,6 +157,8 @@ describe("the measurement envelope", () => {
       MRTD: { alg: "sha384", value: mrtd, status: "exact", events: [] },
       RTMR0: { alg: "sha384", value: rtmr0, status: "exact", events: [] },
       RTMR1: { alg: "sha384", value: H("c"), status: "exact", events: [] },
+      RTMR2: { alg: "sha384", value: H("e"), status: "exact", events: [] },
+      RTMR3: { alg: "sha384", value: H("0"), status: "zero", events: [] },
     },
   });
 
