@@ -7,7 +7,10 @@
  * all-at-once needs quota for 2 × replicas while it rolls. With `rollout: {strategy: "waves",
  * batchSize, gate}`, wave k+1's VMs depend on wave k's gates: each gate waits until its new VM
  * answers a health/attestation endpoint; a failing gate fails the update, later waves are not
- * touched and old VMs keep running. Rolling back is reverting the recipe and running up again.
+ * touched and old VMs keep running. With an attesting gate on the qemu target, a refused VM is also
+ * removed in its own create (admission): nothing of the refused wave stays, and the next `up` after
+ * a fix resumes at that wave. On azure/gcp the refused VM stays in state until that next `up`
+ * replaces it (their VMs are the cloud providers' resources; tdxvm cannot fail their create).
  */
 import * as pulumi from "@pulumi/pulumi";
 import { providerShim } from "../provider/dynamic/shim";
@@ -242,7 +245,14 @@ export class TdxDeployment extends pulumi.ComponentResource {
       replica = (i, o) => {
         // The agent's port is forwarded when VMs are attested.
         const ports = attestOpts ? pulumi.output(args.qemu?.ports ?? []).apply((p) => (p.some((x) => x.guest === agentPort) ? p : [...p, { guest: agentPort }])) : args.qemu?.ports;
-        const vm = qemuVm(vmName(i), { image, qemu: { ...args.qemu, ports }, expected: expected?.registers }, o);
+        // An attesting rollout admits each new local VM in its own create: a refused one is stopped
+        // and removed there, so the VM it replaces stays exactly as it was (no human cleans up).
+        const admission = args.rollout?.gate?.attest && expected ? {
+          wave: waveOf(i, args.rollout, replicas), waves: waveOf(replicas - 1, args.rollout, replicas) + 1, guestPort: agentPort, expected,
+          trust: { cacheDir: args.qemu?.cacheDir, ...attestOpts?.trust }, ...(attestOpts?.waive ? { waive: attestOpts.waive } : {}),
+          timeoutSeconds: attestOpts?.timeoutSeconds ?? args.rollout.gate.timeoutSeconds ?? 900, intervalSeconds: args.rollout.gate.intervalSeconds ?? 5,
+        } : undefined;
+        const vm = qemuVm(vmName(i), { image, qemu: { ...args.qemu, ports }, expected: expected?.registers, admission }, o);
         const host = vm.forwards.apply((f) => (f?.length ? f[0].bind : "127.0.0.1"));
         // A local VM's guest ports are reachable only through their host forwards.
         const endpoint = (guestPort: number) => vm.forwards.apply((f) => {

@@ -47,10 +47,12 @@ export function qemuVm(name: string, a: {
   image: pulumi.Input<{ bakeKey?: string; artifacts: Record<string, unknown> }>;
   qemu: QemuTargetArgs;
   expected?: pulumi.Input<Record<string, string | null>>;
+  /** Attesting rollouts: the VM's create counts only once its agent proved the expected measurement (provider/dynamic/qemuVm.ts). */
+  admission?: pulumi.Input<Record<string, unknown>>;
 }, opts: pulumi.CustomResourceOptions): QemuVm {
   const q = a.qemu;
   return new QemuVm(name, {
     image: a.image, memoryMiB: q.memoryMiB, cpus: q.cpus, ports: q.ports, readiness: q.readiness, accel: q.accel, tdx: q.tdx,
-    expected: a.expected, stateRoot: q.stateRoot, cacheDir: q.cacheDir,
+    expected: a.expected, stateRoot: q.stateRoot, cacheDir: q.cacheDir, ...(a.admission ? { admission: a.admission } : {}),
   }, opts);
 }

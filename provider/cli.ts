@@ -675,6 +675,23 @@ function vmCommand(program: Command, act: Act): void {
     }));
 }
 
+// ── rollout across stacks ────────────────────────────────────────────────────────────────────
+
+function rolloutCommand(program: Command, act: Act): void {
+  program.command("rollout").description("pulumi up stack after stack (canary first) through Pulumi's Automation API; stops at the first stack that fails or is refused; prints stack, image, waves, verdict, duration")
+    .requiredOption("--stacks <list>", "stacks in rollout order, comma-separated: canary,prod-eu,prod-us")
+    .option("--cwd <dir>", "the Pulumi project directory (default: the current one)")
+    .option("--json", "the report as JSON")
+    .action(act(async (ctx, o: { stacks: string; cwd?: string; json?: boolean }) => {
+      const { parseStacks, rolloutStacks, rolloutTable, automationUp } = await import("./deploy/rollout");
+      const stacks = parseStacks(o.stacks);
+      const up = await automationUp(path.resolve(o.cwd ?? "."));
+      const report = await rolloutStacks(stacks, up, ctx.log);
+      console.log(o.json ? JSON.stringify(report, null, 2) : rolloutTable(report));
+      if (!report.ok) throw new TdxError("E_DEPLOYMENT", `the rollout stopped at ${report.stoppedAt}; later stacks were not run`, { hint: "Read that stack's error above; fix the recipe (or revert it) and run tdxvm rollout again: stacks already up are unchanged and pass quickly." });
+    }));
+}
+
 const positiveInt = (flag: string, v: string): number => {
   if (!/^\d{1,6}$/.test(v) || Number(v) < 1) throw new TdxError("E_VALIDATION", `${flag} takes a positive whole number, not ${JSON.stringify(v.slice(0, 20))}`);
   return Number(v);
@@ -684,7 +701,7 @@ const positiveInt = (flag: string, v: string): number => {
 export const COMMANDS: Record<string, (program: Command, act: Act) => void> = {
   lock: lockCommand, emit: emitCommand, bake: bakeCommand, run: runCommand, measure: measureCommand,
   diff: diffCommand, verify: verifyCommand, attest: attestCommand, provision: attestCommand, archive: archiveCommand, rebuild: rebuildCommand, cache: cacheCommand,
-  "owner-key": ownerKeyCommand, vm: vmCommand,
+  "owner-key": ownerKeyCommand, vm: vmCommand, rollout: rolloutCommand,
 };
 
 /**

@@ -87,7 +87,15 @@ function checkSecrets(a: AttestationArgsT): void {
   }
 }
 
-async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Record<string, unknown>> {
+/** What verifying a VM's agent needs (VmAttestation's inputs, and a QemuVm's admission). */
+export type VerifyArgs = Pick<AttestationArgsT, "endpoint" | "expected" | "trust" | "waive" | "timeoutSeconds" | "intervalSeconds">;
+
+/**
+ * Attest the agent at `a.endpoint` against `a.expected` with a fresh nonce: the verdict when every
+ * check passed, else E_ATTESTATION naming the failed checks and registers (in `details`). `refused`
+ * words the message (what happens because of the refusal).
+ */
+export async function verifyAgent(a: VerifyArgs, refused = "nothing was sent"): Promise<{ verdict: import("../attest").Verdict & { attempts: number }; seconds: number }> {
   const { attestUntil } = await import("../attest");
   const expected = fromComputed(a.expected, a.expected.backend)!;
   const t = a.trust;
@@ -107,11 +115,17 @@ async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Reco
   const failed = verdict.checks.filter((c) => !c.ok).map((c) => `${c.check}: ${c.detail}`);
   const registers = verdict.registers.filter((r) => !r.ok).map((r) => `${r.register}: ${r.problems.join("; ")}`);
   if (!verdict.ok) {
-    throw new TdxError("E_ATTESTATION", `the VM at ${a.endpoint} failed attestation (${verdict.issuer}); nothing was sent. Failed: ${[...failed, ...registers].join(" | ")}`, {
+    throw new TdxError("E_ATTESTATION", `the VM at ${a.endpoint} failed attestation (${verdict.issuer}); ${refused}. Failed: ${[...failed, ...registers].join(" | ")}`, {
       hint: "The VM does not run the expected image (or the evidence is not genuine). Compare the registers with TdxMeasurement's outputs and ledger; redeploy the right image.",
       details: { checks: failed, registers },
     });
   }
+  return { verdict, seconds: (Date.now() - t0) / 1000 };
+}
+
+async function attestAndDeliver(a: AttestationArgsT, name: string): Promise<Record<string, unknown>> {
+  const t0 = Date.now();
+  const { verdict } = await verifyAgent(a);
   const waived = verdict.registers.filter((r) => r.pin === "waived").map((r) => `${r.register}: ${r.waiver}`);
   log(name, `${a.endpoint}: attested (${verdict.issuer}; ${verdict.checks.length} checks, ${verdict.registers.length} registers${waived.length ? `, WAIVED ${waived.join("; ")}` : ""}) in ${((Date.now() - t0) / 1000).toFixed(1)} s, ${verdict.attempts} attempt(s)`);
   const channel = verdict.channel!;

@@ -12,6 +12,11 @@
  * - delete: TERM, then KILL; the PID namespace takes swtpm with it; the state directory goes.
  * - Secrets do not pass through here: a VM gets them from the deployment's attestation resource
  *   (./attestation.ts) after its agent proved what it runs — never through the launcher.
+ * - admission (a fleet's attesting rollout): create counts only when the new VM's agent proves the
+ *   expected measurement. A refused VM is stopped and removed in the same step, so the create
+ *   fails and leaves nothing: Pulumi keeps the VM it was to replace as it was (not even scheduled
+ *   for deletion), later waves depend on this one and are not touched, and the next `up` after a
+ *   fix creates the replacement again — the rollout resumes at this wave. No human cleans up.
  */
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
@@ -22,6 +27,8 @@ import { ensureToolsTree } from "../bake/toolsTree";
 import { DEFAULT_DEBIAN } from "../lock";
 import { startVm, waitReady, stopVm, vmRunning, newStateDir, sweepStale, markReady, VmInfo, VM_STATE_VERSION } from "../deploy/qemu";
 import { probeKvm, tdxSupport, parseQemuVersion } from "../deploy/host";
+import { ExpectedMeasurementSchema } from "./measurement";
+import { AttestationArgs, verifyAgent } from "./attestation";
 import { isUnknown, declared, failureOf, guarded, guardedSync, log, loadPath, storePath, withTimeout, CheckFailure, omit, pick, checkStart, requireInputs, parseState } from "./common";
 
 const Port = z.object({ guest: z.number().int().min(1).max(65535), host: z.number().int().min(1).max(65535).optional(), bind: z.string().optional() }).strict();
@@ -45,6 +52,18 @@ export const QemuVmArgs = z.object({
   expected: z.record(z.string(), z.string().nullable()).optional(),
   stateRoot: z.string().optional(),
   cacheDir: z.string().optional(),
+  /** Admit the new VM only when its agent on `guestPort` proves `expected` (see the header). */
+  admission: z.object({
+    /** 0-based wave of a rollout, and how many there are (for the messages). */
+    wave: z.number().int().min(0),
+    waves: z.number().int().min(1),
+    guestPort: z.number().int().min(1).max(65535),
+    expected: ExpectedMeasurementSchema,
+    trust: AttestationArgs.shape.trust,
+    waive: z.record(z.string(), z.string()).optional(),
+    timeoutSeconds: z.number().positive().default(300),
+    intervalSeconds: z.number().positive().default(5),
+  }).optional(),
 }).loose();
 export type QemuVmArgsT = z.infer<typeof QemuVmArgs>;
 
@@ -108,7 +127,8 @@ export const qemuVmProvider = {
     const oldPorts = old.forwards ?? [];
     const portsDiffer = a.ports.length !== oldPorts.length || a.ports.some((p, i) => p.guest !== oldPorts[i]?.guest || (p.host !== undefined && p.host !== oldPorts[i]?.host) || (p.bind ?? "127.0.0.1") !== oldPorts[i]?.bind);
     if (portsDiffer) replaces.push("ports");
-    const changes = replaces.length > 0 || !same(o?.readiness, a.readiness) || !same(o?.expected, a.expected);
+    // admission is asked at a VM's birth only: a running VM is not re-admitted (its attestation resource re-attests).
+    const changes = replaces.length > 0 || !same(o?.readiness, a.readiness) || !same(o?.expected, a.expected) || !same(o?.admission, a.admission);
     // Create-before-delete needs the old VM's host ports free for the new one: pinned ports force delete-first.
     const deleteBeforeReplace = replaces.length > 0 && a.ports.some((p) => p.host !== undefined);
     return { changes, replaces, deleteBeforeReplace };
@@ -143,6 +163,7 @@ export const qemuVmProvider = {
       }
       await markReady(vm);
       log("TdxDeployment", `VM ${vm.vmId} ready after ${ready.seconds.toFixed(0)} s (pid ${vm.pid}; serial log ${vm.serialLog})`);
+      if (a.admission) await admit(vm, a.admission);
       return { id: vm.vmId, outs: { ...publicInputs(inputs), ...outputsOf(vm, a, { warning, isTd, readySeconds: ready.seconds }) } };
     });
   },
@@ -171,6 +192,28 @@ export const qemuVmProvider = {
     });
   },
 };
+
+/**
+ * A rollout's admission of a VM this create just started: attest its agent; if refused, stop it
+ * (it is provably ours: started in this very call) and fail with the wave and the failed checks.
+ */
+async function admit(vm: VmInfo, ad: NonNullable<QemuVmArgsT["admission"]>): Promise<void> {
+  const fwd = vm.ports.find((p) => p.guest === ad.guestPort);
+  const wave = `wave ${ad.wave + 1} of ${ad.waves}`;
+  try {
+    if (!fwd) throw new TdxError("E_DEPLOYMENT", `the agent's guest port ${ad.guestPort} is not forwarded`, { hint: "Forward it in qemu.ports (TdxDeployment does when VMs are attested)." });
+    const endpoint = `${fwd.bind === "0.0.0.0" ? "127.0.0.1" : fwd.bind}:${fwd.host}`;
+    const { verdict, seconds } = await verifyAgent({ ...ad, endpoint }, "the new VM was stopped and removed, nothing was sent");
+    log("TdxDeployment", `VM ${vm.vmId} admitted to ${wave}: attested (${verdict.issuer}) in ${seconds.toFixed(1)} s`);
+  } catch (e) {
+    await stopVm(vm, { graceMs: 2000 });
+    const err = e instanceof TdxError ? e : new TdxError("E_ATTESTATION", (e as Error).message);
+    throw new TdxError(err.code, `rollout refused at ${wave} (new VM ${vm.vmId}): ${err.message}. The VM it was to replace keeps running; later waves were not touched`, {
+      hint: "Fix the recipe (or revert it) and run `pulumi up` again: the rollout resumes at this wave. The failed checks are in this message and in the error's details.",
+      details: { ...err.details, wave: ad.wave, waves: ad.waves, vmId: vm.vmId },
+    });
+  }
+}
 
 /** The inputs carried into the outputs. */
 function publicInputs(inputs: Record<string, unknown>): Record<string, unknown> {

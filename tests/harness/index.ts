@@ -2,7 +2,8 @@
 import { spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
-import { RunResult, StepEvent, repoRoot } from "./engine";
+import { RunResult, StepEvent, repoRoot, unwrap } from "./engine";
+import type { UpStack } from "../../provider/deploy/rollout";
 
 export interface OpOptions {
   program: string;
@@ -40,4 +41,18 @@ export async function pulumiOp(op: "up" | "preview" | "refresh" | "destroy", o: 
 /** The events of custom resources of one type (by URN suffix name). */
 export function stepsOf(r: RunResult, typeSuffix: string): StepEvent[] {
   return r.events.filter((e) => e.type.endsWith(typeSuffix));
+}
+
+/**
+ * The rollout driver's `up` (provider/deploy/rollout.ts) through this harness instead of the
+ * Automation API: `options(stack)` says where that stack's state lives and its config. `runs`
+ * collects each stack's whole result for assertions beyond the driver's report.
+ */
+export function harnessUp(options: (stack: string) => OpOptions, runs: Record<string, OpResult> = {}): UpStack {
+  return async (stack, log) => {
+    const r = await pulumiOp("up", { stack, ...options(stack) });
+    runs[stack] = r;
+    for (const l of r.stdout.split("\n")) if (l.trim()) log(l);
+    return { ok: r.ok, outputs: unwrap(r.outputs) as Record<string, unknown>, ...(r.error ? { error: r.error } : {}), seconds: r.seconds };
+  };
 }

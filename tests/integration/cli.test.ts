@@ -131,7 +131,10 @@ describe("measure, diff", () => {
       expect(r.stdout).toMatch(backend === "rtmr" ? /^RTMR1\s+predicted\s+[0-9a-f]{96}$/m : /^PCR11\s+predicted\s+[0-9a-f]{64}$/m);
     }
     const td = parseMeasurements(await fs.readFile(file("rtmr.json"), "utf8"), "rtmr.json");
-    const fb = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--format", "flashbots", "--json"]);
+    // RTMR0 is neither pinned nor waived here: an export (whose verifier checks only what it lists) is refused.
+    const open = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--format", "flashbots", "--json"]);
+    expect([open.code, open.stderr]).toEqual([2, expect.stringMatching(/E_POLICY: cannot export RTMR0: not pinned and not waived/)]);
+    const fb = await runTdxvm(["--quiet", "measure", EXAMPLE, "--backend", "rtmr", "--format", "flashbots", "--json", "--waive", 'RTMR0:"lab host"']);
     expect(fb.code).toBe(0);
     const flashbots = FlashbotsFileSchema.parse(JSON.parse(fb.stdout));
     expect(flashbots[0].attestation_type).toBe("qemu-tdx");
