@@ -8,8 +8,9 @@
  * batchSize, gate}`, wave k+1's VMs depend on wave k's gates: each gate waits until its new VM
  * answers a health/attestation endpoint; a failing gate fails the update, later waves are not
  * touched and old VMs keep running. With an attesting gate on the qemu target, a refused VM is also
- * removed in its own create (admission): nothing of the refused wave stays, and the next `up` after
- * a fix resumes at that wave. On azure/gcp the refused VM stays in state until that next `up`
+ * removed in its own create (admission) and the VM it was to replace stays as it was; VMs of the
+ * same wave that were admitted stay (beside their old VMs, pending deletion), and the next `up`
+ * after a fix resumes at that wave. On azure/gcp the refused VM stays in state until that next `up`
  * replaces it (their VMs are the cloud providers' resources; tdxvm cannot fail their create).
  */
 import * as pulumi from "@pulumi/pulumi";
@@ -317,8 +318,9 @@ export class TdxDeployment extends pulumi.ComponentResource {
       // add → roll → retire: open after the first wave proved the incoming measurement, close after the last.
       const first = this.vms.filter((v) => v.wave === 0).map((v) => v.attestation!);
       const incoming = expected;
-      const open = new AllowList(`${name}-allow-open`, { deployment: name, phase: "open", incoming, publish: args.allowListFile }, { parent: this, dependsOn: first });
-      const close = new AllowList(`${name}-allow-close`, { deployment: name, phase: "close", incoming, publish: args.allowListFile }, { parent: this, dependsOn: [...attestations.map((a) => a!), open] });
+      const waive = attestOpts?.waive ? { waive: attestOpts.waive } : {};
+      const open = new AllowList(`${name}-allow-open`, { deployment: name, phase: "open", incoming, publish: args.allowListFile, ...waive }, { parent: this, dependsOn: first });
+      const close = new AllowList(`${name}-allow-close`, { deployment: name, phase: "close", incoming, publish: args.allowListFile, ...waive }, { parent: this, dependsOn: [...attestations.map((a) => a!), open] });
       this.allowList = pulumi.all([close.ids, close.flashbots, close.constellation, close.trustee]).apply(([ids, flashbots, constellation, trustee]) => ({ ids, flashbots, constellation, trustee }));
     } else this.allowList = pulumi.output(undefined);
     this.promotion = expected && attestations.every((a) => a !== undefined)

@@ -577,7 +577,7 @@ function cacheCommand(program: Command, act: Act): void {
       return Number(v);
     })
     .option("--older-than <duration>", "remove only entries last used longer ago (45s, 90m, 12h, 30d, 2w)")
-    .option("--max-size <size>", "then remove the least recently used entries until the cache takes at most this much (30G, 512M); overrides the rules above except a running bake's entry")
+    .option("--max-size <size>", "then remove the least recently used artifact entries until they take at most this much (30G, 512M); overrides the rules above, except for a running bake's entry")
     .option("--dry-run", "print what would be removed; remove nothing")
     .option("--json", "as JSON")
     .action(act(async (ctx, o: { keep?: number; olderThan?: string; maxSize?: string; dryRun?: boolean; json?: boolean }) => {

@@ -129,7 +129,8 @@ export interface PruneOptions {
   olderThanMs?: number;
   /**
    * Then, whatever the other rules keep, remove the least recently used entries until the kept
-   * ones take at most this many bytes on disk (only a running bake's entry is never removed).
+   * ones take at most this many bytes on disk (bytes only they hold). Never removed for it: a
+   * running bake's entry, and one that would free nothing (its files are linked elsewhere too).
    */
   maxBytes?: number;
   now?: number;
@@ -161,7 +162,8 @@ export function planPrune(entries: CacheEntry[], opts: PruneOptions = {}, projec
     // Oldest first; plan.keep is in most-recently-used order.
     for (const k of [...plan.keep].reverse()) {
       if (total <= opts.maxBytes) break;
-      if (k.entry.heldBy !== null) continue;
+      // A running bake's entry stays; one whose files other links keep (the project's build/artifacts) frees nothing.
+      if (k.entry.heldBy !== null || k.entry.exclusiveBytes === 0) continue;
       plan.keep.splice(plan.keep.indexOf(k), 1);
       plan.remove.push(k.entry);
       total -= k.entry.exclusiveBytes;

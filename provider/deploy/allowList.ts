@@ -29,6 +29,23 @@ export function measurementIdOf(m: Measurements): string {
   return `sha256:${createHash("sha256").update(stableJson({ backend: m.backend, registers: values(m.registers), alternatives: (m.alternatives ?? []).map((a) => [a.label, values(a.registers)]) })).digest("hex")}`;
 }
 
+/**
+ * The measurement as the deployment's verifier accepted it: a register its `attest.waive` names that
+ * has no value (or is missing from a TD measurement) is waived in the list too, with that reason —
+ * so the exports leave it out out loud instead of refusing a measurement the VMs passed with.
+ * Registers with a value keep it: relying parties still compare those.
+ */
+export function withVerifierWaivers(m: Measurements, waive: Readonly<Record<string, string>> | undefined): Measurements {
+  if (!waive || !Object.keys(waive).length) return m;
+  const registers = { ...m.registers };
+  for (const [name, reason] of Object.entries(waive)) {
+    const r = registers[name];
+    if (r && (r.value === null || r.status === "platform-defined") && !r.waived) registers[name] = { ...r, waived: reason };
+    else if (!r && m.backend !== "azure" && /^(MRTD|RTMR[0-3])$/.test(name)) registers[name] = { alg: "sha384", value: null, status: "platform-defined", waived: reason, events: [] };
+  }
+  return { ...m, registers };
+}
+
 /** The list after a rollout phase: "open" adds `incoming` in front of what is live, "close" leaves it alone. */
 export function nextAllowList(phase: "open" | "close", incoming: Measurements, live: readonly AllowedMeasurement[]): AllowedMeasurement[] {
   const entry = { id: measurementIdOf(incoming), measurement: incoming };

@@ -79,7 +79,8 @@ export function rowOf(stack: string, o: StackOutcome): RolloutRow {
   const err = at > 0 ? whole.slice(at) : whole;
   const refused = /rollout refused at wave (\d+) of (\d+)/.exec(err);
   const failed = /Failed: ([^\n]*)/.exec(err)?.[1]?.split(" | ").map((x) => x.split(":")[0]).join(", ");
-  const attestation = /E_ATTESTATION|failed attestation/.test(err);
+  // REFUSED is a verdict (the VM answered and proved something else); an agent that never answered is a failure.
+  const attestation = /failed attestation/.test(err) && failed !== undefined;
   const code = /\b(E_[A-Z]+)\b/.exec(err)?.[1];
   return {
     stack,

@@ -14,7 +14,8 @@ import { z } from "zod";
 import { TdxError } from "../errors";
 import { ExpectedMeasurementSchema, fromComputed } from "./measurement";
 import { declared, guarded, guardedSync, log, CheckFailure, omit, checkStart, requireInputs, parseState, loadPath } from "./common";
-import { AllowedMeasurement, allowListExports, measurementIdOf, nextAllowList, publishAllowList, readAllowList } from "../deploy/allowList";
+import { AllowedMeasurement, allowListExports, measurementIdOf, nextAllowList, publishAllowList, readAllowList, withVerifierWaivers } from "../deploy/allowList";
+import { parseWaivers } from "../measure/ledger";
 import { parseMeasurements } from "../measure/formats";
 
 export const ALLOW_LIST_STATE_VERSION = 1;
@@ -26,6 +27,8 @@ export const AllowListArgs = z.object({
   incoming: ExpectedMeasurementSchema,
   /** The file the fleet's verifiers read (tdxvm allow-list format). */
   publish: z.string().min(1),
+  /** The deployment's verifier waivers (attest.waive): registers without a value it accepts unchecked. */
+  waive: z.record(z.string(), z.string()).optional(),
 }).loose();
 export type AllowListArgsT = z.infer<typeof AllowListArgs>;
 
@@ -63,8 +66,9 @@ async function liveList(file: string, deployment: string, olds: ReturnType<typeo
 }
 
 async function apply(a: AllowListArgsT, olds: ReturnType<typeof state> | undefined): Promise<Record<string, unknown>> {
-  const incoming = fromComputed(a.incoming as never, a.incoming.backend);
-  if (!incoming) throw new TdxError("E_VALIDATION", "the allow-list's incoming measurement has no registers");
+  const proved = fromComputed(a.incoming as never, a.incoming.backend);
+  if (!proved) throw new TdxError("E_VALIDATION", "the allow-list's incoming measurement has no registers");
+  const incoming = withVerifierWaivers(proved, a.waive ? parseWaivers(a.waive, "attest.waive") : undefined);
   const file = loadPath(a.publish);
   const list = nextAllowList(a.phase, incoming, a.phase === "open" ? await liveList(file, a.deployment, olds) : []);
   // Everything that can fail first; the file verifiers read changes last.
@@ -86,7 +90,7 @@ export const allowListProvider = {
     const n = declared(news);
     const same = (k: string) => JSON.stringify(o[k] ?? null) === JSON.stringify(n[k] ?? null);
     // A new incoming measurement (or another file) is the next step of the lifecycle: update in place.
-    const changes = !same("incoming") || !same("publish") || !same("phase");
+    const changes = !same("incoming") || !same("publish") || !same("phase") || !same("waive");
     return { changes, replaces: same("deployment") ? [] : ["deployment"], deleteBeforeReplace: false };
   },
 

@@ -161,9 +161,11 @@ export const qemuVmProvider = {
         await stopVm(vm, { graceMs: 2000 });
         throw e;
       }
-      await markReady(vm);
       log("TdxDeployment", `VM ${vm.vmId} ready after ${ready.seconds.toFixed(0)} s (pid ${vm.pid}; serial log ${vm.serialLog})`);
+      // Admitted before it is marked ready: a provider killed mid-admission leaves an unmarked VM
+      // whose creator is gone, which the next create's sweep removes (a marked one is a stack's).
       if (a.admission) await admit(vm, a.admission);
+      await markReady(vm);
       return { id: vm.vmId, outs: { ...publicInputs(inputs), ...outputsOf(vm, a, { warning, isTd, readySeconds: ready.seconds }) } };
     });
   },
@@ -203,14 +205,15 @@ async function admit(vm: VmInfo, ad: NonNullable<QemuVmArgsT["admission"]>): Pro
   try {
     if (!fwd) throw new TdxError("E_DEPLOYMENT", `the agent's guest port ${ad.guestPort} is not forwarded`, { hint: "Forward it in qemu.ports (TdxDeployment does when VMs are attested)." });
     const endpoint = `${fwd.bind === "0.0.0.0" ? "127.0.0.1" : fwd.bind}:${fwd.host}`;
-    const { verdict, seconds } = await verifyAgent({ ...ad, endpoint }, "the new VM was stopped and removed, nothing was sent");
+    const { verdict, seconds } = await verifyAgent({ ...ad, endpoint }, "the new VM is stopped and removed, nothing was sent");
     log("TdxDeployment", `VM ${vm.vmId} admitted to ${wave}: attested (${verdict.issuer}) in ${seconds.toFixed(1)} s`);
   } catch (e) {
-    await stopVm(vm, { graceMs: 2000 });
     const err = e instanceof TdxError ? e : new TdxError("E_ATTESTATION", (e as Error).message);
-    throw new TdxError(err.code, `rollout refused at ${wave} (new VM ${vm.vmId}): ${err.message}. The VM it was to replace keeps running; later waves were not touched`, {
+    // The refusal is the news; a failure to stop the VM is added to it, never put in its place.
+    const stopped = await stopVm(vm, { graceMs: 2000 }).then(() => undefined, (x: Error) => x.message);
+    throw new TdxError(err.code, `rollout refused at ${wave} (new VM ${vm.vmId}): ${err.message}.${stopped ? ` STOPPING THE NEW VM FAILED (${stopped}): stop it with tdxvm vm down ${vm.vmId}.` : ""} Later waves were not touched; a VM this one was to replace keeps running (unless host ports are pinned: then Pulumi deleted it first)`, {
       hint: "Fix the recipe (or revert it) and run `pulumi up` again: the rollout resumes at this wave. The failed checks are in this message and in the error's details.",
-      details: { ...err.details, wave: ad.wave, waves: ad.waves, vmId: vm.vmId },
+      details: { ...err.details, wave: ad.wave, waves: ad.waves, vmId: vm.vmId, ...(stopped ? { stopFailed: stopped } : {}) },
     });
   }
 }

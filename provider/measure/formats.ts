@@ -117,7 +117,8 @@ const TD_SIGNED = ["MRTD", "RTMR0", "RTMR1", "RTMR2", "RTMR3"];
 
 /** Refuse to export a measurement with a register that is neither pinned nor waived (see the header). */
 export function assertExportable(m: Measurements): void {
-  const open = Object.entries(m.registers).filter(([, r]) => r.value === null && !r.waived).map(([n]) => n);
+  // Left out of an export: anything without a value or labelled platform-defined — only a waiver makes that the user's choice.
+  const open = Object.entries(m.registers).filter(([, r]) => (r.value === null || r.status === "platform-defined") && !r.waived).map(([n]) => n);
   if (m.backend !== "azure") open.push(...TD_SIGNED.filter((n) => !(n in m.registers)));
   if (!open.length) return;
   throw new TdxError("E_POLICY", `cannot export ${open.join(", ")}: not pinned and not waived — a verifier reading the export checks only the registers it lists, so it would accept any value there`, {

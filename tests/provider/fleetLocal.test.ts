@@ -123,7 +123,7 @@ describe("fleet as stacks on local VMs: canary → production promotion, waves g
     const report = await rolloutStacks(["prod-eu", "prod-us"], harnessUp(() => prodOpts({ cmdline: "tdxvm.role=unreviewed" }), runs));
     const r = runs["prod-eu"];
     expect(r.ok).toBe(false);
-    expect(r.error).toMatch(/E_ATTESTATION: rollout refused at wave 1 of 2 \(new VM vm-[0-9a-f]{12}\): the VM at .* failed attestation \(tpm\); the new VM was stopped and removed, nothing was sent/);
+    expect(r.error).toMatch(/E_ATTESTATION: rollout refused at wave 1 of 2 \(new VM vm-[0-9a-f]{12}\): the VM at .* failed attestation \(tpm\); the new VM is stopped and removed, nothing was sent/);
     expect(r.error).toMatch(/PCR11/);
     // The driver: prod-eu refused at its first wave, with the failing register; prod-us never run.
     expect(report).toMatchObject({ ok: false, stoppedAt: "prod-eu" });

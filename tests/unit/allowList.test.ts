@@ -68,6 +68,29 @@ describe("allow-list lifecycle", () => {
 });
 
 describe("allow-list provider (as TdxDeployment drives it)", () => {
+  it("a register the deployment's verifier waives (attest.waive) is waived in the list and left out of its exports; without the waiver the export is refused before the file changes", async () => {
+    const dir = await tempDir("tdxvm-allow-waive-");
+    const file = path.join(dir, "allow.json");
+    // A TD measurement whose RTMR0 nobody pinned: the VMs passed only because the verifier waived it.
+    const td: Measurements = {
+      measurementsVersion: 1, backend: "rtmr", inputs: {},
+      registers: Object.fromEntries(["MRTD", "RTMR0", "RTMR1", "RTMR2", "RTMR3"].map((n, i) => [n, n === "RTMR0"
+        ? { alg: "sha384" as const, value: null, status: "platform-defined" as const, why: "host", events: [] }
+        : { alg: "sha384" as const, value: String(i).repeat(96), status: "exact" as const, events: [] }])),
+    };
+    const inputs = { deployment: "fleet", phase: "open", incoming: computed(td), publish: file };
+    // The provider hands the engine a plain Error with the code and hint in its text (guarded/userError).
+    await expect(allowListProvider.create(inputs)).rejects.toThrow(/^E_POLICY: cannot export RTMR0: not pinned and not waived/);
+    await expect(fs.access(file)).rejects.toThrow();
+    const r = (await allowListProvider.create({ ...inputs, waive: { RTMR0: "lab host, canary pending" } })).outs as { ids: string[]; flashbots: string; measurements: Array<{ measurement: Measurements }> };
+    expect(r.measurements[0].measurement.registers.RTMR0.waived).toBe("lab host, canary pending");
+    expect(Object.keys(JSON.parse(r.flashbots)[0].measurements)).toEqual(["0", "2", "3", "4"]);
+    expect(await readAllowList(file, "fleet")).toHaveLength(1);
+    // A waiver is part of what relying parties accept: another waiver is another measurement id.
+    const other = (await allowListProvider.create({ ...inputs, waive: { RTMR0: "another reason" } })).outs as { ids: string[] };
+    expect(other.ids[0]).not.toBe(r.ids[0]);
+  });
+
   it("publishes each step atomically to the verifiers' file, keeps a stopped rollout's measurements, never takes up one it did not add, and deletes only its own list", async () => {
     const dir = await tempDir("tdxvm-allow-");
     const file = path.join(dir, "allow.json");

@@ -97,6 +97,24 @@ describe("dynamic providers validate the state they are handed", () => {
   });
 });
 
+describe("QemuVm admission (attesting rollouts) never replaces a running VM", () => {
+  it("adding, changing or not yet knowing `admission` is an in-place update of the VM's record; the disk still replaces", async () => {
+    const image = { artifacts: { "qemu.raw": { path: "/x/disk.raw", sha256: sha, size: 1 } } };
+    const olds = { image, memoryMiB: 2048, cpus: 2, ports: [{ guest: 8443 }], readiness: {}, accel: "auto", tdx: "auto", diskSha256: sha, forwards: [{ guest: 8443, host: 40000, bind: "127.0.0.1" }], running: true };
+    const expected = { backend: "azure", registers: { PCR11: "1".repeat(64) }, status: { PCR11: "exact" }, ledger: { PCR11: [] }, assumptions: {} };
+    const admission = { wave: 0, waves: 2, guestPort: 8443, expected, trust: { allowSimulator: false } };
+    const news = { ...olds, admission };
+    expect(await qemuVmProvider.diff("id", olds, news)).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+    expect(await qemuVmProvider.diff("id", { ...olds, admission }, { ...olds, admission: { ...admission, wave: 1 } })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: false });
+    expect(await qemuVmProvider.diff("id", { ...olds, admission }, news)).toMatchObject({ changes: false, replaces: [] });
+    // Preview: the measurement not known yet.
+    const unknown = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
+    expect((await qemuVmProvider.diff("id", olds, { ...olds, admission: { ...admission, expected: unknown } })).replaces).toEqual([]);
+    // A new disk still replaces, admission or not.
+    expect((await qemuVmProvider.diff("id", olds, { ...news, image: { artifacts: { "qemu.raw": { path: "/x/disk.raw", sha256: "1".repeat(64), size: 1 } } } })).replaces).toEqual(["image"]);
+  });
+});
+
 describe("missing measurement inputs are E_MEASUREMENT", () => {
   let dir: string;
   beforeAll(async () => {
