@@ -44,11 +44,19 @@ describe("usage", () => {
     // Only the command argv names is built; help without one lists them all.
     const all = await runTdxvm(["--help"]);
     for (const c of Object.keys(COMMANDS)) expect(all.stdout).toMatch(new RegExp(`^  ${c} `, "m"));
-    expect(Object.keys(COMMANDS).sort()).toEqual(["archive", "attest", "bake", "cache", "diff", "emit", "lock", "measure", "owner-key", "provision", "rebuild", "run", "verify", "vm"]);
+    expect(Object.keys(COMMANDS).sort()).toEqual(["archive", "attest", "bake", "cache", "diff", "emit", "lock", "measure", "owner-key", "provision", "rebuild", "rollout", "run", "verify", "vm"]);
     const mh = await runTdxvm(["--cache-dir", dir, "-q", "measure", "--help"]);
     expect([mh.code, mh.stdout]).toEqual([0, expect.stringContaining("Usage: tdxvm measure [options] [recipe]")]);
     expect([commandNamed(["--cache-dir", "bake", "measure"]), commandNamed(["--cache-dir=/c", "-q", "cache", "ls"]), commandNamed(["--help"]), commandNamed(["mesure"]), commandNamed(["help", "bake"])])
       .toEqual(["measure", "cache", undefined, undefined, undefined]);
+    // rollout: stack names are checked first; then the Pulumi CLI (not on this PATH) is asked for, before any stack.
+    const env = { ...process.env, CI: undefined, PATH: path.dirname(process.execPath) };
+    const badStacks = await runTdxvm(["rollout", "--stacks", "canary,,prod"], { env });
+    expect([badStacks.code, badStacks.stderr]).toEqual([2, expect.stringMatching(/^E_VALIDATION: --stacks: "" is not a stack name/m)]);
+    const noPulumi = await runTdxvm(["rollout", "--stacks", "canary,prod-eu"], { env });
+    expect([noPulumi.code, noPulumi.stdout]).toEqual([2, ""]);
+    expect(noPulumi.stderr).toMatch(/^E_DEPLOYMENT: tdxvm rollout drives the Pulumi CLI, and `pulumi version` did not run here \(no pulumi on PATH\)/m);
+    expect(noPulumi.stderr).toMatch(/hint: Install the Pulumi CLI/);
     const typo = await runTdxvm(["mesure", EXAMPLE]);
     expect(typo.code).toBe(2);
     expect(typo.stderr).toContain("Did you mean measure?");
