@@ -374,10 +374,14 @@ describe("cache ls, cache prune", () => {
     expect(dry.stdout).toMatch(/^would free 2\.\d MiB$/m);
     for (const k of old) expect(existsSync(path.join(artifacts, k))).toBe(true);
 
-    // A byte budget overrides "newest entry of its recipe" (the only rule left is a running bake's entry).
+    // A byte budget overrides "newest entry of its recipe"; it still keeps a running bake's entry, and
+    // the real entry, whose files the project's build/artifacts links too (removing it would free nothing).
     const tight = await runTdxvm(["--cache-dir", cache, "cache", "prune", "--max-size", "0", "--dry-run", "--json"]);
     expect(tight.code).toBe(0);
-    expect((JSON.parse(tight.stdout) as PruneResult).removed.map((e) => e.key).sort()).toEqual([old[0], old[1], bake.key].sort());
+    const t = JSON.parse(tight.stdout) as PruneResult;
+    expect(t.removed.map((e) => e.key).sort()).toEqual([old[0], old[1]].sort());
+    expect(t.plan.keep.map((k) => k.entry.key).sort()).toEqual([old[2], bake.key].sort());
+    expect(t.plan.keep.find((k) => k.entry.key === bake.key)!.entry.exclusiveBytes).toBe(0);
     expect((await runTdxvm(["--cache-dir", cache, "cache", "prune", "--max-size", "lots"])).code).not.toBe(0);
 
     const prune = await runTdxvm(["--cache-dir", cache, "cache", "prune", "--older-than", "1d", "--json"]);
