@@ -27,6 +27,9 @@ export { lockRecipe, emitRecipe, defaultCacheDir } from "./pipeline";
 export { bake, artifact, stubVersion } from "./bake";
 export type { BakeOptions, BakeResult, Artifact } from "./bake";
 export { devBoot, bootBakedDisk, parseGuestReport } from "./deploy/devboot";
+// Rollouts across stacks (tdxvm rollout): the order logic with your own `up`, or the Automation API adapter.
+export { rolloutStacks, rolloutTable, parseStacks, automationUp } from "./deploy/rollout";
+export type { UpStack, StackOutcome, RolloutReport, RolloutRow } from "./deploy/rollout";
 export { measureBake, measureArtifacts, measureBoot, verify, diffMeasurements, diffToMarkdown, measurementsToJson, measurementsToCbor } from "./measure";
 export type { Measurements, RegisterValue, LedgerEvent, RegisterDiff, VerifyResult } from "./measure";
 // The verifier loads on first use (its TLS client and evidence schemas cost ~0.1 s at start-up,

@@ -2,7 +2,9 @@
  * The rollout driver's order logic and report (provider/deploy/rollout.ts). Real stacks through
  * it: tests/provider/fleetLocal.test.ts (canary → production on local VMs, a refused rollout).
  */
-import { parseStacks, rolloutStacks, rowOf, rolloutTable, UpStack } from "../../provider/deploy/rollout";
+// The library entry's exports (what the README offers as `rolloutStacks` with your own `up`).
+import { parseStacks, rolloutStacks, rolloutTable, UpStack } from "../../provider";
+import { rowOf } from "../../provider/deploy/rollout";
 import { tdxErrorOf } from "../helpers";
 
 describe("parseStacks", () => {
