@@ -1,8 +1,15 @@
 /** @type {import('jest').Config} */
 const swc = ["@swc/jest", { jsc: { parser: { syntax: "typescript" }, target: "es2022" }, module: { type: "commonjs", ignoreDynamic: false } }];
+// ES-module-only packages (execa 9 and its dependencies): Node ≥ 20.19 require()s them natively,
+// Jest's module registry does not before Node 24.9, so swc turns them into CommonJS for the tests.
+const esmPackages = ["execa", "@sindresorhus/merge-streams", "figures", "is-unicode-supported", "get-stream", "@sec-ant/readable-stream", "is-stream", "human-signals", "is-plain-obj", "npm-run-path", "path-key", "pretty-ms", "parse-ms", "strip-final-newline", "yoctocolors", "unicorn-magic"];
+const esm = `/node_modules/(${esmPackages.join("|")})/`;
 module.exports = {
   testEnvironment: "node",
-  transform: { "^.+\\.ts$": swc },
+  transform: { "^.+\\.ts$": swc, [`${esm}.+\\.js$`]: swc },
+  transformIgnorePatterns: [`/node_modules/(?!(${esmPackages.join("|")})/)`],
+  // Exported under the "import" condition only, which Jest's resolver (the "require" condition) skips.
+  moduleNameMapper: { "^unicorn-magic$": "<rootDir>/node_modules/unicorn-magic/node.js" },
   testMatch: ["<rootDir>/tests/**/*.test.ts"],
   testTimeout: 30_000,
   setupFiles: ["<rootDir>/tests/setup.ts"],

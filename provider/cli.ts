@@ -491,13 +491,11 @@ function archiveCommand(program: Command, act: Act): void {
       if (isTarball(input)) {
         // An archive from elsewhere is hostile until checked: only regular files named sha256/<hex>
         // (and index.json) are extracted — no links, devices or other paths — into a fresh directory.
-        const { execFileSync } = await import("node:child_process");
+        const { execaSync } = require("execa") as typeof import("execa");
         const list = (flags: string) => {
-          try {
-            return execFileSync("tar", [flags, input], { maxBuffer: 64 * 1024 * 1024, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).split("\n").filter(Boolean);
-          } catch (e) {
-            throw new TdxError("E_VALIDATION", `cannot list ${input} as a tar archive: ${String((e as { stderr?: string }).stderr ?? (e as Error).message).trim().slice(0, 200)}`, { hint: "Pass a .tar/.tar.gz written by `tdxvm archive export`, or its unpacked directory." });
-          }
+          const r = execaSync("tar", [flags, input], { maxBuffer: 64 * 1024 * 1024, stdin: "ignore", timeout: 10 * 60_000, reject: false });
+          if (r.failed) throw new TdxError("E_VALIDATION", `cannot list ${input} as a tar archive: ${(r.stderr || r.shortMessage || "").trim().slice(0, 200)}`, { hint: "Pass a .tar/.tar.gz written by `tdxvm archive export`, or its unpacked directory." });
+          return r.stdout.split("\n").filter(Boolean);
         };
         const listing = list("-tvf");
         const names = list("-tf");

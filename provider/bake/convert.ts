@@ -14,9 +14,9 @@
  */
 import { promises as fs, constants as fsc } from "node:fs";
 import * as path from "node:path";
+import { PassThrough } from "node:stream";
 import { crc32 } from "node:zlib";
 import * as zlib from "node:zlib";
-import { spawn } from "node:child_process";
 import { TdxError } from "../errors";
 import { runStreaming } from "./sandbox";
 
@@ -282,21 +282,20 @@ export async function rawToGceTarball(raw: string, out: string, tar = "tar"): Pr
     const { size } = await fs.stat(raw);
     if (size % GiB !== 0) throw new TdxError("E_BAKE", `a GCE image disk must be a whole number of GiB; ${raw} is ${size} bytes`, { hint: "Grow the disk first (growGptDisk(raw, diskSize(size))).", details: { phase: "convert" } });
     // GNU tar writes the sparse oldgnu archive (the member renamed to disk.raw); it is compressed here, on both cores.
-    const child = spawn(tar, ["--format=oldgnu", "-S", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "--mode=0644", `--transform=s|^${path.basename(raw).replace(/[|\\]/g, "")}$|disk.raw|`, "-cf", "-", "-C", path.dirname(raw), path.basename(raw)], { stdio: ["ignore", "pipe", "pipe"] });
-    let stderr = "";
-    child.stderr.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
-    const exited = new Promise<number | null>((resolve, reject) => {
-      child.on("error", reject);
-      child.on("close", resolve);
+    const { execa } = require("execa") as typeof import("execa");
+    const child = execa(tar, ["--format=oldgnu", "-S", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "--mode=0644", `--transform=s|^${path.basename(raw).replace(/[|\\]/g, "")}$|disk.raw|`, "-cf", "-", "-C", path.dirname(raw), path.basename(raw)], {
+      stdin: "ignore", buffer: { stdout: false, stderr: true }, maxBuffer: { stderr: 64 * 1024 }, reject: false,
     });
     try {
       // Level 1: disk images are mostly compressed data already (measured: level 6 is 2 % smaller and 30 % slower).
-      await gzipParallel(child.stdout as AsyncIterable<Buffer>, tmp, { level: 1 });
+      // Piped at once: Node drops a child's unread stdout when the child exits (a small archive
+      // can be complete before the output file is open), a listener attached now keeps it.
+      await gzipParallel(child.stdout.pipe(new PassThrough({ highWaterMark: 1024 * 1024 })), tmp, { level: 1 });
     } finally {
       if (child.exitCode === null) child.kill("SIGKILL");
     }
-    const code = await exited.catch((e: Error) => { stderr = e.message; return -1; });
-    if (code !== 0) throw new TdxError("E_BAKE", `tar failed (exit ${code}): ${stderr.trim().split("\n").slice(-5).join("\n")}`, { hint: "GNU tar is needed on the build host (apt-get install tar).", details: { phase: "convert" } });
+    const r = await child;
+    if (r.exitCode !== 0) throw new TdxError("E_BAKE", `tar failed (${r.exitCode !== undefined ? `exit ${r.exitCode}` : r.signal ?? `${r.code ?? "not started"}: ${tar}`}): ${String(r.stderr ?? "").trim().split("\n").slice(-5).join("\n")}`, { hint: "GNU tar is needed on the build host (apt-get install tar).", details: { phase: "convert" } });
     await fs.rename(tmp, out);
   } finally {
     await fs.rm(tmp, { force: true });

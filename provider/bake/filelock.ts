@@ -10,7 +10,6 @@
  * a pid in it therefore knows the previous holder died while holding: `onStale` runs then, while
  * the lock is held — only the holder ever cleans up after a dead one.
  */
-import { spawn } from "node:child_process";
 import { promises as fs, readFileSync } from "node:fs";
 import { TdxError } from "../errors";
 
@@ -41,10 +40,16 @@ async function lock(file: string, opts: LockOptions, wait: boolean): Promise<(()
   // flock -F execs the shell, which keeps the lock fd: one process holds the lock. It says
   // "locked" once it has it and exits when its stdin ends (our release, or our death).
   const how = wait ? ["--timeout", String(timeoutS)] : ["--nonblock"];
-  const holder = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", "flock", "--exclusive", "--no-fork", ...how, "--conflict-exit-code", "75", file, "/bin/sh", "-c", "echo locked; read _ || true"], { stdio: ["pipe", "pipe", "pipe"] });
-  const exited = new Promise<number | null>((resolve) => holder.once("close", (code) => resolve(code)));
+  // execa: a spawn failure (no setpriv/flock) resolves as a failed result naming the command instead of an unheard "error".
+  const { execa } = require("execa") as typeof import("execa");
+  const holder = execa("setpriv", ["--pdeathsig", "SIGKILL", "--", "flock", "--exclusive", "--no-fork", ...how, "--conflict-exit-code", "75", file, "/bin/sh", "-c", "echo locked; read _ || true"], {
+    stdin: "pipe", buffer: false, reject: false,
+  });
+  // Not execa's buffer: its maxBuffer would kill the holder, i.e. drop the lock, on a chatty stderr.
   let stderr = "";
   holder.stderr.on("data", (d: Buffer) => { if (stderr.length < 4096) stderr += d.toString(); });
+  const exited = holder.then((r) => r.exitCode ?? null);
+  const stderrOf = async () => stderr.trim() || (await holder).shortMessage;
   // Tell the caller it waits only when someone holds the lock (a holder's pid is in the file).
   const waiting = wait ? setTimeout(() => {
     let held = "";
@@ -52,16 +57,15 @@ async function lock(file: string, opts: LockOptions, wait: boolean): Promise<(()
     if (held) opts.onWait?.();
   }, 500) : undefined;
   try {
-    const got = await new Promise<boolean>((resolve, reject) => {
+    const got = await new Promise<boolean>((resolve) => {
       holder.stdout.once("data", () => resolve(true));
-      holder.once("error", reject);
       void exited.then(() => resolve(false));
     });
     if (!got) {
       const code = await exited;
       if (code === 75 && !wait) return null;
       if (code === 75) throw new TdxError("E_BAKE", `timed out after ${timeoutS} s waiting for the lock ${file}`, { hint: "Another bake holds it (see `fuser` on the file); wait for it or stop it." });
-      throw new TdxError("E_BAKE", `could not lock ${file} (flock exited ${code}: ${stderr.trim()})`, { hint: "tdxvm needs util-linux's flock and setpriv on the host." });
+      throw new TdxError("E_BAKE", `could not lock ${file} (flock exited ${code}: ${await stderrOf()})`, { hint: "tdxvm needs util-linux's flock and setpriv on the host." });
     }
   } finally {
     clearTimeout(waiting);

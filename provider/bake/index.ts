@@ -8,7 +8,6 @@
  */
 import { promises as fs, existsSync } from "node:fs";
 import * as path from "node:path";
-import { execFileSync } from "node:child_process";
 import { TdxError } from "../errors";
 import { digestOf } from "../recipe/digest";
 import { DEFAULT_PROFILE, resolveProfile } from "../recipe/resolve";
@@ -118,7 +117,8 @@ function hostMkosiVersion(): string | undefined {
   const bin = findOnPath("mkosi");
   if (!bin) return undefined;
   try {
-    const out = execFileSync(bin, ["--version"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+    const { execaSync } = require("execa") as typeof import("execa");
+    const out = execaSync(bin, ["--version"], { stdin: "ignore", stderr: "ignore", timeout: 30_000 }).stdout;
     const m = /mkosi\s+(\d+(?:\.\d+)*)/.exec(out);
     return m && Number(m[1].split(".")[0]) >= 25 ? m[1] : undefined;
   } catch {

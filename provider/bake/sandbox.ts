@@ -7,7 +7,6 @@
  * namespace with every mount. Nothing is mounted in the host's namespace, so nothing can be
  * left behind.
  */
-import { spawn } from "node:child_process";
 import { statSync } from "node:fs";
 import * as path from "node:path";
 import { shQuote } from "../compile/shell";
@@ -63,54 +62,49 @@ export function sandboxArgv(root: string, argv: string[], binds: Bind[] = [], en
   return opts.outliveParent ? unshare : ["setpriv", "--pdeathsig", "SIGKILL", "--", ...unshare];
 }
 
-/** Run a process, streaming lines to onLine and keeping a tail. Never throws for exit codes. */
-export function runStreaming(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...opts.env } });
-    const tail: string[] = [];
-    const keep = opts.tailLines ?? 40;
-    const feed = (() => {
-      const partial: Record<string, string> = { out: "", err: "" };
-      return (which: "out" | "err", chunk: Buffer) => {
-        const text = partial[which] + chunk.toString("utf8");
-        const parts = text.split(/\r?\n|\r/);
-        partial[which] = parts.pop() ?? "";
-        for (const line of parts) {
-          tail.push(line);
-          if (tail.length > keep) tail.shift();
-          opts.onLine?.(line);
-        }
-      };
-    })();
-    child.stdout.on("data", (c: Buffer) => feed("out", c));
-    child.stderr.on("data", (c: Buffer) => feed("err", c));
-    let timer: NodeJS.Timeout | undefined;
-    let killer: NodeJS.Timeout | undefined;
-    // TERM first (mkosi cleans up), KILL if it is still there after the grace period.
-    const stop = () => {
-      child.kill("SIGTERM");
-      killer ??= setTimeout(() => child.kill("SIGKILL"), opts.killAfterMs ?? 10_000);
-    };
-    if (opts.timeoutMs) timer = setTimeout(stop, opts.timeoutMs);
-    const onAbort = stop;
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    // Forward Ctrl-C to the child so it can stop cleanly; the namespace takes the mounts with it.
-    const onSigint = () => child.kill("SIGINT");
-    process.once("SIGINT", onSigint);
-    child.on("error", (e) => {
-      if (timer) clearTimeout(timer);
-      if (killer) clearTimeout(killer);
-      process.removeListener("SIGINT", onSigint);
-      reject(e);
-    });
-    child.on("close", (code, signal) => {
-      if (timer) clearTimeout(timer);
-      if (killer) clearTimeout(killer);
-      process.removeListener("SIGINT", onSigint);
-      opts.signal?.removeEventListener("abort", onAbort);
-      resolve({ code, signal, tail });
-    });
+/**
+ * Run a process, streaming lines to onLine and keeping a tail. Never throws for exit codes; a
+ * command that cannot start rejects (the spawn error, e.g. ENOENT).
+ *
+ * On execa (loaded on first use: ~60 ms, only for commands that spawn): it splits stdout and
+ * stderr into lines, times out and aborts with SIGTERM then SIGKILL after the grace
+ * (`forceKillAfterDelay`), and kills the child if this process exits (`cleanup`). What stays
+ * here: the bounded tail, splitting bare carriage returns (progress lines), and forwarding Ctrl-C
+ * so that mkosi can clean up before the sandbox's namespace takes its mounts away.
+ */
+export async function runStreaming(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const { execa } = require("execa") as typeof import("execa");
+  const tail: string[] = [];
+  const keep = opts.tailLines ?? 40;
+  const child = execa(argv[0]!, argv.slice(1), {
+    env: opts.env, stdin: "ignore", buffer: false, reject: false, stripFinalNewline: false,
+    timeout: opts.timeoutMs, cancelSignal: opts.signal, killSignal: "SIGTERM", forceKillAfterDelay: opts.killAfterMs ?? 10_000,
   });
+  const onSigint = () => child.kill("SIGINT");
+  process.once("SIGINT", onSigint);
+  // Each stream line by line (a merged byte stream would glue one stream's unfinished line to the other's).
+  const lines = async (from: "stdout" | "stderr") => {
+    try {
+      for await (const line of child.iterable({ from })) {
+        for (const part of line.split("\r")) {
+          tail.push(part);
+          if (tail.length > keep) tail.shift();
+          opts.onLine?.(part);
+        }
+      }
+    } catch {
+      // The iteration ends with the process's failure (timeout, abort, exit code): the result below says which.
+    }
+  };
+  try {
+    await Promise.all([lines("stdout"), lines("stderr")]);
+  } finally {
+    process.removeListener("SIGINT", onSigint);
+  }
+  const r = await child;
+  // Neither an exit code nor a signal: it never ran (ENOENT, EACCES, …).
+  if (r.exitCode === undefined && r.signal === undefined) throw (r as { cause?: unknown }).cause ?? r;
+  return { code: r.exitCode ?? null, signal: (r.signal as NodeJS.Signals | undefined) ?? null, tail };
 }
 
 /** The executable `command` resolves to on PATH (a path containing "/" is taken as is), or undefined. */

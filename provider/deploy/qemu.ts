@@ -273,6 +273,9 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   const logFd = openSync(path.join(stateDir, "qemu.log"), "a");
   let child;
   try {
+    // node:child_process, not execa (which the project's other commands run on): the VM is a
+    // daemon that must outlive this process, its output goes straight to a log file, and nothing
+    // waits for it — execa's subprocess is a promise for a command we await and kill when we exit.
     child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ["ignore", logFd, logFd] });
   } finally {
     closeSync(logFd);

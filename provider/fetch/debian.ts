@@ -9,7 +9,6 @@
  * `Field: value` lines separated by blank lines; `Filename` is relative to the mirror's root.
  */
 import { gunzipSync } from "node:zlib";
-import { spawnSync } from "node:child_process";
 import { TdxError } from "../errors";
 import { pinKey, type Lock } from "../lock/schema";
 
@@ -56,9 +55,11 @@ export async function fetchIndex(url: string, timeoutMs = 60_000, maxBytes = MAX
   const xz = await download(xzUrl, timeoutMs, maxBytes).catch((e: TdxError) => e);
   if (xz instanceof TdxError) throw gz.message.includes("answered 404") ? xz : gz;
   return parsePackagesIndex(inflate(xz, xzUrl, (b) => {
-    const r = spawnSync("xz", ["-dc"], { input: b, maxBuffer: MAX_TEXT, timeout: timeoutMs });
-    if (r.error || r.status !== 0) throw new Error(r.error ? `xz: ${r.error.message}` : `xz exited ${r.status}: ${String(r.stderr).slice(0, 200)}`);
-    return r.stdout;
+    const { execaSync } = require("execa") as typeof import("execa");
+    const r = execaSync("xz", ["-dc"], { input: b, encoding: "buffer", maxBuffer: MAX_TEXT, timeout: timeoutMs, reject: false });
+    // shortMessage names the command and why it failed (exit code, signal, timeout, ENOENT); stderr is xz's own.
+    if (r.failed) throw new Error(`${r.shortMessage}: ${Buffer.from(r.stderr ?? []).toString("utf8").slice(0, 200)}`);
+    return Buffer.from(r.stdout);
   }));
 }
 

@@ -6,6 +6,10 @@
  * tdxvm's sources and the locked versions of the packages it pulls in, never on where tdxvm is
  * installed — they are measured as part of the image, so they must be the same for everyone.
  * Only Node's built-in modules stay outside the bundle.
+ *
+ * CommonJS only, so the agent's commands (agent/exec.ts: tpm2-tools, systemctl) run on
+ * node:child_process, not on execa like the host's: execa 9 is ES modules with ~15 packages of
+ * its own, which would enter every image's measured agent, for one execFile with a deadline.
  */
 import { readFileSync, statSync } from "node:fs";
 import { builtinModules, createRequire } from "node:module";

@@ -99,6 +99,23 @@ describe("sandbox processes", () => {
     expect(r.signal).toBe("SIGKILL");
   }, 30_000);
 
+  it("streams both streams' lines (a bare CR ends one too, the last line needs no newline) and keeps a bounded tail", async () => {
+    const seen: string[] = [];
+    const r = await runStreaming(["/bin/sh", "-c", "echo one; echo two >&2; printf '3%%\\r4%%\\n'; printf last; exit 7"], { onLine: (l) => seen.push(l), tailLines: 3 });
+    expect(r).toEqual({ code: 7, signal: null, tail: expect.any(Array) });
+    expect([...seen].sort()).toEqual(["3%", "4%", "last", "one", "two"]);
+    expect(seen.indexOf("3%")).toBeLessThan(seen.indexOf("4%"));
+    expect(r.tail).toHaveLength(3);
+    expect(seen).toEqual(expect.arrayContaining(r.tail));
+  });
+
+  it("an aborted run ends with SIGTERM; a command that cannot start rejects with its spawn error", async () => {
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 200);
+    await expect(runStreaming(["sleep", "30"], { signal: ac.signal })).resolves.toMatchObject({ code: null, signal: "SIGTERM" });
+    await expect(runStreaming(["/nonexistent/tdxvm-no-such-tool"])).rejects.toMatchObject({ code: "ENOENT" });
+  });
+
   const tools = toolsTreeDir(defaultCacheDir());
   it("everything a sandbox started dies when the process that started it is SIGKILLed", async () => {
     // The tools tree is provisioned by the bake tests (and every bake); it is only read here.

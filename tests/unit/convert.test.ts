@@ -3,7 +3,7 @@ import * as path from "node:path";
 import { crc32, gunzipSync, inflateRawSync } from "node:zlib";
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, gzipParallel, MiB } from "../../provider/bake/convert";
+import { growGptDisk, vhdFooter, parseVhdFooter, vhdGeometry, vhdChecksum, rawToVhd, gzipParallel, rawToGceTarball, MiB } from "../../provider/bake/convert";
 import { parseGpt } from "../../provider/measure/gpt";
 import { limaArgv } from "../../provider/bake/lima";
 import { isStepLine, runMkosiBuilds, initrdGate, INITRD_GATE_SCRIPT, seedPackageCache, initrdReuseKey, keepInitrd, reuseInitrd, MAX_KEPT_INITRDS } from "../../provider/bake";
@@ -163,6 +163,35 @@ describe("parallel gzip (one standard member)", () => {
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe("GCE tarball (GNU tar through execa, gzip here)", () => {
+  it("a sparse GiB disk becomes one member disk.raw; a failing or missing tar is E_BAKE naming it, with its stderr, and leaves no output", async () => {
+    const dir = await tempDir();
+    try {
+      const raw = path.join(dir, "image.raw");
+      await fs.writeFile(raw, "");
+      await fs.truncate(raw, 1024 * MiB);
+      const fh = await fs.open(raw, "r+");
+      await fh.write(Buffer.from("tdxvm tarball probe"), 0, 19, 512 * MiB);
+      await fh.close();
+      const out = path.join(dir, "image.tar.gz");
+      await rawToGceTarball(raw, out);
+      expect(execFileSync("tar", ["-tvzf", out], { encoding: "utf8" })).toMatch(/^-rw-r--r-- 0\/0 +1073741824 1970-01-01 00:00 disk\.raw\n$/);
+
+      const failing = path.join(dir, "tar");
+      await fs.writeFile(failing, "#!/bin/sh\necho 'tar: image.raw: Cannot read: Input/output error' >&2\nexit 2\n", { mode: 0o755 });
+      const bad = path.join(dir, "bad.tar.gz");
+      const e = await tdxErrorOf(() => rawToGceTarball(raw, bad, failing));
+      expect(e.code).toBe("E_BAKE");
+      expect(e.message).toMatch(/^tar failed \(exit 2\): tar: image\.raw: Cannot read: Input\/output error$/);
+      const missing = await tdxErrorOf(() => rawToGceTarball(raw, bad, path.join(dir, "no-such-tar")));
+      expect(missing.message).toMatch(/^tar failed \(ENOENT: \/.*\/no-such-tar\): $/);
+      expect(existsSync(bad) || existsSync(`${bad}.tmp`)).toBe(false);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
 
 describe("backends and sandbox command construction", () => {
