@@ -213,10 +213,12 @@ export async function startVm(spec: VmSpec): Promise<VmInfo> {
   const stateDir = path.resolve(spec.stateDir);
   await fs.mkdir(stateDir, { recursive: true, mode: 0o700 });
   if ((await fs.readdir(stateDir)).length) throw new TdxError("E_DEPLOYMENT", `VM state directory ${stateDir} is not empty`, { hint: "Use a fresh directory per VM (tdxvm picks one under the cache by default)." });
+  // Who is starting this VM: if that process dies before the VM is marked ready, sweepStale() removes it.
+  // Written before the mark: another process's sweepStale (a concurrent `vm up`) acts on marked
+  // directories only, and would take a marked one without a creator for a dead start.
+  await fs.writeFile(path.join(stateDir, "creator"), `${process.pid} ${procStartTime(process.pid) ?? 0} ${bootId()}\n`);
   // tdxvm's mark: stopVm and sweepStale remove only directories that carry it (see ownedVmDir).
   await markVmDir(stateDir);
-  // Who is starting this VM: if that process dies before the VM is marked ready, sweepStale() removes it.
-  await fs.writeFile(path.join(stateDir, "creator"), `${process.pid} ${procStartTime(process.pid) ?? 0} ${bootId()}\n`);
   if (!existsSync(spec.disk)) throw new TdxError("E_DEPLOYMENT", `disk image ${spec.disk} does not exist`, { hint: "Bake the image (it may have been removed from the cache); TdxImage re-bakes on the next `pulumi up`." });
   const tdx = spec.tdx ?? false;
   const ports: VmInfo["ports"] = [];

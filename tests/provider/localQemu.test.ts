@@ -30,20 +30,30 @@ const PROGRAM = "examples/local-qemu/index.ts";
 /** A change inside the root file system only: with the default verity root it must move the registers. */
 const CHANGE = { motd: "tdxvm demo image, blue\n" };
 
-/** Host pids of tdxvm VMs' QEMU and swtpm processes (their command lines name the VM's /vm state mount). */
-function vmProcesses(): number[] {
-  const out: number[] = [];
+/**
+ * Host pids of tdxvm VMs' QEMU and swtpm processes, each with the VM id whose state directory its
+ * sandbox mounts at /vm (their mountinfo names it): other suites' VMs may run beside this one.
+ */
+function vmProcesses(): Map<number, string> {
+  const out = new Map<number, string>();
   for (const p of readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
     let cmd: string;
+    let mounts: string;
     try {
       cmd = readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0").join(" ");
+      if (!((cmd.startsWith("qemu-system") && cmd.includes("unix:/vm/qmp.sock")) || (cmd.startsWith("swtpm") && cmd.includes("dir=/vm/tpm")))) continue;
+      mounts = readFileSync(`/proc/${p}/mountinfo`, "utf8");
     } catch {
       continue;
     }
-    if ((cmd.startsWith("qemu-system") && cmd.includes("unix:/vm/qmp.sock")) || (cmd.startsWith("swtpm") && cmd.includes("dir=/vm/tpm"))) out.push(Number(p));
+    const vm = mounts.split("\n").map((l) => l.split(" ")).find((f) => f[4] === "/vm")?.[3];
+    if (vm) out.set(Number(p), path.basename(vm));
   }
   return out;
 }
+
+/** The pids of `vmIds`' processes. */
+const processesOf = (vmIds: string[]) => [...vmProcesses()].filter(([, id]) => vmIds.includes(id)).map(([pid]) => pid).sort();
 
 const outputs = (r: OpResult) => r.outputs as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -79,7 +89,6 @@ describe("local-qemu program through the real dynamic-provider host", () => {
   let waiting: OpResult;
   let first: OpResult;
   let second: OpResult;
-  const before = vmProcesses();
 
   beforeAll(async () => {
     dir = await tempDir("tdxvm-harness-");
@@ -145,7 +154,7 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     expect(o.attestation.length).toBeGreaterThan(3);
     expect(o.attestation.filter((c: string) => !c.startsWith("ok "))).toEqual([]);
     // The VM is a real, running QEMU (+ swtpm); its serial console carries the image's boot report.
-    expect(vmProcesses().filter((p) => !before.includes(p)).length).toBe(2);
+    expect(processesOf([o.vmId]).length).toBe(2);
     const serial = readFileSync(o.serialLog, "utf8");
     const guest = parseGuestReport(serial);
     for (const pcr of [4, 9, 11]) expect({ pcr, value: o.vtpmRegisters[`PCR${pcr}`] }).toEqual({ pcr, value: guest.pcrs.sha256[pcr] });
@@ -207,12 +216,14 @@ describe("local-qemu program through the real dynamic-provider host", () => {
   });
 
   it("preview of an unchanged stack: every resource is the same, nothing is baked or booted", async () => {
-    const procs = vmProcesses();
+    const vmIds = [outputs(first).vmId as string];
+    const procs = processesOf(vmIds);
+    expect(procs).toHaveLength(2);
     const r = await pulumiOp("preview", cfg());
     expect(r.ok).toBe(true);
     expect(r.events.filter((e) => e.step !== "same")).toEqual([]);
     expect(r.stdout).not.toContain("baking");
-    expect(vmProcesses()).toEqual(procs);
+    expect(processesOf(vmIds)).toEqual(procs);
   });
 
   it("preview after a root-file-system-only change (motd): image update, changed registers old → new, VM and attestation replaced", async () => {
@@ -281,7 +292,7 @@ describe("local-qemu program through the real dynamic-provider host", () => {
     const r = await pulumiOp("destroy", cfg(CHANGE));
     expect(r.ok).toBe(true);
     expect(r.events.filter((e) => e.type.startsWith("pulumi-nodejs:dynamic")).map((e) => e.step)).toEqual(["delete", "delete", "delete", "delete", "delete"]);
-    expect(vmProcesses().filter((p) => !before.includes(p))).toEqual([]);
+    expect(processesOf([outputs(first).vmId, o.vmId])).toEqual([]);
     expect(existsSync(path.dirname(o.serialLog))).toBe(false);
     expect(JSON.parse(await fs.readFile(path.join(dir, "state.json"), "utf8")).resources).toEqual([]);
   });
