@@ -2,7 +2,7 @@
 /**
  * Jest reporter: a per-suite time table at the end of `npm test`, slowest first, so the suite's
  * budget (CI stops at 90 min) stays visible. Times are each suite's own wall time; suites run in
- * parallel workers, so their sum exceeds the run's wall time.
+ * parallel workers (jest.config.js: two), so their sum exceeds the run's wall time.
  */
 class SuiteTimes {
   onRunComplete(_contexts, results) {
