@@ -127,10 +127,6 @@ function rtmr0FromCcel(ccel: Buffer): LedgerEvent[] {
 export async function measureBoot(image: BootImage | BootImageFile, opts: MeasureOptions): Promise<Measurements> {
   const registers: Record<string, RegisterValue> = {};
   const alg: HashAlg = opts.backend === "azure" ? "sha256" : "sha384";
-  // MRTD first: this thread computes it while the prewarmed hash worker is still starting, so
-  // both threads hash the UKI from its first byte (after it, it was ~15 ms on one thread alone).
-  const order = opts.pageOrder ?? "single-pass";
-  const mrtd = opts.backend !== "azure" && opts.firmware ? computeMrtd(opts.firmware.bytes, { pageOrder: order }).toString("hex") : undefined;
   const digests = await ukiDigests("ukiPath" in image ? image.ukiPath : image.uki, alg);
   const rootHash = rootHashOf(digests.cmdline);
   const rootfs: RootFs = opts.rootfs ?? image.rootfs ?? (rootHash ? "verity" : "none");
@@ -174,7 +170,9 @@ export async function measureBoot(image: BootImage | BootImageFile, opts: Measur
     inputs.pcrBank = "sha256";
   } else {
     const { rtmr1, rtmr2 } = rtmrEvents(ev);
-    if (opts.firmware && mrtd) {
+    if (opts.firmware) {
+      const order = opts.pageOrder ?? "single-pass";
+      const mrtd = computeMrtd(opts.firmware.bytes, { pageOrder: order }).toString("hex");
       registers.MRTD = { alg: "sha384", value: mrtd, status: "exact", events: [{ type: "TDVF", description: `TDVF pages and MR.EXTEND chunks (${order})`, origin: `firmware ${opts.firmware.name}`, digest: mrtd }] };
       inputs.firmware = opts.firmware.name;
       inputs.firmwareSha256 = createHash("sha256").update(opts.firmware.bytes).digest("hex");
