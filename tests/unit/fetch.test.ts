@@ -902,3 +902,30 @@ describe("fetch hardening", () => {
     expect(await fs.readFile(live, "utf8")).toBe("half-written secret-free bytes");
   });
 });
+
+describe("Debian package index: Packages.xz through xz (execa) when there is no Packages.gz", () => {
+  it("decompresses and parses it; an index xz cannot read is E_FETCH naming the command and xz's error", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const { fetchIndex } = await import("../../provider/fetch/debian");
+    const text = `Package: hello\nVersion: 2.10-3\nArchitecture: amd64\nFilename: pool/main/h/hello/hello_2.10-3_amd64.deb\nSize: 53084\nSHA256: ${"ab".repeat(32)}\n\n`;
+    const xz = execFileSync("xz", ["-c"], { input: text });
+    const asked: string[] = [];
+    const server = http.createServer((req, res) => {
+      asked.push(req.url!);
+      if (req.url!.endsWith(".xz")) return void res.end(req.url!.startsWith("/bad/") ? Buffer.from("not an xz stream") : xz);
+      res.statusCode = 404;
+      res.end();
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      expect(await fetchIndex(`${base}/good/Packages.gz`)).toEqual([{ name: "hello", version: "2.10-3", arch: "amd64", filename: "pool/main/h/hello/hello_2.10-3_amd64.deb", sha256: "ab".repeat(32), size: 53084 }]);
+      expect(asked).toEqual(["/good/Packages.gz", "/good/Packages.xz"]);
+      const e = await tdxErrorOf(() => fetchIndex(`${base}/bad/Packages.gz`));
+      expect(e.code).toBe("E_FETCH");
+      expect(e.message).toMatch(/^cannot decompress the package index http:\/\/127\.0\.0\.1:\d+\/bad\/Packages\.xz \(Command failed with exit code 1: xz -dc: xz: \(stdin\): File format not recognized\)$/);
+    } finally {
+      server.close();
+    }
+  });
+});
