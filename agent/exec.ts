@@ -1,4 +1,4 @@
-/** Running the platform tools the agent needs (tpm2-tools, systemctl): argv only, bounded output, a deadline. */
+/** Running the platform tools the agent needs (systemctl): argv only, bounded output, a deadline. */
 import { execFile } from "node:child_process";
 
 export interface ExecResult { code: number; stdout: Buffer; stderr: string }
@@ -12,13 +12,6 @@ export const execTool: Exec = (cmd, args, opts = {}) =>
       resolve({ code, stdout: Buffer.from(stdout), stderr: Buffer.from(stderr).toString("utf8").slice(-4000) });
     });
   });
-
-/** Run and require exit 0; the error names the tool and its last stderr line (never inputs). */
-export async function run(exec: Exec, cmd: string, args: string[], opts?: { timeoutMs?: number; env?: Record<string, string> }): Promise<Buffer> {
-  const r = await exec(cmd, args, opts);
-  if (r.code !== 0) throw new Error(`${cmd} failed (exit ${r.code}): ${r.stderr.trim().split("\n").slice(-1)[0] ?? ""}`);
-  return r.stdout;
-}
 
 /** One operation at a time (the TPM has few object slots; configfs-tsm reports are per request). */
 export class Mutex {

@@ -40,8 +40,7 @@ const log = (m: string) => console.error(`tdxvm-agent: ${m}`);
 
 async function main(configFile: string): Promise<void> {
   const cfg = parseConfig(readFileSync(configFile, "utf8"));
-  await fs.mkdir("/run/tdxvm-agent", { recursive: true, mode: 0o700 });
-  const issuer = await chooseIssuer(cfg.issuer, { exec: execTool, workDir: "/run/tdxvm-agent" });
+  const issuer = await chooseIssuer(cfg.issuer, {});
   await issuer.keys(); // create the TPM keys now: fail at start, not at the first verifier
   const tls = newTlsIdentity();
   const secrets = cfg.secretsContract && existsSync(cfg.secretsContract)

@@ -5,10 +5,9 @@
  * names it gets it, and its evidence says "simulator" (a verifier refuses it unless told not to).
  */
 import { promises as fs, existsSync } from "node:fs";
-import * as path from "node:path";
-import { Exec } from "../exec";
 import { attestBinding, Evidence, Issuer } from "../protocol";
 import { TpmIssuer, AZURE_HCL_REPORT_NV } from "./tpm";
+import { openTpmDevice, openTpmSocket, TpmTransport } from "./tpm2";
 import { TdxIssuer, readCcel, TsmOps } from "./tdx";
 import { parseHclReport, imdsTdQuote, isTdxHclReport } from "./azure";
 
@@ -27,14 +26,12 @@ export interface IssuerImpl {
 }
 
 export interface IssuerEnv {
-  exec: Exec;
-  /** Private tmpfs directory for the agent's working files. */
-  workDir: string;
   /** Overridable paths (tests). */
   paths?: { tsmReport?: string; tcgLog?: string; systemdLog?: string; ccel?: string; tpmDevice?: string };
   /** configfs operations (tests pass a recording of the kernel's behaviour). */
   tsm?: TsmOps;
-  tpmEnv?: Record<string, string>;
+  /** A TPM on a socket (swtpm's data socket, in tests) instead of the device. */
+  tpmSocket?: string;
   imds?: { host?: string; port?: number };
 }
 
@@ -47,8 +44,14 @@ async function eventLogs(env: IssuerEnv, withCcel: boolean): Promise<Evidence["e
 
 const b64 = (b: Buffer | undefined) => (b ? b.toString("base64") : undefined);
 
+/** The TPM: the socket when one is given, else the kernel's resource manager (/dev/tpmrm0). */
+function tpmOpener(env: IssuerEnv): () => Promise<TpmTransport> {
+  const socket = env.tpmSocket;
+  return socket ? () => openTpmSocket(socket) : () => openTpmDevice(env.paths?.tpmDevice ?? "/dev/tpmrm0");
+}
+
 function tpmIssuer(env: IssuerEnv, flavour: "tpm" | "azure"): IssuerImpl {
-  const tpm = new TpmIssuer(env.exec, path.join(env.workDir, "tpm"), flavour, env.tpmEnv);
+  const tpm = new TpmIssuer(tpmOpener(env), flavour);
   const keys = async (): Promise<KeysAnswer> => {
     const k = await tpm.init();
     return { issuer: flavour, tpm: { akPublic: k.akPublic.toString("base64"), ekPublic: b64(k.ekPublic), ekCertificate: b64(k.ekCertificate), akCertificate: b64(k.akCertificate) } };
@@ -114,8 +117,8 @@ export async function chooseIssuer(wanted: Issuer | "auto", env: IssuerEnv): Pro
   if (wanted === "tpm" || wanted === "azure") return tpmIssuer(env, wanted);
   if (await new TdxIssuer(env.paths?.tsmReport, env.tsm).available()) return tdxIssuer(env);
   const device = env.paths?.tpmDevice ?? "/dev/tpmrm0";
-  if (existsSync(device) || env.tpmEnv?.TPM2TOOLS_TCTI) {
-    const probe = new TpmIssuer(env.exec, path.join(env.workDir, "probe"), "azure", env.tpmEnv);
+  if (existsSync(device) || env.tpmSocket) {
+    const probe = new TpmIssuer(tpmOpener(env), "azure");
     const hcl = await probe.nvRead(AZURE_HCL_REPORT_NV).catch(() => undefined);
     if (hcl) {
       try {

@@ -18,7 +18,7 @@
  * - Part 2: TPMS_ID_OBJECT (integrityHMAC as TPM2B_DIGEST, then encIdentity), TPM2B_ID_OBJECT,
  *   TPM2B_ENCRYPTED_SECRET, TPMS_ECC_POINT.
  * Outputs are marshalled as the TPM marshals TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET
- * (size-prefixed); the agent turns them into tpm2-tools' credential file.
+ * (size-prefixed): the parameters of TPM2_ActivateCredential, as the agent sends them.
  */
 import { createCipheriv, createECDH, createHash, createHmac, publicEncrypt, randomBytes, constants as cryptoConstants } from "node:crypto";
 import { attestationError, ECC_CURVES, HASH_SIZE, publicKeyOf, TPM_ALG, TpmHash, TpmPublic } from "./tpm2";

@@ -4,7 +4,8 @@
  * Init (secrets receiver) and Tdxs (quote socket) extend the same agent; each adds its part to
  * /etc/tdxvm/agent.json, so any combination and order of the three modules gives one agent.
  *
- * What it adds to the image: Debian's nodejs (the runtime), tpm2-tools (the TPM issuers), the
+ * What it adds to the image: Debian's nodejs (the runtime), tpm2-tools (for an operator on the
+ * console; the agent's TPM issuers send their commands to /dev/tpmrm0 themselves), the
  * agent bundle (/usr/lib/tdxvm/agent.js), its unit, and DHCP networking through systemd-networkd
  * so a verifier can reach the endpoint.
  */

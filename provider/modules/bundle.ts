@@ -7,7 +7,7 @@
  * installed — they are measured as part of the image, so they must be the same for everyone.
  * Only Node's built-in modules stay outside the bundle.
  *
- * CommonJS only, so the agent's commands (agent/exec.ts: tpm2-tools, systemctl) run on
+ * CommonJS only, so the agent's one command (agent/exec.ts: systemctl) runs on
  * node:child_process, not on execa like the host's: execa 9 is ES modules with ~15 packages of
  * its own, which would enter every image's measured agent, for one execFile with a deadline.
  */

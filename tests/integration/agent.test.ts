@@ -1,6 +1,7 @@
 /**
- * The agent's TPM issuer against a real TPM 2.0 (swtpm from the tools tree, tpm2-tools 5.7 — what
- * runs in the dev VM), checked with code independent of the agent: the quote is parsed and its
+ * The agent's TPM issuer against a real TPM 2.0 (swtpm from the tools tree — what the dev VM's
+ * TPM is; the agent sends its commands to swtpm's socket as it does to /dev/tpmrm0 in a VM),
+ * checked with code independent of the agent: the quote is parsed and its
  * ECDSA signature verified here from the TPM 2.0 Library spec (Part 2: TPMS_ATTEST §10.12.12,
  * TPMS_QUOTE_INFO §10.12.1, TPMT_PUBLIC §12.2.4, TPMT_SIGNATURE §11.3.4), and the credential is
  * made by tpm2-tools' own tpm2_makecredential.
@@ -106,7 +107,7 @@ describe("agent TPM issuer on swtpm", () => {
     // PCR 4 gets an event so the quote covers a non-trivial value.
     const r = await tpm.exec("tpm2_pcrextend", [`4:sha256=${createHash("sha256").update("tdxvm test").digest("hex")}`]);
     expect(r.code).toBe(0);
-    issuer = await chooseIssuer("auto", { exec: tpm.exec, workDir: path.join(dir, "agent"), tpmEnv: tpm.env, paths: { tsmReport: path.join(dir, "no-tsm"), tpmDevice: path.join(dir, "no-device"), tcgLog: path.join(dir, "no-log"), systemdLog: path.join(dir, "no-log") } });
+    issuer = await chooseIssuer("auto", { tpmSocket: tpm.socket, paths: { tsmReport: path.join(dir, "no-tsm"), tpmDevice: path.join(dir, "no-device"), tcgLog: path.join(dir, "no-log"), systemdLog: path.join(dir, "no-log") } });
   });
 
   afterAll(async () => {
@@ -155,7 +156,7 @@ describe("agent TPM issuer on swtpm", () => {
     checkEvidence(ev, nonce, spki);
     const bad = Buffer.from(encSecret);
     bad[bad.length - 1] ^= 0xff;
-    await expect(issuer.evidence(nonce, spki, { idObject, encSecret: bad })).rejects.toThrow(/tpm2_activatecredential failed/);
+    await expect(issuer.evidence(nonce, spki, { idObject, encSecret: bad })).rejects.toThrow(/TPM2_ActivateCredential failed: TPM_RC/);
   });
 
   it("over HTTPS: the evidence is bound to the TLS key the client actually saw", async () => {

@@ -1,9 +1,9 @@
 /**
  * attest() end to end against real parts: swtpm manufactured with an EK certificate from the
  * per-host local CA (as a dev VM's), the guest agent's own code (agent/issuers, agent/server,
- * agent/tls) serving HTTPS on the host with tpm2-tools inside the tools tree, and the verifier
- * talking to it over TLS. Proves: credential activation by the real tpm2_activatecredential
- * (RSA and ECC P-256 EKs), the verdict, the channel binding against a TLS-terminating relay, the
+ * agent/tls) serving HTTPS on the host, its TPM commands sent to swtpm's socket, and the verifier
+ * talking to it over TLS. Proves: credential activation by the agent in the real TPM (and by
+ * tpm2_activatecredential for an ECC P-256 EK), the verdict, the channel binding against a TLS-terminating relay, the
  * pinned channel, and that startVm manufactures the dev VM's TPM with a local-CA EK certificate.
  */
 import { promises as fs, existsSync, realpathSync } from "node:fs";
@@ -74,7 +74,7 @@ describe("attest() against the agent on a real TPM", () => {
   let close: () => Promise<unknown>;
   let first: Verdict;
   let tdxsPath: string;
-  let issuerOf: (flavour: "tpm" | "azure", workDir?: string) => ReturnType<typeof chooseIssuer>;
+  let issuerOf: (flavour: "tpm" | "azure") => ReturnType<typeof chooseIssuer>;
 
   beforeAll(async () => {
     dir = await tempDir("tdxvm-attest-");
@@ -82,7 +82,7 @@ describe("attest() against the agent on a real TPM", () => {
     ca = await ensureLocalCa(path.join(dir, "cache"), toolsRoot);
     tpm = await startSwtpm(path.join(dir, "tpm"), { ekCa: ca });
     expect((await tpm.exec("tpm2_pcrextend", [`4:sha256=${EVENT.toString("hex")}`])).code).toBe(0);
-    issuerOf = (flavour, workDir = path.join(dir, "tpm", "agent")) => chooseIssuer(flavour, { exec: tpm.exec, workDir, tpmEnv: tpm.env, paths: { tcgLog: path.join(dir, "none"), systemdLog: path.join(dir, "none") } });
+    issuerOf = (flavour) => chooseIssuer(flavour, { tpmSocket: tpm.socket, paths: { tcgLog: path.join(dir, "none"), systemdLog: path.join(dir, "none") } });
     const issuer = await issuerOf("tpm");
     const server = agentServer({ issuer, tls: newTlsIdentity(), log: () => undefined });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
@@ -237,7 +237,7 @@ describe("attest() against the agent on a real TPM", () => {
     const persisted = await tpm.exec("/bin/sh", ["-c", `cd ${d} && tpm2_flushcontext -t && tpm2_createek -c az-ek.ctx -G rsa -u az-ek.pub >/dev/null && tpm2_createak -C az-ek.ctx -c az-ak.ctx -G ecc -g sha256 -s ecdsa -u az-ak.pub -n az-ak.name >/dev/null && tpm2_flushcontext -t && tpm2_evictcontrol -C o -c az-ak.ctx 0x81000003 >/dev/null && tpm2_flushcontext -t`]);
     expect(persisted.stderr).toBe("");
     for (const flavour of ["tpm", "azure"] as const) {
-      const issuer = await issuerOf(flavour, path.join(dir, "tpm", `guard-${flavour}`));
+      const issuer = await issuerOf(flavour);
       await issuer.keys(); // as the agent does at start
       // Through tdxs: refused, whichever issuer serves it.
       const viaSocket = await handleTdxs(issuer, JSON.stringify({ method: "issue", data: { userData: preimage.toString("hex"), nonce: "" } }));

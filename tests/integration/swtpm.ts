@@ -1,7 +1,8 @@
 /**
- * A real TPM for tests: swtpm (from the project's trixie tools tree) on a Unix socket, and an Exec
- * that runs tpm2-tools inside the tools tree against it — the same commands the agent runs in a
- * VM, against the same TPM emulator the dev VM uses, without booting anything.
+ * A real TPM for tests: swtpm (from the project's trixie tools tree) on a Unix socket — the same
+ * TPM emulator the dev VM uses, without booting anything. The agent's issuers speak TPM 2.0 to the
+ * socket as they do to /dev/tpmrm0 in a VM; `exec` runs tpm2-tools inside the tools tree against
+ * it, for what a test sets up or checks independently of the agent.
  */
 import { spawn, ChildProcess } from "node:child_process";
 import { promises as fs, existsSync, realpathSync } from "node:fs";
@@ -13,7 +14,8 @@ import { DEFAULT_DEBIAN } from "../../provider/lock";
 import type { Exec } from "../../agent/exec";
 import { swtpmEkCertSetup, LocalCa } from "../../provider/attest/localca";
 
-export interface Swtpm { dir: string; toolsRoot: string; env: Record<string, string>; exec: Exec; stop(): Promise<void> }
+/** `socket`: swtpm's data socket (the agent's issuers talk to it); `exec`: tpm2-tools against it, for a test's own set-up. */
+export interface Swtpm { dir: string; socket: string; toolsRoot: string; env: Record<string, string>; exec: Exec; stop(): Promise<void> }
 
 /**
  * Start swtpm with its state below `dir` (created; bound at the same path inside the tools tree).
@@ -48,7 +50,7 @@ export async function startSwtpm(dir: string, opts: { ekCa?: LocalCa } = {}): Pr
     return { code: r.code ?? -1, stdout: Buffer.from(r.tail.join("\n")), stderr: r.tail.join("\n") };
   };
   return {
-    dir, toolsRoot, env, exec,
+    dir, socket: sock, toolsRoot, env, exec,
     stop: async () => {
       child.kill("SIGKILL"); // unshare --kill-child takes swtpm with it
       await new Promise((r) => (child.exitCode !== null ? r(null) : child.once("exit", r)));

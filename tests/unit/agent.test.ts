@@ -17,7 +17,7 @@ import { attestBinding, tdxsReportData, Evidence } from "../../agent/protocol";
 import { TdxIssuer, TsmOps } from "../../agent/issuers/tdx";
 import { chooseIssuer, IssuerImpl } from "../../agent/issuers";
 import { parseHclReport, HCL_DATA_OFFSET } from "../../agent/issuers/azure";
-import { credentialFile } from "../../agent/issuers/tpm";
+import { Tpm2, TpmTransport, TpmResponseError } from "../../agent/issuers/tpm2";
 import { parseConfig } from "../../agent/main";
 import { SecretSchema, SecretTarget, declareSecret } from "../../provider/secrets";
 import { newOwnerKey, ownerSigningKey, sealDelivery } from "../../provider/secrets/owner";
@@ -466,7 +466,7 @@ describe("tdx issuer (configfs-tsm)", () => {
 
   it("auto-selection picks tdx when configfs-tsm has a TDX provider, and binds nonce + TLS key into REPORTDATA", async () => {
     const ops = recording();
-    const issuer = await chooseIssuer("auto", { exec: async () => ({ code: 1, stdout: Buffer.alloc(0), stderr: "" }), workDir: "/nonexistent", paths: { tsmReport: "/tsm", tcgLog: "/nonexistent", ccel: "/nonexistent", systemdLog: "/nonexistent" }, tsm: ops });
+    const issuer = await chooseIssuer("auto", { paths: { tsmReport: "/tsm", tcgLog: "/nonexistent", ccel: "/nonexistent", systemdLog: "/nonexistent" }, tsm: ops });
     expect(issuer.name).toBe("tdx");
     const nonce = randomBytes(32);
     const spki = randomBytes(32);
@@ -477,7 +477,7 @@ describe("tdx issuer (configfs-tsm)", () => {
   });
 
   it("never picks the simulator on its own, and fails clearly with nothing to attest with", async () => {
-    const env = { exec: async () => ({ code: 1, stdout: Buffer.alloc(0), stderr: "" }), workDir: "/nonexistent", paths: { tsmReport: "/nonexistent-tsm", tpmDevice: "/nonexistent-tpm" } };
+    const env = { paths: { tsmReport: "/nonexistent-tsm", tpmDevice: "/nonexistent-tpm" } };
     await expect(chooseIssuer("auto", env)).rejects.toThrow(/no attestation platform found/);
     const sim = await chooseIssuer("simulator", env);
     expect(sim.name).toBe("simulator");
@@ -501,11 +501,42 @@ describe("agent pieces", () => {
     expect(() => parseHclReport(buf)).toThrow(/runs past/);
   });
 
-  it("writes tpm2-tools' credential file (magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET)", () => {
-    const id = Buffer.from([0, 2, 0xaa, 0xbb]);
-    const sec = Buffer.from([0, 1, 0xcc]);
-    expect(credentialFile(id, sec).toString("hex")).toBe("badcc0de00000001" + "0002aabb" + "0001cc");
-    expect(() => credentialFile(Buffer.from([0, 5, 1]), sec)).toThrow(/TPM2B/);
+  it("TPM client: refuses a malformed credential before sending anything, and a TPM response that lies about itself", async () => {
+    // A scripted TPM: each command gets the next canned response; what was sent is kept.
+    const scripted = (responses: Buffer[]): TpmTransport & { sent: Buffer[] } => {
+      const sent: Buffer[] = [];
+      return { sent, send: async (c) => (sent.push(c), responses.shift() ?? Buffer.alloc(0)), close: async () => undefined };
+    };
+    const response = (rc: number, body: Buffer = Buffer.alloc(0), size = 10 + body.length) => {
+      const h = Buffer.alloc(10);
+      h.writeUInt16BE(0x8001, 0);
+      h.writeUInt32BE(size, 2);
+      h.writeUInt32BE(rc, 6);
+      return Buffer.concat([h, body]);
+    };
+    const t = scripted([]);
+    await expect(new Tpm2(t).activateCredential(0x80000001, 0x80000000, Buffer.from([0, 5, 1]), Buffer.from([0, 1, 0xcc]))).rejects.toThrow(/idObject is not a size-prefixed TPM2B/);
+    expect(t.sent).toHaveLength(0);
+    // An NV index the TPM does not have (TPM_RC_HANDLE on handle 1): undefined, nothing more asked.
+    const missing = scripted([response(0x18b)]);
+    expect(await new Tpm2(missing).nvRead(0x01400001)).toBeUndefined();
+    expect(missing.sent).toHaveLength(1);
+    expect(missing.sent[0]!.toString("hex")).toBe("8001" + "0000000e" + "00000169" + "01400001"); // TPM2_NV_ReadPublic(0x01400001)
+    // A failure names the command and where the TPM says the fault is.
+    const refused = new Tpm2(scripted([response(0x1d5)])).pcrRead([0]);
+    await expect(refused).rejects.toThrow(TpmResponseError);
+    await expect(new Tpm2(scripted([response(0x1d5)])).pcrRead([0])).rejects.toThrow("TPM2_PCR_Read failed: TPM_RC 0x1d5 (error 0x95 in parameter 1)");
+    // A size field that does not match what arrived, and a PCR the TPM was not asked for.
+    await expect(new Tpm2(scripted([response(0, Buffer.alloc(4), 99)])).pcrRead([0])).rejects.toThrow(/says 99 bytes, 14 arrived/);
+    const pcr7 = Buffer.concat([Buffer.from("00000001" + "00000001" + "000b" + "03" + "800000" + "00000001" + "0020", "hex"), Buffer.alloc(32)]);
+    await expect(new Tpm2(scripted([response(0, pcr7)])).pcrRead([0])).rejects.toThrow(/returned PCR 7, which was not asked for/);
+    // TPM_RC_RETRY (swtpm answers a quote with it at times): the same command again, then its answer.
+    const value = Buffer.alloc(32, 0xab);
+    const pcr0 = Buffer.concat([Buffer.from("00000001" + "00000001" + "000b" + "03" + "010000" + "00000001" + "0020", "hex"), value]);
+    const retried = scripted([response(0x922), response(0, pcr0)]);
+    expect((await new Tpm2(retried).pcrRead([0])).get(0)).toEqual(value);
+    expect(retried.sent).toHaveLength(2);
+    expect(retried.sent[1]).toEqual(retried.sent[0]);
   });
 
   it("reads only a well-formed config", () => {

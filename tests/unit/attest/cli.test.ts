@@ -42,7 +42,7 @@ let err: string[];
 
 beforeAll(async () => {
   dir = await tempDir("tdxvm-attest-cli-");
-  const issuer = await chooseIssuer("simulator", { exec: async () => ({ code: 1, stdout: Buffer.alloc(0), stderr: "no tools" }), workDir: dir, paths: { tcgLog: TCG_LOG, systemdLog: path.join(dir, "none") } });
+  const issuer = await chooseIssuer("simulator", { paths: { tcgLog: TCG_LOG, systemdLog: path.join(dir, "none") } });
   // The owner: a key written by `tdxvm owner-key new`, as a user would make it.
   expect(await main(["owner-key", "new", path.join(dir, "owner")])).toBe(0);
   const owner = (await fs.readFile(path.join(dir, "owner.pub"), "utf8")).trim();
