@@ -3,6 +3,7 @@
  *
  *   pulumi config set location westeurope        # a region with DCesv5 capacity
  *   pulumi config set ports "[22]" --path        # optional: inbound TCP ports
+ *   pulumi config set --secret ownerKey "$(cat owner.key)"   # optional: the image owner's key
  *   az login && pulumi up
  */
 import * as pulumi from "@pulumi/pulumi";
@@ -13,6 +14,8 @@ const config = new pulumi.Config();
 const image = new TdxImage("app", {
   recipe: recipe(`${__dirname}/../local-qemu`, { cmdline: config.get("cmdline")?.split(/\s+/).filter(Boolean) }),
   frozen: config.getBoolean("frozen") ?? false,
+  // (secret) the image owner's Ed25519 private key (`tdxvm owner-key new owner`); unset: generated and kept in state.
+  ownerKey: config.getSecret("ownerKey"),
 });
 // On Azure the image is visible in the vTPM (PCR 4, 9, 11); MRTD/RTMRs measure Microsoft's paravisor.
 const expected = new TdxMeasurement("app-vtpm", { image, backend: "azure" });

@@ -3,6 +3,7 @@
  *
  *   pulumi config set gcp:project my-project
  *   pulumi config set zone us-central1-a          # a zone with C3 TDX capacity
+ *   pulumi config set --secret ownerKey "$(cat owner.key)"   # optional: the image owner's key
  *   gcloud auth application-default login && pulumi up
  */
 import * as pulumi from "@pulumi/pulumi";
@@ -13,6 +14,8 @@ const config = new pulumi.Config();
 const image = new TdxImage("app", {
   recipe: recipe(`${__dirname}/../local-qemu`, { cmdline: config.get("cmdline")?.split(/\s+/).filter(Boolean) }),
   frozen: config.getBoolean("frozen") ?? false,
+  // (secret) the image owner's Ed25519 private key (`tdxvm owner-key new owner`); unset: generated and kept in state.
+  ownerKey: config.getSecret("ownerKey"),
 });
 // RTMR1/RTMR2 come from the image. MRTD is Google's firmware: pinned by Google's launch endorsement
 // (config endorsement: the .binarypb for the firmware your VMs boot) or its TDVF binary (config

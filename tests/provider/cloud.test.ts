@@ -4,7 +4,10 @@
  * real provider host (the page-blob upload runs the real @azure/storage-blob against Azurite,
  * which the mocked storage accounts point at; the rollout gates poll a local HTTP server), and
  * the cloud providers' resources mocked (their graph, properties, dependencies and replacements
- * are what is asserted).
+ * are what is asserted). Every stack sets the tests' fixed owner key, as localQemu.test.ts and
+ * fleetLocal.test.ts do: the owner's public key is part of the image, so a key generated per stack
+ * would make every `up` here bake an image of its own (six bakes a run; secretOutputs.test.ts
+ * covers the generated key).
  */
 import * as http from "node:http";
 import { createHash } from "node:crypto";
@@ -14,7 +17,7 @@ import { BlobServiceClient, StorageSharedKeyCredential } from "@azure/storage-bl
 import { pulumiOp, OpResult } from "../harness";
 import { loadState, ResourceState, unwrap } from "../harness/engine";
 import { imageVersionName, storageAccountPrefix } from "../../components/azure";
-import { tempDir, startAzurite, Azurite } from "../helpers";
+import { tempDir, startAzurite, Azurite, TEST_OWNER_KEY } from "../helpers";
 
 jest.setTimeout(60 * 60_000);
 
@@ -59,7 +62,7 @@ describe("azure target", () => {
   let dir: string;
   let azurite: Azurite;
   const op = (o: "up" | "preview" | "refresh" | "destroy", config: Record<string, string> = {}) =>
-    pulumiOp(o, { program: "examples/azure-tdx/index.ts", project: "tdxvm-azure", dir, config: { location: "westeurope", ports: "[22]", ...config }, env: azureEnv(azurite) });
+    pulumiOp(o, { program: "examples/azure-tdx/index.ts", project: "tdxvm-azure", dir, config: { location: "westeurope", ports: "[22]", ...config }, secretConfig: { ownerKey: TEST_OWNER_KEY }, env: azureEnv(azurite) });
 
   beforeAll(async () => {
     dir = await tempDir("tdxvm-azure-");
@@ -169,7 +172,7 @@ describe("azure target", () => {
 
 describe("gcp target", () => {
   let dir: string;
-  const op = (o: "up" | "destroy", config: Record<string, string> = {}) => pulumiOp(o, { program: "examples/gcp-tdx/index.ts", project: "tdxvm-gcp", dir, config: { zone: "europe-west4-a", ports: "[443]", ...config } });
+  const op = (o: "up" | "destroy", config: Record<string, string> = {}) => pulumiOp(o, { program: "examples/gcp-tdx/index.ts", project: "tdxvm-gcp", dir, config: { zone: "europe-west4-a", ports: "[443]", ...config }, secretConfig: { ownerKey: TEST_OWNER_KEY } });
 
   beforeAll(async () => {
     dir = await tempDir("tdxvm-gcp-");
@@ -226,6 +229,7 @@ describe("fleet: 4 replicas in gated waves of 2 (health gates; attesting gates r
   const op = (o: "up" | "preview", config: Record<string, string> = {}) => pulumiOp(o, {
     program: "examples/fleet/index.ts", project: "tdxvm-fleet", dir,
     config: { target: "azure", replicas: "4", batchSize: "2", gateAttest: "false", gatePort: String(port), gatePath: "/healthz", gateTimeoutSeconds: "4", gateIntervalSeconds: "1", ...config },
+    secretConfig: { ownerKey: TEST_OWNER_KEY },
     env: azureEnv(azurite),
   });
   const vmUrns = async () => (await resources(dir)).filter((r) => r.type === "azure-native:compute:VirtualMachine");
