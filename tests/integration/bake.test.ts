@@ -347,10 +347,7 @@ describe("pinned packages that outlive the mirror (archive, rebuild in another c
   afterAll(async () => {
     await new Promise((r) => server?.close(r));
     // Every entry this project's bakes made (aliases under their pinned keys included): their logs are in its build/.
-    for (const n of await fs.readdir(path.join(cacheDir, "artifacts"))) {
-      const r = await fs.readFile(path.join(cacheDir, "artifacts", n, "result.json"), "utf8").then((t) => JSON.parse(t) as BakeResult, () => undefined);
-      if (r?.mkosiLog.startsWith(`${dir}/`)) await fs.rm(path.join(cacheDir, "artifacts", n), { recursive: true, force: true });
-    }
+    for (const n of await leftovers(dir)) await fs.rm(path.join(cacheDir, "artifacts", n), { recursive: true, force: true });
     await fs.rm(cache2, { recursive: true, force: true });
     await fs.rm(dir, { recursive: true, force: true });
   });
