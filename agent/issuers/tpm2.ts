@@ -81,15 +81,14 @@ export function openTpmSocket(socketPath: string): Promise<TpmTransport> {
     let failure: Error | undefined;
     const settle = () => {
       if (!waiter) return;
-      if (failure) return waiter.reject(failure);
-      if (pending.length < 10) return;
-      const size = pending.readUInt32BE(2);
-      if (size < 10 || size > MAX_RESPONSE) return waiter.reject(new Error(`${socketPath}: response size ${size} is outside 10–${MAX_RESPONSE}`));
-      if (pending.length < size) return;
-      const out = pending.subarray(0, size);
-      pending = pending.subarray(size);
+      const size = pending.length >= 10 ? pending.readUInt32BE(2) : undefined;
+      if (!failure && size !== undefined && (size < 10 || size > MAX_RESPONSE)) failure = new Error(`${socketPath}: response size ${size} is outside 10–${MAX_RESPONSE}`);
+      if (!failure && (size === undefined || pending.length < size)) return;
       const w = waiter;
       waiter = undefined;
+      if (failure) return w.reject(failure);
+      const out = pending.subarray(0, size);
+      pending = pending.subarray(size);
       w.resolve(out);
     };
     sock.on("data", (d: Buffer) => {
@@ -238,7 +237,7 @@ export class Tpm2 {
   }
 
   /** Part 3 §11.1 + §23.4: a policy session satisfied by PolicySecret(endorsement) — the EK's policy. Used once. */
-  async ekPolicySession(): Promise<Auth> {
+  private async ekPolicySession(): Promise<Auth> {
     const start = Buffer.concat([tpm2b(randomBytes(16)), tpm2b(), u8(0x01), u16(ALG_NULL), u16(ALG_SHA256)]);
     const { handles } = await this.run("StartAuthSession", [RH_NULL, RH_NULL], undefined, start, 1);
     const session = handles[0]!;
