@@ -7,7 +7,7 @@
 import { promises as fs, existsSync } from "node:fs";
 import { attestBinding, Evidence, Issuer } from "../protocol";
 import { TpmIssuer, AZURE_HCL_REPORT_NV } from "./tpm";
-import { openTpmDevice, openTpmSocket, TpmTransport } from "./tpm2";
+import { openTpmDevice, openTpmSocket, TpmTransport } from "../tpm2";
 import { TdxIssuer, readCcel, TsmOps } from "./tdx";
 import { parseHclReport, imdsTdQuote, isTdxHclReport } from "./azure";
 

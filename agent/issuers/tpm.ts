@@ -1,5 +1,5 @@
 /**
- * The TPM issuers, speaking TPM 2.0 commands directly (./tpm2.ts). What they return keeps the
+ * The TPM issuers, speaking TPM 2.0 commands directly (../tpm2.ts). What they return keeps the
  * formats tpm2-tools writes (TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE), which the verifier reads.
  *
  * - tpm (dev VM under swtpm): the EK is recreated from the endorsement hierarchy's default RSA
@@ -13,7 +13,7 @@
 import { Mutex } from "../exec";
 import type { TpmEvidence } from "../protocol";
 import { parseTpm2bPublic, TPM_ALG } from "../../provider/attest/tpm2";
-import { Tpm2, TpmTransport } from "./tpm2";
+import { Tpm2, TpmTransport } from "../tpm2";
 
 /** PCRs quoted: the sha256 bank, 0–15 (16–23 are resettable/debug). */
 export const QUOTE_PCRS = Array.from({ length: 16 }, (_, i) => i);

@@ -16,7 +16,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { chooseIssuer } from "../../agent/issuers";
 import { QUOTE_PCRS } from "../../agent/issuers/tpm";
-import { openTpmSocket, Tpm2 } from "../../agent/issuers/tpm2";
+import { openTpmSocket, Tpm2 } from "../../agent/tpm2";
 import { agentServer } from "../../agent/server";
 import { newTlsIdentity } from "../../agent/tls";
 import { attest } from "../../provider/attest/client";

@@ -17,7 +17,7 @@ import { attestBinding, tdxsReportData, Evidence } from "../../agent/protocol";
 import { TdxIssuer, TsmOps } from "../../agent/issuers/tdx";
 import { chooseIssuer, IssuerImpl } from "../../agent/issuers";
 import { parseHclReport, HCL_DATA_OFFSET } from "../../agent/issuers/azure";
-import { Tpm2, TpmTransport, TpmResponseError } from "../../agent/issuers/tpm2";
+import { Tpm2, TpmTransport, TpmResponseError } from "../../agent/tpm2";
 import { parseConfig } from "../../agent/main";
 import { SecretSchema, SecretTarget, declareSecret } from "../../provider/secrets";
 import { newOwnerKey, ownerSigningKey, sealDelivery } from "../../provider/secrets/owner";

@@ -16,7 +16,7 @@
 import { promises as fs } from "node:fs";
 import * as net from "node:net";
 import { randomBytes } from "node:crypto";
-import { TpmReader } from "../../provider/attest/tpm2";
+import { TpmReader } from "../provider/attest/tpm2";
 
 const ST_NO_SESSIONS = 0x8001;
 const ST_SESSIONS = 0x8002;
