@@ -16,7 +16,7 @@
 import { promises as fs } from "node:fs";
 import * as net from "node:net";
 import { randomBytes } from "node:crypto";
-import { TpmReader } from "../provider/attest/tpm2";
+import { TpmReader, u8, u16, u32, tpm2b } from "../provider/attest/tpm2";
 
 const ST_NO_SESSIONS = 0x8001;
 const ST_SESSIONS = 0x8002;
@@ -147,18 +147,6 @@ function describeRc(rc: number): string {
   return n === 0 ? hex : n & 0x8 ? `${hex} (error ${base} in session ${n & 0x7})` : `${hex} (error ${base} in handle ${n})`;
 }
 
-const u8 = (v: number) => Buffer.from([v]);
-const u16 = (v: number) => {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(v);
-  return b;
-};
-const u32 = (v: number) => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(v >>> 0);
-  return b;
-};
-const tpm2b = (b: Buffer = Buffer.alloc(0)) => Buffer.concat([u16(b.length), b]);
 
 /** An authorization: the password session (empty auth) or a policy session the caller set up. */
 interface Auth {

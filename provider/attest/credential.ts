@@ -21,19 +21,8 @@
  * (size-prefixed): the parameters of TPM2_ActivateCredential, as the agent sends them.
  */
 import { createCipheriv, createECDH, createHash, createHmac, publicEncrypt, randomBytes, constants as cryptoConstants } from "node:crypto";
-import { attestationError, ECC_CURVES, HASH_SIZE, publicKeyOf, TPM_ALG, TpmHash, TpmPublic } from "./tpm2";
+import { attestationError, ECC_CURVES, HASH_SIZE, publicKeyOf, TPM_ALG, TpmHash, TpmPublic, u32, tpm2b } from "./tpm2";
 
-const u16 = (n: number) => {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(n);
-  return b;
-};
-const u32 = (n: number) => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n);
-  return b;
-};
-const tpm2b = (b: Buffer) => Buffer.concat([u16(b.length), b]);
 const label = (s: string) => Buffer.from(`${s}\0`, "latin1");
 
 /** KDFa (Part 1 §11.4.10.2): SP 800-108 counter-mode KDF with HMAC-`hash`. */

@@ -74,6 +74,21 @@ export function attestationError(check: string, message: string, hint?: string):
   return new TdxError("E_ATTESTATION", `${check}: ${message}`, { ...(hint ? { hint } : {}), details: { check } });
 }
 
+/** Big-endian writers for marshalling TPM structures (the reader below undoes them). */
+export const u8 = (v: number) => Buffer.from([v]);
+export const u16 = (v: number) => {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(v);
+  return b;
+};
+export const u32 = (v: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(v >>> 0);
+  return b;
+};
+/** A TPM2B: u16 size, then the bytes (empty by default). */
+export const tpm2b = (b: Buffer = Buffer.alloc(0)) => Buffer.concat([u16(b.length), b]);
+
 /** Bounds-checked big-endian reader; `what` names the structure in error messages. */
 export class TpmReader {
   pos = 0;
